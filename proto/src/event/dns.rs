@@ -1,0 +1,791 @@
+//! The DNS wire message -> the event's `dns` and `edns` blocks.
+//!
+//! A single pass over the wire bytes writes JSON straight into the output buffer: the header
+//! and question, every answer/authority/additional record (owner name, type, class, TTL and
+//! rdata text) and the EDNS OPT pseudo-record. Names are written in presentation format by
+//! our own reader (decimal `\DDD` escapes, compression pointers followed with a jump limit);
+//! rdata is decoded and printed by hickory-proto's `RData`, positioned on the record with a
+//! `BinDecoder`. Record boundaries come from RDLENGTH, so one record whose rdata hickory
+//! cannot parse is printed in RFC 3597 generic form and never drops the message. A message
+//! that is cut short or structurally broken still yields everything read before the damage,
+//! with `malformed-packet: true`.
+
+use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::serialize::binary::{BinDecoder, Restrict};
+
+use super::json;
+
+/// What the rest of the broker needs from the DNS message (for subjects and metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DnsSummary {
+    /// QTYPE of the first question.
+    pub qtype: Option<u16>,
+    /// Response code including the EDNS extended bits.
+    pub rcode: Option<u16>,
+    /// The wire message could not be fully parsed.
+    pub malformed: bool,
+}
+
+/// Why a wire message stopped parsing early (shown to nobody but tests: the event carries
+/// `malformed-packet: true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WireError {
+    Truncated,
+    BadLabel,
+    PointerLoop,
+    NameTooLong,
+}
+
+const MAX_NAME_WIRE: usize = 255;
+const MAX_JUMPS: usize = 64;
+
+/// Reads the name at `pos`, appending its presentation form (no trailing dot, root is `.`,
+/// JSON-escaped, without quotes) to `out`. Returns the offset just after the name as it
+/// appears at `pos` (after the first pointer, if any). On error, `out` is left unchanged.
+fn read_name(msg: &[u8], pos: usize, out: &mut Vec<u8>) -> Result<usize, WireError> {
+    let mark = out.len();
+    let r = read_name_inner(msg, pos, out);
+    if r.is_err() {
+        out.truncate(mark);
+    }
+    r
+}
+
+fn read_name_inner(msg: &[u8], mut pos: usize, out: &mut Vec<u8>) -> Result<usize, WireError> {
+    let mut end: Option<usize> = None;
+    let mut jumps = 0;
+    let mut wire_len = 0usize;
+    let mut first = true;
+    loop {
+        let len = *msg.get(pos).ok_or(WireError::Truncated)?;
+        match len & 0xC0 {
+            0x00 => {
+                let len = usize::from(len);
+                wire_len += len + 1;
+                if wire_len > MAX_NAME_WIRE {
+                    return Err(WireError::NameTooLong);
+                }
+                if len == 0 {
+                    if first {
+                        out.push(b'.');
+                    }
+                    return Ok(end.unwrap_or(pos + 1));
+                }
+                let label = msg
+                    .get(pos + 1..pos + 1 + len)
+                    .ok_or(WireError::Truncated)?;
+                if !first {
+                    out.push(b'.');
+                }
+                first = false;
+                write_label(label, out);
+                pos += 1 + len;
+            }
+            0xC0 => {
+                let lo = *msg.get(pos + 1).ok_or(WireError::Truncated)?;
+                if end.is_none() {
+                    end = Some(pos + 2);
+                }
+                jumps += 1;
+                if jumps > MAX_JUMPS {
+                    return Err(WireError::PointerLoop);
+                }
+                pos = (usize::from(len & 0x3F) << 8) | usize::from(lo);
+            }
+            _ => return Err(WireError::BadLabel),
+        }
+    }
+}
+
+/// One label in presentation format, escaped as DNS text (RFC 1035 5.1) and then as JSON.
+fn write_label(label: &[u8], out: &mut Vec<u8>) {
+    for &c in label {
+        match c {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => out.push(c),
+            // DNS-escaped specials: `\c`, where a `\` or `"` also needs JSON escaping.
+            b'.' | b'(' | b')' | b';' | b'@' | b'$' => {
+                out.extend_from_slice(b"\\\\");
+                out.push(c);
+            }
+            b'\\' => out.extend_from_slice(b"\\\\\\\\"),
+            b'"' => out.extend_from_slice(b"\\\\\\\""),
+            0x21..=0x7e => out.push(c),
+            _ => {
+                out.extend_from_slice(b"\\\\");
+                out.push(b'0' + c / 100);
+                out.push(b'0' + (c / 10) % 10);
+                out.push(b'0' + c % 10);
+            }
+        }
+    }
+}
+
+/// Appends a wire-format name (a whole buffer, e.g. dnstap `query_zone`) as a JSON string,
+/// or `null` if it does not parse.
+pub fn write_wire_name(out: &mut Vec<u8>, wire: &[u8]) {
+    out.push(b'"');
+    if read_name(wire, 0, out).is_err() {
+        out.pop();
+        out.extend_from_slice(b"null");
+        return;
+    }
+    out.push(b'"');
+}
+
+fn u16_at(msg: &[u8], pos: usize) -> Result<u16, WireError> {
+    match msg.get(pos..pos + 2) {
+        Some(&[a, b]) => Ok(u16::from_be_bytes([a, b])),
+        _ => Err(WireError::Truncated),
+    }
+}
+
+fn u32_at(msg: &[u8], pos: usize) -> Result<u32, WireError> {
+    match msg.get(pos..pos + 4) {
+        Some(&[a, b, c, d]) => Ok(u32::from_be_bytes([a, b, c, d])),
+        _ => Err(WireError::Truncated),
+    }
+}
+
+/// The EDNS OPT record, remembered while walking the additional section.
+#[derive(Clone, Copy)]
+struct Opt {
+    udp_size: u16,
+    ttl: u32,
+    rdata_start: usize,
+    rdata_end: usize,
+}
+
+/// Writes `"dns":{...},"edns":...` for the message (or for its absence) and returns the
+/// summary used for subjects.
+pub fn write_dns(out: &mut Vec<u8>, msg: Option<&[u8]>) -> DnsSummary {
+    let Some(msg) = msg else {
+        out.extend_from_slice(
+            b"\"dns\":{\"length\":null,\"id\":null,\"opcode\":null,\"rcode\":null,\
+\"qname\":null,\"qtype\":null,\"qclass\":null,\"flags\":null,\
+\"qdcount\":null,\"ancount\":null,\"nscount\":null,\"arcount\":null,\
+\"resource-records\":{\"an\":[],\"ns\":[],\"ar\":[]},\"malformed-packet\":false},\"edns\":null",
+        );
+        return DnsSummary::default();
+    };
+    let mut sum = DnsSummary::default();
+    out.extend_from_slice(b"\"dns\":{\"length\":");
+    json::uint(out, msg.len());
+    let Some(h) = msg.get(..12) else {
+        out.extend_from_slice(
+            b",\"id\":null,\"opcode\":null,\"rcode\":null,\"qname\":null,\"qtype\":null,\
+\"qclass\":null,\"flags\":null,\"qdcount\":null,\"ancount\":null,\"nscount\":null,\
+\"arcount\":null,\"resource-records\":{\"an\":[],\"ns\":[],\"ar\":[]},\
+\"malformed-packet\":true},\"edns\":null",
+        );
+        sum.malformed = true;
+        return sum;
+    };
+    let id = u16::from_be_bytes([h[0], h[1]]);
+    let (f1, f2) = (h[2], h[3]);
+    let counts = [
+        u16::from_be_bytes([h[4], h[5]]),
+        u16::from_be_bytes([h[6], h[7]]),
+        u16::from_be_bytes([h[8], h[9]]),
+        u16::from_be_bytes([h[10], h[11]]),
+    ];
+    out.extend_from_slice(b",\"id\":");
+    json::uint(out, id);
+    out.extend_from_slice(b",\"opcode\":");
+    json::uint(out, (f1 >> 3) & 0x0F);
+    out.extend_from_slice(b",\"flags\":{\"qr\":");
+    json::bool(out, f1 & 0x80 != 0);
+    out.extend_from_slice(b",\"aa\":");
+    json::bool(out, f1 & 0x04 != 0);
+    out.extend_from_slice(b",\"tc\":");
+    json::bool(out, f1 & 0x02 != 0);
+    out.extend_from_slice(b",\"rd\":");
+    json::bool(out, f1 & 0x01 != 0);
+    out.extend_from_slice(b",\"ra\":");
+    json::bool(out, f2 & 0x80 != 0);
+    out.extend_from_slice(b",\"z\":");
+    json::bool(out, f2 & 0x40 != 0);
+    out.extend_from_slice(b",\"ad\":");
+    json::bool(out, f2 & 0x20 != 0);
+    out.extend_from_slice(b",\"cd\":");
+    json::bool(out, f2 & 0x10 != 0);
+    out.push(b'}');
+    for (k, c) in ["qdcount", "ancount", "nscount", "arcount"]
+        .iter()
+        .zip(counts)
+    {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b"\":");
+        json::uint(out, c);
+    }
+
+    // Question section: the first question is `qname`/`qtype`/`qclass`.
+    let mut pos = 12;
+    let mut malformed = false;
+    out.extend_from_slice(b",\"qname\":");
+    if counts[0] == 0 {
+        out.extend_from_slice(b"null,\"qtype\":null,\"qclass\":null");
+    } else {
+        let mark = out.len();
+        out.push(b'"');
+        match read_name(msg, pos, out).and_then(|p| Ok((p, u16_at(msg, p)?, u16_at(msg, p + 2)?))) {
+            Ok((p, qtype, qclass)) => {
+                out.extend_from_slice(b"\",\"qtype\":");
+                write_type(out, qtype);
+                out.extend_from_slice(b",\"qclass\":");
+                write_class(out, qclass);
+                sum.qtype = Some(qtype);
+                pos = p + 4;
+            }
+            Err(_) => {
+                // Remove the opening quote and any partial name.
+                out.truncate(mark);
+                out.extend_from_slice(b"null,\"qtype\":null,\"qclass\":null");
+                malformed = true;
+            }
+        }
+        // Further questions (rare, QDCOUNT > 1) are skipped over, not printed.
+        let mut scratch = Vec::new();
+        for _ in 1..counts[0] {
+            if malformed {
+                break;
+            }
+            scratch.clear();
+            match read_name(msg, pos, &mut scratch) {
+                Ok(p) if p + 4 <= msg.len() => pos = p + 4,
+                _ => malformed = true,
+            }
+        }
+    }
+
+    // Answer, authority and additional sections.
+    let mut opt: Option<Opt> = None;
+    out.extend_from_slice(b",\"resource-records\":{");
+    for (si, sname) in ["an", "ns", "ar"].iter().enumerate() {
+        if si > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(sname.as_bytes());
+        out.extend_from_slice(b"\":[");
+        let mut first = true;
+        for _ in 0..counts[si + 1] {
+            if malformed {
+                break;
+            }
+            let mark = out.len();
+            if !first {
+                out.push(b',');
+            }
+            match write_record(msg, pos, out) {
+                Ok((next, RecordKind::Plain)) => {
+                    pos = next;
+                    first = false;
+                }
+                Ok((next, RecordKind::Opt(o))) => {
+                    // The OPT pseudo-record goes to the `edns` block, not to `ar`.
+                    out.truncate(mark);
+                    if opt.is_none() {
+                        opt = Some(o);
+                    }
+                    pos = next;
+                }
+                Err(_) => {
+                    out.truncate(mark);
+                    malformed = true;
+                }
+            }
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+    if !malformed && pos < msg.len() {
+        // Trailing bytes after the last record: the counts and the bytes disagree.
+        malformed = true;
+    }
+
+    let ext = opt.map_or(0, |o| (o.ttl >> 24) as u16);
+    let rcode = (ext << 4) | u16::from(f2 & 0x0F);
+    sum.rcode = Some(rcode);
+    out.extend_from_slice(b",\"rcode\":");
+    write_rcode(out, rcode);
+    out.extend_from_slice(b",\"malformed-packet\":");
+    json::bool(out, malformed);
+    out.push(b'}');
+    sum.malformed = malformed;
+
+    out.extend_from_slice(b",\"edns\":");
+    match opt {
+        None => out.extend_from_slice(b"null"),
+        Some(o) => write_edns(out, msg, o),
+    }
+    sum
+}
+
+enum RecordKind {
+    Plain,
+    Opt(Opt),
+}
+
+/// Writes one record as a JSON object; returns the offset after it.
+fn write_record(
+    msg: &[u8],
+    pos: usize,
+    out: &mut Vec<u8>,
+) -> Result<(usize, RecordKind), WireError> {
+    out.extend_from_slice(b"{\"name\":\"");
+    let p = read_name(msg, pos, out)?;
+    let rtype = u16_at(msg, p)?;
+    let class = u16_at(msg, p + 2)?;
+    let ttl = u32_at(msg, p + 4)?;
+    let rdlen = usize::from(u16_at(msg, p + 8)?);
+    let rstart = p + 10;
+    let rend = rstart + rdlen;
+    if rend > msg.len() {
+        return Err(WireError::Truncated);
+    }
+    if rtype == 41 {
+        return Ok((
+            rend,
+            RecordKind::Opt(Opt {
+                udp_size: class,
+                ttl,
+                rdata_start: rstart,
+                rdata_end: rend,
+            }),
+        ));
+    }
+    out.extend_from_slice(b"\",\"rdatatype\":");
+    write_type(out, rtype);
+    out.extend_from_slice(b",\"class\":");
+    write_class(out, class);
+    out.extend_from_slice(b",\"ttl\":");
+    json::uint(out, ttl);
+    out.extend_from_slice(b",\"rdata\":");
+    write_rdata(out, msg, rtype, rstart, rdlen);
+    out.push(b'}');
+    Ok((rend, RecordKind::Plain))
+}
+
+/// rdata in presentation format via hickory-proto; RFC 3597 `\# len hex` when hickory
+/// cannot decode it.
+fn write_rdata(out: &mut Vec<u8>, msg: &[u8], rtype: u16, start: usize, len: usize) {
+    if len == 0 {
+        out.extend_from_slice(b"\"\"");
+        return;
+    }
+    let mut d = BinDecoder::new(msg);
+    let parsed = d.read_slice(start).ok().and_then(|_| {
+        RData::read(&mut d, RecordType::from(rtype), Restrict::new(len as u16))
+            .ok()
+            .filter(|_| d.index() == start + len)
+    });
+    let mark = out.len();
+    if let Some(rd) = parsed {
+        json::display(out, &rd);
+        if &out[mark..] != b"null" {
+            return;
+        }
+        out.truncate(mark);
+    }
+    let rdata = &msg[start..start + len];
+    out.extend_from_slice(b"\"\\\\# ");
+    json::uint(out, len);
+    out.push(b' ');
+    hex(out, rdata);
+    out.push(b'"');
+}
+
+fn hex(out: &mut Vec<u8>, b: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &c in b {
+        out.push(HEX[usize::from(c >> 4)]);
+        out.push(HEX[usize::from(c & 0xF)]);
+    }
+}
+
+fn write_edns(out: &mut Vec<u8>, msg: &[u8], o: Opt) {
+    out.extend_from_slice(b"{\"udp-size\":");
+    json::uint(out, o.udp_size);
+    out.extend_from_slice(b",\"rcode\":");
+    json::uint(out, o.ttl >> 24);
+    out.extend_from_slice(b",\"version\":");
+    json::uint(out, (o.ttl >> 16) & 0xFF);
+    out.extend_from_slice(b",\"dnssec-ok\":");
+    json::uint(out, (o.ttl >> 15) & 1);
+    out.extend_from_slice(b",\"options\":[");
+    let rdata = &msg[o.rdata_start..o.rdata_end];
+    let mut p = 0;
+    let mut first = true;
+    while p + 4 <= rdata.len() {
+        let code = u16::from_be_bytes([rdata[p], rdata[p + 1]]);
+        let len = usize::from(u16::from_be_bytes([rdata[p + 2], rdata[p + 3]]));
+        let Some(data) = rdata.get(p + 4..p + 4 + len) else {
+            break;
+        };
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_option(out, code, data);
+        p += 4 + len;
+    }
+    out.extend_from_slice(b"]}");
+}
+
+fn write_option(out: &mut Vec<u8>, code: u16, data: &[u8]) {
+    out.extend_from_slice(b"{\"code\":");
+    json::uint(out, code);
+    out.extend_from_slice(b",\"name\":\"");
+    out.extend_from_slice(option_name(code).as_bytes());
+    out.extend_from_slice(b"\",\"data\":");
+    match code {
+        3 => {
+            // NSID: text when printable, else hex.
+            if !data.is_empty() && data.iter().all(|c| (0x20..0x7f).contains(c)) {
+                json::lossy(out, data);
+            } else {
+                out.push(b'"');
+                hex(out, data);
+                out.push(b'"');
+            }
+        }
+        8 => write_ecs(out, data),
+        15 => write_ede(out, data),
+        _ => {
+            out.push(b'"');
+            hex(out, data);
+            out.push(b'"');
+        }
+    }
+    out.push(b'}');
+}
+
+/// EDNS Client Subnet (RFC 7871): `"data":"192.0.2.0/24"` plus the structured fields.
+fn write_ecs(out: &mut Vec<u8>, data: &[u8]) {
+    let parsed = match data {
+        [f0, f1, src, scope, addr @ ..] => {
+            let family = u16::from_be_bytes([*f0, *f1]);
+            let width = match family {
+                1 => 4,
+                2 => 16,
+                _ => 0,
+            };
+            (width > 0 && addr.len() <= width).then_some((family, *src, *scope, addr, width))
+        }
+        _ => None,
+    };
+    let Some((family, src, scope, addr, width)) = parsed else {
+        out.push(b'"');
+        hex(out, data);
+        out.push(b'"');
+        return;
+    };
+    let mut full = [0u8; 16];
+    full[..addr.len()].copy_from_slice(addr);
+    out.push(b'"');
+    if width == 4 {
+        json::ipv4_bare(out, [full[0], full[1], full[2], full[3]]);
+    } else {
+        use std::fmt::Write;
+        let _ = write!(json::Escaper(out), "{}", std::net::Ipv6Addr::from(full));
+    }
+    out.push(b'/');
+    json::uint(out, src);
+    out.extend_from_slice(b"\",\"family\":");
+    json::uint(out, family);
+    out.extend_from_slice(b",\"source-prefix\":");
+    json::uint(out, src);
+    out.extend_from_slice(b",\"scope-prefix\":");
+    json::uint(out, scope);
+}
+
+/// Extended DNS Errors (RFC 8914): `"data":"18 Prohibited: text"` plus structured fields.
+fn write_ede(out: &mut Vec<u8>, data: &[u8]) {
+    let [c0, c1, text @ ..] = data else {
+        out.push(b'"');
+        hex(out, data);
+        out.push(b'"');
+        return;
+    };
+    let code = u16::from_be_bytes([*c0, *c1]);
+    let text = String::from_utf8_lossy(text);
+    let text = text.trim_end_matches('\0');
+    let name = ede_name(code);
+    out.push(b'"');
+    json::uint(out, code);
+    out.push(b' ');
+    out.extend_from_slice(name.as_bytes());
+    if !text.is_empty() {
+        use std::fmt::Write;
+        let _ = write!(json::Escaper(out), ": {text}");
+    }
+    out.extend_from_slice(b"\",\"info-code\":");
+    json::uint(out, code);
+    out.extend_from_slice(b",\"info\":\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\",\"extra-text\":");
+    json::str(out, text);
+}
+
+/// Record type mnemonic (`A`, `AAAA`, ...), `TYPE123` (RFC 3597) when unknown.
+pub fn write_type(out: &mut Vec<u8>, t: u16) {
+    out.push(b'"');
+    match RecordType::from(t) {
+        RecordType::Unknown(_) => {
+            out.extend_from_slice(b"TYPE");
+            json::uint(out, t);
+        }
+        rt => {
+            let s: &'static str = rt.into();
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+    out.push(b'"');
+}
+
+/// Class mnemonic, `CLASS123` when unknown.
+pub fn write_class(out: &mut Vec<u8>, c: u16) {
+    out.push(b'"');
+    match c {
+        1 => out.extend_from_slice(b"IN"),
+        3 => out.extend_from_slice(b"CH"),
+        4 => out.extend_from_slice(b"HS"),
+        254 => out.extend_from_slice(b"NONE"),
+        255 => out.extend_from_slice(b"ANY"),
+        _ => {
+            out.extend_from_slice(b"CLASS");
+            json::uint(out, c);
+        }
+    }
+    out.push(b'"');
+}
+
+/// RCODE mnemonic (RFC 6895 registry), `RCODE123` when unassigned.
+pub fn rcode_name(rcode: u16) -> Option<&'static str> {
+    Some(match rcode {
+        0 => "NOERROR",
+        1 => "FORMERR",
+        2 => "SERVFAIL",
+        3 => "NXDOMAIN",
+        4 => "NOTIMP",
+        5 => "REFUSED",
+        6 => "YXDOMAIN",
+        7 => "YXRRSET",
+        8 => "NXRRSET",
+        9 => "NOTAUTH",
+        10 => "NOTZONE",
+        11 => "DSOTYPENI",
+        16 => "BADVERS",
+        17 => "BADKEY",
+        18 => "BADTIME",
+        19 => "BADMODE",
+        20 => "BADNAME",
+        21 => "BADALG",
+        22 => "BADTRUNC",
+        23 => "BADCOOKIE",
+        _ => return None,
+    })
+}
+
+fn write_rcode(out: &mut Vec<u8>, rcode: u16) {
+    out.push(b'"');
+    match rcode_name(rcode) {
+        Some(n) => out.extend_from_slice(n.as_bytes()),
+        None => {
+            out.extend_from_slice(b"RCODE");
+            json::uint(out, rcode);
+        }
+    }
+    out.push(b'"');
+}
+
+/// Appends the mnemonic for a record type to a `String` (used for subjects).
+pub fn type_name(t: u16, s: &mut String) {
+    match RecordType::from(t) {
+        RecordType::Unknown(_) => {
+            s.push_str("TYPE");
+            s.push_str(itoa::Buffer::new().format(t));
+        }
+        rt => s.push_str(rt.into()),
+    }
+}
+
+fn option_name(code: u16) -> &'static str {
+    match code {
+        1 => "LLQ",
+        2 => "UL",
+        3 => "NSID",
+        5 => "DAU",
+        6 => "DHU",
+        7 => "N3U",
+        8 => "CSUBNET",
+        9 => "EXPIRE",
+        10 => "COOKIE",
+        11 => "KEEPALIVE",
+        12 => "PADDING",
+        13 => "CHAIN",
+        14 => "KEYTAG",
+        15 => "ERRORS",
+        16 => "CLIENTTAG",
+        17 => "SERVERTAG",
+        18 => "REPORTCHANNEL",
+        19 => "ZONEVERSION",
+        _ => "UNKNOWN",
+    }
+}
+
+fn ede_name(code: u16) -> &'static str {
+    match code {
+        0 => "Other",
+        1 => "Unsupported DNSKEY Algorithm",
+        2 => "Unsupported DS Digest Type",
+        3 => "Stale Answer",
+        4 => "Forged Answer",
+        5 => "DNSSEC Indeterminate",
+        6 => "DNSSEC Bogus",
+        7 => "Signature Expired",
+        8 => "Signature Not Yet Valid",
+        9 => "DNSKEY Missing",
+        10 => "RRSIGs Missing",
+        11 => "No Zone Key Bit Set",
+        12 => "NSEC Missing",
+        13 => "Cached Error",
+        14 => "Not Ready",
+        15 => "Blocked",
+        16 => "Censored",
+        17 => "Filtered",
+        18 => "Prohibited",
+        19 => "Stale NXDOMAIN Answer",
+        20 => "Not Authoritative",
+        21 => "Not Supported",
+        22 => "No Reachable Authority",
+        23 => "Network Error",
+        24 => "Invalid Data",
+        25 => "Signature Expired before Valid",
+        26 => "Too Early",
+        27 => "Unsupported NSEC3 Iterations Value",
+        28 => "Unable to conform to policy",
+        29 => "Synthesized",
+        30 => "Invalid Query Type",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dns_json(msg: &[u8]) -> (serde_json::Value, DnsSummary) {
+        let mut out = b"{".to_vec();
+        let s = write_dns(&mut out, Some(msg));
+        out.push(b'}');
+        let v: serde_json::Value = serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
+        (v, s)
+    }
+
+    /// A response for `www.example.` A with one answer (compressed owner) and an OPT with
+    /// ECS, NSID, EDE and a cookie, extended rcode bits set.
+    fn sample_response() -> Vec<u8> {
+        let mut m = vec![0x12, 0x34, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 1];
+        m.extend_from_slice(b"\x03www\x07example\x00\x00\x01\x00\x01");
+        m.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1, 0, 0, 0x0e, 0x10, 0, 4, 192, 0, 2, 1]);
+        let mut opts = Vec::new();
+        opts.extend_from_slice(&[0, 8, 0, 7, 0, 1, 24, 0, 198, 51, 100]);
+        opts.extend_from_slice(&[0, 3, 0, 3]);
+        opts.extend_from_slice(b"ns1");
+        opts.extend_from_slice(&[0, 15, 0, 6, 0, 18]);
+        opts.extend_from_slice(b"nope");
+        opts.extend_from_slice(&[0, 10, 0, 2, 0xab, 0xcd]);
+        // OPT: root, type 41, udp 1232, ttl: ext-rcode 1, version 0, DO set.
+        m.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 1, 0, 0x80, 0]);
+        m.extend_from_slice(&(opts.len() as u16).to_be_bytes());
+        m.extend_from_slice(&opts);
+        m
+    }
+
+    #[test]
+    fn full_response() {
+        let (v, s) = dns_json(&sample_response());
+        let d = &v["dns"];
+        assert_eq!(d["id"], 0x1234);
+        assert_eq!(d["qname"], "www.example");
+        assert_eq!(d["qtype"], "A");
+        assert_eq!(d["qclass"], "IN");
+        assert_eq!(d["flags"]["qr"], true);
+        assert_eq!(d["flags"]["rd"], true);
+        assert_eq!(d["flags"]["ra"], true);
+        assert_eq!(d["flags"]["aa"], false);
+        // header rcode 0 + extended bits 1<<4 = 16 = BADVERS
+        assert_eq!(d["rcode"], "BADVERS");
+        assert_eq!(s.rcode, Some(16));
+        assert_eq!(d["ancount"], 1);
+        assert_eq!(d["resource-records"]["an"][0]["name"], "www.example");
+        assert_eq!(d["resource-records"]["an"][0]["rdata"], "192.0.2.1");
+        assert_eq!(d["resource-records"]["an"][0]["ttl"], 3600);
+        assert_eq!(
+            d["resource-records"]["ar"].as_array().map(Vec::len),
+            Some(0)
+        );
+        assert_eq!(d["malformed-packet"], false);
+        let e = &v["edns"];
+        assert_eq!(e["udp-size"], 1232);
+        assert_eq!(e["dnssec-ok"], 1);
+        assert_eq!(e["options"][0]["name"], "CSUBNET");
+        assert_eq!(e["options"][0]["data"], "198.51.100.0/24");
+        assert_eq!(e["options"][1]["data"], "ns1");
+        assert_eq!(e["options"][2]["info-code"], 18);
+        assert_eq!(e["options"][2]["extra-text"], "nope");
+        assert_eq!(e["options"][3]["data"], "abcd");
+        assert!(!s.malformed);
+    }
+
+    #[test]
+    fn every_truncation_is_handled() {
+        let full = sample_response();
+        for n in 0..full.len() {
+            let (v, s) = dns_json(&full[..n]);
+            assert_eq!(v["dns"]["malformed-packet"], true, "cut at {n}");
+            assert!(s.malformed);
+        }
+    }
+
+    #[test]
+    fn names_are_escaped() {
+        let mut out = Vec::new();
+        write_wire_name(&mut out, b"\x04a.b\"\x02\x00\\\x00");
+        let s: String = serde_json::from_slice(&out).expect("json");
+        assert_eq!(s, "a\\.b\\\".\\000\\\\");
+        out.clear();
+        write_wire_name(&mut out, b"\x00");
+        assert_eq!(out, b"\".\"");
+        out.clear();
+        write_wire_name(&mut out, b"\x05ab");
+        assert_eq!(out, b"null");
+    }
+
+    #[test]
+    fn pointer_loops_terminate() {
+        // question name is a pointer to itself
+        let mut m = vec![0, 1, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1]);
+        let (v, s) = dns_json(&m);
+        assert_eq!(v["dns"]["qname"], serde_json::Value::Null);
+        assert!(s.malformed);
+    }
+
+    #[test]
+    fn bad_rdata_is_generic_not_fatal() {
+        // an A record with a 3-byte rdata, followed by a valid TXT record
+        let mut m = vec![0, 1, 0x81, 0x80, 0, 0, 0, 2, 0, 0, 0, 0];
+        m.extend_from_slice(&[0, 0, 1, 0, 1, 0, 0, 0, 1, 0, 3, 1, 2, 3]);
+        m.extend_from_slice(&[0, 0, 16, 0, 1, 0, 0, 0, 1, 0, 3, 2, b'h', b'i']);
+        let (v, s) = dns_json(&m);
+        let an = &v["dns"]["resource-records"]["an"];
+        assert_eq!(an[0]["rdata"], "\\# 3 010203");
+        assert_eq!(an[1]["rdatatype"], "TXT");
+        assert!(an[1]["rdata"].as_str().is_some_and(|t| t.contains("hi")));
+        assert!(!s.malformed);
+    }
+}
