@@ -4,16 +4,14 @@
 //! and question, every answer/authority/additional record (owner name, type, class, TTL and
 //! rdata text) and the EDNS OPT pseudo-record. Names are written in presentation format by
 //! our own reader (decimal `\DDD` escapes, compression pointers followed with a jump limit);
-//! rdata is decoded and printed by hickory-proto's `RData`, positioned on the record with a
-//! `BinDecoder`. Record boundaries come from RDLENGTH, so one record whose rdata hickory
-//! cannot parse is printed in RFC 3597 generic form and never drops the message. A message
+//! rdata is printed by [`super::rdata`]. Record boundaries come from RDLENGTH, so one record
+//! whose rdata does not parse is printed in RFC 3597 generic form and never drops the
+//! message. A message
 //! that is cut short or structurally broken still yields everything read before the damage,
 //! with `malformed-packet: true`.
 
-use hickory_proto::rr::{RData, RecordType};
-use hickory_proto::serialize::binary::{BinDecoder, Restrict};
-
 use super::json;
+use super::rdata;
 
 /// What the rest of the broker needs from the DNS message (for subjects and metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,7 +27,7 @@ pub struct DnsSummary {
 /// Why a wire message stopped parsing early (shown to nobody but tests: the event carries
 /// `malformed-packet: true`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WireError {
+pub(super) enum WireError {
     Truncated,
     BadLabel,
     PointerLoop,
@@ -39,19 +37,30 @@ enum WireError {
 const MAX_NAME_WIRE: usize = 255;
 const MAX_JUMPS: usize = 64;
 
-/// Reads the name at `pos`, appending its presentation form (no trailing dot, root is `.`,
-/// JSON-escaped, without quotes) to `out`. Returns the offset just after the name as it
-/// appears at `pos` (after the first pointer, if any). On error, `out` is left unchanged.
-fn read_name(msg: &[u8], pos: usize, out: &mut Vec<u8>) -> Result<usize, WireError> {
+/// Reads the name at `pos`, appending its presentation form (JSON-escaped, without quotes)
+/// to `out`: without the trailing dot (root is `.`), or fully qualified with it when `fqdn`.
+/// Returns the offset just after the name as it appears at `pos` (after the first pointer,
+/// if any). On error, `out` is left unchanged.
+pub(super) fn read_name(
+    msg: &[u8],
+    pos: usize,
+    out: &mut Vec<u8>,
+    fqdn: bool,
+) -> Result<usize, WireError> {
     let mark = out.len();
-    let r = read_name_inner(msg, pos, out);
+    let r = read_name_inner(msg, pos, out, fqdn);
     if r.is_err() {
         out.truncate(mark);
     }
     r
 }
 
-fn read_name_inner(msg: &[u8], mut pos: usize, out: &mut Vec<u8>) -> Result<usize, WireError> {
+fn read_name_inner(
+    msg: &[u8],
+    mut pos: usize,
+    out: &mut Vec<u8>,
+    fqdn: bool,
+) -> Result<usize, WireError> {
     let mut end: Option<usize> = None;
     let mut jumps = 0;
     let mut wire_len = 0usize;
@@ -66,7 +75,7 @@ fn read_name_inner(msg: &[u8], mut pos: usize, out: &mut Vec<u8>) -> Result<usiz
                     return Err(WireError::NameTooLong);
                 }
                 if len == 0 {
-                    if first {
+                    if first || fqdn {
                         out.push(b'.');
                     }
                     return Ok(end.unwrap_or(pos + 1));
@@ -124,7 +133,7 @@ fn write_label(label: &[u8], out: &mut Vec<u8>) {
 /// or `null` if it does not parse.
 pub fn write_wire_name(out: &mut Vec<u8>, wire: &[u8]) {
     out.push(b'"');
-    if read_name(wire, 0, out).is_err() {
+    if read_name(wire, 0, out, false).is_err() {
         out.pop();
         out.extend_from_slice(b"null");
         return;
@@ -228,7 +237,9 @@ pub fn write_dns(out: &mut Vec<u8>, msg: Option<&[u8]>) -> DnsSummary {
     } else {
         let mark = out.len();
         out.push(b'"');
-        match read_name(msg, pos, out).and_then(|p| Ok((p, u16_at(msg, p)?, u16_at(msg, p + 2)?))) {
+        match read_name(msg, pos, out, false)
+            .and_then(|p| Ok((p, u16_at(msg, p)?, u16_at(msg, p + 2)?)))
+        {
             Ok((p, qtype, qclass)) => {
                 out.extend_from_slice(b"\",\"qtype\":");
                 write_type(out, qtype);
@@ -251,7 +262,7 @@ pub fn write_dns(out: &mut Vec<u8>, msg: Option<&[u8]>) -> DnsSummary {
                 break;
             }
             scratch.clear();
-            match read_name(msg, pos, &mut scratch) {
+            match read_name(msg, pos, &mut scratch, false) {
                 Ok(p) if p + 4 <= msg.len() => pos = p + 4,
                 _ => malformed = true,
             }
@@ -334,7 +345,7 @@ fn write_record(
     out: &mut Vec<u8>,
 ) -> Result<(usize, RecordKind), WireError> {
     out.extend_from_slice(b"{\"name\":\"");
-    let p = read_name(msg, pos, out)?;
+    let p = read_name(msg, pos, out, false)?;
     let rtype = u16_at(msg, p)?;
     let class = u16_at(msg, p + 2)?;
     let ttl = u32_at(msg, p + 4)?;
@@ -362,46 +373,9 @@ fn write_record(
     out.extend_from_slice(b",\"ttl\":");
     json::uint(out, ttl);
     out.extend_from_slice(b",\"rdata\":");
-    write_rdata(out, msg, rtype, rstart, rdlen);
+    rdata::write_rdata(out, msg, rtype, rstart, rdlen);
     out.push(b'}');
     Ok((rend, RecordKind::Plain))
-}
-
-/// rdata in presentation format via hickory-proto; RFC 3597 `\# len hex` when hickory
-/// cannot decode it.
-fn write_rdata(out: &mut Vec<u8>, msg: &[u8], rtype: u16, start: usize, len: usize) {
-    if len == 0 {
-        out.extend_from_slice(b"\"\"");
-        return;
-    }
-    let mut d = BinDecoder::new(msg);
-    let parsed = d.read_slice(start).ok().and_then(|_| {
-        RData::read(&mut d, RecordType::from(rtype), Restrict::new(len as u16))
-            .ok()
-            .filter(|_| d.index() == start + len)
-    });
-    let mark = out.len();
-    if let Some(rd) = parsed {
-        json::display(out, &rd);
-        if &out[mark..] != b"null" {
-            return;
-        }
-        out.truncate(mark);
-    }
-    let rdata = &msg[start..start + len];
-    out.extend_from_slice(b"\"\\\\# ");
-    json::uint(out, len);
-    out.push(b' ');
-    hex(out, rdata);
-    out.push(b'"');
-}
-
-fn hex(out: &mut Vec<u8>, b: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for &c in b {
-        out.push(HEX[usize::from(c >> 4)]);
-        out.push(HEX[usize::from(c & 0xF)]);
-    }
 }
 
 fn write_edns(out: &mut Vec<u8>, msg: &[u8], o: Opt) {
@@ -440,21 +414,15 @@ fn write_option(out: &mut Vec<u8>, code: u16, data: &[u8]) {
     out.extend_from_slice(option_name(code).as_bytes());
     out.extend_from_slice(b"\",\"data\":");
     match code {
-        3 => {
-            // NSID: text when printable, else hex.
-            if !data.is_empty() && data.iter().all(|c| (0x20..0x7f).contains(c)) {
-                json::lossy(out, data);
-            } else {
-                out.push(b'"');
-                hex(out, data);
-                out.push(b'"');
-            }
+        // NSID: text when printable, else hex.
+        3 if !data.is_empty() && data.iter().all(|c| (0x20..0x7f).contains(c)) => {
+            json::lossy(out, data);
         }
         8 => write_ecs(out, data),
         15 => write_ede(out, data),
         _ => {
             out.push(b'"');
-            hex(out, data);
+            rdata::hex_lower(out, data);
             out.push(b'"');
         }
     }
@@ -477,7 +445,7 @@ fn write_ecs(out: &mut Vec<u8>, data: &[u8]) {
     };
     let Some((family, src, scope, addr, width)) = parsed else {
         out.push(b'"');
-        hex(out, data);
+        rdata::hex_lower(out, data);
         out.push(b'"');
         return;
     };
@@ -504,7 +472,7 @@ fn write_ecs(out: &mut Vec<u8>, data: &[u8]) {
 fn write_ede(out: &mut Vec<u8>, data: &[u8]) {
     let [c0, c1, text @ ..] = data else {
         out.push(b'"');
-        hex(out, data);
+        rdata::hex_lower(out, data);
         out.push(b'"');
         return;
     };
@@ -531,17 +499,119 @@ fn write_ede(out: &mut Vec<u8>, data: &[u8]) {
 /// Record type mnemonic (`A`, `AAAA`, ...), `TYPE123` (RFC 3597) when unknown.
 pub fn write_type(out: &mut Vec<u8>, t: u16) {
     out.push(b'"');
-    match RecordType::from(t) {
-        RecordType::Unknown(_) => {
+    match type_mnemonic(t) {
+        Some(s) => out.extend_from_slice(s.as_bytes()),
+        None => {
             out.extend_from_slice(b"TYPE");
             json::uint(out, t);
         }
-        rt => {
-            let s: &'static str = rt.into();
-            out.extend_from_slice(s.as_bytes());
-        }
     }
     out.push(b'"');
+}
+
+/// The IANA mnemonic of a resource record type (the "Resource Record (RR) TYPEs" registry;
+/// 255 is written `ANY`), `None` for unassigned values.
+pub fn type_mnemonic(t: u16) -> Option<&'static str> {
+    Some(match t {
+        1 => "A",
+        2 => "NS",
+        3 => "MD",
+        4 => "MF",
+        5 => "CNAME",
+        6 => "SOA",
+        7 => "MB",
+        8 => "MG",
+        9 => "MR",
+        10 => "NULL",
+        11 => "WKS",
+        12 => "PTR",
+        13 => "HINFO",
+        14 => "MINFO",
+        15 => "MX",
+        16 => "TXT",
+        17 => "RP",
+        18 => "AFSDB",
+        19 => "X25",
+        20 => "ISDN",
+        21 => "RT",
+        22 => "NSAP",
+        23 => "NSAP-PTR",
+        24 => "SIG",
+        25 => "KEY",
+        26 => "PX",
+        27 => "GPOS",
+        28 => "AAAA",
+        29 => "LOC",
+        30 => "NXT",
+        31 => "EID",
+        32 => "NIMLOC",
+        33 => "SRV",
+        34 => "ATMA",
+        35 => "NAPTR",
+        36 => "KX",
+        37 => "CERT",
+        38 => "A6",
+        39 => "DNAME",
+        40 => "SINK",
+        41 => "OPT",
+        42 => "APL",
+        43 => "DS",
+        44 => "SSHFP",
+        45 => "IPSECKEY",
+        46 => "RRSIG",
+        47 => "NSEC",
+        48 => "DNSKEY",
+        49 => "DHCID",
+        50 => "NSEC3",
+        51 => "NSEC3PARAM",
+        52 => "TLSA",
+        53 => "SMIMEA",
+        55 => "HIP",
+        56 => "NINFO",
+        57 => "RKEY",
+        58 => "TALINK",
+        59 => "CDS",
+        60 => "CDNSKEY",
+        61 => "OPENPGPKEY",
+        62 => "CSYNC",
+        63 => "ZONEMD",
+        64 => "SVCB",
+        65 => "HTTPS",
+        66 => "DSYNC",
+        67 => "HHIT",
+        68 => "BRID",
+        99 => "SPF",
+        100 => "UINFO",
+        101 => "UID",
+        102 => "GID",
+        103 => "UNSPEC",
+        104 => "NID",
+        105 => "L32",
+        106 => "L64",
+        107 => "LP",
+        108 => "EUI48",
+        109 => "EUI64",
+        128 => "NXNAME",
+        249 => "TKEY",
+        250 => "TSIG",
+        251 => "IXFR",
+        252 => "AXFR",
+        253 => "MAILB",
+        254 => "MAILA",
+        255 => "ANY",
+        256 => "URI",
+        257 => "CAA",
+        258 => "AVC",
+        259 => "DOA",
+        260 => "AMTRELAY",
+        261 => "RESINFO",
+        262 => "WALLET",
+        263 => "CLA",
+        264 => "IPN",
+        32768 => "TA",
+        32769 => "DLV",
+        _ => return None,
+    })
 }
 
 /// Class mnemonic, `CLASS123` when unknown.
@@ -602,12 +672,12 @@ fn write_rcode(out: &mut Vec<u8>, rcode: u16) {
 
 /// Appends the mnemonic for a record type to a `String` (used for subjects).
 pub fn type_name(t: u16, s: &mut String) {
-    match RecordType::from(t) {
-        RecordType::Unknown(_) => {
+    match type_mnemonic(t) {
+        Some(n) => s.push_str(n),
+        None => {
             s.push_str("TYPE");
             s.push_str(itoa::Buffer::new().format(t));
         }
-        rt => s.push_str(rt.into()),
     }
 }
 

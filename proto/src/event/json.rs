@@ -151,7 +151,7 @@ pub fn rfc3339_ns(out: &mut Vec<u8>, secs: u64, nanos: u32) {
     out.extend_from_slice(b"Z\"");
 }
 
-fn pad(out: &mut Vec<u8>, v: u64, width: usize) {
+pub(crate) fn pad(out: &mut Vec<u8>, v: u64, width: usize) {
     let mut b = itoa::Buffer::new();
     let s = b.format(v);
     for _ in s.len()..width {
@@ -161,7 +161,7 @@ fn pad(out: &mut Vec<u8>, v: u64, width: usize) {
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(days: u64) -> (u64, u32, u32) {
+pub(crate) fn civil_from_days(days: u64) -> (u64, u32, u32) {
     let z = days + 719_468;
     let era = z / 146_097;
     let doe = z - era * 146_097;

@@ -13,6 +13,7 @@
 
 pub mod dns;
 pub mod json;
+mod rdata;
 
 use bytes::Bytes;
 use prost::Message as _;
