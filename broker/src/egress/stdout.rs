@@ -1,0 +1,44 @@
+//! JSON lines on standard output (logs go to standard error).
+
+use tokio::io::{AsyncWriteExt, BufWriter};
+
+use crate::fanout::EventRx;
+use crate::metrics::OutputMetrics;
+
+pub async fn run(mut rx: EventRx, m: OutputMetrics) {
+    let mut out = BufWriter::with_capacity(256 * 1024, tokio::io::stdout());
+    m.up.set(1);
+    while let Some(ev) = rx.recv().await {
+        let mut batch = 0u64;
+        let mut next = Some(ev);
+        while let Some(ev) = next {
+            if out.write_all(&ev.json).await.is_err() || out.write_all(b"\n").await.is_err() {
+                tracing::error!(
+                    output = "stdout",
+                    "cannot write to standard output; dropping events"
+                );
+                m.up.set(0);
+                m.dropped_error.inc();
+                drain_as_dropped(&mut rx, &m).await;
+                return;
+            }
+            batch += 1;
+            next = if batch < 4096 {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if out.flush().await.is_err() {
+            m.up.set(0);
+        }
+        m.published.inc_by(batch);
+    }
+    let _ = out.flush().await;
+}
+
+async fn drain_as_dropped(rx: &mut EventRx, m: &OutputMetrics) {
+    while rx.recv().await.is_some() {
+        m.dropped_error.inc();
+    }
+}

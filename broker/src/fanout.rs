@@ -1,0 +1,82 @@
+//! Fan-out: every event goes to every output, each through its own bounded queue.
+//!
+//! `send` never waits: a full queue drops the event for that output only and counts it
+//! (`tapbus_dropped_total{reason="queue_full"}`), so one slow or dead bus never slows the
+//! others or the socket reads (DESIGN rule 3 and 4).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tapbus_proto::event::Summary;
+use tokio::sync::mpsc;
+
+use crate::metrics::OutputMetrics;
+
+/// One encoded event: the JSON bytes (shared by every output) and what routing needs.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub json: Bytes,
+    pub summary: Summary,
+}
+
+#[derive(Debug)]
+struct OutputTx {
+    tx: mpsc::Sender<Event>,
+    metrics: OutputMetrics,
+}
+
+/// The sending side of every output queue. Cheap to clone (one per connection).
+#[derive(Debug, Clone)]
+pub struct Fanout {
+    outputs: Arc<[OutputTx]>,
+}
+
+/// The receiving side handed to one egress task.
+pub type EventRx = mpsc::Receiver<Event>;
+
+impl Fanout {
+    /// Creates one queue per output; returns the fan-out and the receivers, in order.
+    pub fn new(outputs: Vec<(usize, OutputMetrics)>) -> (Fanout, Vec<EventRx>) {
+        let mut txs = Vec::with_capacity(outputs.len());
+        let mut rxs = Vec::with_capacity(outputs.len());
+        for (cap, metrics) in outputs {
+            let (tx, rx) = mpsc::channel(cap);
+            metrics.capacity.set(cap as i64);
+            txs.push(OutputTx { tx, metrics });
+            rxs.push(rx);
+        }
+        (
+            Fanout {
+                outputs: txs.into(),
+            },
+            rxs,
+        )
+    }
+
+    /// Offers the event to every output without waiting.
+    pub fn send(&self, ev: Event) {
+        let n = self.outputs.len();
+        let mut ev = Some(ev);
+        for (i, o) in self.outputs.iter().enumerate() {
+            let e = if i + 1 == n { ev.take() } else { ev.clone() };
+            let Some(e) = e else { return };
+            match o.tx.try_send(e) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    o.metrics.dropped_full.inc();
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    o.metrics.dropped_shutdown.inc();
+                }
+            }
+        }
+    }
+
+    /// Updates the queue-depth gauges (called before `/metrics` is rendered).
+    pub fn refresh_gauges(&self) {
+        for o in self.outputs.iter() {
+            let depth = o.tx.max_capacity() - o.tx.capacity();
+            o.metrics.depth.set(depth as i64);
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! `/metrics` (Prometheus text format) and `/health` on `metrics_listen`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use crate::fanout::Fanout;
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+struct St {
+    metrics: Arc<Metrics>,
+    fanout: Fanout,
+}
+
+/// Binds the endpoint (errors name the key) and serves it until shutdown.
+pub async fn start(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    fanout: Fanout,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("metrics_listen: cannot listen on {addr}: {e}"))?;
+    tracing::info!(
+        "metrics on http://{}/metrics",
+        l.local_addr().map_err(|e| e.to_string())?
+    );
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/health", get(health))
+        .with_state(St { metrics, fanout });
+    Ok(tokio::spawn(async move {
+        let _ = axum::serve(l, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+    }))
+}
+
+async fn metrics_handler(axum::extract::State(st): axum::extract::State<St>) -> impl IntoResponse {
+    st.fanout.refresh_gauges();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.encode(),
+    )
+}
+
+async fn health() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        "{\"status\":\"ok\"}\n",
+    )
+}

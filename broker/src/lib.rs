@@ -1,0 +1,144 @@
+//! tapbus-broker: the first arrow of the flow, DNS server --dnstap--> broker --JSON--> bus.
+//!
+//! ```text
+//! ingress/{unix,tcp,tls,dial,file} -> session -> event::encode -> fanout -> egress/{nats,stdout}
+//! ```
+//! * [`ingress`]: listeners, dial-out and files; one task per connection.
+//! * [`session`]: Frame Streams reading and handshake; frames become events here.
+//! * [`fanout`]: every event to every output through per-output bounded queues.
+//! * [`egress`]: one task per output publishing to its bus.
+//! * [`metrics`], [`http`]: counters and the `/metrics`, `/health` endpoint.
+//!
+//! Invariants (ARCHITECTURE.md): never stall a sender (sockets are read continuously and
+//! the fan-out never waits); every drop is counted; one connection's bad input never
+//! affects another.
+
+pub mod egress;
+pub mod fanout;
+pub mod http;
+pub mod ingress;
+pub mod metrics;
+pub mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tapbus_config::BrokerSettings;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::fanout::Fanout;
+use crate::ingress::{Shared, Started};
+use crate::metrics::Metrics;
+
+/// How a broker run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Shut down on request, or every file input was read completely.
+    Clean,
+    /// Only file inputs, and at least one of them ended with an error.
+    FileErrors,
+}
+
+/// A broker that cannot start (bad address, unreadable certificate...).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Input(#[from] ingress::StartError),
+    #[error("{0}")]
+    Http(String),
+}
+
+/// Runs the broker until `shutdown` is cancelled or, with only file inputs, until every
+/// file is published. Outputs are drained before it returns.
+pub async fn run(
+    settings: BrokerSettings,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<Outcome, StartError> {
+    let (fanout, rxs) = Fanout::new(
+        settings
+            .outputs
+            .iter()
+            .map(|o| (o.queue, metrics.output(&o.name)))
+            .collect(),
+    );
+    let egress: Vec<_> = settings
+        .outputs
+        .iter()
+        .cloned()
+        .zip(rxs)
+        .map(|(spec, rx)| {
+            let m = metrics.output(&spec.name);
+            egress::spawn(spec, rx, m)
+        })
+        .collect();
+
+    let inputs_stop = shutdown.child_token();
+    let http = match settings.metrics_listen {
+        Some(addr) => Some(
+            http::start(addr, metrics.clone(), fanout.clone(), shutdown.clone())
+                .await
+                .map_err(StartError::Http)?,
+        ),
+        None => None,
+    };
+    let shared = Shared {
+        metrics: metrics.clone(),
+        fanout,
+        max_frame: settings.max_frame_size,
+        handshake_timeout: settings.handshake_timeout,
+        connections: Arc::new(Semaphore::new(settings.max_connections)),
+        shutdown: inputs_stop.clone(),
+        tasks: TaskTracker::new(),
+    };
+    let mut listeners = Vec::new();
+    let mut files = Vec::new();
+    for i in &settings.inputs {
+        match ingress::start(&i.name, &i.spec, &shared).await {
+            Ok(Started::Listening(h)) => listeners.push(h),
+            Ok(Started::File(h)) => files.push(h),
+            Err(e) => {
+                inputs_stop.cancel();
+                return Err(e.into());
+            }
+        }
+    }
+
+    let mut outcome = Outcome::Clean;
+    if listeners.is_empty() {
+        // Only files: publish them completely (or until a signal), then drain and exit.
+        let all = futures::future::join_all(files);
+        tokio::select! {
+            results = all => {
+                if results.iter().any(|r| !matches!(r, Ok(Ok(())))) {
+                    outcome = Outcome::FileErrors;
+                }
+            }
+            _ = shutdown.cancelled() => tracing::info!("shutting down before the files were read completely"),
+        }
+    } else {
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: closing inputs, then draining outputs");
+        for f in files {
+            f.abort();
+        }
+    }
+    inputs_stop.cancel();
+    for l in listeners {
+        let _ = l.await;
+    }
+    shared.tasks.close();
+    shared.tasks.wait().await;
+    // Dropping the last fan-out handle closes the queues; egress drains and returns.
+    drop(shared);
+    for e in egress {
+        let _ = tokio::time::timeout(Duration::from_secs(30), e).await;
+    }
+    shutdown.cancel();
+    if let Some(h) = http {
+        let _ = h.await;
+    }
+    Ok(outcome)
+}

@@ -1,0 +1,125 @@
+//! `tapbus-broker`: the command line. Parses flags, loads and validates the configuration
+//! (errors name the key, exit 2), starts the runtime and runs the broker until SIGINT or
+//! SIGTERM (or, with only file inputs, until every file is published).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tapbus_broker::{Outcome, metrics::Metrics};
+use tapbus_config::BrokerConfig;
+use tokio_util::sync::CancellationToken;
+
+/// dnstap in (unix, TCP, TLS, dial-out, files), JSON events out (NATS, stdout).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file (see config/broker.toml).
+    #[arg(short, long, env = "TAPBUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// dnstap input URL, repeatable: unix:///PATH, tcp://HOST:PORT, tls://HOST:PORT,
+    /// dial+tcp://HOST:PORT, dial+unix:///PATH, file:///PATH.
+    #[arg(short, long = "input", value_name = "URL")]
+    inputs: Vec<String>,
+    /// Output URL, repeatable: nats://HOST:PORT or stdout.
+    #[arg(short, long = "output", value_name = "URL")]
+    outputs: Vec<String>,
+    /// Address for /metrics and /health ("" disables).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<String>,
+    /// Log format on standard error.
+    #[arg(long, env = "TAPBUS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let settings = match load(&cli) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tapbus-broker: configuration error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tapbus-broker: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        match tapbus_broker::run(settings, Arc::new(Metrics::new()), shutdown).await {
+            Ok(Outcome::Clean) => ExitCode::SUCCESS,
+            Ok(Outcome::FileErrors) => {
+                tracing::error!("finished; some input files were malformed (see above)");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                tracing::error!("cannot start: {e}");
+                eprintln!("tapbus-broker: {e}");
+                ExitCode::from(2)
+            }
+        }
+    })
+}
+
+fn load(cli: &Cli) -> anyhow::Result<tapbus_config::BrokerSettings> {
+    let mut cfg = tapbus_config::load(cli.config.as_deref(), BrokerConfig::default())?;
+    if !cli.inputs.is_empty() || !cli.outputs.is_empty() {
+        // Flags are shorthand: with --input/--output on the command line, they are the
+        // inputs/outputs (the file still supplies everything else).
+        if cli.config.is_none() {
+            cfg.inputs.clear();
+            cfg.outputs.clear();
+        }
+    }
+    for i in &cli.inputs {
+        cfg.add_input_url(i);
+    }
+    for o in &cli.outputs {
+        cfg.add_output_url(o);
+    }
+    if let Some(m) = &cli.metrics_listen {
+        cfg.metrics_listen = m.clone();
+    }
+    cfg.validate().context("invalid configuration")
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TAPBUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::info!("signal received");
+    shutdown.cancel();
+}

@@ -1,0 +1,624 @@
+//! Configuration for every tapbus binary: a TOML file, then `TAPBUS_*` environment
+//! variables (figment, nested keys split on `__`), validated at start-up into typed
+//! settings. Every error names the key that is wrong.
+//!
+//! Two stages, as in ripgrep: the serde structs ([`BrokerConfig`]) are what users write
+//! (their doc comments are the reference in README.md); [`BrokerConfig::validate`] turns
+//! them into [`BrokerSettings`], which the broker runs from and which cannot be invalid.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use tapbus_proto::subject::{Flavor, Template};
+
+/// A configuration that cannot be run. The message always names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("{0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("{key}: {msg}")]
+    Invalid { key: String, msg: String },
+}
+
+fn invalid(key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        msg: msg.into(),
+    }
+}
+
+/// The broker's configuration file (`config/broker.toml` is a documented example).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Where dnstap comes from, by name (the name labels metrics and logs).
+    pub inputs: BTreeMap<String, InputConfig>,
+    /// Where events go, by name. Every event goes to every output.
+    pub outputs: BTreeMap<String, OutputConfig>,
+    /// Largest accepted data frame in bytes; a larger one is skipped and counted, and the
+    /// connection goes on.
+    pub max_frame_size: usize,
+    /// Most concurrent dnstap connections; more are accepted, logged and closed at once.
+    pub max_connections: usize,
+    /// How long a new connection may take to complete the Frame Streams handshake.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// The HTTP endpoint for `/metrics` (Prometheus text) and `/health`; empty disables it.
+    pub metrics_listen: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            inputs: BTreeMap::new(),
+            outputs: BTreeMap::new(),
+            max_frame_size: 1024 * 1024,
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            metrics_listen: "127.0.0.1:9634".into(),
+        }
+    }
+}
+
+/// One dnstap input.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// `unix:///path`, `tcp://host:port`, `tls://host:port`, `dial+tcp://host:port`,
+    /// `dial+unix:///path` or `file:///path`.
+    pub url: String,
+    /// unix: permission bits of the socket file, octal (default "0660").
+    pub socket_mode: Option<String>,
+    /// unix: group owning the socket file, by name or number (e.g. "bind", "unbound").
+    pub socket_group: Option<String>,
+    /// tls: PEM certificate chain.
+    pub tls_cert: Option<PathBuf>,
+    /// tls: PEM private key.
+    pub tls_key: Option<PathBuf>,
+    /// tls: PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
+    pub tls_client_ca: Option<PathBuf>,
+    /// dial: first reconnect delay (default 100ms), doubled up to `reconnect_max`.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min: Option<Duration>,
+    /// dial: longest reconnect delay (default 10s).
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Option<Duration>,
+}
+
+/// One output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// `nats://host:port` (several, comma-separated, for a cluster) or `stdout`.
+    pub url: String,
+    /// Subject template (NATS); placeholders {identity} {operation} {qtype} {rcode} {protocol}.
+    pub subject: Option<String>,
+    /// Events this output may hold while it is slow or down; beyond it, events are dropped
+    /// and counted (default 65536).
+    pub queue: Option<usize>,
+}
+
+/// Validated input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputSpec {
+    Unix {
+        path: PathBuf,
+        mode: u32,
+        group: Option<String>,
+    },
+    Tcp {
+        addr: String,
+    },
+    Tls {
+        addr: String,
+        cert: PathBuf,
+        key: PathBuf,
+        client_ca: Option<PathBuf>,
+    },
+    DialTcp {
+        addr: String,
+        backoff: Backoff,
+    },
+    DialUnix {
+        path: PathBuf,
+        backoff: Backoff,
+    },
+    File {
+        path: PathBuf,
+    },
+}
+
+/// Reconnect delays for dial-out inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+/// Validated output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputKind {
+    Nats { servers: String, subject: Template },
+    Stdout,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Named<T> {
+    pub name: String,
+    pub spec: T,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputSpec {
+    pub name: String,
+    pub kind: OutputKind,
+    pub queue: usize,
+}
+
+/// What the broker runs from: every value checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerSettings {
+    pub inputs: Vec<Named<InputSpec>>,
+    pub outputs: Vec<OutputSpec>,
+    pub max_frame_size: usize,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Environment variable prefix: `TAPBUS_MAX_FRAME_SIZE`, `TAPBUS_OUTPUTS__NATS__URL`, ...
+pub const ENV_PREFIX: &str = "TAPBUS_";
+
+/// Loads defaults, then the TOML file (which must exist when given), then `TAPBUS_*`.
+pub fn load<T>(file: Option<&Path>, defaults: T) -> Result<T, ConfigError>
+where
+    T: Serialize + for<'de> Deserialize<'de>,
+{
+    let mut fig = Figment::from(Serialized::defaults(defaults));
+    if let Some(f) = file {
+        if !f.is_file() {
+            return Err(ConfigError::MissingFile(f.to_path_buf()));
+        }
+        fig = fig.merge(Toml::file_exact(f));
+    }
+    // TAPBUS_CONFIG and TAPBUS_LOG are read by the binaries themselves, not config keys.
+    fig = fig.merge(
+        Env::prefixed(ENV_PREFIX)
+            .ignore(&["config", "log", "log_format"])
+            .split("__"),
+    );
+    fig.extract().map_err(|e| ConfigError::Parse(Box::new(e)))
+}
+
+impl BrokerConfig {
+    /// Adds an input given on the command line (`--input URL`), named after its scheme.
+    pub fn add_input_url(&mut self, url: &str) {
+        let name = unique_name(&self.inputs, scheme_of(url));
+        self.inputs.insert(
+            name,
+            InputConfig {
+                url: url.to_string(),
+                ..Default::default()
+            },
+        );
+    }
+
+    /// Adds an output given on the command line (`--output URL`).
+    pub fn add_output_url(&mut self, url: &str) {
+        let name = unique_name(&self.outputs, scheme_of(url));
+        self.outputs.insert(
+            name,
+            OutputConfig {
+                url: url.to_string(),
+                ..Default::default()
+            },
+        );
+    }
+
+    /// Checks everything and produces the settings the broker runs from.
+    pub fn validate(&self) -> Result<BrokerSettings, ConfigError> {
+        if self.inputs.is_empty() {
+            return Err(invalid(
+                "inputs",
+                "no input: give --input URL or an [inputs.NAME] table with a url",
+            ));
+        }
+        if self.outputs.is_empty() {
+            return Err(invalid(
+                "outputs",
+                "no output: give --output URL or an [outputs.NAME] table with a url",
+            ));
+        }
+        if !(512..=(256 << 20)).contains(&self.max_frame_size) {
+            return Err(invalid(
+                "max_frame_size",
+                "must be between 512 and 268435456 bytes",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(invalid("handshake_timeout", "must be more than 0"));
+        }
+        let metrics_listen = if self.metrics_listen.is_empty() {
+            None
+        } else {
+            Some(self.metrics_listen.parse().map_err(|e| {
+                invalid(
+                    "metrics_listen",
+                    format!(
+                        "{e}: expected ADDRESS:PORT such as 127.0.0.1:9634, or \"\" to disable"
+                    ),
+                )
+            })?)
+        };
+        let inputs = self
+            .inputs
+            .iter()
+            .map(|(name, i)| {
+                Ok(Named {
+                    name: name.clone(),
+                    spec: validate_input(&format!("inputs.{name}"), i)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        let outputs = self
+            .outputs
+            .iter()
+            .map(|(name, o)| validate_output(name, o))
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        Ok(BrokerSettings {
+            inputs,
+            outputs,
+            max_frame_size: self.max_frame_size,
+            max_connections: self.max_connections,
+            handshake_timeout: self.handshake_timeout,
+            metrics_listen,
+        })
+    }
+}
+
+fn scheme_of(url: &str) -> &str {
+    match url.split_once("://") {
+        Some((s, _)) => s,
+        None => url,
+    }
+}
+
+fn unique_name<V>(map: &BTreeMap<String, V>, base: &str) -> String {
+    let base: String = base
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if !map.contains_key(&base) {
+        return base;
+    }
+    (2..)
+        .map(|i| format!("{base}{i}"))
+        .find(|n| !map.contains_key(n))
+        .unwrap_or(base)
+}
+
+fn need_path(key: &str, field: &str, p: &Option<PathBuf>) -> Result<PathBuf, ConfigError> {
+    let p = p
+        .clone()
+        .ok_or_else(|| invalid(format!("{key}.{field}"), "required for tls:// inputs"))?;
+    if !p.is_file() {
+        return Err(invalid(
+            format!("{key}.{field}"),
+            format!("{} is not a readable file", p.display()),
+        ));
+    }
+    Ok(p)
+}
+
+fn host_port(key: &str, rest: &str) -> Result<String, ConfigError> {
+    let rest = rest.trim_end_matches('/');
+    match rest.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Ok(rest.to_string()),
+        _ => Err(invalid(
+            format!("{key}.url"),
+            format!("expected HOST:PORT after the scheme, got {rest:?}"),
+        )),
+    }
+}
+
+fn abs_path(key: &str, rest: &str) -> Result<PathBuf, ConfigError> {
+    if rest.starts_with('/') {
+        Ok(PathBuf::from(rest))
+    } else {
+        Err(invalid(
+            format!("{key}.url"),
+            format!(
+                "expected an absolute path after the scheme (unix:///run/x.sock), got {rest:?}"
+            ),
+        ))
+    }
+}
+
+fn validate_input(key: &str, i: &InputConfig) -> Result<InputSpec, ConfigError> {
+    let url = i.url.trim();
+    if url.is_empty() {
+        return Err(invalid(format!("{key}.url"), "missing"));
+    }
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        invalid(
+            format!("{key}.url"),
+            format!("{url:?} is not a URL: use unix://, tcp://, tls://, dial+tcp://, dial+unix:// or file://"),
+        )
+    })?;
+    let backoff = || -> Result<Backoff, ConfigError> {
+        let b = Backoff {
+            min: i.reconnect_min.unwrap_or(Duration::from_millis(100)),
+            max: i.reconnect_max.unwrap_or(Duration::from_secs(10)),
+        };
+        if b.min.is_zero() || b.max < b.min {
+            return Err(invalid(
+                format!("{key}.reconnect_max"),
+                "reconnect_min must be > 0 and reconnect_max >= reconnect_min",
+            ));
+        }
+        Ok(b)
+    };
+    let spec = match scheme {
+        "unix" => {
+            let mode = match &i.socket_mode {
+                None => 0o660,
+                Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| {
+                        invalid(
+                            format!("{key}.socket_mode"),
+                            format!("{m:?} is not an octal mode such as \"0660\""),
+                        )
+                    })?,
+            };
+            InputSpec::Unix {
+                path: abs_path(key, rest)?,
+                mode,
+                group: i.socket_group.clone(),
+            }
+        }
+        "tcp" => InputSpec::Tcp {
+            addr: host_port(key, rest)?,
+        },
+        "tls" => InputSpec::Tls {
+            addr: host_port(key, rest)?,
+            cert: need_path(key, "tls_cert", &i.tls_cert)?,
+            key: need_path(key, "tls_key", &i.tls_key)?,
+            client_ca: match &i.tls_client_ca {
+                None => None,
+                some => Some(need_path(key, "tls_client_ca", some)?),
+            },
+        },
+        "dial+tcp" => InputSpec::DialTcp {
+            addr: host_port(key, rest)?,
+            backoff: backoff()?,
+        },
+        "dial+unix" => InputSpec::DialUnix {
+            path: abs_path(key, rest)?,
+            backoff: backoff()?,
+        },
+        "file" => InputSpec::File {
+            path: abs_path(key, rest)?,
+        },
+        other => {
+            return Err(invalid(
+                format!("{key}.url"),
+                format!(
+                    "unsupported scheme {other:?}: use unix, tcp, tls, dial+tcp, dial+unix or file"
+                ),
+            ));
+        }
+    };
+    let tls_only = [
+        ("tls_cert", i.tls_cert.is_some()),
+        ("tls_key", i.tls_key.is_some()),
+        ("tls_client_ca", i.tls_client_ca.is_some()),
+    ];
+    if !matches!(spec, InputSpec::Tls { .. }) {
+        if let Some((f, _)) = tls_only.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                format!("{key}.{f}"),
+                "only applies to tls:// inputs",
+            ));
+        }
+    }
+    if !matches!(spec, InputSpec::Unix { .. })
+        && (i.socket_mode.is_some() || i.socket_group.is_some())
+    {
+        return Err(invalid(
+            format!("{key}.socket_mode"),
+            "socket_mode and socket_group only apply to unix:// inputs",
+        ));
+    }
+    Ok(spec)
+}
+
+fn validate_output(name: &str, o: &OutputConfig) -> Result<OutputSpec, ConfigError> {
+    let key = format!("outputs.{name}");
+    let url = o.url.trim();
+    let queue = o.queue.unwrap_or(65536);
+    if queue == 0 {
+        return Err(invalid(format!("{key}.queue"), "must be at least 1"));
+    }
+    let kind = if url == "stdout" || url == "stdout://" {
+        if o.subject.is_some() {
+            return Err(invalid(format!("{key}.subject"), "stdout has no subjects"));
+        }
+        OutputKind::Stdout
+    } else if url.starts_with("nats://") || url.starts_with("tls://") {
+        for server in url.split(',') {
+            let rest = server
+                .trim()
+                .split_once("://")
+                .map(|(_, r)| r)
+                .unwrap_or_default();
+            let hostport = rest.rsplit('@').next().unwrap_or(rest);
+            host_port(&key, hostport)?;
+        }
+        let t = o.subject.as_deref().unwrap_or(Template::DEFAULT_NATS);
+        let subject = Template::parse(t, Flavor::Nats)
+            .map_err(|e| invalid(format!("{key}.subject"), format!("{t:?}: {e}")))?;
+        OutputKind::Nats {
+            servers: url.to_string(),
+            subject,
+        }
+    } else if url.is_empty() {
+        return Err(invalid(format!("{key}.url"), "missing"));
+    } else {
+        return Err(invalid(
+            format!("{key}.url"),
+            format!("unsupported output {url:?}: use nats://HOST:PORT or stdout"),
+        ));
+    };
+    Ok(OutputSpec {
+        name: name.to_string(),
+        kind,
+        queue,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("broker.toml")
+    }
+
+    fn err_of(c: &BrokerConfig) -> String {
+        match c.validate() {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn example_file_loads_and_validates() {
+        figment::Jail::expect_with(|_| {
+            let c: BrokerConfig =
+                load(Some(&example()), BrokerConfig::default()).map_err(|e| e.to_string())?;
+            let s = c.validate().map_err(|e| e.to_string())?;
+            assert!(!s.inputs.is_empty());
+            assert!(!s.outputs.is_empty());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TAPBUS_MAX_FRAME_SIZE", "2048");
+            jail.set_env("TAPBUS_OUTPUTS__NATS__URL", "nats://10.9.9.9:4223");
+            jail.set_env("TAPBUS_CONFIG", "ignored.toml");
+            let c: BrokerConfig =
+                load(Some(&example()), BrokerConfig::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.max_frame_size, 2048);
+            assert_eq!(c.outputs["nats"].url, "nats://10.9.9.9:4223");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "max_frame_sise = 5\n")?;
+            let e = load(Some(Path::new("bad.toml")), BrokerConfig::default())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("max_frame_sise"), "{e}");
+            jail.create_file(
+                "bad2.toml",
+                "[inputs.a]\nurl = \"tcp://x:1\"\nsocket_mod = \"1\"\n",
+            )?;
+            let e = load(Some(Path::new("bad2.toml")), BrokerConfig::default())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("socket_mod"), "{e}");
+            Ok(())
+        });
+        assert!(matches!(
+            load(
+                Some(Path::new("/nonexistent.toml")),
+                BrokerConfig::default()
+            ),
+            Err(ConfigError::MissingFile(_))
+        ));
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut c = BrokerConfig::default();
+        assert!(err_of(&c).starts_with("inputs:"));
+        c.add_input_url("udp://x:1");
+        c.add_output_url("stdout");
+        assert!(err_of(&c).starts_with("inputs.udp.url: unsupported scheme"));
+        let mut c = BrokerConfig::default();
+        c.add_input_url("tcp://127.0.0.1:6000");
+        c.add_output_url("nats://127.0.0.1:4222");
+        c.outputs
+            .get_mut("nats")
+            .map(|o| o.subject = Some("dnstap.*".into()));
+        assert!(
+            err_of(&c).starts_with("outputs.nats.subject:"),
+            "{}",
+            err_of(&c)
+        );
+        let mut c = BrokerConfig::default();
+        c.add_input_url("tls://0.0.0.0:6000");
+        c.add_output_url("stdout");
+        assert!(err_of(&c).starts_with("inputs.tls.tls_cert:"));
+        let mut c = BrokerConfig::default();
+        c.add_input_url("unix:///tmp/x.sock");
+        c.inputs
+            .get_mut("unix")
+            .map(|i| i.socket_mode = Some("999".into()));
+        c.add_output_url("stdout");
+        assert!(err_of(&c).starts_with("inputs.unix.socket_mode:"));
+        let mut c = BrokerConfig::default();
+        c.add_input_url("tcp://nohost");
+        c.add_output_url("stdout");
+        assert!(err_of(&c).starts_with("inputs.tcp.url:"));
+        c.inputs.clear();
+        c.add_input_url("tcp://127.0.0.1:1");
+        c.metrics_listen = "nope".into();
+        assert!(err_of(&c).starts_with("metrics_listen:"));
+    }
+
+    #[test]
+    fn cli_urls_become_named_entries() {
+        let mut c = BrokerConfig::default();
+        c.add_input_url("unix:///run/tapbus/dnstap.sock");
+        c.add_input_url("tcp://0.0.0.0:6000");
+        c.add_input_url("tcp://0.0.0.0:6001");
+        c.add_input_url("dial+tcp://127.0.0.1:6002");
+        c.add_input_url("file:///var/log/named.dnstap");
+        c.add_output_url("nats://127.0.0.1:4222");
+        c.add_output_url("stdout");
+        let s = c.validate().expect("valid");
+        let names: Vec<_> = s.inputs.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["dial_tcp", "file", "tcp", "tcp2", "unix"]);
+        assert!(
+            s.inputs
+                .iter()
+                .any(|n| matches!(&n.spec, InputSpec::Unix { mode: 0o660, .. }))
+        );
+        assert_eq!(s.outputs.len(), 2);
+        assert_eq!(
+            s.metrics_listen,
+            Some("127.0.0.1:9634".parse().expect("addr"))
+        );
+    }
+}
