@@ -72,6 +72,16 @@ impl Fanout {
         }
     }
 
+    /// Offers the event to every output, waiting for room. Only for inputs that have no
+    /// sender to stall (files): a replay publishes everything instead of dropping.
+    pub async fn send_wait(&self, ev: Event) {
+        for o in self.outputs.iter() {
+            if o.tx.send(ev.clone()).await.is_err() {
+                o.metrics.dropped_shutdown.inc();
+            }
+        }
+    }
+
     /// Updates the queue-depth gauges (called before `/metrics` is rendered).
     pub fn refresh_gauges(&self) {
         for o in self.outputs.iter() {

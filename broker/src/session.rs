@@ -32,6 +32,8 @@ pub struct Ctx {
     pub max_frame: usize,
     pub handshake_timeout: Duration,
     pub shutdown: CancellationToken,
+    /// Wait for room in the output queues instead of dropping (files: nobody to stall).
+    pub backpressure: bool,
 }
 
 /// How a session ended without error.
@@ -154,7 +156,13 @@ impl State {
             Frame::Data(payload) => {
                 self.hs.on_data()?;
                 ctx.metrics.data.inc();
-                self.data(payload, ctx);
+                if let Some(ev) = self.data(payload, ctx) {
+                    if ctx.backpressure {
+                        ctx.fanout.send_wait(ev).await;
+                    } else {
+                        ctx.fanout.send(ev);
+                    }
+                }
             }
             Frame::Oversize { len } => {
                 self.hs.on_data()?;
@@ -195,7 +203,8 @@ impl State {
         Ok(None)
     }
 
-    fn data(&mut self, payload: Bytes, ctx: &Ctx) {
+    /// Frames become events here.
+    fn data(&mut self, payload: Bytes, ctx: &Ctx) -> Option<Event> {
         self.out.clear();
         match event::encode(payload, &ctx.peer, &mut self.out) {
             Ok(mut summary) => {
@@ -207,10 +216,10 @@ impl State {
                     ctx.metrics.dns_malformed.inc();
                 }
                 ctx.metrics.events.inc();
-                ctx.fanout.send(Event {
+                Some(Event {
                     json: Bytes::copy_from_slice(&self.out),
                     summary,
-                });
+                })
             }
             Err(e) => {
                 ctx.metrics.malformed(e.reason());
@@ -224,6 +233,7 @@ impl State {
                 } else {
                     tracing::debug!(input = %ctx.metrics.name, peer = %ctx.peer, "data frame skipped: {e}");
                 }
+                None
             }
         }
     }

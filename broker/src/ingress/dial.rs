@@ -53,7 +53,7 @@ async fn dial_loop<S, F, Fut>(
         match attempt {
             Ok(Ok(stream)) => {
                 let (r, w) = tokio::io::split(stream);
-                let res = run_logged(r, w, peer.clone(), im.clone(), &shared).await;
+                let res = run_logged(r, w, peer.clone(), im.clone(), &shared, false).await;
                 if matches!(res, Ok(End::Shutdown)) {
                     return;
                 }

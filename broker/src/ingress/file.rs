@@ -14,7 +14,7 @@ pub async fn run(
     shared: Shared,
 ) -> Result<(), SessionError> {
     let peer = format!("file:{}", path.display());
-    run_logged(f, tokio::io::sink(), peer, im, &shared)
+    run_logged(f, tokio::io::sink(), peer, im, &shared, true)
         .await
         .map(|_| ())
 }

@@ -118,7 +118,7 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin,
 {
     let (r, w) = tokio::io::split(stream);
-    let _ = run_logged(r, w, peer, im, shared).await;
+    let _ = run_logged(r, w, peer, im, shared, false).await;
 }
 
 /// Runs a session with connection metrics and the one closing log line.
@@ -128,6 +128,7 @@ pub async fn run_logged<R, W>(
     peer: String,
     im: InputMetrics,
     shared: &Shared,
+    backpressure: bool,
 ) -> Result<End, SessionError>
 where
     R: AsyncRead + Unpin,
@@ -143,6 +144,7 @@ where
         max_frame: shared.max_frame,
         handshake_timeout: shared.handshake_timeout,
         shutdown: shared.shutdown.clone(),
+        backpressure,
     };
     let res = session::run(r, w, &ctx).await;
     ctx.metrics.active.dec();

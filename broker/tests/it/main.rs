@@ -1,1 +1,11 @@
-//! placeholder
+//! Integration tests: real nats-server, unbound and fstrm_replay processes on loopback,
+//! the tapbus-broker binary, and subscribers. Run by `scripts/test.sh` (and so by CI),
+//! which installs the Debian packages they need.
+
+mod cli;
+mod dial;
+mod dns_server;
+mod harness;
+mod malformed;
+mod replay;
+mod tls;

@@ -1,0 +1,152 @@
+//! Every real capture, replayed with fstrm_replay over unix and TCP, arrives on NATS
+//! message for message, in order, equal to the in-process decode, with the right subject.
+
+use std::time::Duration;
+
+use crate::harness::*;
+
+const CAPTURES: &[&str] = &[
+    "bind-auth.fstrm",
+    "bind-resolver.fstrm",
+    "dnsdist.fstrm",
+    "dnsdist-tcp.fstrm",
+    "kresd.fstrm",
+    "unbound.fstrm",
+    "unbound-tcp.fstrm",
+];
+
+fn expected_subject(ev: &serde_json::Value) -> String {
+    let id = ev["dnstap"]["identity"].as_str().unwrap_or("");
+    let id: String = id
+        .chars()
+        .map(|c| {
+            if matches!(c, '.' | '*' | '>') || c.is_whitespace() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let id = if id.is_empty() {
+        "unknown".to_string()
+    } else {
+        id
+    };
+    let op = ev["dnstap"]["operation"]
+        .as_str()
+        .unwrap_or("")
+        .to_lowercase();
+    format!("dnstap.{id}.{op}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captures_over_unix_and_tcp_arrive_complete() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("dnstap.sock");
+    let tcp = free_port();
+    let broker = Broker::start(&[
+        "-i",
+        &format!("unix://{}", sock.display()),
+        "-i",
+        &format!("tcp://127.0.0.1:{tcp}"),
+        "-o",
+        &nats.url,
+    ]);
+    let mut sub = Sub::start(&nats.url, "dnstap.>").await;
+    let schema = validator();
+    let mut total = 0usize;
+    for name in CAPTURES {
+        let file = capture(name);
+        let reference = reference_events(&file);
+        assert_eq!(
+            reference.len(),
+            expected_count(name),
+            "{name}: in-process decode count"
+        );
+        for transport in ["unix", "tcp"] {
+            let f = file.clone();
+            let s = sock.clone();
+            tokio::task::spawn_blocking(move || {
+                if transport == "unix" {
+                    fstrm_replay_unix(&f, &s)
+                } else {
+                    fstrm_replay_tcp(&f, tcp)
+                }
+            })
+            .await
+            .expect("replay");
+            let got = sub.collect(reference.len(), Duration::from_secs(10)).await;
+            assert_eq!(
+                got.len(),
+                reference.len(),
+                "{name} over {transport}: messages received"
+            );
+            for (i, ((subject, ev), want)) in got.iter().zip(&reference).enumerate() {
+                assert_valid(&schema, ev);
+                assert_eq!(
+                    key(ev),
+                    key(want),
+                    "{name} over {transport}: message {i} differs"
+                );
+                assert_eq!(
+                    subject,
+                    &expected_subject(ev),
+                    "{name}: subject of message {i}"
+                );
+                let peer = ev["dnstap"]["peer-name"].as_str().unwrap_or("");
+                assert!(
+                    peer.starts_with(transport),
+                    "peer-name {peer:?} over {transport}"
+                );
+            }
+            total += got.len();
+        }
+    }
+    // Nothing more arrives than was sent.
+    assert!(sub.collect(1, Duration::from_millis(300)).await.is_empty());
+    // The counters agree with what the subscriber saw.
+    broker.wait_metric("tapbus_published_total", &["output=\"nats\""], total as f64);
+    assert_eq!(broker.metric("tapbus_events_total", &[]), total as f64);
+    assert_eq!(broker.metric("tapbus_dropped_total", &[]), 0.0);
+    assert_eq!(broker.metric("tapbus_malformed_total", &[]), 0.0);
+    assert_eq!(
+        broker.metric("tapbus_connections_total", &[]),
+        2.0 * CAPTURES.len() as f64
+    );
+    let log = broker.log_text();
+    assert!(!log.contains("WARN"), "no warnings expected:\n{log}");
+}
+
+/// A file input publishes the whole capture and the broker exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_input_publishes_everything_and_exits() {
+    let nats = Nats::start();
+    let mut sub = Sub::start(&nats.url, "dnstap.>").await;
+    let file = capture("bulk-100k.fstrm");
+    let n = expected_count("bulk-100k.fstrm");
+    let url = nats.url.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tapbus-broker"))
+            .args([
+                "-i",
+                &format!("file://{}", file.display()),
+                "-o",
+                &url,
+                "--metrics-listen",
+                "",
+            ])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run broker")
+    });
+    let got = sub.collect(n, Duration::from_secs(20)).await;
+    let status = status.await.expect("join");
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(got.len(), n);
+    let queries = got
+        .iter()
+        .filter(|(s, _)| s == "dnstap.unbound-bulk.client_query")
+        .count();
+    assert_eq!(queries, 50001);
+}
