@@ -425,13 +425,13 @@ fn validate_input(key: &str, i: &InputConfig) -> Result<InputSpec, ConfigError> 
         ("tls_key", i.tls_key.is_some()),
         ("tls_client_ca", i.tls_client_ca.is_some()),
     ];
-    if !matches!(spec, InputSpec::Tls { .. }) {
-        if let Some((f, _)) = tls_only.iter().find(|(_, set)| *set) {
-            return Err(invalid(
-                format!("{key}.{f}"),
-                "only applies to tls:// inputs",
-            ));
-        }
+    if let Some((f, _)) = tls_only.iter().find(|(_, set)| *set)
+        && !matches!(spec, InputSpec::Tls { .. })
+    {
+        return Err(invalid(
+            format!("{key}.{f}"),
+            "only applies to tls:// inputs",
+        ));
     }
     if !matches!(spec, InputSpec::Unix { .. })
         && (i.socket_mode.is_some() || i.socket_group.is_some())
@@ -504,6 +504,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn example_file_loads_and_validates() {
         figment::Jail::expect_with(|_| {
             let c: BrokerConfig =
@@ -516,6 +517,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn env_overrides_file() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("TAPBUS_MAX_FRAME_SIZE", "2048");
@@ -530,6 +532,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn unknown_keys_are_named() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("bad.toml", "max_frame_sise = 5\n")?;
@@ -568,9 +571,9 @@ mod tests {
         let mut c = BrokerConfig::default();
         c.add_input_url("tcp://127.0.0.1:6000");
         c.add_output_url("nats://127.0.0.1:4222");
-        c.outputs
-            .get_mut("nats")
-            .map(|o| o.subject = Some("dnstap.*".into()));
+        if let Some(o) = c.outputs.get_mut("nats") {
+            o.subject = Some("dnstap.*".into());
+        }
         assert!(
             err_of(&c).starts_with("outputs.nats.subject:"),
             "{}",
@@ -582,9 +585,9 @@ mod tests {
         assert!(err_of(&c).starts_with("inputs.tls.tls_cert:"));
         let mut c = BrokerConfig::default();
         c.add_input_url("unix:///tmp/x.sock");
-        c.inputs
-            .get_mut("unix")
-            .map(|i| i.socket_mode = Some("999".into()));
+        if let Some(i) = c.inputs.get_mut("unix") {
+            i.socket_mode = Some("999".into());
+        }
         c.add_output_url("stdout");
         assert!(err_of(&c).starts_with("inputs.unix.socket_mode:"));
         let mut c = BrokerConfig::default();

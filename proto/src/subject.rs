@@ -156,16 +156,17 @@ impl Template {
                         }
                     }
                 }
-                Part::Protocol => match s.protocol {
-                    Some(p) => match protocol_name(p) {
-                        Some(n) => out.push_str(n),
-                        None => {
-                            out.push_str("UNKNOWN_");
-                            out.push_str(itoa::Buffer::new().format(p));
+                Part::Protocol => {
+                    if let Some(p) = s.protocol {
+                        match protocol_name(p) {
+                            Some(n) => out.push_str(n),
+                            None => {
+                                out.push_str("UNKNOWN_");
+                                out.push_str(itoa::Buffer::new().format(p));
+                            }
                         }
-                    },
-                    None => {}
-                },
+                    }
+                }
             }
             self.sanitize_from(out, start);
         }
