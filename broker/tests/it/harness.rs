@@ -398,3 +398,31 @@ where
         .await
         .expect("control frame within 10s")
 }
+
+impl Nats {
+    /// Starts nats-server on a given port (to restart one that was stopped).
+    pub fn start_on(port: u16) -> Nats {
+        let child = Command::new(need("nats-server"))
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        let p = Proc { child };
+        wait_until("nats-server", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Nats {
+            _proc: p,
+            url: format!("nats://127.0.0.1:{port}"),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    }
+}

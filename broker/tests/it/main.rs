@@ -7,5 +7,6 @@ mod dial;
 mod dns_server;
 mod harness;
 mod malformed;
+mod outage;
 mod replay;
 mod tls;

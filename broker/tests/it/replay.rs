@@ -150,3 +150,47 @@ async fn file_input_publishes_everything_and_exits() {
         .count();
     assert_eq!(queries, 50001);
 }
+
+/// Many senders at once: every connection's stream arrives complete and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_connections() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("dnstap.sock");
+    let broker = Broker::start(&["-i", &format!("unix://{}", sock.display()), "-o", &nats.url]);
+    let mut sub = Sub::start(&nats.url, "dnstap.>").await;
+    let frames = std::sync::Arc::new(data_frames(&capture("dnsdist.fstrm")));
+    let conns = 32;
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (frames, sock) = (frames.clone(), sock.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = tokio::net::UnixStream::connect(&sock)
+                .await
+                .expect("connect");
+            write_stream(&mut s, &frames).await;
+        }));
+    }
+    for t in tasks {
+        t.await.expect("sender");
+    }
+    let n = conns * frames.len();
+    let got = sub.collect(n, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), n);
+    // Per connection, the order of the capture is kept.
+    let reference: Vec<String> = reference_events(&capture("dnsdist.fstrm"))
+        .iter()
+        .map(key)
+        .collect();
+    let mut per_peer: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for (_, ev) in &got {
+        let peer = ev["dnstap"]["peer-name"].as_str().unwrap_or("").to_string();
+        per_peer.entry(peer).or_default().push(key(ev));
+    }
+    assert_eq!(per_peer.len(), conns);
+    for (peer, evs) in per_peer {
+        assert_eq!(evs, reference, "stream of {peer}");
+    }
+    broker.wait_metric("tapbus_connections_total", &[], conns as f64);
+    assert_eq!(broker.metric("tapbus_dropped_total", &[]), 0.0);
+}
