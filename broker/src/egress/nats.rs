@@ -6,7 +6,11 @@
 
 use std::time::Duration;
 
-use async_nats::{ConnectOptions, PublishErrorKind};
+use std::collections::HashMap;
+
+use async_nats::{ConnectOptions, PublishErrorKind, Subject};
+use bytes::Bytes;
+use tapbus_proto::event::Summary;
 use tapbus_proto::subject::Template;
 
 use crate::fanout::EventRx;
@@ -55,20 +59,23 @@ pub async fn run(
             return;
         }
     };
-    let mut subj = String::with_capacity(64);
-    while let Some(ev) = rx.recv().await {
-        subject.render(&ev.summary, &mut subj);
-        match client.publish(subj.clone(), ev.json).await {
-            Ok(()) => {
-                m.published.inc();
-            }
-            Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                m.dropped_too_large.inc();
-                tracing::warn!(output = %name, subject = %subj, "event larger than the server's max_payload; dropped");
-            }
-            Err(e) => {
-                m.dropped_error.inc();
-                tracing::warn!(output = %name, "NATS publish failed: {e}");
+    let mut subjects = SubjectCache::new(subject);
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        for ev in batch.drain(..) {
+            let subj = subjects.get(&ev.summary);
+            match client.publish(subj.clone(), ev.json).await {
+                Ok(()) => {
+                    m.published.inc();
+                }
+                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                    m.dropped_too_large.inc();
+                    tracing::warn!(output = %name, subject = %subj, "event larger than the server's max_payload; dropped");
+                }
+                Err(e) => {
+                    m.dropped_error.inc();
+                    tracing::warn!(output = %name, "NATS publish failed: {e}");
+                }
             }
         }
     }
@@ -77,5 +84,46 @@ pub async fn run(
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(output = %name, "NATS flush at shutdown failed: {e}"),
         Err(_) => tracing::warn!(output = %name, "NATS flush at shutdown timed out"),
+    }
+}
+
+const BATCH: usize = 512;
+
+/// Rendered subjects by the event fields a template can use: a stream from one server has
+/// a handful of distinct subjects, so rendering and allocating once per event is wasted.
+struct SubjectCache {
+    template: Template,
+    map: HashMap<(Bytes, i32, Option<u16>, Option<u16>, Option<i32>), Subject>,
+    scratch: String,
+}
+
+impl SubjectCache {
+    const MAX: usize = 4096;
+
+    fn new(template: Template) -> Self {
+        SubjectCache {
+            template,
+            map: HashMap::new(),
+            scratch: String::with_capacity(64),
+        }
+    }
+
+    fn get(&mut self, s: &Summary) -> &Subject {
+        let key = (
+            s.identity.clone(),
+            s.operation,
+            s.qtype,
+            s.rcode,
+            s.protocol,
+        );
+        if !self.map.contains_key(&key) {
+            if self.map.len() >= Self::MAX {
+                self.map.clear();
+            }
+            self.template.render(s, &mut self.scratch);
+            self.map
+                .insert(key.clone(), Subject::from(self.scratch.as_str()));
+        }
+        &self.map[&key]
     }
 }
