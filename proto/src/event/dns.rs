@@ -218,15 +218,14 @@ pub fn write_dns(out: &mut Vec<u8>, msg: Option<&[u8]>) -> DnsSummary {
     out.extend_from_slice(b",\"cd\":");
     json::bool(out, f2 & 0x10 != 0);
     out.push(b'}');
-    for (k, c) in ["qdcount", "ancount", "nscount", "arcount"]
-        .iter()
-        .zip(counts)
-    {
-        out.extend_from_slice(b",\"");
-        out.extend_from_slice(k.as_bytes());
-        out.extend_from_slice(b"\":");
-        json::uint(out, c);
-    }
+    out.extend_from_slice(b",\"qdcount\":");
+    json::uint(out, counts[0]);
+    out.extend_from_slice(b",\"ancount\":");
+    json::uint(out, counts[1]);
+    out.extend_from_slice(b",\"nscount\":");
+    json::uint(out, counts[2]);
+    out.extend_from_slice(b",\"arcount\":");
+    json::uint(out, counts[3]);
 
     // Question section: the first question is `qname`/`qtype`/`qclass`.
     let mut pos = 12;
@@ -272,13 +271,12 @@ pub fn write_dns(out: &mut Vec<u8>, msg: Option<&[u8]>) -> DnsSummary {
     // Answer, authority and additional sections.
     let mut opt: Option<Opt> = None;
     out.extend_from_slice(b",\"resource-records\":{");
-    for (si, sname) in ["an", "ns", "ar"].iter().enumerate() {
-        if si > 0 {
-            out.push(b',');
-        }
-        out.push(b'"');
-        out.extend_from_slice(sname.as_bytes());
-        out.extend_from_slice(b"\":[");
+    for si in 0..3 {
+        out.extend_from_slice(match si {
+            0 => b"\"an\":[",
+            1 => b",\"ns\":[",
+            _ => b",\"ar\":[",
+        });
         let mut first = true;
         for _ in 0..counts[si + 1] {
             if malformed {
@@ -411,7 +409,7 @@ fn write_option(out: &mut Vec<u8>, code: u16, data: &[u8]) {
     out.extend_from_slice(b"{\"code\":");
     json::uint(out, code);
     out.extend_from_slice(b",\"name\":\"");
-    out.extend_from_slice(option_name(code).as_bytes());
+    json::raw(out, option_name(code).as_bytes());
     out.extend_from_slice(b"\",\"data\":");
     match code {
         // NSID: text when printable, else hex.
@@ -455,8 +453,7 @@ fn write_ecs(out: &mut Vec<u8>, data: &[u8]) {
     if width == 4 {
         json::ipv4_bare(out, [full[0], full[1], full[2], full[3]]);
     } else {
-        use std::fmt::Write;
-        let _ = write!(json::Escaper(out), "{}", std::net::Ipv6Addr::from(full));
+        json::ipv6_bare(out, full);
     }
     out.push(b'/');
     json::uint(out, src);
@@ -500,7 +497,7 @@ fn write_ede(out: &mut Vec<u8>, data: &[u8]) {
 pub fn write_type(out: &mut Vec<u8>, t: u16) {
     out.push(b'"');
     match type_mnemonic(t) {
-        Some(s) => out.extend_from_slice(s.as_bytes()),
+        Some(s) => json::raw(out, s.as_bytes()),
         None => {
             out.extend_from_slice(b"TYPE");
             json::uint(out, t);
@@ -661,7 +658,7 @@ pub fn rcode_name(rcode: u16) -> Option<&'static str> {
 fn write_rcode(out: &mut Vec<u8>, rcode: u16) {
     out.push(b'"');
     match rcode_name(rcode) {
-        Some(n) => out.extend_from_slice(n.as_bytes()),
+        Some(n) => json::raw(out, n.as_bytes()),
         None => {
             out.extend_from_slice(b"RCODE");
             json::uint(out, rcode);

@@ -5,6 +5,12 @@
 
 use std::fmt;
 
+/// Appends bytes that need no escaping (mnemonics, digits).
+#[inline]
+pub fn raw(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(s);
+}
+
 /// Appends `s` as a JSON string literal (with quotes), escaping as RFC 8259 requires.
 pub fn str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
@@ -12,9 +18,27 @@ pub fn str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+/// Appends a string known to need no escaping (a mnemonic) with its quotes.
+#[inline]
+pub fn name(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
+
 /// Appends raw bytes as a JSON string, replacing invalid UTF-8 with U+FFFD.
 pub fn lossy(out: &mut Vec<u8>, b: &[u8]) {
-    str(out, &String::from_utf8_lossy(b));
+    // ASCII (identities, versions: nearly always) is valid UTF-8 and checked much faster.
+    if b.is_ascii() {
+        out.push(b'"');
+        escape_into(out, b);
+        out.push(b'"');
+        return;
+    }
+    match std::str::from_utf8(b) {
+        Ok(s) => str(out, s),
+        Err(_) => str(out, &String::from_utf8_lossy(b)),
+    }
 }
 
 /// Appends `Some(s)` as a string, `None` as `null`.
@@ -25,29 +49,54 @@ pub fn opt_str(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
+/// Bytes that JSON strings cannot hold as they are: `"`, `\\`, control characters (and DEL,
+/// escaped for the benefit of terminals).
+const fn escape_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[0x7f] = true;
+    t
+}
+
+static NEEDS_ESCAPE: [bool; 256] = escape_table();
+
+#[inline]
+fn needs_escape(c: u8) -> bool {
+    NEEDS_ESCAPE[usize::from(c)]
+}
+
 /// Escapes bytes that are already valid UTF-8 (the caller guarantees it).
 fn escape_into(out: &mut Vec<u8>, b: &[u8]) {
+    // Fast path: nothing to escape.
+    if !b.iter().any(|&c| needs_escape(c)) {
+        out.extend_from_slice(b);
+        return;
+    }
     let mut start = 0;
     for (i, &c) in b.iter().enumerate() {
-        let esc: &[u8] = match c {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f | 0x7f => {
-                out.extend_from_slice(&b[start..i]);
+        if !needs_escape(c) {
+            continue;
+        }
+        out.extend_from_slice(&b[start..i]);
+        match c {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
                 out.extend_from_slice(b"\\u00");
-                out.push(HEX[(c >> 4) as usize]);
-                out.push(HEX[(c & 0xf) as usize]);
-                start = i + 1;
-                continue;
+                out.push(HEX[usize::from(c >> 4)]);
+                out.push(HEX[usize::from(c & 0xf)]);
             }
-            _ => continue,
-        };
-        out.extend_from_slice(&b[start..i]);
-        out.extend_from_slice(esc);
+        }
         start = i + 1;
     }
     out.extend_from_slice(&b[start..]);
@@ -78,20 +127,73 @@ pub fn display<D: fmt::Display>(out: &mut Vec<u8>, d: &D) {
     out.push(b'"');
 }
 
-pub fn uint<I: itoa::Integer>(out: &mut Vec<u8>, v: I) {
-    let mut b = itoa::Buffer::new();
-    out.extend_from_slice(b.format(v).as_bytes());
+/// An unsigned (or non-negative) integer in decimal.
+pub fn uint<I: itoa::Integer + TryInto<u64> + Copy>(out: &mut Vec<u8>, v: I) {
+    match v.try_into() {
+        Ok(u) => digits(out, u, 1),
+        Err(_) => {
+            let mut b = itoa::Buffer::new();
+            out.extend_from_slice(b.format(v).as_bytes());
+        }
+    }
 }
 
-pub fn opt_uint<I: itoa::Integer>(out: &mut Vec<u8>, v: Option<I>) {
+pub fn opt_uint<I: itoa::Integer + TryInto<u64> + Copy>(out: &mut Vec<u8>, v: Option<I>) {
     match v {
         Some(v) => uint(out, v),
         None => out.extend_from_slice(b"null"),
     }
 }
 
+const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+/// Writes `v` in decimal with at least `width` digits (zero-padded; at most 20). The digits
+/// are made in a fixed-size buffer that is appended whole and then cut to length: one
+/// constant-size copy instead of a call to `memcpy` per number.
+#[inline]
+fn digits(out: &mut Vec<u8>, v: u64, width: usize) {
+    // Most numbers in an event (counts, flags, opcodes) are a single digit.
+    if v < 10 && width <= 1 {
+        out.push(b'0' + v as u8);
+        return;
+    }
+    let n = v
+        .checked_ilog10()
+        .map_or(1, |l| l as usize + 1)
+        .max(width.min(20));
+    let mut buf = [b'0'; 20];
+    let mut i = n;
+    let mut x = v;
+    while x >= 100 && i >= 2 {
+        let r = (x % 100) as usize * 2;
+        x /= 100;
+        i -= 2;
+        buf[i] = PAIRS[r];
+        buf[i + 1] = PAIRS[r + 1];
+    }
+    if x >= 10 && i >= 2 {
+        let r = x as usize * 2;
+        buf[i - 2] = PAIRS[r];
+        buf[i - 1] = PAIRS[r + 1];
+    } else if i >= 1 {
+        buf[i - 1] = b'0' + x as u8;
+    }
+    let len = out.len();
+    out.extend_from_slice(&buf);
+    out.truncate(len + n);
+}
+
 pub fn bool(out: &mut Vec<u8>, v: bool) {
-    out.extend_from_slice(if v { b"true" } else { b"false" });
+    // Two constant-length copies rather than one of a run-time length.
+    if v {
+        out.extend_from_slice(b"true");
+    } else {
+        out.extend_from_slice(b"false");
+    }
 }
 
 /// A finite float; non-finite values become `null` (JSON has no NaN).
@@ -121,43 +223,135 @@ pub fn ipv4(out: &mut Vec<u8>, a: [u8; 4]) {
 
 /// The dotted quad without quotes.
 pub fn ipv4_bare(out: &mut Vec<u8>, a: [u8; 4]) {
-    for (i, o) in a.iter().enumerate() {
+    // At most 15 bytes, made in a buffer and appended at once.
+    let mut buf = [0u8; 16];
+    let mut n = 0;
+    for (i, &o) in a.iter().enumerate() {
         if i > 0 {
-            out.push(b'.');
+            buf[n] = b'.';
+            n += 1;
         }
-        uint(out, *o);
+        if o >= 100 {
+            buf[n] = b'0' + o / 100;
+            n += 1;
+        }
+        if o >= 10 {
+            buf[n] = b'0' + (o / 10) % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + o % 10;
+        n += 1;
+    }
+    let len = out.len();
+    out.extend_from_slice(&buf);
+    out.truncate(len + n);
+}
+
+/// An IPv6 address as Rust's `Display` writes it (RFC 5952: lower-case hex without leading
+/// zeros, the first longest run of two or more zero groups as `::`, IPv4-mapped addresses
+/// as `::ffff:a.b.c.d`), without going through `fmt`.
+pub fn ipv6_bare(out: &mut Vec<u8>, a: [u8; 16]) {
+    if let [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b0, b1, b2, b3] = a {
+        out.extend_from_slice(b"::ffff:");
+        ipv4_bare(out, [b0, b1, b2, b3]);
+        return;
+    }
+    let mut seg = [0u16; 8];
+    for (i, s) in seg.iter_mut().enumerate() {
+        *s = u16::from_be_bytes([a[2 * i], a[2 * i + 1]]);
+    }
+    // The first longest run of zero groups.
+    let (mut best_start, mut best_len, mut cur_start, mut cur_len) = (0, 0, 0, 0);
+    for (i, &s) in seg.iter().enumerate() {
+        if s == 0 {
+            if cur_len == 0 {
+                cur_start = i;
+            }
+            cur_len += 1;
+            if cur_len > best_len {
+                best_start = cur_start;
+                best_len = cur_len;
+            }
+        } else {
+            cur_len = 0;
+        }
+    }
+    fn groups(out: &mut Vec<u8>, seg: &[u16]) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, &s) in seg.iter().enumerate() {
+            if i > 0 {
+                out.push(b':');
+            }
+            let mut started = false;
+            for shift in [12u16, 8, 4, 0] {
+                let d = (s >> shift) & 0xF;
+                if d != 0 || started || shift == 0 {
+                    out.push(HEX[usize::from(d)]);
+                    started = true;
+                }
+            }
+        }
+    }
+    if best_len > 1 {
+        groups(out, &seg[..best_start]);
+        out.extend_from_slice(b"::");
+        groups(out, &seg[best_start + best_len..]);
+    } else {
+        groups(out, &seg);
     }
 }
 
 /// Appends `"YYYY-MM-DDThh:mm:ss.nnnnnnnnnZ"` for a Unix time (UTC, nanosecond precision).
 pub fn rfc3339_ns(out: &mut Vec<u8>, secs: u64, nanos: u32) {
     let days = secs / 86_400;
-    let rem = secs % 86_400;
+    let rem = (secs % 86_400) as u32;
     let (y, m, d) = civil_from_days(days);
-    out.push(b'"');
-    pad(out, y, 4);
-    out.push(b'-');
-    pad(out, m as u64, 2);
-    out.push(b'-');
-    pad(out, d as u64, 2);
-    out.push(b'T');
-    pad(out, rem / 3600, 2);
-    out.push(b':');
-    pad(out, (rem % 3600) / 60, 2);
-    out.push(b':');
-    pad(out, rem % 60, 2);
-    out.push(b'.');
-    pad(out, u64::from(nanos.min(999_999_999)), 9);
-    out.extend_from_slice(b"Z\"");
+    let nanos = nanos.min(999_999_999);
+    if y > 9999 {
+        // Far future: years of more than four digits, the slow way.
+        out.push(b'"');
+        pad(out, y, 4);
+        out.push(b'-');
+        pad(out, u64::from(m), 2);
+        out.push(b'-');
+        pad(out, u64::from(d), 2);
+        out.push(b'T');
+        pad(out, u64::from(rem / 3600), 2);
+        out.push(b':');
+        pad(out, u64::from((rem % 3600) / 60), 2);
+        out.push(b':');
+        pad(out, u64::from(rem % 60), 2);
+        out.push(b'.');
+        pad(out, u64::from(nanos), 9);
+        out.extend_from_slice(b"Z\"");
+        return;
+    }
+    // Fixed layout: fill a 32-byte template and append it at once.
+    let mut b = *b"\"0000-00-00T00:00:00.000000000Z\"";
+    let two = |b: &mut [u8; 32], at: usize, v: u32| {
+        let r = (v as usize % 100) * 2;
+        b[at] = PAIRS[r];
+        b[at + 1] = PAIRS[r + 1];
+    };
+    let y = y as u32;
+    two(&mut b, 1, y / 100);
+    two(&mut b, 3, y % 100);
+    two(&mut b, 6, m);
+    two(&mut b, 9, d);
+    two(&mut b, 12, rem / 3600);
+    two(&mut b, 15, (rem % 3600) / 60);
+    two(&mut b, 18, rem % 60);
+    b[21] = b'0' + (nanos / 100_000_000) as u8;
+    let n = nanos % 100_000_000;
+    two(&mut b, 22, n / 1_000_000);
+    two(&mut b, 24, (n / 10_000) % 100);
+    two(&mut b, 26, (n / 100) % 100);
+    two(&mut b, 28, n % 100);
+    out.extend_from_slice(&b);
 }
 
 pub(crate) fn pad(out: &mut Vec<u8>, v: u64, width: usize) {
-    let mut b = itoa::Buffer::new();
-    let s = b.format(v);
-    for _ in s.len()..width {
-        out.push(b'0');
-    }
-    out.extend_from_slice(s.as_bytes());
+    digits(out, v, width);
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
@@ -218,6 +412,67 @@ mod tests {
         );
         // far future and the maximum never panic
         let _ = s(|o| rfc3339_ns(o, u64::MAX / 2, u32::MAX));
+    }
+
+    #[test]
+    fn numbers_like_itoa() {
+        let mut vals: Vec<u64> = vec![0, 1, 9, 10, 99, 100, 999, 1000, 65535, u64::MAX];
+        let mut x = 1u64;
+        for _ in 0..19 {
+            vals.extend([x - 1, x, x + 1]);
+            x *= 10;
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..10_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            vals.push(seed >> (seed % 64));
+        }
+        for v in vals {
+            assert_eq!(s(|o| uint(o, v)), v.to_string());
+            assert_eq!(s(|o| pad(o, v, 9)), format!("{v:09}"));
+        }
+        assert_eq!(s(|o| uint(o, -5i32)), "-5");
+        assert_eq!(s(|o| uint(o, 7u8)), "7");
+    }
+
+    #[test]
+    fn addresses_like_std() {
+        let mut cases: Vec<[u8; 16]> = vec![[0; 16]];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for i in 0..20_000u32 {
+            let mut a = [0u8; 16];
+            for b in a.iter_mut() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                // mostly zero groups, to exercise the `::` choice
+                *b = if seed.is_multiple_of(3) {
+                    seed as u8
+                } else {
+                    0
+                };
+            }
+            if i % 5 == 0 {
+                a[..10].fill(0);
+                a[10] = 0xff;
+                a[11] = 0xff;
+            }
+            if i % 7 == 0 {
+                a[..12].fill(0);
+            }
+            cases.push(a);
+        }
+        for a in cases {
+            let v6 = std::net::Ipv6Addr::from(a);
+            assert_eq!(s(|o| ipv6_bare(o, a)), v6.to_string(), "{a:?}");
+            let v4 = [a[12], a[13], a[14], a[15]];
+            assert_eq!(
+                s(|o| ipv4_bare(o, v4)),
+                std::net::Ipv4Addr::from(v4).to_string()
+            );
+        }
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub fn protocol_name(p: i32) -> Option<&'static str> {
 /// are carried through, never mapped to the first variant.
 fn write_enum(out: &mut Vec<u8>, name: Option<&str>, raw: i32) {
     match name {
-        Some(n) => json::str(out, n),
+        Some(n) => json::name(out, n),
         None => {
             out.extend_from_slice(b"\"UNKNOWN(");
             json::uint(out, raw);
@@ -238,10 +238,15 @@ fn write_addr(out: &mut Vec<u8>, a: Option<&[u8]>) {
         Some(b) if b.len() == 16 => {
             let mut o = [0u8; 16];
             o.copy_from_slice(b);
-            let v6 = std::net::Ipv6Addr::from(o);
-            match v6.to_ipv4_mapped() {
-                Some(v4) => json::ipv4(out, v4.octets()),
-                None => json::display(out, &v6),
+            match o {
+                [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d] => {
+                    json::ipv4(out, [a, b, c, d]);
+                }
+                _ => {
+                    out.push(b'"');
+                    json::ipv6_bare(out, o);
+                    out.push(b'"');
+                }
             }
         }
         _ => out.extend_from_slice(b"null"),

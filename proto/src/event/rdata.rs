@@ -10,8 +10,6 @@
 //! Nothing here allocates: every value is written into the caller's buffer, already escaped
 //! for JSON (the caller writes the surrounding quotes).
 
-use std::fmt::Write as _;
-
 use super::dns::{read_name, type_mnemonic};
 use super::json;
 
@@ -230,8 +228,7 @@ fn sig_time(out: &mut Vec<u8>, t: u32) {
 }
 
 fn ipv6(out: &mut Vec<u8>, b: &[u8]) -> R {
-    let a: [u8; 16] = b.try_into().map_err(|_| Bad)?;
-    let _ = write!(json::Escaper(out), "{}", std::net::Ipv6Addr::from(a));
+    json::ipv6_bare(out, b.try_into().map_err(|_| Bad)?);
     Ok(())
 }
 
