@@ -50,9 +50,14 @@ struct Args {
     /// Seconds to wait for the connection to succeed (retrying), for ACCEPT and for FINISH.
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
-    /// Write chunk size in bytes (the pre-encoded buffer is written in chunks of this size).
+    /// Write chunk size in bytes (the pre-encoded buffer is written in chunks of about this
+    /// size, cut at frame boundaries).
     #[arg(long, default_value_t = 1 << 20)]
     chunk: usize,
+    /// Pace the sending at this many frames per second (0: as fast as possible). Paced runs
+    /// write chunks of at most 64 KiB.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
 }
 
 trait Stream: Read + Write {
@@ -74,6 +79,19 @@ fn now_ns() -> u128 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0)
+}
+
+/// utime + stime of this process, in clock ticks (from /proc/self/stat; 0 if unavailable).
+fn self_cpu_ticks() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    tick(11) + tick(12)
 }
 
 fn connect(a: &Args, timeout: Duration) -> anyhow::Result<Box<dyn Stream>> {
@@ -147,11 +165,27 @@ fn main() -> anyhow::Result<()> {
     let per = ends.len() as u64;
     let full_rounds = a.count / per;
     let tail_frames = usize::try_from(a.count % per)?;
-    let tail_bytes = if tail_frames == 0 {
-        0
+    let chunk = if a.rate > 0 {
+        a.chunk.clamp(4096, 64 << 10)
     } else {
-        ends[tail_frames - 1]
+        a.chunk.max(4096)
     };
+    // Chunks of the buffer cut at frame boundaries: (end byte, frames in the chunk).
+    let mut chunks: Vec<(usize, u64)> = Vec::new();
+    let mut tail_chunks: Vec<(usize, u64)> = Vec::new();
+    let (mut from, mut nframes) = (0usize, 0u64);
+    for (i, &e) in ends.iter().enumerate() {
+        nframes += 1;
+        if i + 1 == tail_frames {
+            tail_chunks = chunks.clone();
+            tail_chunks.push((e, nframes));
+        }
+        if e - from >= chunk || i + 1 == ends.len() {
+            chunks.push((e, nframes));
+            from = e;
+            nframes = 0;
+        }
+    }
     let all = all.freeze();
 
     let mut s = connect(&a, timeout)?;
@@ -170,20 +204,32 @@ fn main() -> anyhow::Result<()> {
     }
     s.write_all(&control(ControlType::Start, Some(DNSTAP_CONTENT_TYPE)))?;
 
-    let chunk = a.chunk.max(4096);
+    let cpu0 = self_cpu_ticks();
     let start_ns = now_ns();
     let t0 = Instant::now();
     let mut bytes: u64 = 0;
-    for _ in 0..full_rounds {
-        for c in all.chunks(chunk) {
-            s.write_all(c).context("writing data frames")?;
+    let mut sent: u64 = 0;
+    let plan = (0..full_rounds)
+        .map(|_| chunks.as_slice())
+        .chain(std::iter::once(tail_chunks.as_slice()));
+    for round in plan {
+        let mut from = 0usize;
+        for &(end, n) in round {
+            s.write_all(&all[from..end])
+                .context("writing data frames")?;
+            bytes += (end - from) as u64;
+            sent += n;
+            from = end;
+            if a.rate > 0 {
+                let due = Duration::from_secs_f64(sent as f64 / a.rate as f64);
+                let now = t0.elapsed();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+            }
         }
-        bytes += all.len() as u64;
     }
-    for c in all[..tail_bytes].chunks(chunk) {
-        s.write_all(c).context("writing data frames")?;
-    }
-    bytes += tail_bytes as u64;
+    debug_assert_eq!(sent, a.count);
     let elapsed = t0.elapsed();
     let end_ns = now_ns();
 
@@ -203,7 +249,7 @@ fn main() -> anyhow::Result<()> {
     let finish_secs = t0.elapsed().as_secs_f64();
     let secs = elapsed.as_secs_f64();
     println!(
-        "{{\"frames\":{},\"bytes\":{},\"seconds\":{:.6},\"frames_per_sec\":{:.0},\"mib_per_sec\":{:.1},\"start_unix_ns\":{},\"end_unix_ns\":{},\"finish\":{},\"seconds_to_finish\":{:.6}}}",
+        "{{\"frames\":{},\"bytes\":{},\"seconds\":{:.6},\"frames_per_sec\":{:.0},\"mib_per_sec\":{:.1},\"start_unix_ns\":{},\"end_unix_ns\":{},\"finish\":{},\"seconds_to_finish\":{:.6},\"cpu_ticks\":{}}}",
         a.count,
         bytes,
         secs,
@@ -212,7 +258,8 @@ fn main() -> anyhow::Result<()> {
         start_ns,
         end_ns,
         finish,
-        finish_secs
+        finish_secs,
+        self_cpu_ticks().saturating_sub(cpu0)
     );
     if !finish {
         std::process::exit(3);

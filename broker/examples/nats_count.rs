@@ -1,7 +1,7 @@
 //! `nats_count`: counts NATS messages, for benchmarks.
 //!
 //! ```text
-//! nats_count --server nats://127.0.0.1:4222 --subject 'dnstap.>' --expect 1000000 [--idle-secs 5]
+//! nats_count --server nats://127.0.0.1:4222 --subject 'dnstap.>' --expect 1000000 [--idle-secs 5] [--raw]
 //! ```
 //!
 //! Subscribes, prints `ready` on stderr once the subscription is registered with the server,
@@ -9,16 +9,22 @@
 //! (before the first message it waits up to `--start-secs`). Prints one JSON line on stdout:
 //!
 //! ```text
-//! {"count":...,"bytes":...,"first_unix_ns":...,"last_unix_ns":...,"seconds":...,"msgs_per_sec":...,"slow_consumer_events":0,"complete":true}
+//! {"count":...,"bytes":...,"first_unix_ns":...,"last_unix_ns":...,"seconds":...,"msgs_per_sec":...,"slow_consumer_events":0,"complete":true,...}
 //! ```
 //!
-//! The subscription channel is large (`subscription_capacity`) so that the counter is not the
-//! bottleneck; client-side slow-consumer events (messages the client dropped) are reported.
+//! Default mode uses async-nats with a large subscription channel (`subscription_capacity`)
+//! so that the counter is not the bottleneck; client-side slow-consumer events (messages the
+//! client dropped) are reported. `--raw` speaks the NATS text protocol itself over one
+//! blocking TCP socket (CONNECT, SUB, then `MSG` lines and PING/PONG): several times cheaper
+//! per message, for when the subscriber's CPU competes with the system under test.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use anyhow::{Context, bail};
 use clap::Parser;
 use futures::StreamExt;
 
@@ -40,9 +46,12 @@ struct Args {
     /// Stop if the first message has not arrived after this many seconds.
     #[arg(long, default_value_t = 120.0)]
     start_secs: f64,
-    /// Client-side subscription buffer, in messages.
+    /// Client-side subscription buffer, in messages (async-nats mode).
     #[arg(long, default_value_t = 1 << 20)]
     capacity: usize,
+    /// Speak the NATS protocol directly (no async-nats): cheaper per message.
+    #[arg(long)]
+    raw: bool,
 }
 
 fn now_ns() -> u128 {
@@ -52,18 +61,102 @@ fn now_ns() -> u128 {
         .unwrap_or(0)
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+/// utime + stime of this process, in clock ticks (from /proc/self/stat; 0 if unavailable).
+fn self_cpu_ticks() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    tick(11) + tick(12)
+}
+
+#[derive(Default)]
+struct Tally {
+    count: u64,
+    bytes: u64,
+    first_ns: u128,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    slow: u64,
+    disconnects: u64,
+    errors: u64,
+    ended: &'static str,
+}
+
+impl Tally {
+    /// Records `n` messages of `bytes` bytes in all, received now.
+    fn add(&mut self, n: u64, bytes: u64) {
+        let t = Instant::now();
+        if self.first.is_none() {
+            self.first_ns = now_ns();
+            self.first = Some(t);
+        }
+        self.last = Some(t);
+        self.count += n;
+        self.bytes += bytes;
+    }
+
+    fn print(&self, expect: u64) {
+        // The last message's monotonic instant as wall-clock time.
+        let last_ns = self
+            .last
+            .map(|l| now_ns().saturating_sub(l.elapsed().as_nanos()))
+            .unwrap_or(0);
+        let secs = match (self.first, self.last) {
+            (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
+            _ => 0.0,
+        };
+        println!(
+            "{{\"count\":{},\"bytes\":{},\"first_unix_ns\":{},\"last_unix_ns\":{},\"seconds\":{:.6},\"msgs_per_sec\":{:.0},\"slow_consumer_events\":{},\"disconnects\":{},\"errors\":{},\"ended\":\"{}\",\"complete\":{},\"cpu_ticks\":{}}}",
+            self.count,
+            self.bytes,
+            self.first_ns,
+            last_ns,
+            secs,
+            if secs > 0.0 {
+                self.count as f64 / secs
+            } else {
+                0.0
+            },
+            self.slow,
+            self.disconnects,
+            self.errors,
+            self.ended,
+            expect != 0 && self.count >= expect,
+            self_cpu_ticks()
+        );
+    }
+}
+
+fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    let t = if a.raw {
+        raw(&a)?
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(with_async_nats(&a))?
+    };
+    t.print(a.expect);
+    Ok(())
+}
+
+async fn with_async_nats(a: &Args) -> anyhow::Result<Tally> {
     let slow = Arc::new(AtomicU64::new(0));
     let disconnects = Arc::new(AtomicU64::new(0));
-    let (s2, d2) = (slow.clone(), disconnects.clone());
+    let errors = Arc::new(AtomicU64::new(0));
+    let (s2, d2, e2) = (slow.clone(), disconnects.clone(), errors.clone());
     let client = async_nats::ConnectOptions::new()
         .name("nats_count")
         .subscription_capacity(a.capacity)
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |ev| {
-            let (s, d) = (s2.clone(), d2.clone());
+            let (s, d, e) = (s2.clone(), d2.clone(), e2.clone());
             async move {
                 match ev {
                     async_nats::Event::SlowConsumer(_) => {
@@ -74,7 +167,10 @@ async fn main() -> anyhow::Result<()> {
                         eprintln!("nats_count: disconnected");
                     }
                     async_nats::Event::Connected => {}
-                    other => eprintln!("nats_count: {other}"),
+                    other => {
+                        e.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("nats_count: {other}");
+                    }
                 }
             }
         })
@@ -86,56 +182,169 @@ async fn main() -> anyhow::Result<()> {
 
     let idle = Duration::from_secs_f64(a.idle_secs);
     let start = Duration::from_secs_f64(a.start_secs);
-    let (mut count, mut bytes) = (0u64, 0u64);
-    let (mut first, mut last) = (0u128, 0u128);
-    let mut first_i = None;
-    let mut last_i = None;
-    let mut ended = "idle";
+    let mut t = Tally {
+        ended: "idle",
+        ..Tally::default()
+    };
     loop {
-        let wait = if count == 0 { start } else { idle };
+        let wait = if t.count == 0 { start } else { idle };
         match tokio::time::timeout(wait, sub.next()).await {
             Ok(Some(m)) => {
-                let t = std::time::Instant::now();
-                if count == 0 {
-                    first = now_ns();
-                    first_i = Some(t);
-                }
-                last_i = Some(t);
-                count += 1;
-                bytes += m.payload.len() as u64;
-                if a.expect != 0 && count >= a.expect {
-                    ended = "expected";
+                t.add(1, m.payload.len() as u64);
+                if a.expect != 0 && t.count >= a.expect {
+                    t.ended = "expected";
                     break;
                 }
             }
             Ok(None) => {
-                ended = "closed";
+                t.ended = "closed";
                 break;
             }
             Err(_) => break,
         }
     }
-    if let Some(l) = last_i {
-        // Convert the last message's monotonic instant to wall time.
-        let ago = l.elapsed();
-        last = now_ns().saturating_sub(ago.as_nanos());
-    }
-    let secs = match (first_i, last_i) {
-        (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
-        _ => 0.0,
+    t.slow = slow.load(Ordering::Relaxed);
+    t.disconnects = disconnects.load(Ordering::Relaxed);
+    t.errors = errors.load(Ordering::Relaxed);
+    Ok(t)
+}
+
+/// The NATS text protocol by hand: INFO, CONNECT, SUB, PING/PONG, then MSG lines.
+fn raw(a: &Args) -> anyhow::Result<Tally> {
+    let addr = a
+        .server
+        .strip_prefix("nats://")
+        .unwrap_or(&a.server)
+        .trim_end_matches('/');
+    let mut s = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut buf = vec![0u8; 4 << 20];
+    let (mut start, mut end) = (0usize, 0usize);
+    // Bytes of a MSG payload (plus its CRLF) still to skip.
+    let mut skip: usize = 0;
+    let (mut sent_connect, mut subscribed) = (false, false);
+    let mut t = Tally {
+        ended: "idle",
+        ..Tally::default()
     };
-    println!(
-        "{{\"count\":{},\"bytes\":{},\"first_unix_ns\":{},\"last_unix_ns\":{},\"seconds\":{:.6},\"msgs_per_sec\":{:.0},\"slow_consumer_events\":{},\"disconnects\":{},\"ended\":\"{}\",\"complete\":{}}}",
-        count,
-        bytes,
-        first,
-        last,
-        secs,
-        if secs > 0.0 { count as f64 / secs } else { 0.0 },
-        slow.load(Ordering::Relaxed),
-        disconnects.load(Ordering::Relaxed),
-        ended,
-        a.expect != 0 && count >= a.expect,
-    );
-    Ok(())
+    let idle = Duration::from_secs_f64(a.idle_secs);
+    let start_wait = Duration::from_secs_f64(a.start_secs);
+    let mut last_activity = Instant::now();
+    loop {
+        // Parse what is buffered.
+        let (mut n, mut nbytes, mut pong) = (0u64, 0u64, false);
+        while start < end {
+            if skip > 0 {
+                let k = skip.min(end - start);
+                start += k;
+                skip -= k;
+                continue;
+            }
+            let Some(eol) = find_crlf(&buf[start..end]) else {
+                break; // partial line
+            };
+            let l = &buf[start..start + eol];
+            if l.starts_with(b"MSG ") {
+                let size: usize = l
+                    .rsplit(|&c| c == b' ')
+                    .next()
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| v.parse().ok())
+                    .context("bad MSG line")?;
+                n += 1;
+                nbytes += size as u64;
+                skip = size + 2;
+            } else if l.starts_with(b"PING") {
+                pong = true;
+            } else if l.starts_with(b"INFO ") && !sent_connect {
+                sent_connect = true;
+                write!(
+                    s,
+                    "CONNECT {{\"verbose\":false,\"pedantic\":false,\"name\":\"nats_count_raw\",\"protocol\":1}}\r\nSUB {} 1\r\nPING\r\n",
+                    a.subject
+                )?;
+            } else if l.starts_with(b"PONG") && !subscribed {
+                subscribed = true;
+                eprintln!("ready");
+                last_activity = Instant::now();
+            } else if l.starts_with(b"-ERR") {
+                t.errors += 1;
+                let msg = String::from_utf8_lossy(l).into_owned();
+                eprintln!("nats_count: server: {msg}");
+                if msg.to_ascii_lowercase().contains("slow consumer") {
+                    t.slow += 1;
+                }
+                if !subscribed {
+                    bail!("server refused the subscription: {msg}");
+                }
+            }
+            start += eol + 2;
+        }
+        if pong {
+            s.write_all(b"PONG\r\n")?;
+        }
+        if n > 0 {
+            t.add(n, nbytes);
+            if a.expect != 0 && t.count >= a.expect {
+                t.ended = "expected";
+                break;
+            }
+        }
+        // Make room: move a partial line to the front.
+        if start == end {
+            (start, end) = (0, 0);
+        } else if end == buf.len() {
+            if start == 0 {
+                bail!("protocol line longer than {} bytes", buf.len());
+            }
+            buf.copy_within(start..end, 0);
+            (start, end) = (0, end - start);
+        }
+        match s.read(&mut buf[end..]) {
+            Ok(0) => {
+                t.ended = "closed";
+                t.disconnects += 1;
+                break;
+            }
+            Ok(k) => {
+                end += k;
+                last_activity = Instant::now();
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                let wait = if !subscribed {
+                    Duration::from_secs(10)
+                } else if t.count == 0 {
+                    start_wait
+                } else {
+                    idle
+                };
+                if last_activity.elapsed() >= wait {
+                    if !subscribed {
+                        bail!("no answer from the server");
+                    }
+                    break;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(t)
+}
+
+fn find_crlf(b: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = b[from..].iter().position(|&c| c == b'\r') {
+        let at = from + i;
+        match b.get(at + 1) {
+            Some(b'\n') => return Some(at),
+            Some(_) => from = at + 1,
+            None => return None,
+        }
+    }
+    None
 }

@@ -10,7 +10,9 @@ use futures::StreamExt;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let url = args.next().unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+    let url = args
+        .next()
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
     let subject = args.next().unwrap_or_else(|| "dnstap.>".into());
     let limit: Option<usize> = args.next().map(|n| n.parse()).transpose()?;
     let client = async_nats::connect(&url).await?;

@@ -1,0 +1,344 @@
+#!/usr/bin/env bash
+# End-to-end replay benchmark: fstrm_blast --Frame Streams--> tapbus-broker --JSON--> nats-server --> nats_count
+#
+# Usage: bench/e2e.sh [--tcp] [--raw-sub] [--baseline] [--no-build] [--perf FILE] [--keep]
+#   --tcp        broker input tcp://127.0.0.1:PORT instead of unix:///TMP/dnstap.sock
+#   --raw-sub    subscriber speaks the NATS protocol itself (nats_count --raw, ~3x less CPU
+#                than async-nats), leaving more of the machine to the broker
+#   --baseline   also blast the same COUNT frames into fstrm_capture -w /dev/null (the floor)
+#   --no-build   do not run cargo build (use the binaries already in target/release)
+#   --perf FILE  record the broker with `perf record -g` during the run; report to FILE
+#   --keep       keep the temporary directory (logs, metrics) and print its path
+# Environment: COUNT (default 1000000), CAPTURE (default ../shared/testdata/dnstap/bulk-100k.fstrm
+#   relative to the repo root), IDLE_SECS (subscriber idle timeout, default 5),
+#   RUN_TIMEOUT (seconds allowed for the blast and for the subscriber, default 300),
+#   RATE (pace the sender at RATE frames/s; default 0 = as fast as possible),
+#   TAPBUS_LOG (broker log filter, default warn).
+#
+# Prints a human summary and one final line `RESULT {json}`.
+# Installs nothing. Every process it starts is stopped by PID on exit.
+
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+COUNT=${COUNT:-1000000}
+CAPTURE=${CAPTURE:-$ROOT/../shared/testdata/dnstap/bulk-100k.fstrm}
+IDLE_SECS=${IDLE_SECS:-5}
+RUN_TIMEOUT=${RUN_TIMEOUT:-300}
+RATE=${RATE:-0}
+NATS_SERVER=${NATS_SERVER:-/usr/sbin/nats-server}
+REL=$ROOT/target/release
+
+TRANSPORT=unix
+BASELINE=0
+BUILD=1
+PERF_OUT=
+KEEP=0
+RAW_SUB=()
+SUB_NAME=async-nats
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --tcp) TRANSPORT=tcp ;;
+    --unix) TRANSPORT=unix ;;
+    --baseline) BASELINE=1 ;;
+    --no-build) BUILD=0 ;;
+    --perf) PERF_OUT=${2:?--perf needs a file}; shift ;;
+    --keep) KEEP=1 ;;
+    --raw-sub) RAW_SUB=(--raw); SUB_NAME=raw ;;
+    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    *) echo "e2e.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+die() { echo "e2e.sh: $*" >&2; exit 1; }
+
+# ---- prerequisites (nothing is installed) -------------------------------------------------
+if [ ! -x "$NATS_SERVER" ]; then
+    NATS_SERVER=$(command -v nats-server || true)
+fi
+if [ -z "$NATS_SERVER" ] || [ ! -x "$NATS_SERVER" ]; then
+    echo "e2e.sh: nats-server not found; install it first: apt-get install -y nats-server" >&2
+    exit 1
+fi
+for t in curl timeout getconf awk; do
+    command -v "$t" >/dev/null || die "$t is required"
+done
+[ -r "$CAPTURE" ] || die "capture not found: $CAPTURE"
+if [ -n "$PERF_OUT" ]; then
+    command -v perf >/dev/null || die "--perf: perf is not installed (apt-get install -y linux-perf)"
+fi
+FSTRM_CAPTURE=
+if [ "$BASELINE" = 1 ]; then
+    FSTRM_CAPTURE=$(command -v fstrm_capture || true)
+    [ -n "$FSTRM_CAPTURE" ] || echo "e2e.sh: --baseline: fstrm_capture not installed (apt-get install -y fstrm-bin); skipping the baseline" >&2
+fi
+CLK_TCK=$(getconf CLK_TCK)
+
+if [ "$BUILD" = 1 ]; then
+    echo "== building (release)" >&2
+    (cd "$ROOT" && timeout 1800 cargo build --release -q -p tapbus-broker --examples --bins) || die "build failed"
+fi
+for b in tapbus-broker examples/fstrm_blast examples/nats_count; do
+    [ -x "$REL/$b" ] || die "missing $REL/$b (run without --no-build)"
+done
+
+# ---- process bookkeeping ------------------------------------------------------------------
+TMP=$(mktemp -d /tmp/tapbus-e2e.XXXXXX)
+PIDS=()
+cleanup() {
+    local rc=$?
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        local p=${PIDS[i]}
+        if kill -0 "$p" 2>/dev/null; then
+            kill -TERM "$p" 2>/dev/null || true
+            for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+            kill -KILL "$p" 2>/dev/null || true
+        fi
+        wait "$p" 2>/dev/null || true
+    done
+    if [ "$KEEP" = 1 ]; then
+        echo "e2e.sh: kept $TMP" >&2
+    else
+        rm -rf "$TMP"
+    fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# stop PID: SIGTERM, wait up to 10 s, then SIGKILL
+stop() {
+    local p=$1
+    kill -TERM "$p" 2>/dev/null || return 0
+    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+}
+
+USED_PORTS=" "
+free_port() {
+    local p
+    for _ in $(seq 1 200); do
+        p=$((20000 + RANDOM % 40000))
+        case "$USED_PORTS" in *" $p "*) continue ;; esac
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            USED_PORTS="$USED_PORTS$p "
+            echo "$p"
+            return 0
+        fi
+    done
+    die "no free port found"
+}
+
+# wait_until SECONDS CMD...: polls CMD every 0.05 s
+wait_until() {
+    local secs=$1; shift
+    local end=$((SECONDS + secs))
+    until "$@" 2>/dev/null; do
+        [ $SECONDS -lt $end ] || return 1
+        sleep 0.05
+    done
+}
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# CPU ticks (utime+stime) of a process; fields after the ")" of comm
+cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+vm_hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
+vm_rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+# read/write syscalls of a process: "syscr syscw"
+io_calls() { awk '/^syscr:/ { r = $2 } /^syscw:/ { w = $2 } END { print r + 0, w + 0 }' "/proc/$1/io"; }
+# voluntary + involuntary context switches summed over the threads
+ctx_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ { s += $2 } END { print s + 0 }'; }
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+# per-thread CPU ticks: "tid comm ticks" lines
+thread_ticks() {
+    local t
+    for t in /proc/"$1"/task/*; do
+        awk -v tid="${t##*/}" '{ c = $0; sub(/^[^(]*\(/, "", c); sub(/\).*$/, "", c); s = $0; sub(/^.*\) /, "", s); split(s, f, " "); print tid, c, f[12] + f[13] }' "$t/stat" 2>/dev/null || true
+    done
+}
+# sum of a Prometheus counter family over all label sets
+metric_sum() { awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $NF } END { printf "%d\n", s }' "$2"; }
+json_num() { sed -n "s/.*\"$1\":\([0-9.eE+-]*\).*/\1/p" "$2" | head -n1; }
+json_str() { sed -n "s/.*\"$1\":\"\{0,1\}\([a-z]*\)\"\{0,1\}.*/\1/p" "$2" | head -n1; }
+
+echo "== $(date -u +%FT%TZ) $(uname -n) cores=$(nproc) count=$COUNT transport=$TRANSPORT load=[$(loadavg)]" >&2
+
+# ---- nats-server --------------------------------------------------------------------------
+NPORT=$(free_port)
+MONPORT=$(free_port)
+"$NATS_SERVER" -a 127.0.0.1 -p "$NPORT" -m "$MONPORT" >"$TMP/nats.log" 2>&1 &
+NATS_PID=$!
+PIDS+=("$NATS_PID")
+wait_until 10 port_open "$NPORT" || { cat "$TMP/nats.log" >&2; die "nats-server did not start"; }
+
+# ---- broker -------------------------------------------------------------------------------
+MPORT=$(free_port)
+if [ "$TRANSPORT" = tcp ]; then
+    IPORT=$(free_port)
+    INPUT="tcp://127.0.0.1:$IPORT"
+    BLAST_TARGET=(--tcp "127.0.0.1:$IPORT")
+else
+    SOCK="$TMP/dnstap.sock"
+    INPUT="unix://$SOCK"
+    BLAST_TARGET=(--unix "$SOCK")
+fi
+TAPBUS_LOG=${TAPBUS_LOG:-warn} "$REL/tapbus-broker" -i "$INPUT" -o "nats://127.0.0.1:$NPORT" \
+    --metrics-listen "127.0.0.1:$MPORT" >"$TMP/broker.out" 2>"$TMP/broker.log" &
+BROKER_PID=$!
+PIDS+=("$BROKER_PID")
+broker_ready() {
+    curl -fsS -m 1 "http://127.0.0.1:$MPORT/metrics" -o "$TMP/m0.txt" &&
+        grep -q 'tapbus_output_up{[^}]*} 1' "$TMP/m0.txt" &&
+        if [ "$TRANSPORT" = tcp ]; then port_open "$IPORT"; else [ -S "$SOCK" ]; fi
+}
+wait_until 15 broker_ready || { cat "$TMP/broker.log" >&2; die "broker did not become ready (metrics, NATS connection, input)"; }
+
+# ---- subscriber ---------------------------------------------------------------------------
+timeout -k 5 "$((RUN_TIMEOUT + IDLE_SECS + 10))" "$REL/examples/nats_count" \
+    --server "nats://127.0.0.1:$NPORT" --subject 'dnstap.>' --expect "$COUNT" \
+    --idle-secs "$IDLE_SECS" --start-secs "$RUN_TIMEOUT" "${RAW_SUB[@]}" >"$TMP/count.json" 2>"$TMP/count.log" &
+COUNT_PID=$!
+PIDS+=("$COUNT_PID")
+wait_until 10 grep -q '^ready' "$TMP/count.log" || { cat "$TMP/count.log" >&2; die "subscriber not ready"; }
+
+# ---- optional profiler --------------------------------------------------------------------
+PERF_PID=
+if [ -n "$PERF_OUT" ]; then
+    perf record -F "${PERF_FREQ:-499}" --call-graph "${PERF_CALLGRAPH:-dwarf,32768}" -p "$BROKER_PID" -o "$TMP/perf.data" >"$TMP/perf.log" 2>&1 &
+    PERF_PID=$!
+    PIDS+=("$PERF_PID")
+    sleep 0.5
+fi
+
+# ---- the run ------------------------------------------------------------------------------
+LOAD_BEFORE=$(loadavg)
+B0=$(cpu_ticks "$BROKER_PID")
+N0=$(cpu_ticks "$NATS_PID")
+thread_ticks "$BROKER_PID" >"$TMP/threads0.txt"
+read -r SYSCR0 SYSCW0 <<<"$(io_calls "$BROKER_PID")"
+CTX0=$(ctx_switches "$BROKER_PID")
+# Sample the broker's RSS every 0.1 s (VmHWM gives the peak; this gives the shape).
+(
+    while kill -0 "$BROKER_PID" 2>/dev/null; do vm_rss_kib "$BROKER_PID" 2>/dev/null || true; sleep 0.1; done
+) >"$TMP/rss.txt" &
+PIDS+=("$!")
+RSS_SAMPLER=$!
+
+echo "== blasting $COUNT frames into $INPUT (rate: ${RATE:-0}/s, 0 = unpaced)" >&2
+BLAST_RC=0
+timeout -k 5 "$RUN_TIMEOUT" "$REL/examples/fstrm_blast" --file "$CAPTURE" --count "$COUNT" \
+    --rate "$RATE" "${BLAST_TARGET[@]}" >"$TMP/blast.json" 2>"$TMP/blast.log" || BLAST_RC=$?
+[ "$BLAST_RC" = 0 ] || { cat "$TMP/blast.log" >&2; echo "e2e.sh: fstrm_blast exited with $BLAST_RC" >&2; }
+
+# The subscriber stops at COUNT messages or after IDLE_SECS without one.
+COUNT_RC=0
+wait "$COUNT_PID" || COUNT_RC=$?
+[ "$COUNT_RC" = 0 ] || { cat "$TMP/count.log" >&2; echo "e2e.sh: nats_count exited with $COUNT_RC" >&2; }
+B1=$(cpu_ticks "$BROKER_PID")
+N1=$(cpu_ticks "$NATS_PID")
+thread_ticks "$BROKER_PID" >"$TMP/threads1.txt"
+read -r SYSCR1 SYSCW1 <<<"$(io_calls "$BROKER_PID")"
+CTX1=$(ctx_switches "$BROKER_PID")
+HWM_KIB=$(vm_hwm_kib "$BROKER_PID")
+LOAD_AFTER=$(loadavg)
+if [ -n "$PERF_PID" ]; then
+    kill -INT "$PERF_PID" 2>/dev/null || true
+    timeout 30 tail --pid="$PERF_PID" -f /dev/null || true
+fi
+kill "$RSS_SAMPLER" 2>/dev/null || true
+curl -fsS -m 5 "http://127.0.0.1:$MPORT/metrics" -o "$TMP/metrics.txt" || die "cannot read broker metrics"
+curl -fsS -m 5 "http://127.0.0.1:$MONPORT/varz" -o "$TMP/varz.json" || echo '{}' >"$TMP/varz.json"
+
+# ---- figures ------------------------------------------------------------------------------
+SENT=$(json_num frames "$TMP/blast.json"); SENT=${SENT:-0}
+BLAST_SECS=$(json_num seconds "$TMP/blast.json"); BLAST_SECS=${BLAST_SECS:-0}
+BLAST_RATE=$(json_num frames_per_sec "$TMP/blast.json"); BLAST_RATE=${BLAST_RATE:-0}
+START_NS=$(json_num start_unix_ns "$TMP/blast.json"); START_NS=${START_NS:-0}
+FINISH=$(json_str finish "$TMP/blast.json"); FINISH=${FINISH:-false}
+RECV=$(json_num count "$TMP/count.json"); RECV=${RECV:-0}
+LAST_NS=$(json_num last_unix_ns "$TMP/count.json"); LAST_NS=${LAST_NS:-0}
+SLOW=$(json_num slow_consumer_events "$TMP/count.json"); SLOW=${SLOW:-0}
+BLAST_TICKS=$(json_num cpu_ticks "$TMP/blast.json"); BLAST_TICKS=${BLAST_TICKS:-0}
+COUNT_TICKS=$(json_num cpu_ticks "$TMP/count.json"); COUNT_TICKS=${COUNT_TICKS:-0}
+RECV_BYTES=$(json_num bytes "$TMP/count.json"); RECV_BYTES=${RECV_BYTES:-0}
+EVENTS=$(metric_sum tapbus_events_total "$TMP/metrics.txt")
+PUBLISHED=$(metric_sum tapbus_published_total "$TMP/metrics.txt")
+DROPPED=$(metric_sum tapbus_dropped_total "$TMP/metrics.txt")
+MALFORMED=$(metric_sum tapbus_malformed_total "$TMP/metrics.txt")
+NATS_SLOW=$(sed -n 's/.*"slow_consumers": *\([0-9]*\).*/\1/p' "$TMP/varz.json" | head -n1)
+NATS_SLOW=${NATS_SLOW:-?}
+PEAK_SAMPLED_KIB=$(sort -n "$TMP/rss.txt" | tail -n1)
+
+read -r WALL E2E_RATE CPU_S CPU_US CPU_US_PUB NATS_CPU_S HWM_MIB BLAST_CPU_S COUNT_CPU_S AVG_JSON <<EOF
+$(awk -v s="$START_NS" -v l="$LAST_NS" -v r="$RECV" -v b0="$B0" -v b1="$B1" -v n0="$N0" -v n1="$N1" \
+    -v tck="$CLK_TCK" -v ev="$EVENTS" -v pub="$PUBLISHED" -v hwm="$HWM_KIB" -v bt="$BLAST_TICKS" \
+    -v ct="$COUNT_TICKS" -v rb="$RECV_BYTES" 'BEGIN {
+        wall = (l > s && s > 0) ? (l - s) / 1e9 : 0
+        rate = wall > 0 ? r / wall : 0
+        cpu = (b1 - b0) / tck
+        us = ev > 0 ? cpu * 1e6 / ev : 0
+        usp = pub > 0 ? cpu * 1e6 / pub : 0
+        printf "%.3f %.0f %.2f %.2f %.2f %.2f %.1f %.2f %.2f %.0f\n", wall, rate, cpu, us, usp,
+            (n1 - n0) / tck, hwm / 1024, bt / tck, ct / tck, (r > 0 ? rb / r : 0) }')
+EOF
+
+echo
+echo "tapbus e2e ($TRANSPORT, subscriber: $SUB_NAME, $(date -u +%FT%TZ), $(nproc) cores, load before/after: $LOAD_BEFORE / $LOAD_AFTER)"
+printf '  %-34s %s\n' \
+    "sent (fstrm_blast)" "$SENT frames in ${BLAST_SECS}s = $BLAST_RATE frames/s, FINISH: $FINISH" \
+    "events decoded (broker)" "$EVENTS" \
+    "published (broker)" "$PUBLISHED" \
+    "dropped (broker)" "$DROPPED" \
+    "malformed (broker)" "$MALFORMED" \
+    "received (nats_count)" "$RECV, avg $AVG_JSON B (client slow-consumer events: $SLOW; server slow consumers: $NATS_SLOW)" \
+    "wall, first byte -> last message" "${WALL}s" \
+    "end-to-end rate" "$E2E_RATE msg/s (received / wall)" \
+    "broker CPU" "${CPU_S}s = ${CPU_US} µs/event decoded, ${CPU_US_PUB} µs/message published" \
+    "broker write syscalls, ctx switches" "$((SYSCW1 - SYSCW0)) writes (to NATS), $((CTX1 - CTX0)) context switches" \
+    "other CPU" "nats-server ${NATS_CPU_S}s, fstrm_blast ${BLAST_CPU_S}s, nats_count ${COUNT_CPU_S}s" \
+    "broker peak RSS (VmHWM)" "$HWM_MIB MiB (sampled max $((${PEAK_SAMPLED_KIB:-0} / 1024)) MiB)"
+echo "  broker threads (CPU seconds during the run):"
+awk -v tck="$CLK_TCK" 'NR == FNR { a[$1] = $NF; next } { d = ($NF - a[$1]) / tck; if (d > 0.005) printf "    %-8s %-20s %.2f\n", $1, $2, d }' \
+    "$TMP/threads0.txt" "$TMP/threads1.txt"
+
+RESULT_OK=true
+[ "$RECV" = "$COUNT" ] && [ "$DROPPED" = 0 ] && [ "$FINISH" = true ] || RESULT_OK=false
+
+# ---- optional baseline: fstrm_capture -w /dev/null ----------------------------------------
+BASE_JSON=null
+if [ -n "$FSTRM_CAPTURE" ]; then
+    BSOCK="$TMP/capture.sock"
+    "$FSTRM_CAPTURE" -t protobuf:dnstap.Dnstap -u "$BSOCK" -w /dev/null >"$TMP/capture.log" 2>&1 &
+    CAP_PID=$!
+    PIDS+=("$CAP_PID")
+    wait_until 10 test -S "$BSOCK" || die "fstrm_capture did not start"
+    C0=$(cpu_ticks "$CAP_PID")
+    timeout -k 5 "$RUN_TIMEOUT" "$REL/examples/fstrm_blast" --file "$CAPTURE" --count "$COUNT" \
+        --unix "$BSOCK" >"$TMP/base.json" 2>"$TMP/base.log" || cat "$TMP/base.log" >&2
+    C1=$(cpu_ticks "$CAP_PID")
+    CAP_HWM=$(vm_hwm_kib "$CAP_PID")
+    stop "$CAP_PID"
+    BS=$(json_num seconds_to_finish "$TMP/base.json"); BS=${BS:-0}
+    read -r BRATE BCPU BUS <<EOF
+$(awk -v n="$COUNT" -v s="$BS" -v c0="$C0" -v c1="$C1" -v tck="$CLK_TCK" 'BEGIN {
+        printf "%.0f %.2f %.2f\n", (s > 0 ? n / s : 0), (c1 - c0) / tck, (c1 - c0) / tck * 1e6 / n }')
+EOF
+    echo "  baseline fstrm_capture -w /dev/null (unix): $COUNT frames to FINISH in ${BS}s = $BRATE frames/s, CPU ${BCPU}s = $BUS µs/frame, peak RSS $((CAP_HWM / 1024)) MiB"
+    BASE_JSON="{\"seconds\":$BS,\"frames_per_sec\":$BRATE,\"cpu_s\":$BCPU,\"cpu_us_per_frame\":$BUS,\"rss_kib\":$CAP_HWM}"
+fi
+
+# ---- shut the broker down cleanly, check it exits -----------------------------------------
+stop "$BROKER_PID"
+if [ -n "$PERF_OUT" ] && [ -s "$TMP/perf.data" ]; then
+    timeout 300 perf report -i "$TMP/perf.data" --stdio --no-children --percent-limit 0.5 \
+        --sort symbol -g none >"$PERF_OUT" 2>/dev/null || true
+    timeout 300 perf report -i "$TMP/perf.data" --stdio --children --percent-limit 2 \
+        --sort symbol -g caller,0.5,callee,function,percent >"$PERF_OUT.callers" 2>/dev/null || true
+    echo "  perf report: $PERF_OUT (and $PERF_OUT.callers)"
+fi
+
+echo "RESULT {\"date\":\"$(date -u +%FT%TZ)\",\"transport\":\"$TRANSPORT\",\"subscriber\":\"$SUB_NAME\",\"count\":$COUNT,\"sent\":$SENT,\"received\":$RECV,\"events\":$EVENTS,\"published\":$PUBLISHED,\"dropped\":$DROPPED,\"wall_s\":$WALL,\"rate\":$RATE,\"msgs_per_sec\":$E2E_RATE,\"blast_frames_per_sec\":$BLAST_RATE,\"broker_cpu_s\":$CPU_S,\"broker_cpu_us_per_msg\":$CPU_US,\"broker_cpu_us_per_published\":$CPU_US_PUB,\"nats_cpu_s\":$NATS_CPU_S,\"blast_cpu_s\":$BLAST_CPU_S,\"count_cpu_s\":$COUNT_CPU_S,\"broker_peak_rss_mib\":$HWM_MIB,\"broker_writes\":$((SYSCW1 - SYSCW0)),\"broker_ctx_switches\":$((CTX1 - CTX0)),\"load_before\":\"$LOAD_BEFORE\",\"load_after\":\"$LOAD_AFTER\",\"ok\":$RESULT_OK,\"baseline\":$BASE_JSON}"
+[ "$RESULT_OK" = true ]
