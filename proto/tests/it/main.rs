@@ -6,12 +6,14 @@
 //!   of an independent decoder (golang-dnstap + miekg/dns, `X.expected.jsonl`).
 //! * [`malformed`]: the hand-built broken inputs in `malformed/`.
 //! * [`edns`]: EDNS details (ECS, EDE, BADVERS) decoded from real traffic.
+//! * [`hickory`]: every DNS message also parsed by hickory-proto, a second oracle.
 //!
 //! Every event any of these tests produces is validated against `event::SCHEMA`.
 
 mod differential;
 mod edns;
 mod golden;
+mod hickory;
 mod malformed;
 
 use std::path::{Path, PathBuf};
