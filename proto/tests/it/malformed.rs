@@ -181,3 +181,62 @@ fn every_malformed_input_is_survived() {
     }
     assert!(report.is_empty(), "{}", report.join("\n"));
 }
+
+/// A deterministic cousin of the `event_encode` fuzz target that runs in CI: frames from the
+/// captures, cut short and with bytes flipped, must give either an error (writing nothing)
+/// or a schema-valid event.
+#[test]
+fn mutated_frames_never_break_the_event() {
+    let mut seed = 0x853c_49e6_748f_ea9bu64;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut inputs, mut events, mut invalid) = (0usize, 0usize, Vec::new());
+    for name in [
+        "unbound.fstrm",
+        "bind-auth.fstrm",
+        "kresd.fstrm",
+        "dnsdist.fstrm",
+    ] {
+        let (frames, _) = super::data_frames(&testdata(name));
+        for frame in frames.iter().step_by(frames.len() / 50) {
+            let mut variants: Vec<Vec<u8>> = (1..frame.len())
+                .step_by(11)
+                .map(|n| frame[..n].to_vec())
+                .collect();
+            for _ in 0..20 {
+                let mut m = frame.to_vec();
+                for _ in 0..1 + rand() % 4 {
+                    let i = (rand() as usize) % m.len();
+                    m[i] ^= 1 << (rand() % 8);
+                }
+                variants.push(m);
+            }
+            for v in variants {
+                inputs += 1;
+                let mut out = Vec::new();
+                match tapbus_proto::event::encode(bytes::Bytes::from(v), "mutant", &mut out) {
+                    Ok(_) => {
+                        events += 1;
+                        let ev: Value = serde_json::from_slice(&out).unwrap_or_else(|e| {
+                            panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out))
+                        });
+                        let errs = super::schema_errors(&ev);
+                        if !errs.is_empty() && invalid.len() < 5 {
+                            invalid.push(format!("{errs:?}: {ev}"));
+                        }
+                    }
+                    Err(_) => assert!(out.is_empty()),
+                }
+            }
+        }
+    }
+    assert!(invalid.is_empty(), "{}", invalid.join("\n"));
+    assert!(
+        inputs > 5000 && events > 1000,
+        "{inputs} inputs, {events} events"
+    );
+}
