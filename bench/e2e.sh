@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end replay benchmark: fstrm_blast --Frame Streams--> tapbus-broker --JSON--> nats-server --> nats_count
 #
-# Usage: bench/e2e.sh [--tcp] [--raw-sub] [--baseline] [--no-build] [--perf FILE] [--keep]
+# Usage: bench/e2e.sh [--tcp] [--stdout] [--raw-sub] [--baseline] [--no-build] [--perf FILE] [--keep]
 #   --tcp        broker input tcp://127.0.0.1:PORT instead of unix:///TMP/dnstap.sock
+#   --stdout     no NATS: broker output `stdout` into /dev/null (the ingest + encode ceiling);
+#                the rate is then frames up to FINISH / time
 #   --raw-sub    subscriber speaks the NATS protocol itself (nats_count --raw, ~3x less CPU
 #                than async-nats), leaving more of the machine to the broker
 #   --baseline   also blast the same COUNT frames into fstrm_capture -w /dev/null (the floor)
@@ -37,6 +39,7 @@ PERF_OUT=
 KEEP=0
 RAW_SUB=()
 SUB_NAME=async-nats
+OUTPUT=nats
 while [ $# -gt 0 ]; do
     case "$1" in
     --tcp) TRANSPORT=tcp ;;
@@ -46,7 +49,8 @@ while [ $# -gt 0 ]; do
     --perf) PERF_OUT=${2:?--perf needs a file}; shift ;;
     --keep) KEEP=1 ;;
     --raw-sub) RAW_SUB=(--raw); SUB_NAME=raw ;;
-    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    --stdout) OUTPUT=stdout; SUB_NAME=none ;;
+    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "e2e.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -75,6 +79,9 @@ if [ "$BASELINE" = 1 ]; then
     [ -n "$FSTRM_CAPTURE" ] || echo "e2e.sh: --baseline: fstrm_capture not installed (apt-get install -y fstrm-bin); skipping the baseline" >&2
 fi
 CLK_TCK=$(getconf CLK_TCK)
+# What was measured: the working tree (others may have uncommitted changes in it).
+REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
+BUILT=$(date -u -r "$REL/tapbus-broker" +%FT%TZ 2>/dev/null || echo unknown)
 
 if [ "$BUILD" = 1 ]; then
     echo "== building (release)" >&2
@@ -151,6 +158,8 @@ vm_rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 io_calls() { awk '/^syscr:/ { r = $2 } /^syscw:/ { w = $2 } END { print r + 0, w + 0 }' "/proc/$1/io"; }
 # voluntary + involuntary context switches summed over the threads
 ctx_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ { s += $2 } END { print s + 0 }'; }
+# machine-wide busy (non-idle, non-iowait) ticks, all CPUs
+machine_busy() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 # per-thread CPU ticks: "tid comm ticks" lines
 thread_ticks() {
@@ -167,12 +176,20 @@ json_str() { sed -n "s/.*\"$1\":\"\{0,1\}\([a-z]*\)\"\{0,1\}.*/\1/p" "$2" | head
 echo "== $(date -u +%FT%TZ) $(uname -n) cores=$(nproc) count=$COUNT transport=$TRANSPORT load=[$(loadavg)]" >&2
 
 # ---- nats-server --------------------------------------------------------------------------
-NPORT=$(free_port)
-MONPORT=$(free_port)
-"$NATS_SERVER" -a 127.0.0.1 -p "$NPORT" -m "$MONPORT" >"$TMP/nats.log" 2>&1 &
-NATS_PID=$!
-PIDS+=("$NATS_PID")
-wait_until 10 port_open "$NPORT" || { cat "$TMP/nats.log" >&2; die "nats-server did not start"; }
+NATS_PID=
+if [ "$OUTPUT" = nats ]; then
+    NPORT=$(free_port)
+    MONPORT=$(free_port)
+    "$NATS_SERVER" -a 127.0.0.1 -p "$NPORT" -m "$MONPORT" >"$TMP/nats.log" 2>&1 &
+    NATS_PID=$!
+    PIDS+=("$NATS_PID")
+    wait_until 10 port_open "$NPORT" || { cat "$TMP/nats.log" >&2; die "nats-server did not start"; }
+    OUT_URL="nats://127.0.0.1:$NPORT"
+    BROKER_STDOUT="$TMP/broker.out"
+else
+    OUT_URL=stdout
+    BROKER_STDOUT=/dev/null
+fi
 
 # ---- broker -------------------------------------------------------------------------------
 MPORT=$(free_port)
@@ -185,8 +202,8 @@ else
     INPUT="unix://$SOCK"
     BLAST_TARGET=(--unix "$SOCK")
 fi
-TAPBUS_LOG=${TAPBUS_LOG:-warn} "$REL/tapbus-broker" -i "$INPUT" -o "nats://127.0.0.1:$NPORT" \
-    --metrics-listen "127.0.0.1:$MPORT" >"$TMP/broker.out" 2>"$TMP/broker.log" &
+TAPBUS_LOG=${TAPBUS_LOG:-warn} "$REL/tapbus-broker" -i "$INPUT" -o "$OUT_URL" \
+    --metrics-listen "127.0.0.1:$MPORT" >"$BROKER_STDOUT" 2>"$TMP/broker.log" &
 BROKER_PID=$!
 PIDS+=("$BROKER_PID")
 broker_ready() {
@@ -197,12 +214,15 @@ broker_ready() {
 wait_until 15 broker_ready || { cat "$TMP/broker.log" >&2; die "broker did not become ready (metrics, NATS connection, input)"; }
 
 # ---- subscriber ---------------------------------------------------------------------------
-timeout -k 5 "$((RUN_TIMEOUT + IDLE_SECS + 10))" "$REL/examples/nats_count" \
-    --server "nats://127.0.0.1:$NPORT" --subject 'dnstap.>' --expect "$COUNT" \
-    --idle-secs "$IDLE_SECS" --start-secs "$RUN_TIMEOUT" "${RAW_SUB[@]}" >"$TMP/count.json" 2>"$TMP/count.log" &
-COUNT_PID=$!
-PIDS+=("$COUNT_PID")
-wait_until 10 grep -q '^ready' "$TMP/count.log" || { cat "$TMP/count.log" >&2; die "subscriber not ready"; }
+COUNT_PID=
+if [ "$OUTPUT" = nats ]; then
+    timeout -k 5 "$((RUN_TIMEOUT + IDLE_SECS + 10))" "$REL/examples/nats_count" \
+        --server "nats://127.0.0.1:$NPORT" --subject 'dnstap.>' --expect "$COUNT" \
+        --idle-secs "$IDLE_SECS" --start-secs "$RUN_TIMEOUT" "${RAW_SUB[@]}" >"$TMP/count.json" 2>"$TMP/count.log" &
+    COUNT_PID=$!
+    PIDS+=("$COUNT_PID")
+    wait_until 10 grep -q '^ready' "$TMP/count.log" || { cat "$TMP/count.log" >&2; die "subscriber not ready"; }
+fi
 
 # ---- optional profiler --------------------------------------------------------------------
 PERF_PID=
@@ -215,8 +235,10 @@ fi
 
 # ---- the run ------------------------------------------------------------------------------
 LOAD_BEFORE=$(loadavg)
+MB0=$(machine_busy)
+T0=$(date +%s.%N)
 B0=$(cpu_ticks "$BROKER_PID")
-N0=$(cpu_ticks "$NATS_PID")
+N0=0; [ -z "$NATS_PID" ] || N0=$(cpu_ticks "$NATS_PID")
 thread_ticks "$BROKER_PID" >"$TMP/threads0.txt"
 read -r SYSCR0 SYSCW0 <<<"$(io_calls "$BROKER_PID")"
 CTX0=$(ctx_switches "$BROKER_PID")
@@ -233,24 +255,43 @@ timeout -k 5 "$RUN_TIMEOUT" "$REL/examples/fstrm_blast" --file "$CAPTURE" --coun
     --rate "$RATE" "${BLAST_TARGET[@]}" >"$TMP/blast.json" 2>"$TMP/blast.log" || BLAST_RC=$?
 [ "$BLAST_RC" = 0 ] || { cat "$TMP/blast.log" >&2; echo "e2e.sh: fstrm_blast exited with $BLAST_RC" >&2; }
 
-# The subscriber stops at COUNT messages or after IDLE_SECS without one.
 COUNT_RC=0
-wait "$COUNT_PID" || COUNT_RC=$?
-[ "$COUNT_RC" = 0 ] || { cat "$TMP/count.log" >&2; echo "e2e.sh: nats_count exited with $COUNT_RC" >&2; }
+if [ -n "$COUNT_PID" ]; then
+    # The subscriber stops at COUNT messages or after IDLE_SECS without one.
+    wait "$COUNT_PID" || COUNT_RC=$?
+    [ "$COUNT_RC" = 0 ] || { cat "$TMP/count.log" >&2; echo "e2e.sh: nats_count exited with $COUNT_RC" >&2; }
+else
+    # stdout: wait until every decoded event is written or dropped (FINISH came after the
+    # last frame was decoded), then use the blaster's time to FINISH as the wall time.
+    drained() {
+        curl -fsS -m 1 "http://127.0.0.1:$MPORT/metrics" -o "$TMP/m1.txt" &&
+            [ $(($(metric_sum tapbus_published_total "$TMP/m1.txt") + $(metric_sum tapbus_dropped_total "$TMP/m1.txt"))) -ge "$(metric_sum tapbus_events_total "$TMP/m1.txt")" ]
+    }
+    wait_until 30 drained || echo "e2e.sh: stdout output not drained after 30 s" >&2
+    S=$(json_num start_unix_ns "$TMP/blast.json"); F=$(json_num seconds_to_finish "$TMP/blast.json")
+    P=$(metric_sum tapbus_published_total "$TMP/m1.txt")
+    echo "{\"count\":$P,\"bytes\":0,\"first_unix_ns\":$S,\"last_unix_ns\":$(awk -v s="${S:-0}" -v f="${F:-0}" 'BEGIN { printf "%.0f", s + f * 1e9 }'),\"cpu_ticks\":0}" >"$TMP/count.json"
+fi
 B1=$(cpu_ticks "$BROKER_PID")
-N1=$(cpu_ticks "$NATS_PID")
+N1=0; [ -z "$NATS_PID" ] || N1=$(cpu_ticks "$NATS_PID")
 thread_ticks "$BROKER_PID" >"$TMP/threads1.txt"
 read -r SYSCR1 SYSCW1 <<<"$(io_calls "$BROKER_PID")"
 CTX1=$(ctx_switches "$BROKER_PID")
 HWM_KIB=$(vm_hwm_kib "$BROKER_PID")
 LOAD_AFTER=$(loadavg)
+MB1=$(machine_busy)
+T1=$(date +%s.%N)
 if [ -n "$PERF_PID" ]; then
     kill -INT "$PERF_PID" 2>/dev/null || true
     timeout 30 tail --pid="$PERF_PID" -f /dev/null || true
 fi
 kill "$RSS_SAMPLER" 2>/dev/null || true
 curl -fsS -m 5 "http://127.0.0.1:$MPORT/metrics" -o "$TMP/metrics.txt" || die "cannot read broker metrics"
-curl -fsS -m 5 "http://127.0.0.1:$MONPORT/varz" -o "$TMP/varz.json" || echo '{}' >"$TMP/varz.json"
+if [ "$OUTPUT" = nats ]; then
+    curl -fsS -m 5 "http://127.0.0.1:$MONPORT/varz" -o "$TMP/varz.json" || echo '{}' >"$TMP/varz.json"
+else
+    echo '{}' >"$TMP/varz.json"
+fi
 
 # ---- figures ------------------------------------------------------------------------------
 SENT=$(json_num frames "$TMP/blast.json"); SENT=${SENT:-0}
@@ -285,8 +326,13 @@ $(awk -v s="$START_NS" -v l="$LAST_NS" -v r="$RECV" -v b0="$B0" -v b1="$B1" -v n
             (n1 - n0) / tck, hwm / 1024, bt / tck, ct / tck, (r > 0 ? rb / r : 0) }')
 EOF
 
+# CPU used on the machine during the run by anything but the four processes measured
+# here, in cores: the noise indicator (other builds, fuzzers...).
+FOREIGN=$(awk -v m0="$MB0" -v m1="$MB1" -v t0="$T0" -v t1="$T1" -v tck="$CLK_TCK" -v ours="$CPU_S $NATS_CPU_S $BLAST_CPU_S $COUNT_CPU_S" 'BEGIN {
+    split(ours, o, " "); own = o[1] + o[2] + o[3] + o[4]; el = t1 - t0
+    f = el > 0 ? ((m1 - m0) / tck - own) / el : 0; if (f < 0) f = 0; printf "%.2f\n", f }')
 echo
-echo "tapbus e2e ($TRANSPORT, subscriber: $SUB_NAME, $(date -u +%FT%TZ), $(nproc) cores, load before/after: $LOAD_BEFORE / $LOAD_AFTER)"
+echo "tapbus e2e ($TRANSPORT -> $OUTPUT, subscriber: $SUB_NAME, rev $REV, binary built $BUILT, $(date -u +%FT%TZ), $(nproc) cores, load before/after: $LOAD_BEFORE / $LOAD_AFTER, other CPU use during the run: $FOREIGN cores)"
 printf '  %-34s %s\n' \
     "sent (fstrm_blast)" "$SENT frames in ${BLAST_SECS}s = $BLAST_RATE frames/s, FINISH: $FINISH" \
     "events decoded (broker)" "$EVENTS" \
@@ -340,5 +386,5 @@ if [ -n "$PERF_OUT" ] && [ -s "$TMP/perf.data" ]; then
     echo "  perf report: $PERF_OUT (and $PERF_OUT.callers)"
 fi
 
-echo "RESULT {\"date\":\"$(date -u +%FT%TZ)\",\"transport\":\"$TRANSPORT\",\"subscriber\":\"$SUB_NAME\",\"count\":$COUNT,\"sent\":$SENT,\"received\":$RECV,\"events\":$EVENTS,\"published\":$PUBLISHED,\"dropped\":$DROPPED,\"wall_s\":$WALL,\"rate\":$RATE,\"msgs_per_sec\":$E2E_RATE,\"blast_frames_per_sec\":$BLAST_RATE,\"broker_cpu_s\":$CPU_S,\"broker_cpu_us_per_msg\":$CPU_US,\"broker_cpu_us_per_published\":$CPU_US_PUB,\"nats_cpu_s\":$NATS_CPU_S,\"blast_cpu_s\":$BLAST_CPU_S,\"count_cpu_s\":$COUNT_CPU_S,\"broker_peak_rss_mib\":$HWM_MIB,\"broker_writes\":$((SYSCW1 - SYSCW0)),\"broker_ctx_switches\":$((CTX1 - CTX0)),\"load_before\":\"$LOAD_BEFORE\",\"load_after\":\"$LOAD_AFTER\",\"ok\":$RESULT_OK,\"baseline\":$BASE_JSON}"
+echo "RESULT {\"date\":\"$(date -u +%FT%TZ)\",\"rev\":\"$REV\",\"built\":\"$BUILT\",\"transport\":\"$TRANSPORT\",\"output\":\"$OUTPUT\",\"subscriber\":\"$SUB_NAME\",\"count\":$COUNT,\"sent\":$SENT,\"received\":$RECV,\"events\":$EVENTS,\"published\":$PUBLISHED,\"dropped\":$DROPPED,\"wall_s\":$WALL,\"rate\":$RATE,\"msgs_per_sec\":$E2E_RATE,\"blast_frames_per_sec\":$BLAST_RATE,\"broker_cpu_s\":$CPU_S,\"broker_cpu_us_per_msg\":$CPU_US,\"broker_cpu_us_per_published\":$CPU_US_PUB,\"nats_cpu_s\":$NATS_CPU_S,\"blast_cpu_s\":$BLAST_CPU_S,\"count_cpu_s\":$COUNT_CPU_S,\"broker_peak_rss_mib\":$HWM_MIB,\"broker_writes\":$((SYSCW1 - SYSCW0)),\"broker_ctx_switches\":$((CTX1 - CTX0)),\"load_before\":\"$LOAD_BEFORE\",\"load_after\":\"$LOAD_AFTER\",\"foreign_cores\":$FOREIGN,\"ok\":$RESULT_OK,\"baseline\":$BASE_JSON}"
 [ "$RESULT_OK" = true ]
