@@ -113,19 +113,6 @@ impl fmt::Write for Escaper<'_> {
     }
 }
 
-/// Appends a `Display` value as a JSON string; `null` if its `fmt` fails (nothing partial
-/// is left behind).
-pub fn display<D: fmt::Display>(out: &mut Vec<u8>, d: &D) {
-    use fmt::Write;
-    let mark = out.len();
-    out.push(b'"');
-    if write!(Escaper(out), "{d}").is_err() {
-        out.truncate(mark);
-        out.extend_from_slice(b"null");
-        return;
-    }
-    out.push(b'"');
-}
 
 /// An unsigned (or non-negative) integer in decimal.
 pub fn uint<I: itoa::Integer + TryInto<u64> + Copy>(out: &mut Vec<u8>, v: I) {
@@ -480,6 +467,5 @@ mod tests {
         assert_eq!(s(|o| ipv4(o, [127, 0, 0, 1])), "\"127.0.0.1\"");
         assert_eq!(s(|o| float(o, f64::NAN)), "null");
         assert_eq!(s(|o| float(o, 0.25)), "0.25");
-        assert_eq!(s(|o| display(o, &"x\"y")), "\"x\\\"y\"");
     }
 }
