@@ -91,9 +91,12 @@ const BATCH: usize = 512;
 
 /// Rendered subjects by the event fields a template can use: a stream from one server has
 /// a handful of distinct subjects, so rendering and allocating once per event is wasted.
+/// The summary fields a subject template can use: identity, operation, qtype, rcode, protocol.
+type SubjectKey = (Bytes, i32, Option<u16>, Option<u16>, Option<i32>);
+
 struct SubjectCache {
     template: Template,
-    map: HashMap<(Bytes, i32, Option<u16>, Option<u16>, Option<i32>), Subject>,
+    map: HashMap<SubjectKey, Subject>,
     scratch: String,
 }
 

@@ -74,22 +74,7 @@ pub struct Nats {
 
 impl Nats {
     pub fn start() -> Nats {
-        let bin = need("nats-server");
-        let port = free_port();
-        let child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
-        let p = Proc { child };
-        wait_until("nats-server", Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Nats {
-            _proc: p,
-            url: format!("nats://127.0.0.1:{port}"),
-        }
+        Self::start_on(free_port())
     }
 }
 

@@ -97,7 +97,7 @@ fn compare(ev: &Value, msg: &Message, diffs: &mut BTreeMap<&'static str, usize>)
     diff("cd", f["cd"] == md.checking_disabled);
     let rcode = u16::from(md.response_code);
     let ours_rcode = d["rcode"].as_str().unwrap_or("");
-    let theirs = hickory_rcode_name(rcode);
+    let theirs = tapbus_proto::event::dns::rcode_name(rcode);
     diff("rcode", theirs.is_none_or(|t| t == ours_rcode));
     diff("qdcount", d["qdcount"] == msg.queries.len());
     diff("ancount", d["ancount"] == msg.answers.len());
@@ -142,25 +142,6 @@ fn compare(ev: &Value, msg: &Message, diffs: &mut BTreeMap<&'static str, usize>)
         }
         _ => diff("edns presence", false),
     }
-}
-
-fn hickory_rcode_name(r: u16) -> Option<&'static str> {
-    Some(match r {
-        0 => "NOERROR",
-        1 => "FORMERR",
-        2 => "SERVFAIL",
-        3 => "NXDOMAIN",
-        4 => "NOTIMP",
-        5 => "REFUSED",
-        6 => "YXDOMAIN",
-        7 => "YXRRSET",
-        8 => "NXRRSET",
-        9 => "NOTAUTH",
-        10 => "NOTZONE",
-        16 => "BADVERS",
-        23 => "BADCOOKIE",
-        _ => return None,
-    })
 }
 
 #[test]
