@@ -113,7 +113,6 @@ impl fmt::Write for Escaper<'_> {
     }
 }
 
-
 /// An unsigned (or non-negative) integer in decimal.
 pub fn uint<I: itoa::Integer + TryInto<u64> + Copy>(out: &mut Vec<u8>, v: I) {
     match v.try_into() {
