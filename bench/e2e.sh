@@ -81,15 +81,6 @@ fi
 CLK_TCK=$(getconf CLK_TCK)
 # What was measured: the working tree (others may have uncommitted changes in it).
 REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
-BUILT=$(date -u -r "$REL/tapbus-broker" +%FT%TZ 2>/dev/null || echo unknown)
-
-if [ "$BUILD" = 1 ]; then
-    echo "== building (release)" >&2
-    (cd "$ROOT" && timeout 1800 cargo build --release -q -p tapbus-broker --examples --bins) || die "build failed"
-fi
-for b in tapbus-broker examples/fstrm_blast examples/nats_count; do
-    [ -x "$REL/$b" ] || die "missing $REL/$b (run without --no-build)"
-done
 
 # ---- process bookkeeping ------------------------------------------------------------------
 TMP=$(mktemp -d /tmp/tapbus-e2e.XXXXXX)
@@ -114,6 +105,27 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+if [ "$BUILD" = 1 ]; then
+    echo "== building (release)" >&2
+    (cd "$ROOT" && exec timeout 1800 cargo build --release -q -p tapbus-broker --examples --bins) &
+    BUILD_PID=$!
+    PIDS+=("$BUILD_PID")
+    wait "$BUILD_PID" || die "build failed"
+fi
+for b in tapbus-broker examples/fstrm_blast examples/nats_count; do
+    [ -x "$REL/$b" ] || die "missing $REL/$b (run without --no-build)"
+done
+BUILT=$(date -u -r "$REL/tapbus-broker" +%FT%TZ 2>/dev/null || echo unknown)
+
+# run CMD... in the background and wait for it: unlike a foreground command, `wait` is
+# interrupted by SIGINT/SIGTERM, so the EXIT trap cleans up at once.
+run_bg() {
+    "$@" &
+    local p=$!
+    PIDS+=("$p")
+    wait "$p"
+}
 
 # stop PID: SIGTERM, wait up to 10 s, then SIGKILL
 stop() {
@@ -251,7 +263,7 @@ RSS_SAMPLER=$!
 
 echo "== blasting $COUNT frames into $INPUT (rate: ${RATE:-0}/s, 0 = unpaced)" >&2
 BLAST_RC=0
-timeout -k 5 "$RUN_TIMEOUT" "$REL/examples/fstrm_blast" --file "$CAPTURE" --count "$COUNT" \
+run_bg timeout -k 5 "$RUN_TIMEOUT" "$REL/examples/fstrm_blast" --file "$CAPTURE" --count "$COUNT" \
     --rate "$RATE" "${BLAST_TARGET[@]}" >"$TMP/blast.json" 2>"$TMP/blast.log" || BLAST_RC=$?
 [ "$BLAST_RC" = 0 ] || { cat "$TMP/blast.log" >&2; echo "e2e.sh: fstrm_blast exited with $BLAST_RC" >&2; }
 
@@ -362,7 +374,7 @@ if [ -n "$FSTRM_CAPTURE" ]; then
     PIDS+=("$CAP_PID")
     wait_until 10 test -S "$BSOCK" || die "fstrm_capture did not start"
     C0=$(cpu_ticks "$CAP_PID")
-    timeout -k 5 "$RUN_TIMEOUT" "$REL/examples/fstrm_blast" --file "$CAPTURE" --count "$COUNT" \
+    run_bg timeout -k 5 "$RUN_TIMEOUT" "$REL/examples/fstrm_blast" --file "$CAPTURE" --count "$COUNT" \
         --unix "$BSOCK" >"$TMP/base.json" 2>"$TMP/base.log" || cat "$TMP/base.log" >&2
     C1=$(cpu_ticks "$CAP_PID")
     CAP_HWM=$(vm_hwm_kib "$CAP_PID")
