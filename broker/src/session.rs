@@ -85,6 +85,7 @@ impl SessionError {
 }
 
 const READ_CHUNK: usize = 256 * 1024;
+const JSON_CHUNK: usize = 64 * 1024;
 
 /// Runs the Frame Streams reader over `reader`, writing handshake replies to `writer`.
 pub async fn run<R, W>(mut reader: R, mut writer: W, ctx: &Ctx) -> Result<End, SessionError>
@@ -96,6 +97,7 @@ where
         dec: FrameDecoder::new(ctx.max_frame),
         hs: ReaderHandshake::new(DNSTAP_CONTENT_TYPE),
         out: Vec::with_capacity(4096),
+        json: BytesMut::new(),
         identity: Bytes::new(),
         bad_frames: 0,
         reply: BytesMut::new(),
@@ -106,6 +108,10 @@ where
             if let Some(end) = s.frame(frame, ctx, &mut writer).await? {
                 return Ok(end);
             }
+            // A read can hold thousands of frames and `try_send` never yields: without this,
+            // the output task woken on this worker waits until the whole read is decoded
+            // while its queue overflows (tokio does not let the idle worker steal it).
+            tokio::task::consume_budget().await;
         }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
@@ -139,6 +145,8 @@ struct State {
     dec: FrameDecoder,
     hs: ReaderHandshake,
     out: Vec<u8>,
+    /// Event JSON is copied into shared chunks (one allocation per ~64 KiB, not per event).
+    json: BytesMut,
     /// The last identity seen, owned, so queued events do not pin read buffers.
     identity: Bytes,
     bad_frames: u64,
@@ -216,8 +224,12 @@ impl State {
                     ctx.metrics.dns_malformed.inc();
                 }
                 ctx.metrics.events.inc();
+                if self.json.capacity() < self.out.len() {
+                    self.json.reserve(JSON_CHUNK.max(self.out.len()));
+                }
+                self.json.extend_from_slice(&self.out);
                 Some(Event {
-                    json: Bytes::copy_from_slice(&self.out),
+                    json: self.json.split().freeze(),
                     summary,
                 })
             }

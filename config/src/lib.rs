@@ -101,7 +101,7 @@ pub struct OutputConfig {
     /// Subject template (NATS); placeholders {identity} {operation} {qtype} {rcode} {protocol}.
     pub subject: Option<String>,
     /// Events this output may hold while it is slow or down; beyond it, events are dropped
-    /// and counted (default 65536).
+    /// and counted (default 16384).
     pub queue: Option<usize>,
 }
 
@@ -447,7 +447,7 @@ fn validate_input(key: &str, i: &InputConfig) -> Result<InputSpec, ConfigError> 
 fn validate_output(name: &str, o: &OutputConfig) -> Result<OutputSpec, ConfigError> {
     let key = format!("outputs.{name}");
     let url = o.url.trim();
-    let queue = o.queue.unwrap_or(65536);
+    let queue = o.queue.unwrap_or(16384);
     if queue == 0 {
         return Err(invalid(format!("{key}.queue"), "must be at least 1"));
     }

@@ -122,6 +122,28 @@ impl Template {
         Ok(Template { parts, flavor })
     }
 
+    /// The part of a summary this template reads (unused fields cleared): two summaries
+    /// with the same key render the same subject, so it can key a cache.
+    pub fn key(&self, s: &Summary) -> Summary {
+        let uses = |p: Part| self.parts.contains(&p);
+        Summary {
+            identity: if uses(Part::Identity) {
+                s.identity.clone()
+            } else {
+                bytes::Bytes::new()
+            },
+            operation: if uses(Part::Operation) {
+                s.operation
+            } else {
+                0
+            },
+            protocol: s.protocol.filter(|_| uses(Part::Protocol)),
+            qtype: s.qtype.filter(|_| uses(Part::Qtype)),
+            rcode: s.rcode.filter(|_| uses(Part::Rcode)),
+            malformed_dns: false,
+        }
+    }
+
     /// Renders the subject for one event into `out` (cleared first).
     pub fn render(&self, s: &Summary, out: &mut String) {
         out.clear();
@@ -278,6 +300,24 @@ mod tests {
             render("{operation}.{qtype}.{rcode}.{protocol}", Flavor::Nats, &s),
             "unknown_99.unknown.RCODE4000.UNKNOWN_42"
         );
+    }
+
+    #[test]
+    fn keys_keep_only_what_the_template_uses() {
+        let t = Template::parse(Template::DEFAULT_NATS, Flavor::Nats).expect("valid");
+        let a = summary(b"ns1");
+        let mut b = a.clone();
+        b.qtype = Some(1);
+        b.rcode = None;
+        b.protocol = Some(1);
+        assert_eq!(t.key(&a), t.key(&b));
+        b.operation = 5;
+        assert_ne!(t.key(&a), t.key(&b));
+        let t = Template::parse("x.{rcode}", Flavor::Nats).expect("valid");
+        let mut c = a.clone();
+        c.rcode = None;
+        assert_ne!(t.key(&a), t.key(&c));
+        assert!(t.key(&a).identity.is_empty());
     }
 
     #[test]

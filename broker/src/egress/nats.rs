@@ -9,7 +9,6 @@ use std::time::Duration;
 use std::collections::HashMap;
 
 use async_nats::{ConnectOptions, PublishErrorKind, Subject};
-use bytes::Bytes;
 use tapbus_proto::event::Summary;
 use tapbus_proto::subject::Template;
 
@@ -89,14 +88,11 @@ pub async fn run(
 
 const BATCH: usize = 512;
 
-/// Rendered subjects by the event fields a template can use: a stream from one server has
-/// a handful of distinct subjects, so rendering and allocating once per event is wasted.
-/// The summary fields a subject template can use: identity, operation, qtype, rcode, protocol.
-type SubjectKey = (Bytes, i32, Option<u16>, Option<u16>, Option<i32>);
-
+/// Rendered subjects by the event fields the template uses: a stream from one server has a
+/// handful of distinct subjects, so rendering and allocating once per event is wasted.
 struct SubjectCache {
     template: Template,
-    map: HashMap<SubjectKey, Subject>,
+    map: HashMap<Summary, Subject, rustc_hash::FxBuildHasher>,
     scratch: String,
 }
 
@@ -106,27 +102,22 @@ impl SubjectCache {
     fn new(template: Template) -> Self {
         SubjectCache {
             template,
-            map: HashMap::new(),
+            map: HashMap::default(),
             scratch: String::with_capacity(64),
         }
     }
 
-    fn get(&mut self, s: &Summary) -> &Subject {
-        let key = (
-            s.identity.clone(),
-            s.operation,
-            s.qtype,
-            s.rcode,
-            s.protocol,
-        );
-        if !self.map.contains_key(&key) {
-            if self.map.len() >= Self::MAX {
-                self.map.clear();
-            }
-            self.template.render(s, &mut self.scratch);
-            self.map
-                .insert(key.clone(), Subject::from(self.scratch.as_str()));
+    fn get(&mut self, s: &Summary) -> Subject {
+        let key = self.template.key(s);
+        if let Some(subject) = self.map.get(&key) {
+            return subject.clone();
         }
-        &self.map[&key]
+        if self.map.len() >= Self::MAX {
+            self.map.clear();
+        }
+        self.template.render(s, &mut self.scratch);
+        let subject = Subject::from(self.scratch.as_str());
+        self.map.insert(key, subject.clone());
+        subject
     }
 }

@@ -85,7 +85,7 @@ fn example_config_is_valid() {
     assert_eq!(mode, 0o660);
     assert!(
         b.metrics()
-            .contains("tapbus_queue_capacity{output=\"nats\"} 65536")
+            .contains("tapbus_queue_capacity{output=\"nats\"} 16384")
     );
     assert_eq!(
         http_get(&b.metrics_addr, "/health").as_deref(),
