@@ -96,10 +96,39 @@ pub struct InputConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
-    /// `nats://host:port` (several, comma-separated, for a cluster) or `stdout`.
+    /// `nats://host:port` (several, comma-separated, for a cluster), `mqtt://host:1883`,
+    /// `mqtts://host:8883`, `redis://[user:password@]host:6379[/db]`, `rediss://...` or
+    /// `stdout`.
     pub url: String,
-    /// Subject template (NATS); placeholders {identity} {operation} {qtype} {rcode} {protocol}.
+    /// Subject template (NATS) or channel template (Redis `publish` mode); placeholders
+    /// {identity} {operation} {qtype} {rcode} {protocol}.
     pub subject: Option<String>,
+    /// MQTT: topic template (default "dnstap/{identity}/{operation}").
+    pub topic: Option<String>,
+    /// MQTT: QoS 0 (default) or 1.
+    pub qos: Option<u8>,
+    /// MQTT: protocol version, "3.1.1" (default) or "5".
+    pub mqtt_version: Option<String>,
+    /// MQTT: client id (default "tapbus-broker-<output name>").
+    pub client_id: Option<String>,
+    /// MQTT: keep-alive interval (default 30s).
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Option<Duration>,
+    /// MQTT: user name and password.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// MQTT (mqtts://): PEM CA bundle to verify the server (default: system roots).
+    pub tls_ca: Option<PathBuf>,
+    /// MQTT: largest packet, bytes (default 4 MiB; rumqttc's own default of 10 KiB is too
+    /// small for DNS events).
+    pub max_packet_size: Option<usize>,
+    /// Redis: "publish" (default; PUBLISH to the channel template), "list" (RPUSH to `key`,
+    /// capped at `max_len`) or "stream" (XADD to `key` with MAXLEN ~ `max_len`, field `data`).
+    pub mode: Option<String>,
+    /// Redis list/stream: key (default "dnstap").
+    pub key: Option<String>,
+    /// Redis list/stream: length cap (default 100000).
+    pub max_len: Option<usize>,
     /// Events this output may hold while it is slow or down; beyond it, events are dropped
     /// and counted (default 16384).
     pub queue: Option<usize>,
@@ -146,7 +175,47 @@ pub struct Backoff {
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutputKind {
     Nats { servers: String, subject: Template },
+    Mqtt(MqttSpec),
+    Redis(RedisSpec),
     Stdout,
+}
+
+/// Validated MQTT output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttSpec {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub tls_ca: Option<PathBuf>,
+    pub topic: Template,
+    /// 0 or 1.
+    pub qos: u8,
+    /// 3 (3.1.1) or 5.
+    pub version: u8,
+    pub client_id: String,
+    pub keep_alive: Duration,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub max_packet_size: usize,
+}
+
+/// Redis delivery mode.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RedisMode {
+    /// PUBLISH to a channel rendered from the template.
+    Publish(Template),
+    /// RPUSH to `key`, then LTRIM to the newest `max_len`.
+    List { key: String, max_len: usize },
+    /// XADD `key` MAXLEN ~ `max_len` * data <json>.
+    Stream { key: String, max_len: usize },
+}
+
+/// Validated Redis output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisSpec {
+    /// The connection URL as given (redis:// or rediss://, credentials and db included).
+    pub url: String,
+    pub mode: RedisMode,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -451,11 +520,48 @@ fn validate_output(name: &str, o: &OutputConfig) -> Result<OutputSpec, ConfigErr
     if queue == 0 {
         return Err(invalid(format!("{key}.queue"), "must be at least 1"));
     }
-    let kind = if url == "stdout" || url == "stdout://" {
-        if o.subject.is_some() {
-            return Err(invalid(format!("{key}.subject"), "stdout has no subjects"));
+    let scheme = url.split_once("://").map_or(url, |(s, _)| s);
+    // Keys that only some outputs understand.
+    let only = |field: &str, set: bool, kinds: &[&str], what: &str| -> Result<(), ConfigError> {
+        if set && !kinds.contains(&scheme) {
+            return Err(invalid(
+                format!("{key}.{field}"),
+                format!("only applies to {what} outputs"),
+            ));
         }
+        Ok(())
+    };
+    let mqtt = ["mqtt", "mqtts"];
+    let redis = ["redis", "rediss"];
+    only(
+        "subject",
+        o.subject.is_some(),
+        &["nats", "tls", "redis", "rediss"],
+        "NATS and Redis",
+    )?;
+    only("topic", o.topic.is_some(), &mqtt, "MQTT")?;
+    only("qos", o.qos.is_some(), &mqtt, "MQTT")?;
+    only("mqtt_version", o.mqtt_version.is_some(), &mqtt, "MQTT")?;
+    only("client_id", o.client_id.is_some(), &mqtt, "MQTT")?;
+    only("keep_alive", o.keep_alive.is_some(), &mqtt, "MQTT")?;
+    only("username", o.username.is_some(), &mqtt, "MQTT")?;
+    only("password", o.password.is_some(), &mqtt, "MQTT")?;
+    only("tls_ca", o.tls_ca.is_some(), &["mqtts"], "mqtts://")?;
+    only(
+        "max_packet_size",
+        o.max_packet_size.is_some(),
+        &mqtt,
+        "MQTT",
+    )?;
+    only("mode", o.mode.is_some(), &redis, "Redis")?;
+    only("key", o.key.is_some(), &redis, "Redis")?;
+    only("max_len", o.max_len.is_some(), &redis, "Redis")?;
+    let kind = if url == "stdout" || url == "stdout://" {
         OutputKind::Stdout
+    } else if mqtt.contains(&scheme) {
+        OutputKind::Mqtt(validate_mqtt(&key, name, url, o)?)
+    } else if redis.contains(&scheme) {
+        OutputKind::Redis(validate_redis(&key, url, o)?)
     } else if url.starts_with("nats://") || url.starts_with("tls://") {
         for server in url.split(',') {
             let rest = server
@@ -478,13 +584,156 @@ fn validate_output(name: &str, o: &OutputConfig) -> Result<OutputSpec, ConfigErr
     } else {
         return Err(invalid(
             format!("{key}.url"),
-            format!("unsupported output {url:?}: use nats://HOST:PORT or stdout"),
+            format!(
+                "unsupported output {url:?}: use nats://, mqtt://, mqtts://, redis://, rediss:// or stdout"
+            ),
         ));
     };
     Ok(OutputSpec {
         name: name.to_string(),
         kind,
         queue,
+    })
+}
+
+fn validate_mqtt(
+    key: &str,
+    name: &str,
+    url: &str,
+    o: &OutputConfig,
+) -> Result<MqttSpec, ConfigError> {
+    let tls = url.starts_with("mqtts://");
+    let rest = url
+        .split_once("://")
+        .map_or("", |(_, r)| r)
+        .trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| invalid(format!("{key}.url"), format!("bad port in {url:?}")))?,
+        ),
+        None => (rest, if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() {
+        return Err(invalid(format!("{key}.url"), format!("no host in {url:?}")));
+    }
+    let t = o.topic.as_deref().unwrap_or(Template::DEFAULT_MQTT);
+    let topic = Template::parse(t, Flavor::Mqtt)
+        .map_err(|e| invalid(format!("{key}.topic"), format!("{t:?}: {e}")))?;
+    let qos = o.qos.unwrap_or(0);
+    if qos > 1 {
+        return Err(invalid(format!("{key}.qos"), "must be 0 or 1"));
+    }
+    let version = match o.mqtt_version.as_deref() {
+        None | Some("3.1.1") | Some("3") | Some("4") => 3,
+        Some("5") | Some("5.0") => 5,
+        Some(v) => {
+            return Err(invalid(
+                format!("{key}.mqtt_version"),
+                format!("{v:?}: use \"3.1.1\" or \"5\""),
+            ));
+        }
+    };
+    let keep_alive = o.keep_alive.unwrap_or(Duration::from_secs(30));
+    if keep_alive < Duration::from_secs(1) {
+        return Err(invalid(format!("{key}.keep_alive"), "must be at least 1s"));
+    }
+    let max_packet_size = o.max_packet_size.unwrap_or(4 << 20);
+    if !(1024..=(256 << 20)).contains(&max_packet_size) {
+        return Err(invalid(
+            format!("{key}.max_packet_size"),
+            "must be between 1024 and 268435456",
+        ));
+    }
+    if let Some(ca) = &o.tls_ca
+        && !ca.is_file()
+    {
+        return Err(invalid(
+            format!("{key}.tls_ca"),
+            format!("{} is not a readable file", ca.display()),
+        ));
+    }
+    if o.password.is_some() && o.username.is_none() {
+        return Err(invalid(format!("{key}.password"), "needs a username"));
+    }
+    Ok(MqttSpec {
+        host: host.to_string(),
+        port,
+        tls,
+        tls_ca: o.tls_ca.clone(),
+        topic,
+        qos,
+        version,
+        client_id: o
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("tapbus-broker-{name}")),
+        keep_alive,
+        username: o.username.clone(),
+        password: o.password.clone(),
+        max_packet_size,
+    })
+}
+
+fn validate_redis(key: &str, url: &str, o: &OutputConfig) -> Result<RedisSpec, ConfigError> {
+    let parsed =
+        url::Url::parse(url).map_err(|e| invalid(format!("{key}.url"), format!("{url:?}: {e}")))?;
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(format!("{key}.url"), format!("no host in {url:?}")));
+    }
+    let path = parsed.path().trim_start_matches('/');
+    if !path.is_empty() && path.parse::<u32>().is_err() {
+        return Err(invalid(
+            format!("{key}.url"),
+            format!("database {path:?} is not a number"),
+        ));
+    }
+    let max_len = o.max_len.unwrap_or(100_000);
+    if max_len == 0 {
+        return Err(invalid(format!("{key}.max_len"), "must be at least 1"));
+    }
+    let rkey = o.key.clone().unwrap_or_else(|| "dnstap".to_string());
+    if rkey.is_empty() {
+        return Err(invalid(format!("{key}.key"), "must not be empty"));
+    }
+    let mode = match o.mode.as_deref().unwrap_or("publish") {
+        "publish" => {
+            if o.key.is_some() || o.max_len.is_some() {
+                return Err(invalid(
+                    format!("{key}.key"),
+                    "key and max_len apply to list and stream modes",
+                ));
+            }
+            let t = o.subject.as_deref().unwrap_or(Template::DEFAULT_NATS);
+            RedisMode::Publish(
+                Template::parse(t, Flavor::Nats)
+                    .map_err(|e| invalid(format!("{key}.subject"), format!("{t:?}: {e}")))?,
+            )
+        }
+        m @ ("list" | "stream") => {
+            if o.subject.is_some() {
+                return Err(invalid(
+                    format!("{key}.subject"),
+                    "list and stream modes write to one key",
+                ));
+            }
+            if m == "list" {
+                RedisMode::List { key: rkey, max_len }
+            } else {
+                RedisMode::Stream { key: rkey, max_len }
+            }
+        }
+        other => {
+            return Err(invalid(
+                format!("{key}.mode"),
+                format!("{other:?}: use publish, list or stream"),
+            ));
+        }
+    };
+    Ok(RedisSpec {
+        url: url.to_string(),
+        mode,
     })
 }
 
@@ -598,6 +847,67 @@ mod tests {
         c.add_input_url("tcp://127.0.0.1:1");
         c.metrics_listen = "nope".into();
         assert!(err_of(&c).starts_with("metrics_listen:"));
+    }
+
+    #[test]
+    fn mqtt_and_redis_outputs() {
+        let mut c = BrokerConfig::default();
+        c.add_input_url("tcp://127.0.0.1:6000");
+        c.add_output_url("mqtt://127.0.0.1");
+        c.add_output_url("redis://127.0.0.1:6379/2");
+        let s = c.validate().expect("valid");
+        let OutputKind::Mqtt(m) = &s.outputs[0].kind else {
+            panic!("mqtt expected: {:?}", s.outputs[0]);
+        };
+        assert_eq!((m.port, m.qos, m.version, m.tls), (1883, 0, 3, false));
+        assert_eq!(m.max_packet_size, 4 << 20);
+        let OutputKind::Redis(r) = &s.outputs[1].kind else {
+            panic!("redis expected");
+        };
+        assert!(matches!(r.mode, RedisMode::Publish(_)));
+
+        let set = |f: &dyn Fn(&mut OutputConfig)| {
+            let mut c = c.clone();
+            for o in c.outputs.values_mut() {
+                f(o);
+            }
+            err_of(&c)
+        };
+        assert!(set(&|o| o.qos = Some(2)).starts_with("outputs.mqtt.qos:"));
+        assert!(
+            set(&|o| o.mqtt_version = Some("4.0".into())).starts_with("outputs.mqtt.mqtt_version:")
+        );
+        assert!(set(&|o| o.topic = Some("a/#".into())).starts_with("outputs.mqtt.topic:"));
+        assert!(
+            set(&|o| o.mode = Some("zset".into())).starts_with("outputs.mqtt.mode: only applies")
+        );
+        let mut r = c.clone();
+        r.outputs.remove("mqtt");
+        if let Some(o) = r.outputs.get_mut("redis") {
+            o.mode = Some("stream".into());
+            o.max_len = Some(10);
+        }
+        let s = r.validate().expect("valid");
+        assert!(matches!(
+            &s.outputs[0].kind,
+            OutputKind::Redis(RedisSpec {
+                mode: RedisMode::Stream { max_len: 10, .. },
+                ..
+            })
+        ));
+        if let Some(o) = r.outputs.get_mut("redis") {
+            o.mode = Some("bogus".into());
+        }
+        assert!(err_of(&r).starts_with("outputs.redis.mode:"));
+        if let Some(o) = r.outputs.get_mut("redis") {
+            o.mode = None;
+            o.url = "redis://127.0.0.1:6379/x".into();
+        }
+        assert!(
+            err_of(&r).starts_with("outputs.redis.url:"),
+            "{}",
+            err_of(&r)
+        );
     }
 
     #[test]
