@@ -4,6 +4,7 @@
 #   fstrm-bin    fstrm_replay / fstrm_capture, real Frame Streams senders and readers
 #   unbound      a real DNS server writing dnstap in the integration tests
 #   bind9-dnsutils  dig, to send it queries
+#   redis-server the Redis output's integration tests
 # Nothing is started here; every test starts its own servers on free loopback ports.
 set -euo pipefail
 
@@ -12,6 +13,7 @@ command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=
 command -v fstrm_replay >/dev/null 2>&1 || need+=(fstrm-bin)
 command -v unbound >/dev/null 2>&1 || [ -x /usr/sbin/unbound ] || need+=(unbound)
 command -v dig >/dev/null 2>&1 || need+=(bind9-dnsutils)
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
@@ -29,4 +31,7 @@ $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # Debian starts unbound as a service on install; the tests start their own on free ports.
 if [[ " ${need[*]} " == *" unbound "* ]] && command -v systemctl >/dev/null 2>&1; then
   $SUDO systemctl disable --now unbound >/dev/null 2>&1 || true
+fi
+if [[ " ${need[*]} " == *" redis-server "* ]] && command -v systemctl >/dev/null 2>&1; then
+  $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
 fi

@@ -8,5 +8,6 @@ mod dns_server;
 mod harness;
 mod malformed;
 mod outage;
+mod redis;
 mod replay;
 mod tls;

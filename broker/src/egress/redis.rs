@@ -1,0 +1,269 @@
+//! Redis publishing (redis-rs, through a reconnecting `ConnectionManager`).
+//!
+//! Each batch drained from the queue goes out as one pipeline: `PUBLISH` per event (pub/sub
+//! mode), one `RPUSH` plus `LTRIM` (list mode, the Logstash convention: consumers pop from
+//! the left), or `XADD … MAXLEN ~ n` per event (stream mode). A failed pipeline counts its
+//! whole batch as `dropped_error` (its outcome is unknown) and backs off; meanwhile our
+//! bounded queue fills and the fan-out drops and counts, so socket reads never wait for
+//! Redis.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Pipeline, RedisError, streams::StreamMaxlen};
+use tapbus_config::{RedisMode, RedisSpec};
+use tapbus_proto::event::Summary;
+use tapbus_proto::subject::Template;
+
+use crate::fanout::{Event, EventRx};
+use crate::metrics::OutputMetrics;
+
+const BATCH: usize = 512;
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn run(name: String, spec: RedisSpec, mut rx: EventRx, m: OutputMetrics) {
+    let client = match Client::open(spec.url.as_str()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(output = %name, "Redis client: {e}; dropping events for this output");
+            drop_all(&mut rx, &m).await;
+            return;
+        }
+    };
+    let mut link = match Link::new(name.clone(), client, m.clone()) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(output = %name, "Redis connection setup: {e}; dropping events for this output");
+            drop_all(&mut rx, &m).await;
+            return;
+        }
+    };
+    link.probe().await;
+
+    let mut writer = Writer::new(spec.mode);
+    let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
+    loop {
+        let n = if link.is_up() {
+            rx.recv_many(&mut batch, BATCH).await
+        } else {
+            // Down and idle: probe now and then, so `up` recovers without traffic.
+            tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH) => n,
+                _ = tokio::time::sleep(link.backoff) => {
+                    link.probe().await;
+                    continue;
+                }
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        let pipe = writer.pipeline(&batch);
+        batch.clear();
+        match link.send(&pipe).await {
+            Ok(()) => {
+                m.published.inc_by(n as u64);
+            }
+            Err(wait) => {
+                m.dropped_error.inc_by(n as u64);
+                if rx.is_closed() {
+                    // Shutting down with Redis failing: do not wait out backoffs for the
+                    // rest of the queue.
+                    let rest = drop_all(&mut rx, &m).await;
+                    if rest > 0 {
+                        tracing::warn!(output = %name, "Redis unavailable at shutdown; {rest} queued events dropped");
+                    }
+                    break;
+                }
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// Counts everything left in the queue as failed; returns how many.
+async fn drop_all(rx: &mut EventRx, m: &OutputMetrics) -> u64 {
+    let mut n = 0;
+    while rx.recv().await.is_some() {
+        m.dropped_error.inc();
+        n += 1;
+    }
+    n
+}
+
+/// The connection with its health state: `up`, state-change logging and backoff.
+struct Link {
+    name: String,
+    client: Client,
+    con: ConnectionManager,
+    m: OutputMetrics,
+    /// None before the first outcome; then whether the last exchange succeeded.
+    healthy: Option<bool>,
+    backoff: Duration,
+}
+
+impl Link {
+    fn new(name: String, client: Client, m: OutputMetrics) -> Result<Link, RedisError> {
+        m.up.set(0);
+        let con = Self::manager(&client)?;
+        Ok(Link {
+            name,
+            client,
+            con,
+            m,
+            healthy: None,
+            backoff: MIN_BACKOFF,
+        })
+    }
+
+    /// A lazily connecting manager: its first command connects, later ones reconnect after
+    /// I/O errors. Our own backoff sits on top, so it retries only briefly itself.
+    fn manager(client: &Client) -> Result<ConnectionManager, RedisError> {
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_min_delay(MIN_BACKOFF)
+            .set_max_delay(Duration::from_secs(1));
+        ConnectionManager::new_lazy_with_config(client.clone(), cfg)
+    }
+
+    fn is_up(&self) -> bool {
+        self.healthy == Some(true)
+    }
+
+    async fn probe(&mut self) {
+        let r = redis::cmd("PING").exec_async(&mut self.con).await;
+        let _ = self.outcome(r);
+    }
+
+    async fn send(&mut self, pipe: &Pipeline) -> Result<(), Duration> {
+        let r = pipe.exec_async(&mut self.con).await;
+        self.outcome(r)
+    }
+
+    /// Records the outcome of an exchange; on failure returns how long to back off.
+    fn outcome(&mut self, r: Result<(), RedisError>) -> Result<(), Duration> {
+        match r {
+            Ok(()) => {
+                match self.healthy {
+                    Some(true) => {}
+                    Some(false) => tracing::info!(output = %self.name, "Redis back"),
+                    None => tracing::info!(output = %self.name, "Redis connected"),
+                }
+                self.healthy = Some(true);
+                self.backoff = MIN_BACKOFF;
+                self.m.up.set(1);
+                Ok(())
+            }
+            Err(e) => {
+                if self.healthy != Some(false) {
+                    tracing::warn!(output = %self.name, "Redis down: {e}");
+                } else {
+                    tracing::debug!(output = %self.name, "Redis still failing: {e}");
+                }
+                self.healthy = Some(false);
+                self.m.up.set(0);
+                // The manager reconnects only after I/O errors; a connection that failed
+                // otherwise (AUTH, handshake) stays failed. Start afresh when errors persist.
+                if self.backoff >= MAX_BACKOFF
+                    && let Ok(con) = Self::manager(&self.client)
+                {
+                    self.con = con;
+                }
+                let wait = self.backoff;
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                Err(wait)
+            }
+        }
+    }
+}
+
+/// Builds the pipeline for one batch in the configured mode.
+enum Writer {
+    Publish(ChannelCache),
+    List { key: String, max_len: usize },
+    Stream { key: String, max_len: usize },
+}
+
+impl Writer {
+    fn new(mode: RedisMode) -> Writer {
+        match mode {
+            RedisMode::Publish(t) => Writer::Publish(ChannelCache::new(t)),
+            RedisMode::List { key, max_len } => Writer::List { key, max_len },
+            RedisMode::Stream { key, max_len } => Writer::Stream { key, max_len },
+        }
+    }
+
+    fn pipeline(&mut self, batch: &[Event]) -> Pipeline {
+        let mut p = Pipeline::with_capacity(batch.len() + 1);
+        match self {
+            Writer::Publish(channels) => {
+                for ev in batch {
+                    let ch = channels.get(&ev.summary);
+                    p.cmd("PUBLISH").arg(&*ch).arg(&ev.json[..]).ignore();
+                }
+            }
+            Writer::List { key, max_len } => {
+                let mut push = redis::cmd("RPUSH");
+                push.arg(key.as_str());
+                for ev in batch {
+                    push.arg(&ev.json[..]);
+                }
+                p.add_command(push).ignore();
+                let keep = -(i64::try_from(*max_len).unwrap_or(i64::MAX));
+                p.cmd("LTRIM").arg(key.as_str()).arg(keep).arg(-1).ignore();
+            }
+            Writer::Stream { key, max_len } => {
+                for ev in batch {
+                    p.xadd_maxlen(
+                        key.as_str(),
+                        StreamMaxlen::Approx(*max_len),
+                        "*",
+                        &[("data", &ev.json[..])],
+                    )
+                    .ignore();
+                }
+            }
+        }
+        p
+    }
+}
+
+/// Rendered channels by the event fields the template uses (as for NATS subjects).
+struct ChannelCache {
+    template: Template,
+    map: HashMap<Summary, Arc<str>, rustc_hash::FxBuildHasher>,
+    scratch: String,
+}
+
+impl ChannelCache {
+    const MAX: usize = 4096;
+
+    fn new(template: Template) -> Self {
+        ChannelCache {
+            template,
+            map: HashMap::default(),
+            scratch: String::with_capacity(64),
+        }
+    }
+
+    fn get(&mut self, s: &Summary) -> Arc<str> {
+        let key = self.template.key(s);
+        if let Some(ch) = self.map.get(&key) {
+            return ch.clone();
+        }
+        if self.map.len() >= Self::MAX {
+            self.map.clear();
+        }
+        self.template.render(s, &mut self.scratch);
+        let ch: Arc<str> = Arc::from(self.scratch.as_str());
+        self.map.insert(key, ch.clone());
+        ch
+    }
+}

@@ -1,0 +1,411 @@
+//! The Redis output against a real redis-server: pub/sub channels, a capped list (RPUSH +
+//! LTRIM, read the Logstash way from the left) and a capped stream read by a consumer group.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::streams::{StreamRangeReply, StreamReadReply};
+
+use crate::harness::*;
+
+struct Redis {
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        Self::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Redis {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = Command::new(need("redis-server"))
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let p = Proc { child };
+        wait_until("redis-server", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Redis {
+            _proc: p,
+            _dir: dir,
+            port,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A plain connection for assertions; no response timeout (blocking reads are used).
+    async fn con(&self) -> redis::aio::MultiplexedConnection {
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(None);
+        redis::Client::open(self.url())
+            .expect("client")
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .expect("connect to redis")
+    }
+}
+
+fn expected_channel(ev: &serde_json::Value) -> String {
+    let id = ev["dnstap"]["identity"].as_str().unwrap_or("");
+    let id: String = id
+        .chars()
+        .map(|c| {
+            if matches!(c, '.' | '*' | '>') || c.is_whitespace() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let id = if id.is_empty() {
+        "unknown".to_string()
+    } else {
+        id
+    };
+    let op = ev["dnstap"]["operation"]
+        .as_str()
+        .unwrap_or("")
+        .to_lowercase();
+    format!("dnstap.{id}.{op}")
+}
+
+fn parse(payload: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(payload).unwrap_or_else(|e| {
+        panic!(
+            "event is not JSON ({e}): {}",
+            String::from_utf8_lossy(payload)
+        )
+    })
+}
+
+/// Checks the events against the reference, in order.
+fn assert_events(what: &str, got: &[serde_json::Value], want: &[serde_json::Value]) {
+    let schema = validator();
+    assert_eq!(got.len(), want.len(), "{what}: number of events");
+    for (i, (ev, want)) in got.iter().zip(want).enumerate() {
+        assert_valid(&schema, ev);
+        assert_eq!(key(ev), key(want), "{what}: event {i} differs");
+    }
+}
+
+async fn replay(file: PathBuf, sock: PathBuf) {
+    tokio::task::spawn_blocking(move || fstrm_replay_unix(&file, &sock))
+        .await
+        .expect("replay");
+}
+
+fn unix_input(dir: &Path) -> (PathBuf, String) {
+    let sock = dir.join("dnstap.sock");
+    let url = format!("unix://{}", sock.display());
+    (sock, url)
+}
+
+/// Starts the broker with a unix input and one `[outputs.redis]` table from `output`.
+fn broker_with(dir: &Path, output: &str) -> (Broker, PathBuf) {
+    let (sock, input) = unix_input(dir);
+    let conf = dir.join("broker.toml");
+    std::fs::write(&conf, format!("[outputs.redis]\n{output}")).expect("write config");
+    let b = Broker::start(&["-c", conf.to_str().expect("utf8"), "-i", &input]);
+    (b, sock)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_mode_delivers_every_event_on_its_channel() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sock, input) = unix_input(dir.path());
+    let broker = Broker::start(&["-i", &input, "-o", &redis.url()]);
+
+    let mut pubsub = redis::Client::open(redis.url())
+        .expect("client")
+        .get_async_pubsub()
+        .await
+        .expect("pubsub connect");
+    pubsub.psubscribe("dnstap.*").await.expect("psubscribe");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        let mut s = pubsub.into_on_message();
+        while let Some(m) = s.next().await {
+            let item = (
+                m.get_channel_name().to_string(),
+                m.get_payload_bytes().to_vec(),
+            );
+            if tx.send(item).is_err() {
+                break;
+            }
+        }
+    });
+
+    let file = capture("kresd.fstrm");
+    let reference = reference_events(&file);
+    assert_eq!(reference.len(), expected_count("kresd.fstrm"));
+    replay(file, sock).await;
+
+    let mut got = Vec::new();
+    while got.len() < reference.len() {
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            Ok(Some((ch, payload))) => got.push((ch, parse(&payload))),
+            _ => break,
+        }
+    }
+    let events: Vec<_> = got.iter().map(|(_, ev)| ev.clone()).collect();
+    assert_events("pub/sub", &events, &reference);
+    for (i, (ch, ev)) in got.iter().enumerate() {
+        assert_eq!(ch, &expected_channel(ev), "channel of message {i}");
+    }
+    // Nothing more than was sent.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err()
+    );
+    reader.abort();
+
+    let n = reference.len() as f64;
+    broker.wait_metric("tapbus_published_total", &["output=\"redis\""], n);
+    assert_eq!(broker.metric("tapbus_dropped_total", &[]), 0.0);
+    assert_eq!(
+        broker.metric("tapbus_output_up", &["output=\"redis\""]),
+        1.0
+    );
+    let log = broker.log_text();
+    assert!(!log.contains("WARN"), "no warnings expected:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_mode_rpushes_in_order_and_caps_the_length() {
+    let redis = Redis::start();
+    let mut con = redis.con().await;
+    let file = capture("kresd.fstrm");
+    let reference = reference_events(&file);
+    let n = reference.len();
+
+    // A cap above the event count keeps everything.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker, sock) = broker_with(
+        dir.path(),
+        &format!(
+            "url = \"{}\"\nmode = \"list\"\nkey = \"dnstap\"\nmax_len = {}\n",
+            redis.url(),
+            n + 1000
+        ),
+    );
+    replay(file.clone(), sock).await;
+    broker.wait_metric("tapbus_published_total", &["output=\"redis\""], n as f64);
+    let len: usize = redis::cmd("LLEN")
+        .arg("dnstap")
+        .query_async(&mut con)
+        .await
+        .expect("LLEN");
+    assert_eq!(len, n, "LLEN");
+    let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
+        .arg("dnstap")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut con)
+        .await
+        .expect("LRANGE");
+    let events: Vec<_> = items.iter().map(|b| parse(b)).collect();
+    assert_events("list", &events, &reference);
+    // The head of the list is the oldest event: what a Logstash-style LPOP consumer reads.
+    let first: Vec<u8> = redis::cmd("LPOP")
+        .arg("dnstap")
+        .query_async(&mut con)
+        .await
+        .expect("LPOP");
+    assert_eq!(key(&parse(&first)), key(&reference[0]));
+    assert_eq!(broker.metric("tapbus_dropped_total", &[]), 0.0);
+    drop(broker);
+
+    // A small cap keeps exactly the newest events.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker, sock) = broker_with(
+        dir.path(),
+        &format!(
+            "url = \"{}\"\nmode = \"list\"\nkey = \"small\"\nmax_len = 100\n",
+            redis.url()
+        ),
+    );
+    replay(file, sock).await;
+    broker.wait_metric("tapbus_published_total", &["output=\"redis\""], n as f64);
+    let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
+        .arg("small")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut con)
+        .await
+        .expect("LRANGE");
+    let events: Vec<_> = items.iter().map(|b| parse(b)).collect();
+    assert_events("capped list", &events, &reference[n - 100..]);
+    let log = broker.log_text();
+    assert!(!log.contains("WARN"), "no warnings expected:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_mode_xadds_events_a_consumer_group_can_read() {
+    let redis = Redis::start();
+    let mut con = redis.con().await;
+    let file = capture("kresd.fstrm");
+    let reference = reference_events(&file);
+    let n = reference.len();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker, sock) = broker_with(
+        dir.path(),
+        &format!(
+            "url = \"{}\"\nmode = \"stream\"\nkey = \"dnstap\"\nmax_len = 100000\n",
+            redis.url()
+        ),
+    );
+    replay(file, sock).await;
+    broker.wait_metric("tapbus_published_total", &["output=\"redis\""], n as f64);
+
+    let len: usize = redis::cmd("XLEN")
+        .arg("dnstap")
+        .query_async(&mut con)
+        .await
+        .expect("XLEN");
+    assert_eq!(len, n, "XLEN");
+    let range: StreamRangeReply = redis::cmd("XRANGE")
+        .arg("dnstap")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut con)
+        .await
+        .expect("XRANGE");
+    let data = |id: &redis::streams::StreamId| -> serde_json::Value {
+        assert_eq!(id.map.len(), 1, "one field per entry: {:?}", id.map.keys());
+        let b: Vec<u8> = id.get("data").expect("field data");
+        parse(&b)
+    };
+    let events: Vec<_> = range.ids.iter().map(data).collect();
+    assert_events("XRANGE", &events, &reference);
+
+    // A consumer group created at the start of the stream reads everything, then acks.
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", "dnstap", "g", "0"])
+        .query_async(&mut con)
+        .await
+        .expect("XGROUP CREATE");
+    let mut read = Vec::new();
+    let mut ids = Vec::new();
+    while read.len() < n {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg(&["GROUP", "g", "c1", "COUNT", "500", "BLOCK", "2000"])
+            .arg(&["STREAMS", "dnstap", ">"]);
+        let fut = cmd.query_async::<Option<StreamReadReply>>(&mut con);
+        let reply = tokio::time::timeout(Duration::from_secs(10), fut)
+            .await
+            .expect("XREADGROUP within 10s")
+            .expect("XREADGROUP");
+        let Some(reply) = reply else { break };
+        let before = read.len();
+        for k in &reply.keys {
+            for id in &k.ids {
+                read.push(data(id));
+                ids.push(id.id.clone());
+            }
+        }
+        if read.len() == before {
+            break;
+        }
+    }
+    assert_events("XREADGROUP", &read, &reference);
+    let acked: usize = redis::cmd("XACK")
+        .arg("dnstap")
+        .arg("g")
+        .arg(&ids)
+        .query_async(&mut con)
+        .await
+        .expect("XACK");
+    assert_eq!(acked, n);
+    let pending: (usize, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg(&["dnstap", "g"])
+        .query_async(&mut con)
+        .await
+        .expect("XPENDING");
+    assert_eq!(pending.0, 0, "nothing pending after XACK");
+    assert_eq!(broker.metric("tapbus_dropped_total", &[]), 0.0);
+    let log = broker.log_text();
+    assert!(!log.contains("WARN"), "no warnings expected:\n{log}");
+}
+
+/// Redis down at start: the output reports down and counts what it cannot deliver; once
+/// Redis is up, events flow again without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_is_counted_and_recovers() {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker, sock) = broker_with(
+        dir.path(),
+        &format!("url = \"redis://127.0.0.1:{port}\"\nmode = \"list\"\nkey = \"dnstap\"\n"),
+    );
+    let file = capture("kresd.fstrm");
+    let n = expected_count("kresd.fstrm");
+    replay(file.clone(), sock.clone()).await;
+    broker.wait_metric("tapbus_events_total", &[], n as f64);
+    // Every event fails (its batch is counted as an error); none is published.
+    wait_until("failed batches counted", Duration::from_secs(15), || {
+        broker.metric(
+            "tapbus_dropped_total",
+            &["output=\"redis\"", "reason=\"publish_error\""],
+        ) >= n as f64
+    });
+    assert_eq!(
+        broker.metric("tapbus_output_up", &["output=\"redis\""]),
+        0.0
+    );
+    assert_eq!(broker.metric("tapbus_published_total", &[]), 0.0);
+    assert!(
+        broker.log_text().contains("Redis down"),
+        "{}",
+        broker.log_text()
+    );
+
+    let redis = Redis::start_on(port);
+    // The idle prober notices without traffic.
+    wait_until("output up", Duration::from_secs(15), || {
+        broker.metric("tapbus_output_up", &["output=\"redis\""]) == 1.0
+    });
+    let dropped = broker.metric("tapbus_dropped_total", &["output=\"redis\""]);
+    let published = broker.metric("tapbus_published_total", &["output=\"redis\""]);
+    replay(file, sock).await;
+    broker.wait_metric(
+        "tapbus_published_total",
+        &["output=\"redis\""],
+        published + n as f64,
+    );
+    assert_eq!(
+        broker.metric("tapbus_dropped_total", &["output=\"redis\""]),
+        dropped,
+        "nothing dropped once Redis is back"
+    );
+    let mut con = redis.con().await;
+    let len: usize = redis::cmd("LLEN")
+        .arg("dnstap")
+        .query_async(&mut con)
+        .await
+        .expect("LLEN");
+    assert_eq!(len as f64, published + n as f64);
+    assert!(
+        broker.log_text().contains("Redis back"),
+        "{}",
+        broker.log_text()
+    );
+}
