@@ -70,6 +70,9 @@ fn example_config_is_valid() {
     let sock = dir.path().join("x.sock");
     let tcp = format!("tcp://127.0.0.1:{}", free_port());
     let unix = format!("unix://{}", sock.display());
+    // A stale socket file left by an earlier run is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&sock).expect("stale socket"));
+    assert!(sock.exists());
     let nats = Nats::start();
     let b = Broker::start_env(
         &["-c", example.to_str().expect("utf8")],
@@ -80,6 +83,7 @@ fn example_config_is_valid() {
         ],
     );
     assert!(sock.exists(), "unix socket created");
+    std::os::unix::net::UnixStream::connect(&sock).expect("the new socket accepts connections");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&sock).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
