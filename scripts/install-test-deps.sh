@@ -5,6 +5,7 @@
 #   unbound      a real DNS server writing dnstap in the integration tests
 #   bind9-dnsutils  dig, to send it queries
 #   redis-server the Redis output's integration tests
+#   mosquitto, mosquitto-clients  the MQTT output's integration tests (server, mosquitto_sub)
 # Nothing is started here; every test starts its own servers on free loopback ports.
 set -euo pipefail
 
@@ -14,6 +15,8 @@ command -v fstrm_replay >/dev/null 2>&1 || need+=(fstrm-bin)
 command -v unbound >/dev/null 2>&1 || [ -x /usr/sbin/unbound ] || need+=(unbound)
 command -v dig >/dev/null 2>&1 || need+=(bind9-dnsutils)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
@@ -34,4 +37,7 @@ if [[ " ${need[*]} " == *" unbound "* ]] && command -v systemctl >/dev/null 2>&1
 fi
 if [[ " ${need[*]} " == *" redis-server "* ]] && command -v systemctl >/dev/null 2>&1; then
   $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
+fi
+if [[ " ${need[*]} " == *" mosquitto "* ]] && command -v systemctl >/dev/null 2>&1; then
+  $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
 fi

@@ -3,7 +3,9 @@
 //! Each output module exposes `run(queue, ...)`, which returns when the queue is closed and
 //! everything in it has been handed to the bus (or counted as dropped).
 
+pub mod mqtt;
 pub mod nats;
+pub mod redis;
 pub mod stdout;
 
 use tapbus_config::{OutputKind, OutputSpec};
@@ -18,6 +20,8 @@ pub fn spawn(spec: OutputSpec, rx: EventRx, metrics: OutputMetrics) -> JoinHandl
         OutputKind::Nats { servers, subject } => {
             tokio::spawn(nats::run(spec.name, servers, subject, rx, metrics))
         }
+        OutputKind::Mqtt(m) => tokio::spawn(mqtt::run(spec.name, m, rx, metrics)),
+        OutputKind::Redis(r) => tokio::spawn(redis::run(spec.name, r, rx, metrics)),
         OutputKind::Stdout => tokio::spawn(stdout::run(rx, metrics)),
     }
 }

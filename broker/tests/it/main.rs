@@ -7,6 +7,7 @@ mod dial;
 mod dns_server;
 mod harness;
 mod malformed;
+mod mqtt;
 mod outage;
 mod redis;
 mod replay;

@@ -1,0 +1,393 @@
+//! MQTT publishing (rumqttc), protocol 3.1.1 or 5, over TCP or TLS.
+//!
+//! rumqttc splits a connection into a client (a bounded request channel) and an event loop
+//! that does the network work. The event loop runs in its own task and is polled without
+//! pause; its errors are not fatal: it logs the state change, sets `tapbus_output_up`, backs
+//! off (100 ms doubling to 5 s) and polls again, which reconnects. While the connection is
+//! down, `publish` waits for room in the client's channel; meanwhile our bounded queue fills
+//! and the fan-out drops and counts, so socket reads never wait for MQTT.
+//!
+//! A packet larger than the limit would make rumqttc tear the connection down, so the size
+//! is checked first: an event whose PUBLISH packet would exceed `max_packet_size` (or the
+//! smaller limit an MQTT 5 server announces) is dropped and counted as `too_large`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::{Outgoing, QoS, TlsConfiguration, Transport};
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tapbus_config::MqttSpec;
+use tapbus_proto::event::Summary;
+use tapbus_proto::subject::Template;
+use tokio::time::Instant;
+
+use crate::fanout::EventRx;
+use crate::metrics::OutputMetrics;
+
+/// Requests the client may hold for the event loop (rumqttc's default is 10).
+const CLIENT_CAPACITY: usize = 1024;
+const BATCH: usize = 512;
+/// How long buffered events may take to reach the server once the queue has closed.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub async fn run(name: String, spec: MqttSpec, mut rx: EventRx, m: OutputMetrics) {
+    let transport = if spec.tls {
+        match tls_config(&spec) {
+            Ok(t) => Transport::tls_with_config(t),
+            Err(e) => {
+                tracing::error!(output = %name, "MQTT TLS setup failed: {e}; dropping events for this output");
+                while rx.recv().await.is_some() {
+                    m.dropped_error.inc();
+                }
+                return;
+            }
+        }
+    } else {
+        Transport::tcp()
+    };
+    let shared = Arc::new(Shared {
+        limit: AtomicUsize::new(spec.max_packet_size),
+        done: AtomicU64::new(0),
+    });
+    let link = Link {
+        name: name.clone(),
+        addr: format!("{}:{}", spec.host, spec.port),
+        qos1: spec.qos == 1,
+        m: m.clone(),
+        shared: shared.clone(),
+        state: LinkState::Starting,
+        backoff: BACKOFF_MIN,
+    };
+    let (client, mut driver) = if spec.version == 5 {
+        let mut o = rumqttc::v5::MqttOptions::new(&spec.client_id, &spec.host, spec.port);
+        // rumqttc's v5 options refuse a keep-alive under 5 s (they assert).
+        o.set_keep_alive(spec.keep_alive.max(Duration::from_secs(5)))
+            .set_clean_start(true)
+            .set_max_packet_size(Some(
+                u32::try_from(spec.max_packet_size).unwrap_or(u32::MAX),
+            ))
+            .set_transport(transport);
+        if let Some(u) = &spec.username {
+            o.set_credentials(u, spec.password.clone().unwrap_or_default());
+        }
+        let (c, el) = rumqttc::v5::AsyncClient::new(o, CLIENT_CAPACITY);
+        (Client::V5(c), tokio::spawn(drive_v5(el, link)))
+    } else {
+        let mut o = rumqttc::MqttOptions::new(&spec.client_id, &spec.host, spec.port);
+        o.set_keep_alive(spec.keep_alive)
+            .set_clean_session(true)
+            .set_max_packet_size(spec.max_packet_size, spec.max_packet_size)
+            .set_transport(transport);
+        if let Some(u) = &spec.username {
+            o.set_credentials(u, spec.password.clone().unwrap_or_default());
+        }
+        let (c, el) = rumqttc::AsyncClient::new(o, CLIENT_CAPACITY);
+        (Client::V4(c), tokio::spawn(drive_v4(el, link)))
+    };
+
+    let qos = if spec.qos == 1 {
+        QoS::AtLeastOnce
+    } else {
+        QoS::AtMostOnce
+    };
+    // Fixed part of a PUBLISH besides topic and payload: topic length, packet id (QoS 1),
+    // properties length (MQTT 5).
+    let overhead = 2 + if spec.qos == 1 { 2 } else { 0 } + if spec.version == 5 { 1 } else { 0 };
+    let mut topics = TopicCache::new(spec.topic.clone());
+    let mut handed: u64 = 0;
+    let mut warned_large = false;
+    let mut warned_error = false;
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        for ev in batch.drain(..) {
+            let topic = topics.get(&ev.summary);
+            let size = packet_size(overhead + topic.len() + ev.json.len());
+            let limit = shared.limit.load(Ordering::Relaxed);
+            if size > limit {
+                m.dropped_too_large.inc();
+                if !warned_large {
+                    warned_large = true;
+                    tracing::warn!(output = %name, %topic, size, limit, "event larger than max_packet_size; dropped (further ones are only counted, reason=\"too_large\")");
+                }
+                continue;
+            }
+            match client.publish(topic, qos, ev.json).await {
+                Ok(()) => {
+                    handed += 1;
+                    m.published.inc();
+                }
+                Err(e) => {
+                    m.dropped_error.inc();
+                    if !warned_error {
+                        warned_error = true;
+                        tracing::warn!(output = %name, "MQTT publish failed: {e} (further failures are only counted)");
+                    }
+                }
+            }
+        }
+    }
+
+    // Queue closed: let the event loop write (QoS 0) or get acknowledged (QoS 1) what it
+    // holds, within a bound, then say goodbye.
+    let deadline = Instant::now() + SHUTDOWN_FLUSH;
+    while shared.done.load(Ordering::Relaxed) < handed && Instant::now() < deadline {
+        if driver.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pending = handed.saturating_sub(shared.done.load(Ordering::Relaxed));
+    if pending > 0 {
+        tracing::warn!(output = %name, pending, "MQTT: events not confirmed sent at shutdown");
+    }
+    if !driver.is_finished() {
+        let _ = tokio::time::timeout_at(deadline, client.disconnect()).await;
+        let grace = deadline.max(Instant::now() + Duration::from_millis(500));
+        if tokio::time::timeout_at(grace, &mut driver).await.is_err() {
+            driver.abort();
+        }
+    }
+    m.up.set(0);
+}
+
+/// What the publishing side and the event-loop task share.
+struct Shared {
+    /// Largest packet we may send: ours, or a smaller one announced by an MQTT 5 server.
+    limit: AtomicUsize,
+    /// Publishes completed: written (QoS 0) or acknowledged (QoS 1).
+    done: AtomicU64,
+}
+
+enum Client {
+    V4(rumqttc::AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+impl Client {
+    async fn publish(&self, topic: String, qos: QoS, payload: Bytes) -> Result<(), String> {
+        match self {
+            Client::V4(c) => c
+                .publish_bytes(topic, qos, false, payload)
+                .await
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => {
+                let qos = match qos {
+                    QoS::AtMostOnce => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+                    QoS::AtLeastOnce => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    QoS::ExactlyOnce => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+                };
+                c.publish_bytes(topic, qos, false, payload)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    async fn disconnect(&self) {
+        let _ = match self {
+            Client::V4(c) => c.disconnect().await.map_err(|e| e.to_string()),
+            Client::V5(c) => c.disconnect().await.map_err(|e| e.to_string()),
+        };
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkState {
+    Starting,
+    Up,
+    Down,
+}
+
+/// Connection state of the event-loop task: logs once per change and keeps the gauge.
+struct Link {
+    name: String,
+    addr: String,
+    qos1: bool,
+    m: OutputMetrics,
+    shared: Arc<Shared>,
+    state: LinkState,
+    backoff: Duration,
+}
+
+impl Link {
+    fn connected(&mut self, server_max_packet: Option<u32>) {
+        self.m.up.set(1);
+        self.backoff = BACKOFF_MIN;
+        if self.state != LinkState::Up {
+            tracing::info!(output = %self.name, addr = %self.addr, "MQTT connected");
+        }
+        self.state = LinkState::Up;
+        if let Some(max) = server_max_packet {
+            let max = max as usize;
+            if max < self.shared.limit.load(Ordering::Relaxed) {
+                tracing::info!(output = %self.name, max, "MQTT server limits packets to {max} bytes");
+                self.shared.limit.store(max, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn published(&self) {
+        self.shared.done.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Logs the error on a state change, then waits before the next poll reconnects.
+    async fn failed(&mut self, e: String) {
+        self.m.up.set(0);
+        match self.state {
+            LinkState::Up => {
+                tracing::warn!(output = %self.name, addr = %self.addr, "MQTT disconnected: {e}; reconnecting")
+            }
+            LinkState::Starting => {
+                tracing::warn!(output = %self.name, addr = %self.addr, "MQTT connect failed: {e}; retrying")
+            }
+            LinkState::Down => tracing::debug!(output = %self.name, "MQTT reconnect failed: {e}"),
+        }
+        self.state = LinkState::Down;
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn drive_v4(mut el: rumqttc::EventLoop, mut link: Link) {
+    use rumqttc::{Event, Packet};
+    loop {
+        match el.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => link.connected(None),
+            Ok(Event::Incoming(Packet::PubAck(_))) if link.qos1 => link.published(),
+            Ok(Event::Outgoing(Outgoing::Publish(_))) if !link.qos1 => link.published(),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(rumqttc::ConnectionError::RequestsDone) => return,
+            Err(e) => link.failed(e.to_string()).await,
+        }
+    }
+}
+
+async fn drive_v5(mut el: rumqttc::v5::EventLoop, mut link: Link) {
+    use rumqttc::v5::Event;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    loop {
+        match el.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                link.connected(ack.properties.and_then(|p| p.max_packet_size))
+            }
+            Ok(Event::Incoming(Packet::PubAck(_))) if link.qos1 => link.published(),
+            Ok(Event::Outgoing(Outgoing::Publish(_))) if !link.qos1 => link.published(),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(rumqttc::v5::ConnectionError::RequestsDone) => return,
+            Err(e) => link.failed(e.to_string()).await,
+        }
+    }
+}
+
+/// Size on the wire of an MQTT packet whose remaining length is `len` (fixed header byte,
+/// variable-length remaining length, body).
+fn packet_size(len: usize) -> usize {
+    let len_len = match len {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + len_len + len
+}
+
+/// Server verification for mqtts://: the `tls_ca` bundle, else the system's CA bundle.
+fn tls_config(spec: &MqttSpec) -> Result<TlsConfiguration, String> {
+    let mut roots = RootCertStore::empty();
+    let (path, what) = match &spec.tls_ca {
+        Some(ca) => (ca.clone(), "tls_ca"),
+        None => (
+            system_ca_bundle().ok_or("no system CA bundle found: set tls_ca")?,
+            "system CA bundle",
+        ),
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
+        .and_then(|it| it.collect())
+        .map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!(
+            "{what} {}: no usable CA certificate",
+            path.display()
+        ));
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(TlsConfiguration::Rustls(Arc::new(cfg)))
+}
+
+/// `SSL_CERT_FILE`, else the usual bundle locations (Debian/Ubuntu, Fedora/RHEL, Alpine/BSD).
+fn system_ca_bundle() -> Option<std::path::PathBuf> {
+    let env = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from);
+    env.into_iter()
+        .chain(
+            [
+                "/etc/ssl/certs/ca-certificates.crt",
+                "/etc/pki/tls/certs/ca-bundle.crt",
+                "/etc/ssl/cert.pem",
+            ]
+            .map(std::path::PathBuf::from),
+        )
+        .find(|p| p.is_file())
+}
+
+/// Rendered topics by the event fields the template uses (a stream from one server has a
+/// handful of distinct topics).
+struct TopicCache {
+    template: Template,
+    map: HashMap<Summary, String, rustc_hash::FxBuildHasher>,
+    scratch: String,
+}
+
+impl TopicCache {
+    const MAX: usize = 4096;
+
+    fn new(template: Template) -> Self {
+        TopicCache {
+            template,
+            map: HashMap::default(),
+            scratch: String::with_capacity(64),
+        }
+    }
+
+    fn get(&mut self, s: &Summary) -> String {
+        let key = self.template.key(s);
+        if let Some(t) = self.map.get(&key) {
+            return t.clone();
+        }
+        if self.map.len() >= Self::MAX {
+            self.map.clear();
+        }
+        self.template.render(s, &mut self.scratch);
+        self.map.insert(key, self.scratch.clone());
+        self.scratch.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::packet_size;
+
+    #[test]
+    fn packet_sizes_match_the_remaining_length_encoding() {
+        assert_eq!(packet_size(0), 2);
+        assert_eq!(packet_size(127), 129);
+        assert_eq!(packet_size(128), 131);
+        assert_eq!(packet_size(16_383), 16_386);
+        assert_eq!(packet_size(16_384), 16_388);
+    }
+}
