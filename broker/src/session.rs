@@ -166,7 +166,10 @@ impl State {
                 ctx.metrics.data.inc();
                 if let Some(ev) = self.data(payload, ctx) {
                     if ctx.backpressure {
-                        ctx.fanout.send_wait(ev).await;
+                        tokio::select! {
+                            _ = ctx.fanout.send_wait(ev) => {}
+                            _ = ctx.shutdown.cancelled() => return Ok(Some(End::Shutdown)),
+                        }
                     } else {
                         ctx.fanout.send(ev);
                     }
