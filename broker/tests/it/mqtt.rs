@@ -20,15 +20,20 @@ struct Mosquitto {
 
 impl Mosquitto {
     fn start() -> Mosquitto {
+        Self::start_with(free_port(), "")
+    }
+
+    /// Listens on `port` (plain MQTT, what the subscriber uses) plus whatever `extra`
+    /// configures (more listeners).
+    fn start_with(port: u16, extra: &str) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         let log = dir.path().join("mosquitto.log");
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 log_dest stderr\nlog_type all\n"
+                "per_listener_settings false\nallow_anonymous true\npersistence false\n\
+                 log_dest stderr\nlog_type all\nlistener {port} 127.0.0.1\n{extra}"
             ),
         )
         .expect("write mosquitto.conf");
@@ -316,4 +321,89 @@ fn oversize_events_are_dropped_and_counted() {
     let log = broker.log_text();
     assert!(!log.contains("MQTT disconnected"), "{log}");
     assert_eq!(log.matches("MQTT connected").count(), 1, "{log}");
+}
+
+/// mqtts:// with the server verified against `tls_ca`.
+#[test]
+fn mqtts_with_tls_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let pki = tempfile::tempdir().expect("tempdir");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
+    let skey = KeyPair::generate().expect("key");
+    let server = CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .signed_by(&skey, &ca)
+        .expect("server cert");
+    let (ca_pem, cert, key) = (
+        pki.path().join("ca.pem"),
+        pki.path().join("server.pem"),
+        pki.path().join("server.key"),
+    );
+    std::fs::write(&ca_pem, ca.pem()).expect("write");
+    std::fs::write(&cert, server.pem()).expect("write");
+    std::fs::write(&key, skey.serialize_pem()).expect("write");
+    let tls_port = free_port();
+    let mq = Mosquitto::start_with(
+        free_port(),
+        &format!(
+            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+            ca_pem.display(),
+            cert.display(),
+            key.display()
+        ),
+    );
+    wait_until("mosquitto TLS listener", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("dnstap.sock");
+    let cfg = write_config(
+        dir.path(),
+        &sock,
+        &format!(
+            "url = \"mqtts://localhost:{tls_port}\"\ntls_ca = \"{}\"\n",
+            ca_pem.display()
+        ),
+    );
+    let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
+    broker.wait_metric("tapbus_output_up", &["output=\"mqtt\""], 1.0);
+    let name = "dnsdist.fstrm";
+    let reference = reference_events(&capture(name));
+    let sub = MosquittoSub::start(&mq, reference.len(), "mqttv311", 0, 15);
+    replay(&capture(name), &sock);
+    let got = sub.finish(Duration::from_secs(20));
+    assert_same(name, &got, &reference);
+    assert_eq!(broker.metric("tapbus_dropped_total", &[]), 0.0);
+}
+
+/// The server goes away and comes back: the output logs the loss once, reports down, and
+/// reconnects by itself; events flow again.
+#[test]
+fn reconnects_after_server_restart() {
+    let port = free_port();
+    let mq = Mosquitto::start_with(port, "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("dnstap.sock");
+    let broker = Broker::start(&["-i", &format!("unix://{}", sock.display()), "-o", &mq.url()]);
+    broker.wait_metric("tapbus_output_up", &["output=\"mqtt\""], 1.0);
+    drop(mq);
+    wait_until("output down", Duration::from_secs(10), || {
+        broker.metric("tapbus_output_up", &["output=\"mqtt\""]) == 0.0
+    });
+    // Let a few reconnect attempts fail.
+    std::thread::sleep(Duration::from_millis(800));
+    let mq = Mosquitto::start_with(port, "");
+    broker.wait_metric("tapbus_output_up", &["output=\"mqtt\""], 1.0);
+    let name = "dnsdist.fstrm";
+    let reference = reference_events(&capture(name));
+    let sub = MosquittoSub::start(&mq, reference.len(), "mqttv311", 0, 15);
+    replay(&capture(name), &sock);
+    let got = sub.finish(Duration::from_secs(20));
+    assert_same(name, &got, &reference);
+    let log = broker.log_text();
+    assert_eq!(log.matches("MQTT disconnected").count(), 1, "{log}");
+    assert_eq!(log.matches("MQTT connected").count(), 2, "{log}");
 }
