@@ -1,7 +1,7 @@
 //! tapbus-broker: the first arrow of the flow, DNS server --dnstap--> broker --JSON--> bus.
 //!
 //! ```text
-//! ingress/{unix,tcp,tls,dial,file} -> session -> event::encode -> fanout -> egress/{nats,stdout}
+//! ingress/{unix,tcp,tls,dial,file} -> session -> event::encode -> fanout -> egress/{nats,mqtt,redis,stdout}
 //! ```
 //! * [`ingress`]: listeners, dial-out and files; one task per connection.
 //! * [`session`]: Frame Streams reading and handshake; frames become events here.

@@ -12,7 +12,7 @@ use tapbus_broker::{Outcome, metrics::Metrics};
 use tapbus_config::BrokerConfig;
 use tokio_util::sync::CancellationToken;
 
-/// dnstap in (unix, TCP, TLS, dial-out, files), JSON events out (NATS, stdout).
+/// dnstap in (unix, TCP, TLS, dial-out, files), JSON events out (NATS, MQTT, Redis, stdout).
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
@@ -23,7 +23,8 @@ struct Cli {
     /// dial+tcp://HOST:PORT, dial+unix:///PATH, file:///PATH.
     #[arg(short, long = "input", value_name = "URL")]
     inputs: Vec<String>,
-    /// Output URL, repeatable: nats://HOST:PORT or stdout.
+    /// Output URL, repeatable: nats://HOST:PORT, mqtt://HOST:PORT, mqtts://HOST:PORT,
+    /// redis://HOST:PORT, rediss://HOST:PORT or stdout.
     #[arg(short, long = "output", value_name = "URL")]
     outputs: Vec<String>,
     /// Address for /metrics and /health ("" disables).
