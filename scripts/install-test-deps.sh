@@ -6,6 +6,9 @@
 #   bind9-dnsutils  dig, to send it queries
 #   redis-server the Redis output's integration tests
 #   mosquitto, mosquitto-clients  the MQTT output's integration tests (server, mosquitto_sub)
+#   redis-tools  redis-cli, for examples/shell/redis_sub.sh
+#   python3-venv a venv at target/py-venv with examples/python/requirements.txt (from PyPI),
+#                for the Python subscribers in examples/python that the tests run
 # Nothing is started here; every test starts its own servers on free loopback ports.
 set -euo pipefail
 
@@ -17,8 +20,29 @@ command -v dig >/dev/null 2>&1 || need+=(bind9-dnsutils)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+# Debian's python3 has no venv/ensurepip without python3-venv.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+
+# The venv for examples/python, (re)made when requirements.txt changed since it was filled.
+python_venv() {
+  local venv="$root/target/py-venv" req="$root/examples/python/requirements.txt"
+  if [ -x "$venv/bin/python" ] && cmp -s "$req" "$venv/requirements.installed" \
+     && "$venv/bin/python" -c 'import nats, paho.mqtt, redis' >/dev/null 2>&1; then
+    return 0
+  fi
+  echo "creating $venv (pip install -r examples/python/requirements.txt)" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
+  cp "$req" "$venv/requirements.installed"
+}
 
 if [ ${#need[@]} -eq 0 ]; then
+  python_venv
   exit 0
 fi
 echo "installing: ${need[*]}" >&2
@@ -41,3 +65,4 @@ fi
 if [[ " ${need[*]} " == *" mosquitto "* ]] && command -v systemctl >/dev/null 2>&1; then
   $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
 fi
+python_venv

@@ -5,6 +5,7 @@
 mod cli;
 mod dial;
 mod dns_server;
+mod examples;
 mod harness;
 mod malformed;
 mod mqtt;

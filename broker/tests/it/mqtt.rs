@@ -11,15 +11,15 @@ use std::time::Duration;
 use crate::harness::*;
 
 /// A mosquitto on a free loopback port, killed on drop.
-struct Mosquitto {
+pub(crate) struct Mosquitto {
     proc: Proc,
-    port: u16,
+    pub(crate) port: u16,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Mosquitto {
-    fn start() -> Mosquitto {
+    pub(crate) fn start() -> Mosquitto {
         Self::start_with(free_port(), "")
     }
 
@@ -59,11 +59,11 @@ impl Mosquitto {
         m
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -118,7 +118,7 @@ impl MosquittoSub {
     }
 }
 
-fn expected_topic(ev: &serde_json::Value) -> String {
+pub(crate) fn expected_topic(ev: &serde_json::Value) -> String {
     let id = ev["dnstap"]["identity"].as_str().unwrap_or("");
     let mut id: String = id
         .chars()

@@ -11,14 +11,14 @@ use redis::streams::{StreamRangeReply, StreamReadReply};
 
 use crate::harness::*;
 
-struct Redis {
+pub(crate) struct Redis {
     _proc: Proc,
     _dir: tempfile::TempDir,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Redis {
-    fn start() -> Redis {
+    pub(crate) fn start() -> Redis {
         Self::start_on(free_port())
     }
 
@@ -44,7 +44,7 @@ impl Redis {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
@@ -61,7 +61,7 @@ impl Redis {
     }
 }
 
-fn expected_channel(ev: &serde_json::Value) -> String {
+pub(crate) fn expected_channel(ev: &serde_json::Value) -> String {
     let id = ev["dnstap"]["identity"].as_str().unwrap_or("");
     let id: String = id
         .chars()
