@@ -33,13 +33,9 @@ async def main(args):
     await nc.flush()  # the server has the subscription now
     print(f"subscribed to {args.subject} on {args.url}", file=sys.stderr, flush=True)
     try:
-        await asyncio.wait_for(done.wait(), args.timeout)
-    except asyncio.TimeoutError:
-        print(f"timeout: {seen} events", file=sys.stderr)
-        return 1
+        await done.wait()
     finally:
         await nc.close()
-    return 0
 
 
 if __name__ == "__main__":
@@ -48,4 +44,8 @@ if __name__ == "__main__":
     p.add_argument("--subject", default="dnstap.>", help="NATS subject, wildcards allowed")
     p.add_argument("--count", type=int, default=0, help="exit after N events (0: never)")
     p.add_argument("--timeout", type=float, default=None, help="give up after N seconds")
-    sys.exit(asyncio.run(main(p.parse_args())))
+    args = p.parse_args()
+    try:
+        asyncio.run(asyncio.wait_for(main(args), args.timeout))
+    except asyncio.TimeoutError:
+        sys.exit(f"timeout after {args.timeout} s")

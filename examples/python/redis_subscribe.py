@@ -68,10 +68,10 @@ def main(args):
     r = redis.Redis.from_url(args.url)
     deadline = time.monotonic() + args.timeout if args.timeout else None
     seen = (stream if args.stream else pubsub)(r, args, deadline)
-    if args.count and seen < args.count:
-        print(f"timeout: {seen} events", file=sys.stderr)
-        return 1
-    return 0
+    if args.count and seen >= args.count:
+        return 0
+    print(f"timeout: {seen} events", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
