@@ -114,11 +114,35 @@ pub struct OutputConfig {
     /// MQTT: keep-alive interval (default 30s).
     #[serde(with = "humantime_serde")]
     pub keep_alive: Option<Duration>,
-    /// MQTT: user name and password.
+    /// MQTT and NATS: user name and password.
     pub username: Option<String>,
     pub password: Option<String>,
-    /// MQTT (mqtts://): PEM CA bundle to verify the server (default: system roots).
+    /// MQTT (mqtts://) and NATS: PEM CA bundle to verify the server (default: system roots).
     pub tls_ca: Option<PathBuf>,
+    /// NATS: authentication token.
+    pub token: Option<String>,
+    /// NATS: path of a file holding an NKey seed (`SU...`).
+    pub nkey_seed: Option<PathBuf>,
+    /// NATS: path of a `.creds` file (JWT + NKey seed).
+    pub creds: Option<PathBuf>,
+    /// NATS: PEM client certificate and its private key (mutual TLS).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// NATS: refuse to talk without TLS (implied by `tls://` URLs and the TLS keys).
+    pub require_tls: Option<bool>,
+    /// NATS: publish through JetStream (acknowledged, stored in `stream`), default false.
+    pub jetstream: Option<bool>,
+    /// NATS JetStream: stream name (default "DNSTAP"), created if missing.
+    pub stream: Option<String>,
+    /// NATS JetStream: subjects the stream stores (default ["dnstap.>"]).
+    pub stream_subjects: Option<Vec<String>>,
+    /// NATS JetStream: stream limits when it is created (default: unlimited).
+    pub stream_max_bytes: Option<i64>,
+    #[serde(with = "humantime_serde")]
+    pub stream_max_age: Option<Duration>,
+    pub stream_max_msgs: Option<i64>,
+    /// NATS JetStream: most publishes awaiting their ack at once (default 1024).
+    pub ack_window: Option<usize>,
     /// MQTT: largest packet, bytes (default 4 MiB; rumqttc's own default of 10 KiB is too
     /// small for DNS events).
     pub max_packet_size: Option<usize>,
@@ -174,10 +198,52 @@ pub struct Backoff {
 /// Validated output.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutputKind {
-    Nats { servers: String, subject: Template },
+    Nats(NatsSpec),
     Mqtt(MqttSpec),
     Redis(RedisSpec),
     Stdout,
+}
+
+/// How the NATS output authenticates (at most one).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum NatsAuth {
+    #[default]
+    None,
+    UserPassword {
+        user: String,
+        password: String,
+    },
+    Token(String),
+    /// Path of a file holding the NKey seed.
+    NkeySeed(PathBuf),
+    /// Path of a `.creds` file.
+    Creds(PathBuf),
+}
+
+/// Validated JetStream settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JetStreamSpec {
+    pub stream: String,
+    pub subjects: Vec<String>,
+    pub max_bytes: Option<i64>,
+    pub max_age: Option<Duration>,
+    pub max_msgs: Option<i64>,
+    pub ack_window: usize,
+}
+
+/// Validated NATS output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NatsSpec {
+    /// Server URLs, comma-separated.
+    pub servers: String,
+    pub subject: Template,
+    pub auth: NatsAuth,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub require_tls: bool,
+    /// `Some` to publish through JetStream.
+    pub jetstream: Option<JetStreamSpec>,
 }
 
 /// Validated MQTT output.
@@ -544,9 +610,54 @@ fn validate_output(name: &str, o: &OutputConfig) -> Result<OutputSpec, ConfigErr
     only("mqtt_version", o.mqtt_version.is_some(), &mqtt, "MQTT")?;
     only("client_id", o.client_id.is_some(), &mqtt, "MQTT")?;
     only("keep_alive", o.keep_alive.is_some(), &mqtt, "MQTT")?;
-    only("username", o.username.is_some(), &mqtt, "MQTT")?;
-    only("password", o.password.is_some(), &mqtt, "MQTT")?;
-    only("tls_ca", o.tls_ca.is_some(), &["mqtts"], "mqtts://")?;
+    let nats = ["nats", "tls"];
+    let mqtt_nats = ["mqtt", "mqtts", "nats", "tls"];
+    only(
+        "username",
+        o.username.is_some(),
+        &mqtt_nats,
+        "MQTT and NATS",
+    )?;
+    only(
+        "password",
+        o.password.is_some(),
+        &mqtt_nats,
+        "MQTT and NATS",
+    )?;
+    only(
+        "tls_ca",
+        o.tls_ca.is_some(),
+        &["mqtts", "nats", "tls"],
+        "mqtts:// and NATS",
+    )?;
+    only("token", o.token.is_some(), &nats, "NATS")?;
+    only("nkey_seed", o.nkey_seed.is_some(), &nats, "NATS")?;
+    only("creds", o.creds.is_some(), &nats, "NATS")?;
+    only("tls_cert", o.tls_cert.is_some(), &nats, "NATS")?;
+    only("tls_key", o.tls_key.is_some(), &nats, "NATS")?;
+    only("require_tls", o.require_tls.is_some(), &nats, "NATS")?;
+    only("jetstream", o.jetstream.is_some(), &nats, "NATS")?;
+    only("stream", o.stream.is_some(), &nats, "NATS")?;
+    only(
+        "stream_subjects",
+        o.stream_subjects.is_some(),
+        &nats,
+        "NATS",
+    )?;
+    only(
+        "stream_max_bytes",
+        o.stream_max_bytes.is_some(),
+        &nats,
+        "NATS",
+    )?;
+    only("stream_max_age", o.stream_max_age.is_some(), &nats, "NATS")?;
+    only(
+        "stream_max_msgs",
+        o.stream_max_msgs.is_some(),
+        &nats,
+        "NATS",
+    )?;
+    only("ack_window", o.ack_window.is_some(), &nats, "NATS")?;
     only(
         "max_packet_size",
         o.max_packet_size.is_some(),
@@ -572,13 +683,7 @@ fn validate_output(name: &str, o: &OutputConfig) -> Result<OutputSpec, ConfigErr
             let hostport = rest.rsplit('@').next().unwrap_or(rest);
             host_port(&key, hostport)?;
         }
-        let t = o.subject.as_deref().unwrap_or(Template::DEFAULT_NATS);
-        let subject = Template::parse(t, Flavor::Nats)
-            .map_err(|e| invalid(format!("{key}.subject"), format!("{t:?}: {e}")))?;
-        OutputKind::Nats {
-            servers: url.to_string(),
-            subject,
-        }
+        OutputKind::Nats(validate_nats(&key, url, o)?)
     } else if url.is_empty() {
         return Err(invalid(format!("{key}.url"), "missing"));
     } else {
@@ -673,6 +778,154 @@ fn validate_mqtt(
         username: o.username.clone(),
         password: o.password.clone(),
         max_packet_size,
+    })
+}
+
+fn need_file(key: &str, field: &str, p: &Option<PathBuf>) -> Result<Option<PathBuf>, ConfigError> {
+    match p {
+        Some(p) if !p.is_file() => Err(invalid(
+            format!("{key}.{field}"),
+            format!("{} is not a readable file", p.display()),
+        )),
+        _ => Ok(p.clone()),
+    }
+}
+
+fn validate_nats(key: &str, url: &str, o: &OutputConfig) -> Result<NatsSpec, ConfigError> {
+    let t = o.subject.as_deref().unwrap_or(Template::DEFAULT_NATS);
+    let subject = Template::parse(t, Flavor::Nats)
+        .map_err(|e| invalid(format!("{key}.subject"), format!("{t:?}: {e}")))?;
+    // At most one authentication method.
+    let methods = [
+        ("username", o.username.is_some()),
+        ("token", o.token.is_some()),
+        ("nkey_seed", o.nkey_seed.is_some()),
+        ("creds", o.creds.is_some()),
+    ];
+    let set: Vec<&str> = methods
+        .iter()
+        .filter(|(_, s)| *s)
+        .map(|(f, _)| *f)
+        .collect();
+    if set.len() > 1 {
+        return Err(invalid(
+            format!("{key}.{}", set[1]),
+            format!(
+                "only one authentication method at a time ({} is set too)",
+                set[0]
+            ),
+        ));
+    }
+    let auth = match (&o.username, &o.password) {
+        (Some(u), Some(p)) => NatsAuth::UserPassword {
+            user: u.clone(),
+            password: p.clone(),
+        },
+        (Some(_), None) => return Err(invalid(format!("{key}.username"), "needs a password")),
+        (None, Some(_)) => return Err(invalid(format!("{key}.password"), "needs a username")),
+        (None, None) => {
+            if let Some(t) = &o.token {
+                if t.is_empty() {
+                    return Err(invalid(format!("{key}.token"), "must not be empty"));
+                }
+                NatsAuth::Token(t.clone())
+            } else if let Some(p) = need_file(key, "nkey_seed", &o.nkey_seed)? {
+                NatsAuth::NkeySeed(p)
+            } else if let Some(p) = need_file(key, "creds", &o.creds)? {
+                NatsAuth::Creds(p)
+            } else {
+                NatsAuth::None
+            }
+        }
+    };
+    let tls_ca = need_file(key, "tls_ca", &o.tls_ca)?;
+    let tls_cert = need_file(key, "tls_cert", &o.tls_cert)?;
+    let tls_key = need_file(key, "tls_key", &o.tls_key)?;
+    match (&tls_cert, &tls_key) {
+        (Some(_), None) => return Err(invalid(format!("{key}.tls_cert"), "needs tls_key")),
+        (None, Some(_)) => return Err(invalid(format!("{key}.tls_key"), "needs tls_cert")),
+        _ => {}
+    }
+    let require_tls = o.require_tls.unwrap_or(false)
+        || url.split(',').any(|s| s.trim().starts_with("tls://"))
+        || tls_ca.is_some()
+        || tls_cert.is_some();
+    let js_keys = [
+        ("stream", o.stream.is_some()),
+        ("stream_subjects", o.stream_subjects.is_some()),
+        ("stream_max_bytes", o.stream_max_bytes.is_some()),
+        ("stream_max_age", o.stream_max_age.is_some()),
+        ("stream_max_msgs", o.stream_max_msgs.is_some()),
+        ("ack_window", o.ack_window.is_some()),
+    ];
+    let jetstream = if o.jetstream.unwrap_or(false) {
+        let stream = o.stream.clone().unwrap_or_else(|| "DNSTAP".into());
+        if stream.is_empty()
+            || stream
+                .chars()
+                .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+        {
+            return Err(invalid(
+                format!("{key}.stream"),
+                format!(
+                    "{stream:?}: must be non-empty, without whitespace, '.', '*', '>', '/' or '\\'"
+                ),
+            ));
+        }
+        let subjects = o
+            .stream_subjects
+            .clone()
+            .unwrap_or_else(|| vec!["dnstap.>".into()]);
+        if subjects.is_empty() || subjects.iter().any(|s| s.trim().is_empty()) {
+            return Err(invalid(
+                format!("{key}.stream_subjects"),
+                "must list at least one non-empty subject",
+            ));
+        }
+        for (f, v) in [
+            ("stream_max_bytes", o.stream_max_bytes),
+            ("stream_max_msgs", o.stream_max_msgs),
+        ] {
+            if v.is_some_and(|v| v < 1) {
+                return Err(invalid(format!("{key}.{f}"), "must be at least 1"));
+            }
+        }
+        if o.stream_max_age.is_some_and(|d| d < Duration::from_secs(1)) {
+            return Err(invalid(
+                format!("{key}.stream_max_age"),
+                "must be at least 1s",
+            ));
+        }
+        let ack_window = o.ack_window.unwrap_or(1024);
+        if !(1..=1 << 20).contains(&ack_window) {
+            return Err(invalid(
+                format!("{key}.ack_window"),
+                "must be between 1 and 1048576",
+            ));
+        }
+        Some(JetStreamSpec {
+            stream,
+            subjects,
+            max_bytes: o.stream_max_bytes,
+            max_age: o.stream_max_age,
+            max_msgs: o.stream_max_msgs,
+            ack_window,
+        })
+    } else {
+        if let Some((f, _)) = js_keys.iter().find(|(_, s)| *s) {
+            return Err(invalid(format!("{key}.{f}"), "needs jetstream = true"));
+        }
+        None
+    };
+    Ok(NatsSpec {
+        servers: url.to_string(),
+        subject,
+        auth,
+        tls_ca,
+        tls_cert,
+        tls_key,
+        require_tls,
+        jetstream,
     })
 }
 
@@ -847,6 +1100,97 @@ mod tests {
         c.add_input_url("tcp://127.0.0.1:1");
         c.metrics_listen = "nope".into();
         assert!(err_of(&c).starts_with("metrics_listen:"));
+    }
+
+    #[test]
+    fn nats_auth_tls_and_jetstream() {
+        let mut c = BrokerConfig::default();
+        c.add_input_url("tcp://127.0.0.1:6000");
+        c.add_output_url("nats://127.0.0.1:4222");
+        let s = c.validate().expect("valid");
+        let OutputKind::Nats(n) = &s.outputs[0].kind else {
+            panic!("nats expected: {:?}", s.outputs[0]);
+        };
+        assert_eq!(n.auth, NatsAuth::None);
+        assert!(!n.require_tls && n.jetstream.is_none());
+
+        let set = |f: &dyn Fn(&mut OutputConfig)| {
+            let mut c = c.clone();
+            for o in c.outputs.values_mut() {
+                f(o);
+            }
+            c
+        };
+        let ok = |c: &BrokerConfig| match c.validate().expect("valid").outputs[0].kind.clone() {
+            OutputKind::Nats(n) => n,
+            other => panic!("nats expected: {other:?}"),
+        };
+        let n = ok(&set(&|o| {
+            o.username = Some("a".into());
+            o.password = Some("b".into());
+        }));
+        assert_eq!(
+            n.auth,
+            NatsAuth::UserPassword {
+                user: "a".into(),
+                password: "b".into()
+            }
+        );
+        assert_eq!(
+            ok(&set(&|o| o.token = Some("t".into()))).auth,
+            NatsAuth::Token("t".into())
+        );
+        let e = err_of(&set(&|o| {
+            o.username = Some("a".into());
+            o.password = Some("b".into());
+            o.token = Some("t".into());
+        }));
+        assert!(e.starts_with("outputs.nats.token: only one"), "{e}");
+        let e = err_of(&set(&|o| o.username = Some("a".into())));
+        assert!(
+            e.starts_with("outputs.nats.username: needs a password"),
+            "{e}"
+        );
+        let e = err_of(&set(&|o| o.creds = Some("/nonexistent.creds".into())));
+        assert!(e.starts_with("outputs.nats.creds:"), "{e}");
+        let e = err_of(&set(&|o| o.tls_cert = Some("/nonexistent.pem".into())));
+        assert!(e.starts_with("outputs.nats.tls_cert:"), "{e}");
+        let e = err_of(&set(&|o| o.stream = Some("X".into())));
+        assert!(e.starts_with("outputs.nats.stream: needs jetstream"), "{e}");
+
+        let n = ok(&set(&|o| o.jetstream = Some(true)));
+        let js = n.jetstream.expect("jetstream");
+        assert_eq!(js.stream, "DNSTAP");
+        assert_eq!(js.subjects, vec!["dnstap.>".to_string()]);
+        assert_eq!(js.ack_window, 1024);
+        let e = err_of(&set(&|o| {
+            o.jetstream = Some(true);
+            o.stream = Some("a.b".into());
+        }));
+        assert!(e.starts_with("outputs.nats.stream:"), "{e}");
+        let e = err_of(&set(&|o| {
+            o.jetstream = Some(true);
+            o.ack_window = Some(0);
+        }));
+        assert!(e.starts_with("outputs.nats.ack_window:"), "{e}");
+
+        let mut t = c.clone();
+        t.outputs.clear();
+        t.add_output_url("tls://127.0.0.1:4222");
+        assert!(ok(&t).require_tls);
+
+        // NATS keys are refused elsewhere.
+        let mut r = c.clone();
+        r.outputs.clear();
+        r.add_output_url("redis://127.0.0.1");
+        for o in r.outputs.values_mut() {
+            o.jetstream = Some(true);
+        }
+        let e = err_of(&r);
+        assert!(
+            e.starts_with("outputs.redis.jetstream: only applies to NATS"),
+            "{e}"
+        );
     }
 
     #[test]

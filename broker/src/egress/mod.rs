@@ -17,9 +17,7 @@ use crate::metrics::OutputMetrics;
 /// Starts the egress task for one output.
 pub fn spawn(spec: OutputSpec, rx: EventRx, metrics: OutputMetrics) -> JoinHandle<()> {
     match spec.kind {
-        OutputKind::Nats { servers, subject } => {
-            tokio::spawn(nats::run(spec.name, servers, subject, rx, metrics))
-        }
+        OutputKind::Nats(n) => tokio::spawn(nats::run(spec.name, n, rx, metrics)),
         OutputKind::Mqtt(m) => tokio::spawn(mqtt::run(spec.name, m, rx, metrics)),
         OutputKind::Redis(r) => tokio::spawn(redis::run(spec.name, r, rx, metrics)),
         OutputKind::Stdout => tokio::spawn(stdout::run(rx, metrics)),

@@ -387,7 +387,18 @@ where
 impl Nats {
     /// Starts nats-server on a given port (to restart one that was stopped).
     pub fn start_on(port: u16) -> Nats {
+        Self::start_on_with(port, &[])
+    }
+
+    /// Starts nats-server on a free port with extra arguments (e.g. `["-js", "-sd", dir]`
+    /// or `["-c", "server.conf"]`).
+    pub fn start_with(args: &[&str]) -> Nats {
+        Self::start_on_with(free_port(), args)
+    }
+
+    pub fn start_on_with(port: u16, args: &[&str]) -> Nats {
         let child = Command::new(need("nats-server"))
+            .args(args)
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

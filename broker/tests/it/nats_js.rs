@@ -1,0 +1,311 @@
+//! The NATS output with JetStream, authentication and TLS, each against its own
+//! nats-server (Debian 2.9.10) on a free port.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use crate::harness::*;
+
+fn write_config(dir: &Path, sock: &Path, output: &str) -> PathBuf {
+    let p = dir.join("broker.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[inputs.local]\nurl = \"unix://{}\"\n\n[outputs.nats]\n{output}",
+            sock.display()
+        ),
+    )
+    .expect("write broker.toml");
+    p
+}
+
+fn write_server_conf(dir: &Path, body: &str) -> String {
+    let p = dir.join("server.conf");
+    std::fs::write(&p, body).expect("write server.conf");
+    p.to_str().expect("utf-8 path").to_string()
+}
+
+async fn replay(file: &Path, sock: &Path) {
+    let f = file.to_path_buf();
+    let s = sock.to_path_buf();
+    tokio::task::spawn_blocking(move || fstrm_replay_unix(&f, &s))
+        .await
+        .expect("replay");
+}
+
+/// Subscribes with the given options and collects up to `n` payloads (bounded waits).
+async fn subscribe(
+    opts: async_nats::ConnectOptions,
+    url: &str,
+) -> (async_nats::Client, async_nats::Subscriber) {
+    let client = tokio::time::timeout(
+        Duration::from_secs(10),
+        opts.subscription_capacity(1 << 20).connect(url),
+    )
+    .await
+    .expect("subscriber connects within 10s")
+    .expect("subscriber connect");
+    let sub = client
+        .subscribe("dnstap.>".to_string())
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+    (client, sub)
+}
+
+async fn collect(sub: &mut async_nats::Subscriber, n: usize) -> Vec<serde_json::Value> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        match tokio::time::timeout(Duration::from_secs(10), sub.next()).await {
+            Ok(Some(m)) => out.push(serde_json::from_slice(&m.payload).expect("JSON event")),
+            _ => break,
+        }
+    }
+    out
+}
+
+fn assert_same(name: &str, got: &[serde_json::Value], reference: &[serde_json::Value]) {
+    assert_eq!(got.len(), reference.len(), "{name}: event count");
+    let schema = validator();
+    for (i, (ev, want)) in got.iter().zip(reference).enumerate() {
+        assert_valid(&schema, ev);
+        assert_eq!(key(ev), key(want), "{name}: message {i} differs");
+    }
+}
+
+/// JetStream: the output creates the stream, every event is stored (acknowledged) once, in
+/// order, equal to the in-process decode, with a Nats-Msg-Id; `published` counts the acks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_stores_every_event_in_order() {
+    let store = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start_with(&["-js", "-sd", store.path().to_str().expect("utf-8")]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("dnstap.sock");
+    let cfg = write_config(
+        dir.path(),
+        &sock,
+        &format!(
+            "url = \"{}\"\njetstream = true\nstream = \"DNSTAP\"\nstream_max_age = \"1h\"\nack_window = 256\n",
+            nats.url
+        ),
+    );
+    let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
+    broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
+    let t0 = std::time::Instant::now();
+    while !broker.log_text().contains("JetStream stream ready") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "stream not created:\n{}",
+            broker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    let name = "bind-resolver.fstrm";
+    let file = capture(name);
+    let n = expected_count(name);
+    let reference = reference_events(&file);
+    assert_eq!(reference.len(), n);
+    replay(&file, &sock).await;
+    broker.wait_metric("tapbus_published_total", &["output=\"nats\""], n as f64);
+    assert_eq!(
+        broker.metric("tapbus_published_total", &["output=\"nats\""]),
+        n as f64
+    );
+    assert_eq!(broker.metric("tapbus_dropped_total", &[]), 0.0);
+
+    let client = async_nats::connect(&nats.url).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("DNSTAP").await.expect("stream exists");
+    let info = stream.info().await.expect("stream info");
+    assert_eq!(info.state.messages, n as u64, "messages stored");
+    assert_eq!(info.config.subjects, vec!["dnstap.>".to_string()]);
+    assert_eq!(info.config.max_age, Duration::from_secs(3600));
+    let mut got = Vec::with_capacity(n);
+    let mut ids = std::collections::HashSet::new();
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        let m = stream.get_raw_message(seq).await.expect("stored message");
+        let id = m
+            .headers
+            .get("Nats-Msg-Id")
+            .map(|v| v.to_string())
+            .expect("Nats-Msg-Id header");
+        assert!(ids.insert(id), "message ids are unique");
+        got.push(serde_json::from_slice(&m.payload).expect("JSON event"));
+    }
+    assert_same(name, &got, &reference);
+}
+
+/// JetStream without a JetStream-enabled server: the broker stays up, says why, retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_unavailable_is_logged_and_retried() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("dnstap.sock");
+    let cfg = write_config(
+        dir.path(),
+        &sock,
+        &format!("url = \"{}\"\njetstream = true\n", nats.url),
+    );
+    let mut broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
+    let t0 = std::time::Instant::now();
+    while broker
+        .log_text()
+        .matches("JetStream stream not available")
+        .count()
+        < 2
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "no retry logged:\n{}",
+            broker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(broker.is_running());
+}
+
+/// user/password: the right ones deliver; a wrong password leaves the output down and the
+/// log says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_password_auth() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = write_server_conf(dir.path(), "authorization { user: a, password: b }\n");
+    let nats = Nats::start_with(&["-c", &conf]);
+    let sock = dir.path().join("dnstap.sock");
+    let cfg = write_config(
+        dir.path(),
+        &sock,
+        &format!(
+            "url = \"{}\"\nusername = \"a\"\npassword = \"b\"\n",
+            nats.url
+        ),
+    );
+    let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
+    broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
+    let (_c, mut sub) = subscribe(
+        async_nats::ConnectOptions::with_user_and_password("a".into(), "b".into()),
+        &nats.url,
+    )
+    .await;
+    let name = "bind-auth.fstrm";
+    let file = capture(name);
+    replay(&file, &sock).await;
+    let got = collect(&mut sub, expected_count(name)).await;
+    assert_same(name, &got, &reference_events(&file));
+    drop(broker);
+
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let sock2 = dir2.path().join("dnstap.sock");
+    let cfg = write_config(
+        dir2.path(),
+        &sock2,
+        &format!(
+            "url = \"{}\"\nusername = \"a\"\npassword = \"wrong\"\n",
+            nats.url
+        ),
+    );
+    let mut broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
+    let t0 = std::time::Instant::now();
+    while !broker
+        .log_text()
+        .to_lowercase()
+        .contains("authorization violation")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "no authorization error logged:\n{}",
+            broker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        broker.metric("tapbus_output_up", &["output=\"nats\""]),
+        0.0,
+        "{}",
+        broker.metrics()
+    );
+    assert!(broker.is_running());
+}
+
+/// Token authentication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = write_server_conf(dir.path(), "authorization { token: s3cret }\n");
+    let nats = Nats::start_with(&["-c", &conf]);
+    let sock = dir.path().join("dnstap.sock");
+    let cfg = write_config(
+        dir.path(),
+        &sock,
+        &format!("url = \"{}\"\ntoken = \"s3cret\"\n", nats.url),
+    );
+    let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
+    broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
+    let (_c, mut sub) = subscribe(
+        async_nats::ConnectOptions::with_token("s3cret".into()),
+        &nats.url,
+    )
+    .await;
+    let name = "bind-auth.fstrm";
+    let file = capture(name);
+    replay(&file, &sock).await;
+    let got = collect(&mut sub, expected_count(name)).await;
+    assert_same(name, &got, &reference_events(&file));
+}
+
+/// TLS: nats-server with a certificate from a test CA; the broker dials tls:// and
+/// verifies the server with tls_ca.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
+    let skey = KeyPair::generate().expect("key");
+    let server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&skey, &ca)
+        .expect("server cert");
+    std::fs::write(d.join("server.pem"), server.pem()).expect("write");
+    std::fs::write(d.join("server.key"), skey.serialize_pem()).expect("write");
+    std::fs::write(d.join("ca.pem"), ca.pem()).expect("write");
+    let conf = write_server_conf(
+        d,
+        &format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\n",
+            d.join("server.pem").display(),
+            d.join("server.key").display()
+        ),
+    );
+    let nats = Nats::start_with(&["-c", &conf]);
+    let url = format!("tls://127.0.0.1:{}", nats.port());
+    let sock = d.join("dnstap.sock");
+    let cfg = write_config(
+        d,
+        &sock,
+        &format!(
+            "url = \"{url}\"\ntls_ca = \"{}\"\n",
+            d.join("ca.pem").display()
+        ),
+    );
+    let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
+    broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
+    let (_c, mut sub) = subscribe(
+        async_nats::ConnectOptions::new()
+            .add_root_certificates(d.join("ca.pem"))
+            .require_tls(true),
+        &url,
+    )
+    .await;
+    let name = "bind-auth.fstrm";
+    let file = capture(name);
+    replay(&file, &sock).await;
+    let got = collect(&mut sub, expected_count(name)).await;
+    assert_same(name, &got, &reference_events(&file));
+}
