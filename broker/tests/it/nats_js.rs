@@ -309,3 +309,126 @@ async fn tls_with_ca() {
     let got = collect(&mut sub, expected_count(name)).await;
     assert_same(name, &got, &reference_events(&file));
 }
+
+/// Mutual TLS: nats-server verifies client certificates; the broker presents tls_cert and
+/// tls_key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_client_certificate() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
+    let skey = KeyPair::generate().expect("key");
+    let server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&skey, &ca)
+        .expect("server cert");
+    let ckey = KeyPair::generate().expect("key");
+    let client = CertificateParams::new(vec!["tapbus.test".to_string()])
+        .expect("params")
+        .signed_by(&ckey, &ca)
+        .expect("client cert");
+    for (f, pem) in [
+        ("server.pem", server.pem()),
+        ("server.key", skey.serialize_pem()),
+        ("client.pem", client.pem()),
+        ("client.key", ckey.serialize_pem()),
+        ("ca.pem", ca.pem()),
+    ] {
+        std::fs::write(d.join(f), pem).expect("write");
+    }
+    let conf = write_server_conf(
+        d,
+        &format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
+            d.join("server.pem").display(),
+            d.join("server.key").display(),
+            d.join("ca.pem").display()
+        ),
+    );
+    let nats = Nats::start_with(&["-c", &conf]);
+    let url = format!("tls://127.0.0.1:{}", nats.port());
+    let sock = d.join("dnstap.sock");
+    let cfg = write_config(
+        d,
+        &sock,
+        &format!(
+            "url = \"{url}\"\ntls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            d.join("ca.pem").display(),
+            d.join("client.pem").display(),
+            d.join("client.key").display()
+        ),
+    );
+    let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
+    broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
+    let (_c, mut sub) = subscribe(
+        async_nats::ConnectOptions::new()
+            .add_root_certificates(d.join("ca.pem"))
+            .add_client_certificate(d.join("client.pem"), d.join("client.key"))
+            .require_tls(true),
+        &url,
+    )
+    .await;
+    let name = "bind-auth.fstrm";
+    let file = capture(name);
+    replay(&file, &sock).await;
+    let got = collect(&mut sub, expected_count(name)).await;
+    assert_same(name, &got, &reference_events(&file));
+}
+
+/// JetStream server restart: what could not be acknowledged is counted, the broker stays
+/// up, reconnects, and stores again into the same stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_restart_is_survived() {
+    let store = tempfile::tempdir().expect("tempdir");
+    let sd = store.path().to_str().expect("utf-8").to_string();
+    let nats = Nats::start_with(&["-js", "-sd", &sd]);
+    let port = nats.port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("dnstap.sock");
+    let cfg = write_config(
+        dir.path(),
+        &sock,
+        &format!("url = \"{}\"\njetstream = true\n", nats.url),
+    );
+    let mut broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
+    broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
+    let name = "bind-auth.fstrm";
+    let file = capture(name);
+    let n = expected_count(name) as f64;
+    replay(&file, &sock).await;
+    broker.wait_metric("tapbus_published_total", &["output=\"nats\""], n);
+
+    drop(nats);
+    replay(&file, &sock).await;
+    broker.wait_metric("tapbus_events_total", &[], 2.0 * n);
+    assert!(broker.is_running());
+
+    let nats = Nats::start_on_with(port, &["-js", "-sd", &sd]);
+    broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
+    replay(&file, &sock).await;
+    // Every event is either acknowledged or counted as dropped, within bounded time.
+    let t0 = std::time::Instant::now();
+    loop {
+        let published = broker.metric("tapbus_published_total", &["output=\"nats\""]);
+        let dropped = broker.metric("tapbus_dropped_total", &["output=\"nats\""]);
+        if published >= 2.0 * n && published + dropped >= 3.0 * n {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "published {published} dropped {dropped}\n{}",
+            broker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = async_nats::connect(&nats.url).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("DNSTAP").await.expect("stream exists");
+    let stored = stream.info().await.expect("info").state.messages as f64;
+    let published = broker.metric("tapbus_published_total", &["output=\"nats\""]);
+    assert_eq!(stored, published, "every acknowledged event is stored");
+}
