@@ -432,3 +432,41 @@ async fn jetstream_restart_is_survived() {
     let published = broker.metric("tapbus_published_total", &["output=\"nats\""]);
     assert_eq!(stored, published, "every acknowledged event is stored");
 }
+
+/// NKey authentication: the broker reads the seed from the `nkey_seed` file. The pair was
+/// generated for this test only (nkeys::KeyPair::new_user()).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nkey_auth() {
+    const SEED: &str = "SUAN37HPW7O5JWCVLQV4YTENYXEIJBJOWD4QV5DR54I4ET7N5KKV72JNKI";
+    const PUBLIC: &str = "UDIUPDTRG4RQLRUUOVHJMX6RHJ3NPAIU7BRS6NVFWKBETOSREDNINSA3";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = write_server_conf(
+        dir.path(),
+        &format!("authorization {{ users = [ {{ nkey: {PUBLIC} }} ] }}\n"),
+    );
+    let nats = Nats::start_with(&["-c", &conf]);
+    let seed_file = dir.path().join("tapbus.nk");
+    std::fs::write(&seed_file, format!("{SEED}\n")).expect("write seed");
+    let sock = dir.path().join("dnstap.sock");
+    let cfg = write_config(
+        dir.path(),
+        &sock,
+        &format!(
+            "url = \"{}\"\nnkey_seed = \"{}\"\n",
+            nats.url,
+            seed_file.display()
+        ),
+    );
+    let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
+    broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
+    let (_c, mut sub) = subscribe(
+        async_nats::ConnectOptions::with_nkey(SEED.to_string()),
+        &nats.url,
+    )
+    .await;
+    let name = "bind-auth.fstrm";
+    let file = capture(name);
+    replay(&file, &sock).await;
+    let got = collect(&mut sub, expected_count(name)).await;
+    assert_same(name, &got, &reference_events(&file));
+}
