@@ -422,3 +422,32 @@ impl Nats {
             .unwrap_or(0)
     }
 }
+
+/// Writes a throw-away PKI into `dir`: `ca.pem`, `server.pem` + `server.key` (for
+/// `localhost` and `127.0.0.1`) and `client.pem` + `client.key`, all signed by the CA.
+pub fn write_test_pki(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
+    let skey = KeyPair::generate().expect("key");
+    let server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&skey, &ca)
+        .expect("server cert");
+    let ckey = KeyPair::generate().expect("key");
+    let client = CertificateParams::new(vec!["dns-server.test".to_string()])
+        .expect("params")
+        .signed_by(&ckey, &ca)
+        .expect("client cert");
+    for (f, pem) in [
+        ("ca.pem", ca.pem()),
+        ("server.pem", server.pem()),
+        ("server.key", skey.serialize_pem()),
+        ("client.pem", client.pem()),
+        ("client.key", ckey.serialize_pem()),
+    ] {
+        std::fs::write(dir.join(f), pem).expect("write pki file");
+    }
+}

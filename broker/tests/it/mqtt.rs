@@ -326,25 +326,13 @@ fn oversize_events_are_dropped_and_counted() {
 /// mqtts:// with the server verified against `tls_ca`.
 #[test]
 fn mqtts_with_tls_ca() {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let pki = tempfile::tempdir().expect("tempdir");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca =
-        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
-    let skey = KeyPair::generate().expect("key");
-    let server = CertificateParams::new(vec!["localhost".to_string()])
-        .expect("params")
-        .signed_by(&skey, &ca)
-        .expect("server cert");
+    write_test_pki(pki.path());
     let (ca_pem, cert, key) = (
         pki.path().join("ca.pem"),
         pki.path().join("server.pem"),
         pki.path().join("server.key"),
     );
-    std::fs::write(&ca_pem, ca.pem()).expect("write");
-    std::fs::write(&cert, server.pem()).expect("write");
-    std::fs::write(&key, skey.serialize_pem()).expect("write");
     let tls_port = free_port();
     let mq = Mosquitto::start_with(
         free_port(),

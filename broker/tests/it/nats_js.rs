@@ -260,21 +260,9 @@ async fn token_auth() {
 /// verifies the server with tls_ca.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_ca() {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca =
-        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
-    let skey = KeyPair::generate().expect("key");
-    let server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .expect("params")
-        .signed_by(&skey, &ca)
-        .expect("server cert");
-    std::fs::write(d.join("server.pem"), server.pem()).expect("write");
-    std::fs::write(d.join("server.key"), skey.serialize_pem()).expect("write");
-    std::fs::write(d.join("ca.pem"), ca.pem()).expect("write");
+    write_test_pki(d);
     let conf = write_server_conf(
         d,
         &format!(
@@ -314,32 +302,9 @@ async fn tls_with_ca() {
 /// tls_key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_client_certificate() {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca =
-        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
-    let skey = KeyPair::generate().expect("key");
-    let server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .expect("params")
-        .signed_by(&skey, &ca)
-        .expect("server cert");
-    let ckey = KeyPair::generate().expect("key");
-    let client = CertificateParams::new(vec!["tapbus.test".to_string()])
-        .expect("params")
-        .signed_by(&ckey, &ca)
-        .expect("client cert");
-    for (f, pem) in [
-        ("server.pem", server.pem()),
-        ("server.key", skey.serialize_pem()),
-        ("client.pem", client.pem()),
-        ("client.key", ckey.serialize_pem()),
-        ("ca.pem", ca.pem()),
-    ] {
-        std::fs::write(d.join(f), pem).expect("write");
-    }
+    write_test_pki(d);
     let conf = write_server_conf(
         d,
         &format!(

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::TlsConnector;
@@ -20,27 +19,12 @@ struct Pki {
 
 fn pki() -> Pki {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca =
-        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
-    let skey = KeyPair::generate().expect("key");
-    let server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .expect("params")
-        .signed_by(&skey, &ca)
-        .expect("server cert");
-    let ckey = KeyPair::generate().expect("key");
-    let client = CertificateParams::new(vec!["dns-server.test".to_string()])
-        .expect("params")
-        .signed_by(&ckey, &ca)
-        .expect("client cert");
-    std::fs::write(dir.path().join("server.pem"), server.pem()).expect("write");
-    std::fs::write(dir.path().join("server.key"), skey.serialize_pem()).expect("write");
-    std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write");
+    write_test_pki(dir.path());
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).expect("read pki file");
     Pki {
-        ca_pem: ca.pem(),
-        client_cert: client.pem(),
-        client_key: ckey.serialize_pem(),
+        ca_pem: read("ca.pem"),
+        client_cert: read("client.pem"),
+        client_key: read("client.key"),
         dir,
     }
 }
