@@ -9,6 +9,7 @@ mod examples;
 mod harness;
 mod malformed;
 mod mqtt;
+mod multi;
 mod nats_js;
 mod outage;
 mod redis;

@@ -69,14 +69,20 @@ impl Mosquitto {
 }
 
 /// `mosquitto_sub -v` on `dnstap/#`, exiting after `count` messages or `timeout_s` seconds.
-struct MosquittoSub {
+pub(crate) struct MosquittoSub {
     proc: Proc,
     out: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl MosquittoSub {
-    fn start(broker: &Mosquitto, count: usize, version: &str, qos: u8, timeout_s: u32) -> Self {
+    pub(crate) fn start(
+        broker: &Mosquitto,
+        count: usize,
+        version: &str,
+        qos: u8,
+        timeout_s: u32,
+    ) -> Self {
         let id = format!("tapbus-test-sub-{}", broker.port);
         // To a file, not a pipe: a pipe nobody reads while the test waits would fill and
         // stall the subscriber.
@@ -104,7 +110,7 @@ impl MosquittoSub {
     }
 
     /// Waits for the subscriber to exit (count reached or timeout) and parses its lines.
-    fn finish(mut self, within: Duration) -> Vec<(String, String)> {
+    pub(crate) fn finish(mut self, within: Duration) -> Vec<(String, String)> {
         wait_until("mosquitto_sub to exit", within, || {
             matches!(self.proc.child.try_wait(), Ok(Some(_)))
         });

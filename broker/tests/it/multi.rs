@@ -1,0 +1,84 @@
+//! Several buses at once: every event goes to NATS, MQTT, Redis and stdout, and a dead
+//! output (Redis on a closed port) costs the others nothing: they get everything, the dead
+//! one counts every event it could not deliver.
+
+use std::time::Duration;
+
+use crate::harness::*;
+use crate::mqtt::{Mosquitto, MosquittoSub};
+use crate::redis::Redis;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_buses_at_once_with_one_dead() {
+    let nats = Nats::start();
+    let mq = Mosquitto::start();
+    let redis = Redis::start();
+    let dead = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("dnstap.sock");
+    let cfg = dir.path().join("broker.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[inputs.local]\nurl = \"unix://{}\"\n\
+             [outputs.nats]\nurl = \"{}\"\n\
+             [outputs.mqtt]\nurl = \"{}\"\n\
+             [outputs.redis]\nurl = \"{}\"\nmode = \"list\"\n\
+             [outputs.dead]\nurl = \"redis://127.0.0.1:{dead}\"\nmode = \"list\"\n\
+             [outputs.stdout]\nurl = \"stdout\"\n",
+            sock.display(),
+            nats.url,
+            mq.url(),
+            redis.url()
+        ),
+    )
+    .expect("write config");
+    let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8")]);
+    let name = "kresd.fstrm";
+    let n = expected_count(name);
+    let mut nats_sub = Sub::start(&nats.url, "dnstap.>").await;
+    let mqtt_sub = MosquittoSub::start(&mq, n, "mqttv311", 0, 30);
+
+    let file = capture(name);
+    let s = sock.clone();
+    tokio::task::spawn_blocking(move || fstrm_replay_unix(&file, &s))
+        .await
+        .expect("replay");
+
+    let got = nats_sub.collect(n, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), n, "NATS got everything");
+    let got = tokio::task::spawn_blocking(move || mqtt_sub.finish(Duration::from_secs(20)))
+        .await
+        .expect("mqtt sub");
+    assert_eq!(got.len(), n, "MQTT got everything");
+    for out in ["nats", "mqtt", "redis", "stdout"] {
+        broker.wait_metric(
+            "tapbus_published_total",
+            &[&format!("output=\"{out}\"")],
+            n as f64,
+        );
+        assert_eq!(
+            broker.metric("tapbus_dropped_total", &[&format!("output=\"{out}\"")]),
+            0.0,
+            "{out} dropped nothing"
+        );
+    }
+    let client = ::redis::Client::open(redis.url()).expect("redis url");
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connect");
+    let len: usize = ::redis::cmd("LLEN")
+        .arg("dnstap")
+        .query_async(&mut con)
+        .await
+        .expect("LLEN");
+    assert_eq!(len, n, "Redis list got everything");
+    // The dead output: nothing published, every event counted as dropped, marked down.
+    broker.wait_metric("tapbus_dropped_total", &["output=\"dead\""], n as f64);
+    assert_eq!(
+        broker.metric("tapbus_published_total", &["output=\"dead\""]),
+        0.0
+    );
+    assert_eq!(broker.metric("tapbus_output_up", &["output=\"dead\""]), 0.0);
+}
