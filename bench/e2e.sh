@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # End-to-end replay benchmark: fstrm_blast --Frame Streams--> tapbus-broker --JSON--> nats-server --> nats_count
 #
-# Usage: bench/e2e.sh [--tcp] [--stdout] [--raw-sub] [--baseline] [--no-build] [--perf FILE] [--keep]
+# Usage: bench/e2e.sh [--output KIND] [--tcp] [--stdout] [--raw-sub] [--baseline] [--no-build] [--perf FILE] [--keep]
+#   --output KIND  nats (default), jetstream, mqtt0, mqtt1, redis-publish, redis-list, redis-stream:
+#                the script starts its own server on a free port (nats-server -js, mosquitto,
+#                redis-server), writes a broker config file (-c) and counts what arrived
+#                (JetStream: stream messages from /jsz; MQTT: mosquitto_sub lines; Redis:
+#                redis-cli psubscribe, LLEN, XLEN)
 #   --tcp        broker input tcp://127.0.0.1:PORT instead of unix:///TMP/dnstap.sock
 #   --stdout     no NATS: broker output `stdout` into /dev/null (the ingest + encode ceiling);
 #                the rate is then frames up to FINISH / time
@@ -50,7 +55,19 @@ while [ $# -gt 0 ]; do
     --keep) KEEP=1 ;;
     --raw-sub) RAW_SUB=(--raw); SUB_NAME=raw ;;
     --stdout) OUTPUT=stdout; SUB_NAME=none ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    --output)
+        OUTPUT=${2:?--output needs a kind}; shift
+        case "$OUTPUT" in
+        nats | stdout) ;;
+        jetstream) SUB_NAME=jsz ;;
+        mqtt0 | mqtt1) SUB_NAME=mosquitto_sub ;;
+        redis-publish) SUB_NAME=redis-cli-psubscribe ;;
+        redis-list) SUB_NAME=llen ;;
+        redis-stream) SUB_NAME=xlen ;;
+        *) echo "e2e.sh: unknown --output $OUTPUT" >&2; exit 2 ;;
+        esac
+        ;;
+    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "e2e.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -66,6 +83,10 @@ if [ -z "$NATS_SERVER" ] || [ ! -x "$NATS_SERVER" ]; then
     echo "e2e.sh: nats-server not found; install it first: apt-get install -y nats-server" >&2
     exit 1
 fi
+case "$OUTPUT" in
+mqtt*) for t in /usr/sbin/mosquitto mosquitto_sub; do command -v "$t" >/dev/null || die "$t is required (apt-get install -y mosquitto mosquitto-clients)"; done ;;
+redis*) for t in redis-server redis-cli; do command -v "$t" >/dev/null || die "$t is required (apt-get install -y redis-server)"; done ;;
+esac
 for t in curl timeout getconf awk; do
     command -v "$t" >/dev/null || die "$t is required"
 done
@@ -187,9 +208,49 @@ json_str() { sed -n "s/.*\"$1\":\"\{0,1\}\([a-z]*\)\"\{0,1\}.*/\1/p" "$2" | head
 
 echo "== $(date -u +%FT%TZ) $(uname -n) cores=$(nproc) count=$COUNT transport=$TRANSPORT load=[$(loadavg)]" >&2
 
-# ---- nats-server --------------------------------------------------------------------------
+# ---- the bus server -----------------------------------------------------------------------
 NATS_PID=
-if [ "$OUTPUT" = nats ]; then
+CONFIG_ARGS=()
+if [ "$OUTPUT" = jetstream ]; then
+    NPORT=$(free_port)
+    MONPORT=$(free_port)
+    mkdir -p "$TMP/js"
+    "$NATS_SERVER" -a 127.0.0.1 -p "$NPORT" -m "$MONPORT" -js -sd "$TMP/js" >"$TMP/nats.log" 2>&1 &
+    NATS_PID=$!
+    PIDS+=("$NATS_PID")
+    wait_until 10 port_open "$NPORT" || { cat "$TMP/nats.log" >&2; die "nats-server did not start"; }
+    BROKER_STDOUT="$TMP/broker.out"
+    OUT_TOML="[outputs.nats]
+url = \"nats://127.0.0.1:$NPORT\"
+jetstream = true
+stream = \"DNSTAP\""
+elif [ "$OUTPUT" = mqtt0 ] || [ "$OUTPUT" = mqtt1 ]; then
+    QPORT=$(free_port)
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$QPORT" >"$TMP/mosquitto.conf"
+    /usr/sbin/mosquitto -c "$TMP/mosquitto.conf" >"$TMP/mosquitto.log" 2>&1 &
+    NATS_PID=$!
+    PIDS+=("$NATS_PID")
+    wait_until 10 port_open "$QPORT" || { cat "$TMP/mosquitto.log" >&2; die "mosquitto did not start"; }
+    BROKER_STDOUT="$TMP/broker.out"
+    OUT_TOML="[outputs.mqtt]
+url = \"mqtt://127.0.0.1:$QPORT\"
+qos = ${OUTPUT#mqtt}"
+elif [ "${OUTPUT#redis-}" != "$OUTPUT" ]; then
+    RPORT=$(free_port)
+    # no output-buffer limit for the psubscribe counter (redis would disconnect a slow one)
+    redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no \
+        --client-output-buffer-limit "pubsub 0 0 0" >"$TMP/redis.log" 2>&1 &
+    NATS_PID=$!
+    PIDS+=("$NATS_PID")
+    wait_until 10 port_open "$RPORT" || { cat "$TMP/redis.log" >&2; die "redis-server did not start"; }
+    BROKER_STDOUT="$TMP/broker.out"
+    # max_len above COUNT so that LLEN/XLEN count every event
+    OUT_TOML="[outputs.redis]
+url = \"redis://127.0.0.1:$RPORT/0\"
+mode = \"${OUTPUT#redis-}\"
+key = \"dnstap\"
+max_len = $((COUNT * 2 + 100000))"
+elif [ "$OUTPUT" = nats ]; then
     NPORT=$(free_port)
     MONPORT=$(free_port)
     "$NATS_SERVER" -a 127.0.0.1 -p "$NPORT" -m "$MONPORT" >"$TMP/nats.log" 2>&1 &
@@ -214,7 +275,13 @@ else
     INPUT="unix://$SOCK"
     BLAST_TARGET=(--unix "$SOCK")
 fi
-TAPBUS_LOG=${TAPBUS_LOG:-warn} "$REL/tapbus-broker" -i "$INPUT" -o "$OUT_URL" \
+if [ -n "${OUT_TOML:-}" ]; then
+    printf '[inputs.bench]\nurl = "%s"\n\n%s\n' "$INPUT" "$OUT_TOML" >"$TMP/broker.toml"
+    CONFIG_ARGS=(-c "$TMP/broker.toml")
+else
+    CONFIG_ARGS=(-i "$INPUT" -o "$OUT_URL")
+fi
+TAPBUS_LOG=${TAPBUS_LOG:-warn} "$REL/tapbus-broker" "${CONFIG_ARGS[@]}" \
     --metrics-listen "127.0.0.1:$MPORT" >"$BROKER_STDOUT" 2>"$TMP/broker.log" &
 BROKER_PID=$!
 PIDS+=("$BROKER_PID")
@@ -234,7 +301,33 @@ if [ "$OUTPUT" = nats ]; then
     COUNT_PID=$!
     PIDS+=("$COUNT_PID")
     wait_until 10 grep -q '^ready' "$TMP/count.log" || { cat "$TMP/count.log" >&2; die "subscriber not ready"; }
+elif [ "$OUTPUT" = mqtt0 ] || [ "$OUTPUT" = mqtt1 ]; then
+    # one "." line per message; QoS of the subscription = QoS of the output
+    timeout -k 5 "$((RUN_TIMEOUT + IDLE_SECS + 10))" mosquitto_sub -h 127.0.0.1 -p "$QPORT" \
+        -t 'dnstap/#' -q "${OUTPUT#mqtt}" -F . -C "$COUNT" >"$TMP/sub.out" 2>"$TMP/count.log" &
+    COUNT_PID=$!
+    PIDS+=("$COUNT_PID")
+    sleep 0.5
+elif [ "$OUTPUT" = redis-publish ]; then
+    # redis-cli prints 4 lines per message (pmessage, pattern, channel, payload)
+    timeout -k 5 "$((RUN_TIMEOUT + IDLE_SECS + 10))" redis-cli -p "$RPORT" psubscribe 'dnstap.*' \
+        >"$TMP/sub.out" 2>"$TMP/count.log" &
+    COUNT_PID=$!
+    PIDS+=("$COUNT_PID")
+    wait_until 10 grep -q psubscribe "$TMP/sub.out" || die "redis-cli psubscribe not ready"
 fi
+# how many messages the bus holds / the subscriber got so far (not for nats, stdout)
+bus_count() {
+    case "$OUTPUT" in
+    jetstream)
+        curl -fsS -m 1 "http://127.0.0.1:$MONPORT/jsz?streams=true" 2>/dev/null |
+            tr -d ' \n' | sed -n 's/.*"state":{"messages":\([0-9]*\).*/\1/p' | head -n1 ;;
+    mqtt0 | mqtt1) wc -l <"$TMP/sub.out" ;;
+    redis-publish) awk 'END { n = int((NR - 3) / 4); print (n > 0 ? n : 0) }' "$TMP/sub.out" ;;
+    redis-list) redis-cli -p "$RPORT" llen dnstap ;;
+    redis-stream) redis-cli -p "$RPORT" xlen dnstap ;;
+    esac
+}
 
 # ---- optional profiler --------------------------------------------------------------------
 PERF_PID=
@@ -263,12 +356,39 @@ RSS_SAMPLER=$!
 
 echo "== blasting $COUNT frames into $INPUT (rate: ${RATE:-0}/s, 0 = unpaced)" >&2
 BLAST_RC=0
+FINISH_SEEN=0
 run_bg timeout -k 5 "$RUN_TIMEOUT" "$REL/examples/fstrm_blast" --file "$CAPTURE" --count "$COUNT" \
     --rate "$RATE" "${BLAST_TARGET[@]}" >"$TMP/blast.json" 2>"$TMP/blast.log" || BLAST_RC=$?
 [ "$BLAST_RC" = 0 ] || { cat "$TMP/blast.log" >&2; echo "e2e.sh: fstrm_blast exited with $BLAST_RC" >&2; }
 
 COUNT_RC=0
-if [ -n "$COUNT_PID" ]; then
+if [ "$OUTPUT" != nats ] && [ "$OUTPUT" != stdout ]; then
+    # Poll the bus until it holds COUNT messages or stops growing for IDLE_SECS after the
+    # broker has published or dropped every event; the last arrival is when the count
+    # last changed (poll every 0.05 s).
+    LASTN=-1; LAST_CHANGE_NS=$(date +%s%N); IDLE_FROM=$SECONDS; DEADLINE=$((SECONDS + RUN_TIMEOUT))
+    while [ $SECONDS -lt $DEADLINE ]; do
+        N=$(bus_count); N=${N:-0}
+        if [ "$N" != "$LASTN" ]; then LASTN=$N; LAST_CHANGE_NS=$(date +%s%N); IDLE_FROM=$SECONDS; fi
+        [ "$N" -ge "$COUNT" ] && break
+        if [ $((SECONDS - IDLE_FROM)) -ge "$IDLE_SECS" ]; then
+            curl -fsS -m 1 "http://127.0.0.1:$MPORT/metrics" -o "$TMP/m1.txt" &&
+                [ $(($(metric_sum tapbus_published_total "$TMP/m1.txt") + $(metric_sum tapbus_dropped_total "$TMP/m1.txt"))) -ge "$(metric_sum tapbus_events_total "$TMP/m1.txt")" ] &&
+                [ "$FINISH_SEEN" = 1 ] && break
+        fi
+        [ -s "$TMP/blast.json" ] && FINISH_SEEN=1
+        sleep 0.05
+    done
+    SUB_TICKS=0
+    if [ -n "$COUNT_PID" ]; then
+        # COUNT_PID is timeout(1); its child is the subscriber
+        SUB_CHILD=$(cat "/proc/$COUNT_PID/task/$COUNT_PID/children" 2>/dev/null | awk '{ print $1 }')
+        [ -z "$SUB_CHILD" ] || SUB_TICKS=$(cpu_ticks "$SUB_CHILD" 2>/dev/null || echo 0)
+        stop "$COUNT_PID"
+    fi
+    S=$(json_num start_unix_ns "$TMP/blast.json")
+    echo "{\"count\":$LASTN,\"bytes\":0,\"first_unix_ns\":${S:-0},\"last_unix_ns\":$LAST_CHANGE_NS,\"cpu_ticks\":$SUB_TICKS}" >"$TMP/count.json"
+elif [ -n "$COUNT_PID" ]; then
     # The subscriber stops at COUNT messages or after IDLE_SECS without one.
     wait "$COUNT_PID" || COUNT_RC=$?
     [ "$COUNT_RC" = 0 ] || { cat "$TMP/count.log" >&2; echo "e2e.sh: nats_count exited with $COUNT_RC" >&2; }
