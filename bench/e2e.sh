@@ -247,7 +247,8 @@ elif [ "${OUTPUT#redis-}" != "$OUTPUT" ]; then
     # max_len above COUNT so that LLEN/XLEN count every event
     OUT_TOML="[outputs.redis]
 url = \"redis://127.0.0.1:$RPORT/0\"
-mode = \"${OUTPUT#redis-}\"
+mode = \"${OUTPUT#redis-}\""
+    [ "$OUTPUT" = redis-publish ] || OUT_TOML="$OUT_TOML
 key = \"dnstap\"
 max_len = $((COUNT * 2 + 100000))"
 elif [ "$OUTPUT" = nats ]; then
@@ -382,7 +383,8 @@ if [ "$OUTPUT" != nats ] && [ "$OUTPUT" != stdout ]; then
     SUB_TICKS=0
     if [ -n "$COUNT_PID" ]; then
         # COUNT_PID is timeout(1); its child is the subscriber
-        SUB_CHILD=$(cat "/proc/$COUNT_PID/task/$COUNT_PID/children" 2>/dev/null | awk '{ print $1 }')
+        SUB_CHILD=$({ cat "/proc/$COUNT_PID/task/$COUNT_PID/children" 2>/dev/null || true; } | awk '{ print $1 }')
+
         [ -z "$SUB_CHILD" ] || SUB_TICKS=$(cpu_ticks "$SUB_CHILD" 2>/dev/null || echo 0)
         stop "$COUNT_PID"
     fi
@@ -471,7 +473,7 @@ printf '  %-34s %s\n' \
     "published (broker)" "$PUBLISHED" \
     "dropped (broker)" "$DROPPED" \
     "malformed (broker)" "$MALFORMED" \
-    "received (nats_count)" "$RECV, avg $AVG_JSON B (client slow-consumer events: $SLOW; server slow consumers: $NATS_SLOW)" \
+    "received ($SUB_NAME)" "$RECV, avg $AVG_JSON B (client slow-consumer events: $SLOW; server slow consumers: $NATS_SLOW)" \
     "wall, first byte -> last message" "${WALL}s" \
     "end-to-end rate" "$E2E_RATE msg/s (received / wall)" \
     "broker CPU" "${CPU_S}s = ${CPU_US} µs/event decoded, ${CPU_US_PUB} µs/message published" \
