@@ -303,9 +303,10 @@ if [ "$OUTPUT" = nats ]; then
     PIDS+=("$COUNT_PID")
     wait_until 10 grep -q '^ready' "$TMP/count.log" || { cat "$TMP/count.log" >&2; die "subscriber not ready"; }
 elif [ "$OUTPUT" = mqtt0 ] || [ "$OUTPUT" = mqtt1 ]; then
-    # one "." line per message; QoS of the subscription = QoS of the output
+    # one "." line per message; QoS of the subscription = QoS of the output. No -C COUNT:
+    # it runs until stopped, so that its CPU can be read at the end
     timeout -k 5 "$((RUN_TIMEOUT + IDLE_SECS + 10))" mosquitto_sub -h 127.0.0.1 -p "$QPORT" \
-        -t 'dnstap/#' -q "${OUTPUT#mqtt}" -F . -C "$COUNT" >"$TMP/sub.out" 2>"$TMP/count.log" &
+        -t 'dnstap/#' -q "${OUTPUT#mqtt}" -F . >"$TMP/sub.out" 2>"$TMP/count.log" &
     COUNT_PID=$!
     PIDS+=("$COUNT_PID")
     sleep 0.5
