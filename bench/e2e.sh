@@ -226,7 +226,9 @@ jetstream = true
 stream = \"DNSTAP\""
 elif [ "$OUTPUT" = mqtt0 ] || [ "$OUTPUT" = mqtt1 ]; then
     QPORT=$(free_port)
-    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$QPORT" >"$TMP/mosquitto.conf"
+    # max_queued_messages 0: no limit on QoS 1 messages queued for a slow subscriber
+    # (default 1000, beyond which mosquitto drops them silently)
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n' "$QPORT" >"$TMP/mosquitto.conf"
     /usr/sbin/mosquitto -c "$TMP/mosquitto.conf" >"$TMP/mosquitto.log" 2>&1 &
     NATS_PID=$!
     PIDS+=("$NATS_PID")
