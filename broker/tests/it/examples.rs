@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::harness::*;
 use crate::mqtt::{Mosquitto, expected_topic};
-use crate::redis::{Redis, expected_channel};
+use crate::redis::Redis;
 
 const CAPTURE: &str = "kresd.fstrm";
 
@@ -220,7 +220,7 @@ fn python_nats_subscribe() {
         Some("subscribed"),
     );
     s.replay();
-    assert_summaries(&ex.finish(), &reference(), expected_channel);
+    assert_summaries(&ex.finish(), &reference(), expected_subject);
 }
 
 #[test]
@@ -270,7 +270,7 @@ fn python_redis_subscribe_pubsub() {
         Some("subscribed"),
     );
     s.replay();
-    assert_summaries(&ex.finish(), &reference(), expected_channel);
+    assert_summaries(&ex.finish(), &reference(), expected_subject);
 }
 
 /// Stream mode: the events are already in the stream when the consumer group is made;
@@ -337,7 +337,7 @@ fn shell_nats_sub() {
         Some("subscribed"),
     );
     s.replay();
-    assert_raw(&ex.finish(), &reference(), expected_channel);
+    assert_raw(&ex.finish(), &reference(), expected_subject);
 }
 
 #[test]
@@ -382,7 +382,7 @@ fn shell_redis_sub_pubsub() {
         Some("subscribed"),
     );
     s.replay();
-    assert_raw(&ex.finish(), &reference(), expected_channel);
+    assert_raw(&ex.finish(), &reference(), expected_subject);
 }
 
 #[test]

@@ -451,3 +451,45 @@ pub fn write_test_pki(dir: &Path) {
         std::fs::write(dir.join(f), pem).expect("write pki file");
     }
 }
+
+/// The default NATS subject (and Redis channel) of an event: `dnstap.<identity>.<operation>`,
+/// with the identity made one token as the broker does.
+pub fn expected_subject(ev: &serde_json::Value) -> String {
+    let id: String = ev["dnstap"]["identity"]
+        .as_str()
+        .unwrap_or("")
+        .chars()
+        .map(|c| {
+            if matches!(c, '.' | '*' | '>') || c.is_whitespace() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let id = if id.is_empty() {
+        "unknown".to_string()
+    } else {
+        id
+    };
+    let op = ev["dnstap"]["operation"]
+        .as_str()
+        .unwrap_or("")
+        .to_lowercase();
+    format!("dnstap.{id}.{op}")
+}
+
+/// Writes `broker.toml` in `dir`: a unix input at `sock` and one output table
+/// `[outputs.<output>]` with `body`.
+pub fn write_broker_config(dir: &Path, sock: &Path, output: &str, body: &str) -> PathBuf {
+    let p = dir.join("broker.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[inputs.local]\nurl = \"unix://{}\"\n\n[outputs.{output}]\n{body}",
+            sock.display()
+        ),
+    )
+    .expect("write broker.toml");
+    p
+}

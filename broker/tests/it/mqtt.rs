@@ -169,19 +169,6 @@ fn assert_same(name: &str, got: &[(String, String)], reference: &[serde_json::Va
     }
 }
 
-fn write_config(dir: &Path, sock: &Path, output: &str) -> PathBuf {
-    let p = dir.join("broker.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "[inputs.local]\nurl = \"unix://{}\"\n\n[outputs.mqtt]\n{output}",
-            sock.display()
-        ),
-    )
-    .expect("write broker.toml");
-    p
-}
-
 /// MQTT 3.1.1, QoS 0, from the command line: the capture arrives complete and in order.
 #[test]
 fn capture_arrives_on_mqtt() {
@@ -215,7 +202,7 @@ fn mqtt5_qos1_from_config_file() {
     let mq = Mosquitto::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
-    let cfg = write_config(
+    let cfg = write_config_mqtt(
         dir.path(),
         &sock,
         &format!(
@@ -268,7 +255,7 @@ fn oversize_events_are_dropped_and_counted() {
     let mq = Mosquitto::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
-    let cfg = write_config(
+    let cfg = write_config_mqtt(
         dir.path(),
         &sock,
         &format!("url = \"{}\"\nmax_packet_size = {LIMIT}\n", mq.url()),
@@ -354,7 +341,7 @@ fn mqtts_with_tls_ca() {
     });
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
-    let cfg = write_config(
+    let cfg = write_config_mqtt(
         dir.path(),
         &sock,
         &format!(
@@ -400,4 +387,8 @@ fn reconnects_after_server_restart() {
     let log = broker.log_text();
     assert_eq!(log.matches("MQTT disconnected").count(), 1, "{log}");
     assert_eq!(log.matches("MQTT connected").count(), 2, "{log}");
+}
+
+fn write_config_mqtt(dir: &Path, sock: &Path, body: &str) -> PathBuf {
+    write_broker_config(dir, sock, "mqtt", body)
 }

@@ -8,19 +8,6 @@ use futures::StreamExt;
 
 use crate::harness::*;
 
-fn write_config(dir: &Path, sock: &Path, output: &str) -> PathBuf {
-    let p = dir.join("broker.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "[inputs.local]\nurl = \"unix://{}\"\n\n[outputs.nats]\n{output}",
-            sock.display()
-        ),
-    )
-    .expect("write broker.toml");
-    p
-}
-
 fn write_server_conf(dir: &Path, body: &str) -> String {
     let p = dir.join("server.conf");
     std::fs::write(&p, body).expect("write server.conf");
@@ -83,7 +70,7 @@ async fn jetstream_stores_every_event_in_order() {
     let nats = Nats::start_with(&["-js", "-sd", store.path().to_str().expect("utf-8")]);
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
-    let cfg = write_config(
+    let cfg = write_config_nats(
         dir.path(),
         &sock,
         &format!(
@@ -144,7 +131,7 @@ async fn jetstream_unavailable_is_logged_and_retried() {
     let nats = Nats::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
-    let cfg = write_config(
+    let cfg = write_config_nats(
         dir.path(),
         &sock,
         &format!("url = \"{}\"\njetstream = true\n", nats.url),
@@ -175,7 +162,7 @@ async fn user_password_auth() {
     let conf = write_server_conf(dir.path(), "authorization { user: a, password: b }\n");
     let nats = Nats::start_with(&["-c", &conf]);
     let sock = dir.path().join("dnstap.sock");
-    let cfg = write_config(
+    let cfg = write_config_nats(
         dir.path(),
         &sock,
         &format!(
@@ -199,7 +186,7 @@ async fn user_password_auth() {
 
     let dir2 = tempfile::tempdir().expect("tempdir");
     let sock2 = dir2.path().join("dnstap.sock");
-    let cfg = write_config(
+    let cfg = write_config_nats(
         dir2.path(),
         &sock2,
         &format!(
@@ -237,7 +224,7 @@ async fn token_auth() {
     let conf = write_server_conf(dir.path(), "authorization { token: s3cret }\n");
     let nats = Nats::start_with(&["-c", &conf]);
     let sock = dir.path().join("dnstap.sock");
-    let cfg = write_config(
+    let cfg = write_config_nats(
         dir.path(),
         &sock,
         &format!("url = \"{}\"\ntoken = \"s3cret\"\n", nats.url),
@@ -274,7 +261,7 @@ async fn tls_with_ca() {
     let nats = Nats::start_with(&["-c", &conf]);
     let url = format!("tls://127.0.0.1:{}", nats.port());
     let sock = d.join("dnstap.sock");
-    let cfg = write_config(
+    let cfg = write_config_nats(
         d,
         &sock,
         &format!(
@@ -317,7 +304,7 @@ async fn mutual_tls_client_certificate() {
     let nats = Nats::start_with(&["-c", &conf]);
     let url = format!("tls://127.0.0.1:{}", nats.port());
     let sock = d.join("dnstap.sock");
-    let cfg = write_config(
+    let cfg = write_config_nats(
         d,
         &sock,
         &format!(
@@ -354,7 +341,7 @@ async fn jetstream_restart_is_survived() {
     let port = nats.port();
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
-    let cfg = write_config(
+    let cfg = write_config_nats(
         dir.path(),
         &sock,
         &format!("url = \"{}\"\njetstream = true\n", nats.url),
@@ -413,7 +400,7 @@ async fn nkey_auth() {
     let seed_file = dir.path().join("tapbus.nk");
     std::fs::write(&seed_file, format!("{SEED}\n")).expect("write seed");
     let sock = dir.path().join("dnstap.sock");
-    let cfg = write_config(
+    let cfg = write_config_nats(
         dir.path(),
         &sock,
         &format!(
@@ -434,4 +421,8 @@ async fn nkey_auth() {
     replay(&file, &sock).await;
     let got = collect(&mut sub, expected_count(name)).await;
     assert_same(name, &got, &reference_events(&file));
+}
+
+fn write_config_nats(dir: &Path, sock: &Path, body: &str) -> PathBuf {
+    write_broker_config(dir, sock, "nats", body)
 }

@@ -15,30 +15,6 @@ const CAPTURES: &[&str] = &[
     "unbound-tcp.fstrm",
 ];
 
-fn expected_subject(ev: &serde_json::Value) -> String {
-    let id = ev["dnstap"]["identity"].as_str().unwrap_or("");
-    let id: String = id
-        .chars()
-        .map(|c| {
-            if matches!(c, '.' | '*' | '>') || c.is_whitespace() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
-    let id = if id.is_empty() {
-        "unknown".to_string()
-    } else {
-        id
-    };
-    let op = ev["dnstap"]["operation"]
-        .as_str()
-        .unwrap_or("")
-        .to_lowercase();
-    format!("dnstap.{id}.{op}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn captures_over_unix_and_tcp_arrive_complete() {
     let nats = Nats::start();
