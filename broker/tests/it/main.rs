@@ -10,6 +10,7 @@ mod harness;
 mod malformed;
 mod mqtt;
 mod multi;
+mod nats_creds;
 mod nats_js;
 mod outage;
 mod redis;
