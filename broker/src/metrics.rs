@@ -52,6 +52,8 @@ pub struct Metrics {
     dns_malformed: Family<InputL, Counter>,
     malformed: Family<InputReasonL, Counter>,
     published: Family<OutputL, Counter>,
+    resent: Family<OutputL, Counter>,
+    inflight: Family<OutputL, Gauge>,
     dropped: Family<OutputReasonL, Counter>,
     queue_depth: Family<OutputL, Gauge>,
     queue_capacity: Family<OutputL, Gauge>,
@@ -83,6 +85,8 @@ impl Metrics {
             dns_malformed: Family::default(),
             malformed: Family::default(),
             published: Family::default(),
+            resent: Family::default(),
+            inflight: Family::default(),
             dropped: Family::default(),
             queue_depth: Family::default(),
             queue_capacity: Family::default(),
@@ -131,8 +135,18 @@ impl Metrics {
         );
         registry.register(
             "published",
-            "events handed to the bus by each output",
+            "events each output's bus has confirmed (NATS: marker echoed or JetStream ack; MQTT: written at QoS 0, PUBACK at QoS 1; Redis: pipeline reply)",
             m.published.clone(),
+        );
+        registry.register(
+            "resent",
+            "events sent again because the connection broke before the bus confirmed them (subscribers may see these twice)",
+            m.resent.clone(),
+        );
+        registry.register(
+            "inflight",
+            "events sent to the bus and held until it confirms them",
+            m.inflight.clone(),
         );
         registry.register(
             "dropped",
@@ -192,6 +206,8 @@ impl Metrics {
         };
         OutputMetrics {
             published: get(&self.published, &l),
+            resent: get(&self.resent, &l),
+            inflight: get(&self.inflight, &l),
             dropped_full: get(&self.dropped, &r("queue_full")),
             dropped_error: get(&self.dropped, &r("publish_error")),
             dropped_too_large: get(&self.dropped, &r("too_large")),
@@ -244,6 +260,8 @@ impl InputMetrics {
 #[derive(Clone, Debug)]
 pub struct OutputMetrics {
     pub published: Counter,
+    pub resent: Counter,
+    pub inflight: Gauge,
     pub dropped_full: Counter,
     pub dropped_error: Counter,
     pub dropped_too_large: Counter,

@@ -7,6 +7,15 @@
 //! down, `publish` waits for room in the client's channel; meanwhile our bounded queue fills
 //! and the fan-out drops and counts, so socket reads never wait for MQTT.
 //!
+//! Accounting: `published` counts an event when the server acknowledged it (QoS 1, PUBACK)
+//! or when it was written to the connection (QoS 0). When a connection breaks, rumqttc
+//! keeps the unacknowledged publishes and the requests still in its channel, but drops them
+//! when the new connection starts a fresh session; we take them out on the error and hand
+//! them back after the reconnect, so they are sent again (`tapbus_resent_total`; a
+//! subscriber may see such an event twice). With QoS 1 nothing is lost and `published +
+//! dropped` equals the events queued exactly; QoS 0 is at most once by definition: events
+//! written into a connection that then broke are lost without a trace.
+//!
 //! A packet larger than the limit would make rumqttc tear the connection down, so the size
 //! is checked first: an event whose PUBLISH packet would exceed `max_packet_size` (or the
 //! smaller limit an MQTT 5 server announces) is dropped and counted as `too_large`.
@@ -54,6 +63,7 @@ pub async fn run(name: String, spec: MqttSpec, mut rx: EventRx, m: OutputMetrics
     };
     let shared = Arc::new(Shared {
         limit: AtomicUsize::new(spec.max_packet_size),
+        handed: AtomicU64::new(0),
         done: AtomicU64::new(0),
     });
     let link = Link {
@@ -121,7 +131,7 @@ pub async fn run(name: String, spec: MqttSpec, mut rx: EventRx, m: OutputMetrics
             match client.publish(topic, qos, ev.json).await {
                 Ok(()) => {
                     handed += 1;
-                    m.published.inc();
+                    shared.handed.store(handed, Ordering::Relaxed);
                 }
                 Err(e) => {
                     m.dropped_error.inc();
@@ -145,8 +155,10 @@ pub async fn run(name: String, spec: MqttSpec, mut rx: EventRx, m: OutputMetrics
     }
     let pending = handed.saturating_sub(shared.done.load(Ordering::Relaxed));
     if pending > 0 {
-        tracing::warn!(output = %name, pending, "MQTT: events not confirmed sent at shutdown");
+        tracing::warn!(output = %name, pending, "MQTT: events not confirmed before shutdown; counted as dropped");
+        m.dropped_shutdown.inc_by(pending);
     }
+    m.inflight.set(0);
     if !driver.is_finished() {
         let _ = tokio::time::timeout_at(deadline, client.disconnect()).await;
         let grace = deadline.max(Instant::now() + Duration::from_millis(500));
@@ -161,6 +173,8 @@ pub async fn run(name: String, spec: MqttSpec, mut rx: EventRx, m: OutputMetrics
 struct Shared {
     /// Largest packet we may send: ours, or a smaller one announced by an MQTT 5 server.
     limit: AtomicUsize,
+    /// Publishes handed to the client.
+    handed: AtomicU64,
     /// Publishes completed: written (QoS 0) or acknowledged (QoS 1).
     done: AtomicU64,
 }
@@ -234,7 +248,18 @@ impl Link {
     }
 
     fn published(&self) {
-        self.shared.done.fetch_add(1, Ordering::Relaxed);
+        let done = self.shared.done.fetch_add(1, Ordering::Relaxed) + 1;
+        self.m.published.inc();
+        let handed = self.shared.handed.load(Ordering::Relaxed);
+        self.m.inflight.set(handed.saturating_sub(done) as i64);
+    }
+
+    /// Requests kept over a broken connection go out again on the new one.
+    fn restore(&self, n: usize) {
+        if n > 0 {
+            tracing::debug!(output = %self.name, requests = n, "MQTT: sending again what the broken connection had not confirmed");
+            self.m.resent.inc_by(n as u64);
+        }
     }
 
     /// Logs the error on a state change, then waits before the next poll reconnects.
@@ -257,15 +282,24 @@ impl Link {
 
 async fn drive_v4(mut el: rumqttc::EventLoop, mut link: Link) {
     use rumqttc::{Event, Packet};
+    let mut kept = std::collections::VecDeque::new();
     loop {
         match el.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => link.connected(None),
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                // rumqttc forgets its pending requests on a new session; give them back.
+                link.restore(kept.len());
+                el.pending.extend(kept.drain(..));
+                link.connected(None)
+            }
             Ok(Event::Incoming(Packet::PubAck(_))) if link.qos1 => link.published(),
             Ok(Event::Outgoing(Outgoing::Publish(_))) if !link.qos1 => link.published(),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(rumqttc::ConnectionError::RequestsDone) => return,
-            Err(e) => link.failed(e.to_string()).await,
+            Err(e) => {
+                kept.extend(el.pending.drain(..));
+                link.failed(e.to_string()).await
+            }
         }
     }
 }
@@ -273,9 +307,13 @@ async fn drive_v4(mut el: rumqttc::EventLoop, mut link: Link) {
 async fn drive_v5(mut el: rumqttc::v5::EventLoop, mut link: Link) {
     use rumqttc::v5::Event;
     use rumqttc::v5::mqttbytes::v5::Packet;
+    let mut kept = std::collections::VecDeque::new();
     loop {
         match el.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                // rumqttc forgets its pending requests on a new session; give them back.
+                link.restore(kept.len());
+                el.pending.extend(kept.drain(..));
                 link.connected(ack.properties.and_then(|p| p.max_packet_size))
             }
             Ok(Event::Incoming(Packet::PubAck(_))) if link.qos1 => link.published(),
@@ -283,7 +321,10 @@ async fn drive_v5(mut el: rumqttc::v5::EventLoop, mut link: Link) {
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(rumqttc::v5::ConnectionError::RequestsDone) => return,
-            Err(e) => link.failed(e.to_string()).await,
+            Err(e) => {
+                kept.extend(el.pending.drain(..));
+                link.failed(e.to_string()).await
+            }
         }
     }
 }

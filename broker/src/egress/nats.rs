@@ -1,25 +1,38 @@
-//! NATS publishing (async-nats): core publish (at most once) or JetStream (acknowledged).
+//! NATS publishing (async-nats): core publish or JetStream, with exact accounting.
 //!
-//! The client reconnects by itself. While it is disconnected, `publish` waits for room in
-//! the client's own buffer; meanwhile our bounded queue fills and the fan-out drops and
-//! counts, so socket reads never wait for NATS.
+//! The client reconnects by itself. Every event sent is held until the server has
+//! confirmed it (`tapbus_inflight`; core: at most the output's queue size, JetStream: its
+//! ack window); while the output holds that many it takes no more from its queue, so the
+//! queue fills and the fan-out drops and counts, and socket reads never wait for NATS.
+//!
+//! Core: events go out in windows of up to 1024 (or 20 ms), each closed by a marker
+//! published to the output's own inbox; the marker coming back on the same connection
+//! confirms the window (a server handles one connection in order). A window sent on a
+//! connection that broke is published again after the reconnect. So `published +
+//! dropped` equals the events queued exactly; after an outage a subscriber may see a few
+//! events twice (byte-identical copies, counted in `tapbus_resent_total`).
 //!
 //! JetStream: the stream is got or created at start (retried with backoff until it works),
 //! then each event is published with a `Nats-Msg-Id` (a per-process prefix and a sequence
-//! number, for the server's de-duplication) and its PubAck awaited in a bounded window:
-//! `published` counts acknowledged events, failed publishes and acks count `dropped_error`.
+//! number) and its PubAck awaited in a bounded window. A failed publish or ack sends the
+//! event again with the same id, which the server de-duplicates: the stream holds every
+//! acknowledged event once, and `published` counts acknowledged events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::IntoFuture;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use async_nats::{ConnectOptions, PublishErrorKind, Subject};
+use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use tapbus_config::{JetStreamSpec, NatsAuth, NatsSpec};
 use tapbus_proto::event::Summary;
 use tapbus_proto::subject::Template;
+use tokio::time::Instant;
 
 use crate::fanout::EventRx;
 use crate::metrics::OutputMetrics;
@@ -72,7 +85,7 @@ async fn options(name: &str, spec: &NatsSpec, m: &OutputMetrics) -> Result<Conne
         .name("tapbus-broker")
         .retry_on_initial_connect()
         .max_reconnects(None)
-        .client_capacity(8192)
+        .client_capacity(CLIENT_CAPACITY)
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |event| {
             let up = up.clone();
@@ -125,6 +138,204 @@ async fn options(name: &str, spec: &NatsSpec, m: &OutputMetrics) -> Result<Conne
     Ok(opts)
 }
 
+/// Unconfirmed core publishes, kept for a re-send until the server has confirmed them.
+///
+/// Core NATS has no acknowledgements, but a server handles one connection's messages in
+/// order: after a window of events we publish a marker to our own inbox, and when it comes
+/// back every event before it was processed by the server. A window is confirmed only if
+/// the connection it went out on is still the one the marker came back on (`connects` did
+/// not change); otherwise (the connection broke, the client reconnected) it is published
+/// again on the new connection. `published` counts confirmed events, so published +
+/// dropped equals the events queued, exactly; a re-sent event may reach a subscriber twice
+/// (byte-identical) if the old connection delivered it before breaking.
+struct Window {
+    marker: u64,
+    connects: u64,
+    opened: Instant,
+    events: Vec<(Subject, Bytes)>,
+}
+
+struct Core<'a> {
+    name: &'a str,
+    client: &'a async_nats::Client,
+    stats: Arc<async_nats::Statistics>,
+    inbox: Subject,
+    m: &'a OutputMetrics,
+    /// Windows sent, oldest first, waiting for their marker.
+    sent: VecDeque<Window>,
+    /// The window being filled.
+    open: Option<Window>,
+    /// Events held in `sent` and `open`.
+    held: usize,
+    next_marker: u64,
+    warned_unconfirmed: bool,
+    /// At most this many unconfirmed events are held (the output's queue size).
+    max_held: usize,
+}
+
+impl<'a> Core<'a> {
+    fn connects(&self) -> u64 {
+        self.stats.connects.load(Ordering::Relaxed)
+    }
+
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Publishes one event into the open window.
+    async fn publish(&mut self, subject: Subject, payload: Bytes) {
+        if self.open.is_none() {
+            self.open = Some(Window {
+                marker: 0,
+                connects: self.connects(),
+                opened: Instant::now(),
+                events: Vec::with_capacity(WINDOW),
+            });
+        }
+        match self.client.publish(subject.clone(), payload.clone()).await {
+            Ok(()) => {
+                if let Some(w) = self.open.as_mut() {
+                    w.events.push((subject, payload));
+                    self.held += 1;
+                }
+            }
+            Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                self.m.dropped_too_large.inc();
+                tracing::warn!(output = %self.name, %subject, "event larger than the server's max_payload; dropped");
+            }
+            Err(e) => {
+                // The client is closed: nothing more can be sent.
+                self.m.dropped_error.inc();
+                tracing::warn!(output = %self.name, "NATS publish failed: {e}");
+            }
+        }
+        if self.open.as_ref().is_some_and(|w| w.events.len() >= WINDOW) {
+            self.close().await;
+        }
+    }
+
+    /// Closes the open window with a marker.
+    async fn close(&mut self) {
+        let Some(mut w) = self.open.take() else {
+            return;
+        };
+        if w.events.is_empty() {
+            return;
+        }
+        self.next_marker += 1;
+        w.marker = self.next_marker;
+        w.opened = Instant::now();
+        let _ = self
+            .client
+            .publish(self.inbox.clone(), Bytes::from(w.marker.to_string()))
+            .await;
+        self.sent.push_back(w);
+    }
+
+    /// A marker came back: its window is confirmed if its connection is the current one.
+    /// Windows before it whose markers were lost are published again.
+    async fn marker(&mut self, payload: &[u8]) {
+        let Some(n) = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            return;
+        };
+        let now = self.connects();
+        while self.sent.front().is_some_and(|w| w.marker <= n) {
+            let Some(w) = self.sent.pop_front() else {
+                break;
+            };
+            if w.marker == n && w.connects == now {
+                self.held -= w.events.len();
+                self.m.published.inc_by(w.events.len() as u64);
+            } else {
+                self.resend(w).await;
+            }
+        }
+    }
+
+    /// Periodic check: windows sent before a reconnect are published again once connected;
+    /// a window whose marker never returns on an intact connection (the user may not
+    /// publish or subscribe to its inbox) is taken as delivered, with a warning.
+    async fn tick(&mut self) {
+        self.m.inflight.set(self.held as i64);
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|w| w.opened.elapsed() >= WINDOW_AGE)
+        {
+            self.close().await;
+        }
+        if !self.connected() {
+            return;
+        }
+        let now = self.connects();
+        while let Some(w) = self.sent.front() {
+            if w.connects != now {
+                if let Some(w) = self.sent.pop_front() {
+                    self.resend(w).await;
+                }
+            } else if w.opened.elapsed() >= MARKER_TIMEOUT {
+                if !self.warned_unconfirmed {
+                    self.warned_unconfirmed = true;
+                    tracing::warn!(output = %self.name, inbox = %self.inbox, "NATS did not echo the delivery marker on an intact connection (may this user publish and subscribe to _INBOX.>?); counting such windows as published");
+                }
+                if let Some(w) = self.sent.pop_front() {
+                    self.held -= w.events.len();
+                    self.m.published.inc_by(w.events.len() as u64);
+                }
+            } else {
+                break;
+            }
+        }
+    }
+
+    async fn resend(&mut self, w: Window) {
+        self.held -= w.events.len();
+        self.m.resent.inc_by(w.events.len() as u64);
+        tracing::debug!(output = %self.name, events = w.events.len(), "NATS window not confirmed; publishing it again");
+        // Publish what is open first, so the re-sent window keeps its own connection mark.
+        self.close().await;
+        for (s, p) in w.events {
+            self.publish(s, p).await;
+        }
+        self.close().await;
+    }
+
+    fn full(&self) -> bool {
+        self.held >= self.max_held
+    }
+
+    /// At shutdown: waits (bounded) for every window; what stays unconfirmed is counted as
+    /// dropped at shutdown.
+    async fn finish(&mut self, markers: &mut async_nats::Subscriber) {
+        self.close().await;
+        let deadline = Instant::now() + SHUTDOWN_WAIT;
+        while self.held > 0 && Instant::now() < deadline {
+            tokio::select! {
+                Some(msg) = markers.next() => self.marker(&msg.payload).await,
+                _ = tokio::time::sleep(TICK) => self.tick().await,
+            }
+        }
+        if self.held > 0 {
+            tracing::warn!(output = %self.name, events = self.held, "NATS did not confirm these events before shutdown; counted as dropped");
+            self.m.dropped_shutdown.inc_by(self.held as u64);
+            self.held = 0;
+        }
+    }
+}
+
+/// Commands the client buffers for its connection (publishes wait when it is full).
+const CLIENT_CAPACITY: usize = 16384;
+/// Events per window (one marker round trip each).
+const WINDOW: usize = 1024;
+/// A window is closed after this long even if not full, so slow streams are confirmed too.
+const WINDOW_AGE: Duration = Duration::from_millis(20);
+const MARKER_TIMEOUT: Duration = Duration::from_secs(10);
+const TICK: Duration = Duration::from_millis(50);
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
 async fn run_core(
     name: &str,
     client: &async_nats::Client,
@@ -132,25 +343,51 @@ async fn run_core(
     rx: &mut EventRx,
     m: &OutputMetrics,
 ) {
+    let inbox = Subject::from(client.new_inbox());
+    let mut markers = loop {
+        match client.subscribe(inbox.clone()).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(output = %name, "NATS subscribe to the marker inbox failed: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let mut core = Core {
+        name,
+        client,
+        stats: client.statistics(),
+        inbox,
+        m,
+        sent: VecDeque::new(),
+        open: None,
+        held: 0,
+        next_marker: 0,
+        warned_unconfirmed: false,
+        // Unconfirmed events held for a re-send: as many as the queue holds. When full, the
+        // output stops taking events, its queue fills, and the fan-out drops and counts.
+        max_held: rx.max_capacity().max(WINDOW),
+    };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
-        for ev in batch.drain(..) {
-            let subj = subjects.get(&ev.summary);
-            match client.publish(subj.clone(), ev.json).await {
-                Ok(()) => {
-                    m.published.inc();
+    loop {
+        tokio::select! {
+            biased;
+            Some(msg) = markers.next() => core.marker(&msg.payload).await,
+            _ = tick.tick() => core.tick().await,
+            n = rx.recv_many(&mut batch, BATCH), if !core.full() => {
+                if n == 0 {
+                    break;
                 }
-                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                    m.dropped_too_large.inc();
-                    tracing::warn!(output = %name, subject = %subj, "event larger than the server's max_payload; dropped");
-                }
-                Err(e) => {
-                    m.dropped_error.inc();
-                    tracing::warn!(output = %name, "NATS publish failed: {e}");
+                for ev in batch.drain(..) {
+                    let subj = subjects.get(&ev.summary);
+                    core.publish(subj, ev.json).await;
                 }
             }
         }
     }
+    core.finish(&mut markers).await;
 }
 
 /// Gets or creates the stream, retrying with backoff. `false` if the queue closed first.
@@ -197,10 +434,20 @@ async fn ensure_stream(
     }
 }
 
+/// An event sent to JetStream and held until its PubAck arrives.
+struct Pending {
+    subject: Subject,
+    payload: Bytes,
+    id: String,
+}
+
 type AckFuture = std::pin::Pin<
     Box<
         dyn Future<
-                Output = Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+                Output = (
+                    Pending,
+                    Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+                ),
             > + Send,
     >,
 >;
@@ -222,27 +469,96 @@ impl Health<'_> {
     fn fail(&mut self, what: &str, e: &dyn std::fmt::Display) {
         if !self.failing {
             self.failing = true;
-            tracing::warn!(output = %self.name, "JetStream {what} failed: {e}; counting dropped events until it works again");
+            tracing::warn!(output = %self.name, "JetStream {what} failed: {e}; sending unacknowledged events again (same Nats-Msg-Id) until it works");
         }
     }
 }
 
-fn settle(
-    res: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
-    m: &OutputMetrics,
-    h: &mut Health<'_>,
-) {
-    match res {
-        Ok(_) => {
-            m.published.inc();
-            h.ok();
+/// JetStream publishing: every event is held until its PubAck; a failed publish or ack
+/// (connection lost, timeout, no stream) sends the event again with the same `Nats-Msg-Id`,
+/// which the server de-duplicates, so the stream holds it once. `published` counts acks.
+struct Js<'a> {
+    name: &'a str,
+    ctx: jetstream::Context,
+    m: &'a OutputMetrics,
+    h: Health<'a>,
+    window: usize,
+    inflight: FuturesOrdered<AckFuture>,
+    retry: VecDeque<Pending>,
+    retry_at: Instant,
+    backoff: Duration,
+}
+
+impl Js<'_> {
+    fn held(&self) -> usize {
+        self.inflight.len() + self.retry.len()
+    }
+
+    /// Sends one event; on failure it waits in `retry`.
+    async fn send(&mut self, p: Pending) {
+        let msg = PublishMessage::build()
+            .payload(p.payload.clone())
+            .message_id(p.id.clone());
+        match self.ctx.send_publish(p.subject.clone(), msg).await {
+            Ok(ack) => {
+                let fut = ack.into_future();
+                self.inflight
+                    .push_back(Box::pin(async move { (p, fut.await) }));
+            }
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
+                self.m.dropped_too_large.inc();
+                tracing::warn!(output = %self.name, subject = %p.subject, "event larger than the server's max_payload; dropped");
+            }
+            Err(e) => {
+                self.h.fail("publish", &e);
+                self.failed(p);
+            }
         }
-        Err(e) => {
-            m.dropped_error.inc();
-            h.fail("ack", &e);
+    }
+
+    fn failed(&mut self, p: Pending) {
+        self.retry.push_back(p);
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(JS_MAX_BACKOFF);
+    }
+
+    fn settle(
+        &mut self,
+        p: Pending,
+        res: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+    ) {
+        match res {
+            Ok(_) => {
+                self.m.published.inc();
+                self.h.ok();
+                self.backoff = JS_MIN_BACKOFF;
+            }
+            Err(e) => {
+                self.h.fail("ack", &e);
+                self.failed(p);
+            }
+        }
+    }
+
+    /// Sends held events again, as far as the window allows.
+    async fn resend(&mut self) {
+        while self.inflight.len() < self.window {
+            let Some(p) = self.retry.pop_front() else {
+                break;
+            };
+            self.m.resent.inc();
+            let before = self.retry.len();
+            self.send(p).await;
+            if self.retry.len() > before {
+                // Failed again: wait for the backoff.
+                break;
+            }
         }
     }
 }
+
+const JS_MIN_BACKOFF: Duration = Duration::from_millis(250);
+const JS_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 async fn run_jetstream(
     name: &str,
@@ -254,7 +570,7 @@ async fn run_jetstream(
 ) {
     let ctx = jetstream::ContextBuilder::new()
         .timeout(Duration::from_secs(10))
-        .ack_timeout(Duration::from_secs(10))
+        .ack_timeout(Duration::from_secs(5))
         .max_ack_inflight(js.ack_window)
         .backpressure_on_inflight(true)
         .build(client.clone());
@@ -266,58 +582,66 @@ async fn run_jetstream(
     }
     let prefix = msg_id_prefix();
     let mut seq: u64 = 0;
-    let mut h = Health {
+    let mut s = Js {
         name,
-        failing: false,
+        ctx,
+        m,
+        h: Health {
+            name,
+            failing: false,
+        },
+        window: js.ack_window,
+        inflight: FuturesOrdered::new(),
+        retry: VecDeque::new(),
+        retry_at: Instant::now(),
+        backoff: JS_MIN_BACKOFF,
     };
-    let mut inflight: FuturesOrdered<AckFuture> = FuturesOrdered::new();
     let mut batch = Vec::with_capacity(BATCH);
     loop {
+        m.inflight.set(s.held() as i64);
         tokio::select! {
             biased;
-            Some(res) = inflight.next(), if !inflight.is_empty() => settle(res, m, &mut h),
-            n = rx.recv_many(&mut batch, BATCH), if inflight.len() < js.ack_window => {
+            Some((p, res)) = s.inflight.next(), if !s.inflight.is_empty() => s.settle(p, res),
+            _ = tokio::time::sleep_until(s.retry_at), if !s.retry.is_empty() && s.inflight.len() < s.window => {
+                s.resend().await;
+            }
+            n = rx.recv_many(&mut batch, BATCH.min(s.window)), if s.retry.is_empty() && s.inflight.len() < s.window => {
                 if n == 0 {
                     break;
                 }
                 for ev in batch.drain(..) {
-                    while inflight.len() >= js.ack_window {
-                        if let Some(res) = inflight.next().await {
-                            settle(res, m, &mut h);
+                    while s.inflight.len() >= s.window {
+                        if let Some((p, res)) = s.inflight.next().await {
+                            s.settle(p, res);
                         }
                     }
                     seq += 1;
-                    let subj = subjects.get(&ev.summary);
-                    let msg = PublishMessage::build()
-                        .payload(ev.json)
-                        .message_id(format!("{prefix}-{seq}"));
-                    match ctx.send_publish(subj.clone(), msg).await {
-                        Ok(ack) => inflight.push_back(ack.into_future()),
-                        Err(e) if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
-                            m.dropped_too_large.inc();
-                            tracing::warn!(output = %name, subject = %subj, "event larger than the server's max_payload; dropped");
-                        }
-                        Err(e) => {
-                            m.dropped_error.inc();
-                            h.fail("publish", &e);
-                        }
-                    }
+                    let p = Pending {
+                        subject: subjects.get(&ev.summary),
+                        payload: ev.json,
+                        id: format!("{prefix}-{seq}"),
+                    };
+                    s.send(p).await;
                 }
             }
         }
     }
-    // Queue closed: wait (bounded) for the acks still outstanding.
-    let drain = async {
-        while let Some(res) = inflight.next().await {
-            settle(res, m, &mut h);
+    // Queue closed: wait (bounded) for the acks still outstanding, re-sending as needed.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while s.held() > 0 && Instant::now() < deadline {
+        tokio::select! {
+            biased;
+            Some((p, res)) = s.inflight.next(), if !s.inflight.is_empty() => s.settle(p, res),
+            _ = tokio::time::sleep_until(s.retry_at.min(deadline)), if !s.retry.is_empty() => s.resend().await,
+            _ = tokio::time::sleep_until(deadline) => {}
         }
-    };
-    if tokio::time::timeout(Duration::from_secs(15), drain)
-        .await
-        .is_err()
-    {
-        tracing::warn!(output = %name, "JetStream acks at shutdown timed out");
     }
+    let left = s.held();
+    if left > 0 {
+        tracing::warn!(output = %name, events = left, "JetStream did not acknowledge these events before shutdown; counted as dropped");
+        m.dropped_shutdown.inc_by(left as u64);
+    }
+    m.inflight.set(0);
 }
 
 /// A prefix unique to this process run, so message ids never repeat across restarts

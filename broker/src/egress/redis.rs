@@ -2,10 +2,12 @@
 //!
 //! Each batch drained from the queue goes out as one pipeline: `PUBLISH` per event (pub/sub
 //! mode), one `RPUSH` plus `LTRIM` (list mode, the Logstash convention: consumers pop from
-//! the left), or `XADD … MAXLEN ~ n` per event (stream mode). A failed pipeline counts its
-//! whole batch as `dropped_error` (its outcome is unknown) and backs off; meanwhile our
-//! bounded queue fills and the fan-out drops and counts, so socket reads never wait for
-//! Redis.
+//! the left), or `XADD … MAXLEN ~ n` per event (stream mode). The batch is held until Redis
+//! replies: a failed pipeline (its outcome unknown) backs off and is sent again, counted in
+//! `tapbus_resent_total` (events it had applied before the connection broke appear twice,
+//! byte-identical). Meanwhile our bounded queue fills and the fan-out drops and counts, so
+//! socket reads never wait for Redis, and `published + dropped` equals the events queued.
+//! A reply means applied; durable only as far as the server's own persistence (AOF).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -65,24 +67,31 @@ pub async fn run(name: String, spec: RedisSpec, mut rx: EventRx, m: OutputMetric
         }
         let pipe = writer.pipeline(&batch);
         batch.clear();
-        match link.send(&pipe).await {
-            Ok(()) => {
-                m.published.inc_by(n as u64);
-            }
-            Err(wait) => {
-                m.dropped_error.inc_by(n as u64);
-                if rx.is_closed() {
-                    // Shutting down with Redis failing: do not wait out backoffs for the
-                    // rest of the queue.
-                    let rest = drop_all(&mut rx, &m).await;
-                    if rest > 0 {
-                        tracing::warn!(output = %name, "Redis unavailable at shutdown; {rest} queued events dropped");
-                    }
+        m.inflight.set(n as i64);
+        // The batch is held until Redis has replied to its pipeline: a failed pipeline (its
+        // outcome unknown) is sent again after the backoff, so nothing is lost.
+        loop {
+            match link.send(&pipe).await {
+                Ok(()) => {
+                    m.published.inc_by(n as u64);
                     break;
                 }
-                tokio::time::sleep(wait).await;
+                Err(wait) => {
+                    if rx.is_closed() {
+                        // Shutting down with Redis failing: do not wait out backoffs for
+                        // the rest of the queue.
+                        m.dropped_error.inc_by(n as u64);
+                        let rest = drop_all(&mut rx, &m).await;
+                        tracing::warn!(output = %name, "Redis unavailable at shutdown; {} events dropped", rest + n as u64);
+                        m.inflight.set(0);
+                        return;
+                    }
+                    tokio::time::sleep(wait).await;
+                    m.resent.inc_by(n as u64);
+                }
             }
         }
+        m.inflight.set(0);
     }
 }
 

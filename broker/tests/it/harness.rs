@@ -49,6 +49,24 @@ pub struct Proc {
     pub child: Child,
 }
 
+impl Proc {
+    /// Stops the process the way `kill PID` does (SIGTERM) and waits for it to exit.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -412,6 +430,11 @@ impl Nats {
             _proc: p,
             url: format!("nats://127.0.0.1:{port}"),
         }
+    }
+
+    /// Stops the server with SIGTERM (it closes its connections and stores) and waits.
+    pub fn terminate(mut self) {
+        self._proc.terminate();
     }
 
     pub fn port(&self) -> u16 {

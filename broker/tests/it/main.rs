@@ -2,6 +2,7 @@
 //! the tapbus-broker binary, and subscribers. Run by `scripts/test.sh` (and so by CI),
 //! which installs the Debian packages they need.
 
+mod accounting;
 mod cli;
 mod dial;
 mod dns_server;

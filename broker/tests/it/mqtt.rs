@@ -25,7 +25,7 @@ impl Mosquitto {
 
     /// Listens on `port` (plain MQTT, what the subscriber uses) plus whatever `extra`
     /// configures (more listeners).
-    fn start_with(port: u16, extra: &str) -> Mosquitto {
+    pub(crate) fn start_with(port: u16, extra: &str) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("mosquitto.conf");
         let log = dir.path().join("mosquitto.log");
@@ -57,6 +57,11 @@ impl Mosquitto {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         m
+    }
+
+    /// Stops mosquitto with SIGTERM and waits.
+    pub(crate) fn terminate(mut self) {
+        self.proc.terminate();
     }
 
     pub(crate) fn url(&self) -> String {
