@@ -185,9 +185,13 @@ impl<'a> Core<'a> {
     /// Publishes one event into the open window.
     async fn publish(&mut self, subject: Subject, payload: Bytes) {
         if self.open.is_none() {
+            // The connection these events go out on: the current one, or while disconnected
+            // (also before the first connect) the next one: the client buffers until then.
+            let c = self.connects();
+            let connects = if self.connected() { c } else { c + 1 };
             self.open = Some(Window {
                 marker: 0,
-                connects: self.connects(),
+                connects,
                 opened: Instant::now(),
                 events: Vec::with_capacity(WINDOW),
             });
@@ -272,7 +276,7 @@ impl<'a> Core<'a> {
         }
         let now = self.connects();
         while let Some(w) = self.sent.front() {
-            if w.connects != now {
+            if now > w.connects {
                 if let Some(w) = self.sent.pop_front() {
                     self.resend(w).await;
                 }
