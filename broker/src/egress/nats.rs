@@ -14,9 +14,11 @@
 //!
 //! JetStream: the stream is got or created at start (retried with backoff until it works),
 //! then each event is published with a `Nats-Msg-Id` (a per-process prefix and a sequence
-//! number) and its PubAck awaited in a bounded window. A failed publish or ack sends the
-//! event again with the same id, which the server de-duplicates: the stream holds every
-//! acknowledged event once, and `published` counts acknowledged events.
+//! number), in batches of up to 64 whose last event carries a reply subject: its PubAck
+//! confirms the batch (the stream stores one connection's messages in order), and up to
+//! `ack_window` events await acks at once. A failed publish or ack sends the batch again
+//! with the same ids, which the server de-duplicates: the stream holds every acknowledged
+//! event once, and `published` counts acknowledged events.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::IntoFuture;
@@ -438,18 +440,32 @@ async fn ensure_stream(
     }
 }
 
-/// An event sent to JetStream and held until its PubAck arrives.
+/// An event sent to JetStream and held until the server has acknowledged it.
 struct Pending {
     subject: Subject,
     payload: Bytes,
     id: String,
+    /// Times the server refused it (not counting lost connections and timeouts).
+    rejects: u8,
+}
+
+/// A refusal (no stream for the subject, a stream limit, a permission) is retried at once,
+/// this many times in all, then the event is dropped and counted as `publish_error`: a
+/// refused subject must not stall the output. Lost connections and ack timeouts are
+/// retried without limit, with backoff.
+const MAX_REJECTS: u8 = 3;
+
+/// Events published in order on one connection, the last one with a reply subject: its
+/// PubAck confirms the whole batch (a stream stores one connection's messages in order).
+struct Batch {
+    events: Vec<Pending>,
 }
 
 type AckFuture = std::pin::Pin<
     Box<
         dyn Future<
                 Output = (
-                    Pending,
+                    Batch,
                     Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
                 ),
             > + Send,
@@ -478,81 +494,171 @@ impl Health<'_> {
     }
 }
 
-/// JetStream publishing: every event is held until its PubAck; a failed publish or ack
-/// (connection lost, timeout, no stream) sends the event again with the same `Nats-Msg-Id`,
-/// which the server de-duplicates, so the stream holds it once. `published` counts acks.
+/// JetStream publishing. Every event carries a `Nats-Msg-Id`; events go out in chunks of
+/// up to [`ACK_EVERY`], the last with a reply subject whose PubAck confirms the chunk (one
+/// ack per chunk instead of one per event: less work for the server and the broker). Only
+/// events on subjects the stream has already acknowledged go out without a reply, so an
+/// event on a subject no stream stores is never counted as published. A failed publish or ack (connection
+/// lost, timeout, no stream) sends the whole batch again with the same ids, which the
+/// server de-duplicates, so the stream holds every event once. `published` counts
+/// acknowledged events.
 struct Js<'a> {
     name: &'a str,
+    client: async_nats::Client,
     ctx: jetstream::Context,
     m: &'a OutputMetrics,
     h: Health<'a>,
+    /// Most events sent and not yet acknowledged.
     window: usize,
     inflight: FuturesOrdered<AckFuture>,
+    /// Events in `inflight`.
+    held: usize,
     retry: VecDeque<Pending>,
     retry_at: Instant,
     backoff: Duration,
+    /// Subjects the stream has acknowledged an event on.
+    proven: std::collections::HashSet<Box<str>, rustc_hash::FxBuildHasher>,
+    warned_refused: bool,
 }
+
+/// Events per acknowledged batch.
+const ACK_EVERY: usize = 64;
 
 impl Js<'_> {
     fn held(&self) -> usize {
-        self.inflight.len() + self.retry.len()
+        self.held + self.retry.len()
     }
 
-    /// Sends one event; on failure it waits in `retry`.
-    async fn send(&mut self, p: Pending) {
-        let msg = PublishMessage::build()
-            .payload(p.payload.clone())
-            .message_id(p.id.clone());
-        match self.ctx.send_publish(p.subject.clone(), msg).await {
-            Ok(ack) => {
-                let fut = ack.into_future();
-                self.inflight
-                    .push_back(Box::pin(async move { (p, fut.await) }));
+    /// Sends a chunk of events. An event goes out plainly (no reply) only if its subject is
+    /// known to be stored by the stream (an ack on that subject came back) and it is not
+    /// the chunk's last; otherwise it gets a reply subject, and its PubAck confirms it and
+    /// the plain ones sent since the previous acknowledged one. Failed events wait in
+    /// `retry`.
+    async fn send(&mut self, events: Vec<Pending>) {
+        let n = events.len();
+        let mut run: Vec<Pending> = Vec::new();
+        for (i, p) in events.into_iter().enumerate() {
+            if i + 1 < n && self.proven.contains(p.subject.as_str()) {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, p.id.as_str());
+                match self
+                    .client
+                    .publish_with_headers(p.subject.clone(), headers, p.payload.clone())
+                    .await
+                {
+                    Ok(()) => run.push(p),
+                    Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                        self.m.dropped_too_large.inc();
+                        tracing::warn!(output = %self.name, subject = %p.subject, "event larger than the server's max_payload; dropped");
+                    }
+                    Err(e) => {
+                        self.h.fail("publish", &e);
+                        run.push(p);
+                    }
+                }
+                continue;
             }
-            Err(e) if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
-                self.m.dropped_too_large.inc();
-                tracing::warn!(output = %self.name, subject = %p.subject, "event larger than the server's max_payload; dropped");
-            }
-            Err(e) => {
-                self.h.fail("publish", &e);
-                self.failed(p);
+            let mut batch = std::mem::take(&mut run);
+            let msg = PublishMessage::build()
+                .payload(p.payload.clone())
+                .message_id(p.id.clone());
+            match self.ctx.send_publish(p.subject.clone(), msg).await {
+                Ok(ack) => {
+                    batch.push(p);
+                    self.held += batch.len();
+                    let fut = ack.into_future();
+                    let batch = Batch { events: batch };
+                    self.inflight
+                        .push_back(Box::pin(async move { (batch, fut.await) }));
+                }
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
+                    self.m.dropped_too_large.inc();
+                    tracing::warn!(output = %self.name, subject = %p.subject, "event larger than the server's max_payload; dropped");
+                    // The plain ones before it have no ack to confirm them: send again.
+                    self.failed(batch);
+                }
+                Err(e) => {
+                    self.h.fail("publish", &e);
+                    batch.push(p);
+                    self.failed(batch);
+                }
             }
         }
     }
 
-    fn failed(&mut self, p: Pending) {
-        self.retry.push_back(p);
-        self.retry_at = Instant::now() + self.backoff;
-        self.backoff = (self.backoff * 2).min(JS_MAX_BACKOFF);
+    /// Queues events for a re-send: after the backoff, or at once after a refusal.
+    fn failed(&mut self, events: Vec<Pending>) {
+        self.requeue(events, true);
+    }
+
+    fn requeue(&mut self, events: Vec<Pending>, backoff: bool) {
+        if events.is_empty() {
+            return;
+        }
+        self.retry.extend(events);
+        if backoff {
+            self.retry_at = Instant::now() + self.backoff;
+            self.backoff = (self.backoff * 2).min(JS_MAX_BACKOFF);
+        }
     }
 
     fn settle(
         &mut self,
-        p: Pending,
+        batch: Batch,
         res: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
     ) {
+        self.held -= batch.events.len();
         match res {
             Ok(_) => {
-                self.m.published.inc();
+                self.m.published.inc_by(batch.events.len() as u64);
+                if let Some(last) = batch.events.last() {
+                    if self.proven.len() >= SubjectCache::MAX {
+                        self.proven.clear();
+                    }
+                    self.proven.insert(last.subject.as_str().into());
+                }
                 self.h.ok();
                 self.backoff = JS_MIN_BACKOFF;
             }
             Err(e) => {
                 self.h.fail("ack", &e);
-                self.failed(p);
+                // Prove the subjects again (the stream may have changed).
+                self.proven.clear();
+                let mut events = batch.events;
+                let transient = matches!(
+                    e.kind(),
+                    jetstream::context::PublishErrorKind::TimedOut
+                        | jetstream::context::PublishErrorKind::BrokenPipe
+                );
+                if !transient {
+                    // The server refused the event the ack was for (the plain ones before it
+                    // are on proven subjects, probably stored: sent again, the server
+                    // de-duplicates them). It is retried a bounded number of times.
+                    if let Some(last) = events.last_mut() {
+                        last.rejects += 1;
+                        if last.rejects >= MAX_REJECTS {
+                            events.pop();
+                            self.m.dropped_error.inc();
+                            if !self.warned_refused {
+                                self.warned_refused = true;
+                                tracing::warn!(output = %self.name, "JetStream kept refusing an event ({e}); dropped after {MAX_REJECTS} attempts (further ones are only counted, reason=\"publish_error\")");
+                            }
+                        }
+                    }
+                }
+                self.requeue(events, transient);
             }
         }
     }
 
     /// Sends held events again, as far as the window allows.
     async fn resend(&mut self) {
-        while self.inflight.len() < self.window {
-            let Some(p) = self.retry.pop_front() else {
-                break;
-            };
-            self.m.resent.inc();
+        while self.held < self.window && !self.retry.is_empty() {
+            let n = self.retry.len().min(ACK_EVERY).min(self.window - self.held);
+            let batch: Vec<Pending> = self.retry.drain(..n).collect();
+            self.m.resent.inc_by(batch.len() as u64);
             let before = self.retry.len();
-            self.send(p).await;
+            self.send(batch).await;
             if self.retry.len() > before {
                 // Failed again: wait for the backoff.
                 break;
@@ -575,7 +681,9 @@ async fn run_jetstream(
     let ctx = jetstream::ContextBuilder::new()
         .timeout(Duration::from_secs(10))
         .ack_timeout(Duration::from_secs(5))
-        .max_ack_inflight(js.ack_window)
+        // At most one ack per held event: never more than the window, so sending never waits
+        // on a permit that only our own (not yet polled) ack futures would release.
+        .max_ack_inflight(js.ack_window.max(ACK_EVERY))
         .backpressure_on_inflight(true)
         .build(client.clone());
     if !ensure_stream(name, &ctx, js, rx).await {
@@ -588,44 +696,51 @@ async fn run_jetstream(
     let mut seq: u64 = 0;
     let mut s = Js {
         name,
+        client: client.clone(),
         ctx,
         m,
         h: Health {
             name,
             failing: false,
         },
-        window: js.ack_window,
+        window: js.ack_window.max(ACK_EVERY),
         inflight: FuturesOrdered::new(),
+        held: 0,
         retry: VecDeque::new(),
         retry_at: Instant::now(),
         backoff: JS_MIN_BACKOFF,
+        proven: Default::default(),
+        warned_refused: false,
     };
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         m.inflight.set(s.held() as i64);
+        let room = s.window.saturating_sub(s.held);
         tokio::select! {
             biased;
-            Some((p, res)) = s.inflight.next(), if !s.inflight.is_empty() => s.settle(p, res),
-            _ = tokio::time::sleep_until(s.retry_at), if !s.retry.is_empty() && s.inflight.len() < s.window => {
+            Some((b, res)) = s.inflight.next(), if !s.inflight.is_empty() => s.settle(b, res),
+            _ = tokio::time::sleep_until(s.retry_at), if !s.retry.is_empty() && room > 0 => {
                 s.resend().await;
             }
-            n = rx.recv_many(&mut batch, BATCH.min(s.window)), if s.retry.is_empty() && s.inflight.len() < s.window => {
+            n = rx.recv_many(&mut batch, room.min(BATCH)), if s.retry.is_empty() && room > 0 => {
                 if n == 0 {
                     break;
                 }
-                for ev in batch.drain(..) {
-                    while s.inflight.len() >= s.window {
-                        if let Some((p, res)) = s.inflight.next().await {
-                            s.settle(p, res);
-                        }
-                    }
+                let mut events = batch.drain(..).map(|ev| {
                     seq += 1;
-                    let p = Pending {
+                    Pending {
                         subject: subjects.get(&ev.summary),
                         payload: ev.json,
                         id: format!("{prefix}-{seq}"),
-                    };
-                    s.send(p).await;
+                        rejects: 0,
+                    }
+                });
+                loop {
+                    let chunk: Vec<Pending> = events.by_ref().take(ACK_EVERY).collect();
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    s.send(chunk).await;
                 }
             }
         }
@@ -635,7 +750,7 @@ async fn run_jetstream(
     while s.held() > 0 && Instant::now() < deadline {
         tokio::select! {
             biased;
-            Some((p, res)) = s.inflight.next(), if !s.inflight.is_empty() => s.settle(p, res),
+            Some((b, res)) = s.inflight.next(), if !s.inflight.is_empty() => s.settle(b, res),
             _ = tokio::time::sleep_until(s.retry_at.min(deadline)), if !s.retry.is_empty() => s.resend().await,
             _ = tokio::time::sleep_until(deadline) => {}
         }

@@ -426,3 +426,78 @@ async fn nkey_auth() {
 fn write_config_nats(dir: &Path, sock: &Path, body: &str) -> PathBuf {
     write_broker_config(dir, sock, "nats", body)
 }
+
+/// A stream that stores only some subjects: events on the others are never counted as
+/// published (no ack ever confirms them); they are retried a bounded number of times, then
+/// dropped and counted as `publish_error`. The stream holds exactly the events it covers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_subjects_outside_the_stream_are_counted_not_published() {
+    let store = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start_with(&["-js", "-sd", store.path().to_str().expect("utf-8")]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("dnstap.sock");
+    let cfg = write_config_nats(
+        dir.path(),
+        &sock,
+        &format!(
+            "url = \"{}\"\njetstream = true\nstream_subjects = [\"dnstap.*.client_query\"]\n",
+            nats.url
+        ),
+    );
+    let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
+    broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
+    let name = "kresd.fstrm";
+    let file = capture(name);
+    let reference = reference_events(&file);
+    let covered: Vec<&serde_json::Value> = reference
+        .iter()
+        .filter(|e| expected_subject(e).ends_with(".client_query"))
+        .collect();
+    let others = reference.len() - covered.len();
+    assert!(!covered.is_empty() && others > 0, "{name} has both kinds");
+    replay(&file, &sock).await;
+    let l = ["output=\"nats\""];
+    let t0 = std::time::Instant::now();
+    loop {
+        let p = broker.metric("tapbus_published_total", &l);
+        let d = broker.metric("tapbus_dropped_total", &l);
+        if p + d == reference.len() as f64 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "published {p} + dropped {d} != {}\n{}",
+            reference.len(),
+            broker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        broker.metric("tapbus_published_total", &l),
+        covered.len() as f64
+    );
+    assert_eq!(
+        broker.metric(
+            "tapbus_dropped_total",
+            &["output=\"nats\"", "reason=\"publish_error\""]
+        ),
+        others as f64
+    );
+    let client = async_nats::connect(&nats.url).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("DNSTAP").await.expect("stream exists");
+    let info = stream.info().await.expect("stream info");
+    assert_eq!(info.state.messages, covered.len() as u64);
+    let mut got = Vec::new();
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        let m = stream.get_raw_message(seq).await.expect("stored message");
+        got.push(serde_json::from_slice::<serde_json::Value>(&m.payload).expect("JSON event"));
+    }
+    let covered: Vec<serde_json::Value> = covered.into_iter().cloned().collect();
+    assert_same(name, &got, &covered);
+    assert!(
+        broker.log_text().contains("dropped after 3 attempts"),
+        "{}",
+        broker.log_text()
+    );
+}
