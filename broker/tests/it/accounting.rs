@@ -18,7 +18,6 @@
 use std::collections::HashSet;
 use std::net::TcpStream as StdTcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,6 +29,8 @@ use tokio::task::JoinHandle;
 
 use crate::harness::*;
 use crate::mqtt::Mosquitto;
+use crate::nats_js::stream_messages;
+use crate::redis::spawn_redis;
 
 /// Events sent per test: 6000 at 2000/s, the outage from 1 s to about 2.5 s.
 const SENT: usize = 6000;
@@ -162,33 +163,6 @@ async fn send_paced(sock: PathBuf, frames: Vec<Bytes>) {
     assert_eq!(read_control(&mut s).await.kind, ControlType::Finish);
 }
 
-/// Waits until the output has settled every event: `published + dropped == sent`.
-/// Returns (published, dropped).
-async fn settled(broker: &Broker, output: &str, sent: usize) -> (usize, usize) {
-    let label = format!("output=\"{output}\"");
-    let t0 = Instant::now();
-    loop {
-        let p = broker.metric("tapbus_published_total", &[&label]);
-        let d = broker.metric("tapbus_dropped_total", &[&label]);
-        let held = broker.metric("tapbus_inflight", &[&label]);
-        assert!(
-            p + d <= sent as f64,
-            "{output}: published {p} + dropped {d} exceeds the {sent} events sent\n{}",
-            broker.metrics()
-        );
-        if p + d == sent as f64 && held == 0.0 {
-            return (p as usize, d as usize);
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "{output}: not settled: published {p} + dropped {d} != {sent}, inflight {held}\n{}\n{}",
-            broker.metrics(),
-            broker.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The exact equation, on the subscriber's side.
 fn assert_exact(
     output: &str,
@@ -241,6 +215,28 @@ fn broker_for(dir: &Path, output: &str, body: &str) -> (Broker, PathBuf) {
     let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
     broker.wait_metric("tapbus_output_up", &[&format!("output=\"{output}\"")], 1.0);
     (broker, sock)
+}
+
+/// Adds what arrives to `got` until it holds `want` distinct payloads or 3 s pass without
+/// one, then whatever late copies come within 300 ms.
+async fn drain_distinct(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    want: usize,
+    got: &mut Vec<Vec<u8>>,
+) {
+    let mut distinct: HashSet<Vec<u8>> = got.iter().cloned().collect();
+    while distinct.len() < want {
+        match tokio::time::timeout(Duration::from_secs(3), rx.recv()).await {
+            Ok(Some(p)) => {
+                distinct.insert(p.clone());
+                got.push(p);
+            }
+            _ => break,
+        }
+    }
+    while let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+        got.push(p);
+    }
 }
 
 /// A NATS subscriber that reconnects by itself; `resubscribed` proves (by a round trip of
@@ -298,22 +294,7 @@ impl NatsCollector {
     /// Everything received until `want` distinct payloads or 3 s of silence.
     async fn drain(&mut self, want: usize) -> Vec<Vec<u8>> {
         let mut got = Vec::new();
-        let mut distinct = HashSet::new();
-        while distinct.len() < want {
-            match tokio::time::timeout(Duration::from_secs(3), self.events.recv()).await {
-                Ok(Some(p)) => {
-                    distinct.insert(p.clone());
-                    got.push(p);
-                }
-                _ => break,
-            }
-        }
-        // Late duplicates.
-        while let Ok(Some(p)) =
-            tokio::time::timeout(Duration::from_millis(300), self.events.recv()).await
-        {
-            got.push(p);
-        }
+        drain_distinct(&mut self.events, want, &mut got).await;
         got
     }
 }
@@ -342,7 +323,7 @@ async fn nats_core_outage_is_counted_exactly() {
     gate.open();
     sender.await.expect("sender");
 
-    let (published, dropped) = settled(&broker, "nats", SENT).await;
+    let (published, dropped) = broker.wait_settled("nats", SENT);
     let got = sub.drain(published).await;
     assert_exact("nats", &broker, &got, &reference, published, dropped);
     let log = broker.log_text();
@@ -377,21 +358,16 @@ async fn jetstream_outage_is_counted_exactly() {
     gate.open();
     sender.await.expect("sender");
 
-    let (published, dropped) = settled(&broker, "nats", SENT).await;
+    let (published, dropped) = broker.wait_settled("nats", SENT);
     // The stream is what was received: read it all back.
-    let client = async_nats::connect(&nats.url).await.expect("connect");
-    let js = async_nats::jetstream::new(client);
-    let mut stream = js.get_stream("DNSTAP").await.expect("stream exists");
-    let stored = stream.info().await.expect("info").state.messages as usize;
-    let mut got = Vec::with_capacity(stored);
-    for seq in 1..=stream.info().await.expect("info").state.last_sequence {
-        if let Ok(m) = stream.get_raw_message(seq).await {
-            got.push(m.payload.to_vec());
-        }
-    }
-    assert_eq!(got.len(), stored);
+    let got: Vec<Vec<u8>> = stream_messages(&nats.url, "DNSTAP")
+        .await
+        .iter()
+        .map(|m| m.payload.to_vec())
+        .collect();
     assert_eq!(
-        stored, published,
+        got.len(),
+        published,
         "the stream holds every acknowledged event once (Nats-Msg-Id de-duplication)"
     );
     assert_exact("nats", &broker, &got, &reference, published, dropped);
@@ -443,21 +419,7 @@ impl MqttCollector {
     }
 
     async fn drain(&mut self, want: usize, got: &mut Vec<Vec<u8>>) {
-        let mut distinct: HashSet<Vec<u8>> = got.iter().cloned().collect();
-        while distinct.len() < want {
-            match tokio::time::timeout(Duration::from_secs(3), self.events.recv()).await {
-                Ok(Some(p)) => {
-                    distinct.insert(p.clone());
-                    got.push(p);
-                }
-                _ => break,
-            }
-        }
-        while let Ok(Some(p)) =
-            tokio::time::timeout(Duration::from_millis(300), self.events.recv()).await
-        {
-            got.push(p);
-        }
+        drain_distinct(&mut self.events, want, got).await;
     }
 }
 
@@ -491,7 +453,7 @@ async fn mqtt_qos1_outage_is_counted_exactly() {
     gate.open();
     sender.await.expect("sender");
 
-    let (published, dropped) = settled(&broker, "mqtt", SENT).await;
+    let (published, dropped) = broker.wait_settled("mqtt", SENT);
     let mut got = Vec::new();
     while let Ok(p) = before.events.try_recv() {
         got.push(p);
@@ -512,34 +474,18 @@ struct DurableRedis {
 
 impl DurableRedis {
     fn start(port: u16, dir: &Path) -> DurableRedis {
-        let child = Command::new(need("redis-server"))
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let r = DurableRedis {
-            proc: Proc { child },
+        let args = [
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ];
+        DurableRedis {
+            proc: spawn_redis(port, dir, &args),
             port,
-        };
-        // Ready when it answers PING (it may still be loading the AOF before that).
-        wait_until("redis-server", Duration::from_secs(10), || {
-            redis::Client::open(format!("redis://127.0.0.1:{port}"))
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok()
-        });
-        r
+        }
     }
 
     /// SIGKILL, as a crash.
@@ -573,7 +519,7 @@ async fn redis_crash_is_counted_exactly() {
     let _redis = DurableRedis::start(port, data.path());
     sender.await.expect("sender");
 
-    let (published, dropped) = settled(&broker, "redis", SENT).await;
+    let (published, dropped) = broker.wait_settled("redis", SENT);
     let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}"))
         .expect("client")
         .get_multiplexed_async_connection()

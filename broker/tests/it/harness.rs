@@ -160,6 +160,33 @@ impl Broker {
         sum_metric(&self.metrics(), name, labels)
     }
 
+    /// Waits (up to 60 s) until `output` has settled `total` events: `published + dropped
+    /// == total` with nothing in flight. Never more than `total`. Returns (published,
+    /// dropped).
+    pub fn wait_settled(&self, output: &str, total: usize) -> (usize, usize) {
+        let label = format!("output=\"{output}\"");
+        let t0 = Instant::now();
+        loop {
+            let m = self.metrics();
+            let p = sum_metric(&m, "tapbus_published_total", &[&label]);
+            let d = sum_metric(&m, "tapbus_dropped_total", &[&label]);
+            let held = sum_metric(&m, "tapbus_inflight", &[&label]);
+            assert!(
+                p + d <= total as f64,
+                "{output}: published {p} + dropped {d} exceeds the {total} events\n{m}"
+            );
+            if p + d == total as f64 && held == 0.0 {
+                return (p as usize, d as usize);
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{output}: not settled: published {p} + dropped {d} != {total}, inflight {held}\n{m}\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits until the metric reaches `at_least`.
     pub fn wait_metric(&self, name: &str, labels: &[&str], at_least: f64) {
         let t0 = Instant::now();

@@ -53,6 +53,25 @@ async fn collect(sub: &mut async_nats::Subscriber, n: usize) -> Vec<serde_json::
     out
 }
 
+/// Every message the stream holds, oldest first.
+pub(crate) async fn stream_messages(
+    url: &str,
+    name: &str,
+) -> Vec<async_nats::jetstream::message::StreamMessage> {
+    let client = async_nats::connect(url).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream(name).await.expect("stream exists");
+    let state = stream.info().await.expect("stream info").state.clone();
+    let mut out = Vec::with_capacity(state.messages as usize);
+    if state.messages > 0 {
+        for seq in state.first_sequence..=state.last_sequence {
+            out.push(stream.get_raw_message(seq).await.expect("stored message"));
+        }
+    }
+    assert_eq!(out.len() as u64, state.messages, "messages stored");
+    out
+}
+
 fn assert_same(name: &str, got: &[serde_json::Value], reference: &[serde_json::Value]) {
     assert_eq!(got.len(), reference.len(), "{name}: event count");
     let schema = validator();
@@ -107,13 +126,11 @@ async fn jetstream_stores_every_event_in_order() {
     let js = async_nats::jetstream::new(client);
     let mut stream = js.get_stream("DNSTAP").await.expect("stream exists");
     let info = stream.info().await.expect("stream info");
-    assert_eq!(info.state.messages, n as u64, "messages stored");
     assert_eq!(info.config.subjects, vec!["dnstap.>".to_string()]);
     assert_eq!(info.config.max_age, Duration::from_secs(3600));
     let mut got = Vec::with_capacity(n);
     let mut ids = std::collections::HashSet::new();
-    for seq in info.state.first_sequence..=info.state.last_sequence {
-        let m = stream.get_raw_message(seq).await.expect("stored message");
+    for m in stream_messages(&nats.url, "DNSTAP").await {
         let id = m
             .headers
             .get("Nats-Msg-Id")
@@ -456,26 +473,9 @@ async fn jetstream_subjects_outside_the_stream_are_counted_not_published() {
     let others = reference.len() - covered.len();
     assert!(!covered.is_empty() && others > 0, "{name} has both kinds");
     replay(&file, &sock).await;
-    let l = ["output=\"nats\""];
-    let t0 = std::time::Instant::now();
-    loop {
-        let p = broker.metric("tapbus_published_total", &l);
-        let d = broker.metric("tapbus_dropped_total", &l);
-        if p + d == reference.len() as f64 {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "published {p} + dropped {d} != {}\n{}",
-            reference.len(),
-            broker.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        broker.metric("tapbus_published_total", &l),
-        covered.len() as f64
-    );
+    let (published, dropped) = broker.wait_settled("nats", reference.len());
+    assert_eq!(published, covered.len());
+    assert_eq!(dropped, others);
     assert_eq!(
         broker.metric(
             "tapbus_dropped_total",
@@ -483,16 +483,11 @@ async fn jetstream_subjects_outside_the_stream_are_counted_not_published() {
         ),
         others as f64
     );
-    let client = async_nats::connect(&nats.url).await.expect("connect");
-    let js = async_nats::jetstream::new(client);
-    let mut stream = js.get_stream("DNSTAP").await.expect("stream exists");
-    let info = stream.info().await.expect("stream info");
-    assert_eq!(info.state.messages, covered.len() as u64);
-    let mut got = Vec::new();
-    for seq in info.state.first_sequence..=info.state.last_sequence {
-        let m = stream.get_raw_message(seq).await.expect("stored message");
-        got.push(serde_json::from_slice::<serde_json::Value>(&m.payload).expect("JSON event"));
-    }
+    let got: Vec<serde_json::Value> = stream_messages(&nats.url, "DNSTAP")
+        .await
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).expect("JSON event"))
+        .collect();
     let covered: Vec<serde_json::Value> = covered.into_iter().cloned().collect();
     assert_same(name, &got, &covered);
     assert!(

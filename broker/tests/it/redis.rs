@@ -24,19 +24,7 @@ impl Redis {
 
     fn start_on(port: u16) -> Redis {
         let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new(need("redis-server"))
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let p = Proc { child };
-        wait_until("redis-server", Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        let p = spawn_redis(port, dir.path(), &["--save", "", "--appendonly", "no"]);
         Redis {
             _proc: p,
             _dir: dir,
@@ -59,6 +47,29 @@ impl Redis {
             .await
             .expect("connect to redis")
     }
+}
+
+/// Starts redis-server on `port` with its files in `dir` and `args`, and waits until it
+/// answers PING (it may be loading its append-only file before that).
+pub(crate) fn spawn_redis(port: u16, dir: &Path, args: &[&str]) -> Proc {
+    let child = Command::new(need("redis-server"))
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn redis-server");
+    let p = Proc { child };
+    wait_until("redis-server", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+    });
+    p
 }
 
 fn parse(payload: &[u8]) -> serde_json::Value {
