@@ -156,19 +156,7 @@ async fn replay(file: &Path, sock: &Path) {
 
 async fn subscribe(creds: &str, url: &str) -> (async_nats::Client, async_nats::Subscriber) {
     let opts = async_nats::ConnectOptions::with_credentials(creds).expect("subscriber creds");
-    let client = tokio::time::timeout(
-        Duration::from_secs(10),
-        opts.subscription_capacity(1 << 20).connect(url),
-    )
-    .await
-    .expect("subscriber connects within 10s")
-    .expect("subscriber connect");
-    let sub = client
-        .subscribe("dnstap.>".to_string())
-        .await
-        .expect("subscribe");
-    client.flush().await.expect("flush");
-    (client, sub)
+    crate::nats_js::subscribe(opts, url).await
 }
 
 fn up(broker: &Broker) -> f64 {

@@ -22,8 +22,8 @@ async fn replay(file: &Path, sock: &Path) {
         .expect("replay");
 }
 
-/// Subscribes with the given options and collects up to `n` payloads (bounded waits).
-async fn subscribe(
+/// Subscribes to `dnstap.>` with the given options (bounded wait).
+pub(crate) async fn subscribe(
     opts: async_nats::ConnectOptions,
     url: &str,
 ) -> (async_nats::Client, async_nats::Subscriber) {
@@ -85,20 +85,14 @@ fn assert_same(name: &str, got: &[serde_json::Value], reference: &[serde_json::V
 /// order, equal to the in-process decode, with a Nats-Msg-Id; `published` counts the acks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_stores_every_event_in_order() {
-    let store = tempfile::tempdir().expect("tempdir");
-    let nats = Nats::start_with(&["-js", "-sd", store.path().to_str().expect("utf-8")]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sock = dir.path().join("dnstap.sock");
-    let cfg = write_config_nats(
-        dir.path(),
-        &sock,
-        &format!(
-            "url = \"{}\"\njetstream = true\nstream = \"DNSTAP\"\nstream_max_age = \"1h\"\nack_window = 256\n",
-            nats.url
-        ),
-    );
-    let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
-    broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
+    // The temporary directories are bound so they live to the end of the test.
+    let JsSetup {
+        nats,
+        broker,
+        sock,
+        _store,
+        _dir,
+    } = jetstream_setup("stream = \"DNSTAP\"\nstream_max_age = \"1h\"\nack_window = 256\n");
     let t0 = std::time::Instant::now();
     while !broker.log_text().contains("JetStream stream ready") {
         assert!(
@@ -444,11 +438,16 @@ fn write_config_nats(dir: &Path, sock: &Path, body: &str) -> PathBuf {
     write_broker_config(dir, sock, "nats", body)
 }
 
-/// A stream that stores only some subjects: events on the others are never counted as
-/// published (no ack ever confirms them); they are retried a bounded number of times, then
-/// dropped and counted as `publish_error`. The stream holds exactly the events it covers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jetstream_subjects_outside_the_stream_are_counted_not_published() {
+/// A JetStream nats-server and a broker publishing to it with the output settings `extra`.
+struct JsSetup {
+    nats: Nats,
+    broker: Broker,
+    sock: PathBuf,
+    _store: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+}
+
+fn jetstream_setup(extra: &str) -> JsSetup {
     let store = tempfile::tempdir().expect("tempdir");
     let nats = Nats::start_with(&["-js", "-sd", store.path().to_str().expect("utf-8")]);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -456,13 +455,32 @@ async fn jetstream_subjects_outside_the_stream_are_counted_not_published() {
     let cfg = write_config_nats(
         dir.path(),
         &sock,
-        &format!(
-            "url = \"{}\"\njetstream = true\nstream_subjects = [\"dnstap.*.client_query\"]\n",
-            nats.url
-        ),
+        &format!("url = \"{}\"\njetstream = true\n{extra}", nats.url),
     );
     let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
     broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
+    JsSetup {
+        nats,
+        broker,
+        sock,
+        _store: store,
+        _dir: dir,
+    }
+}
+
+/// A stream that stores only some subjects: events on the others are never counted as
+/// published (no ack ever confirms them); they are retried a bounded number of times, then
+/// dropped and counted as `publish_error`. The stream holds exactly the events it covers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_subjects_outside_the_stream_are_counted_not_published() {
+    // The temporary directories are bound so they live to the end of the test.
+    let JsSetup {
+        nats,
+        broker,
+        sock,
+        _store,
+        _dir,
+    } = jetstream_setup("stream_subjects = [\"dnstap.*.client_query\"]\n");
     let name = "kresd.fstrm";
     let file = capture(name);
     let reference = reference_events(&file);
