@@ -10,8 +10,10 @@
 #   --tcp        broker input tcp://127.0.0.1:PORT instead of unix:///TMP/dnstap.sock
 #   --stdout     no NATS: broker output `stdout` into /dev/null (the ingest + encode ceiling);
 #                the rate is then frames up to FINISH / time
-#   --raw-sub    subscriber speaks the NATS protocol itself (nats_count --raw, ~3x less CPU
-#                than async-nats), leaving more of the machine to the broker
+#   --raw-sub    cheaper subscriber, leaving more of the machine to the broker: for nats it
+#                speaks the NATS protocol itself (nats_count --raw, ~3x less CPU than
+#                async-nats); for redis-publish redis_count (RESP over one socket) replaces
+#                redis-cli psubscribe
 #   --baseline   also blast the same COUNT frames into fstrm_capture -w /dev/null (the floor)
 #   --no-build   do not run cargo build (use the binaries already in target/release)
 #   --perf FILE  record the broker with `perf record -g` during the run; report to FILE
@@ -42,6 +44,7 @@ BASELINE=0
 BUILD=1
 PERF_OUT=
 KEEP=0
+RAW=0
 RAW_SUB=()
 SUB_NAME=async-nats
 OUTPUT=nats
@@ -53,7 +56,7 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0 ;;
     --perf) PERF_OUT=${2:?--perf needs a file}; shift ;;
     --keep) KEEP=1 ;;
-    --raw-sub) RAW_SUB=(--raw); SUB_NAME=raw ;;
+    --raw-sub) RAW=1 ;;
     --stdout) OUTPUT=stdout; SUB_NAME=none ;;
     --output)
         OUTPUT=${2:?--output needs a kind}; shift
@@ -67,11 +70,21 @@ while [ $# -gt 0 ]; do
         *) echo "e2e.sh: unknown --output $OUTPUT" >&2; exit 2 ;;
         esac
         ;;
-    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "e2e.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
+# --raw-sub: the cheaper subscriber, where there is one
+if [ "$RAW" = 1 ]; then
+    case "$OUTPUT" in
+    nats) RAW_SUB=(--raw); SUB_NAME=raw ;;
+    redis-publish) SUB_NAME=redis_count ;;
+    esac
+fi
+# the subscriber stops by itself and writes count.json (nats_count, redis_count)
+SELF_COUNTING=0
+if [ "$OUTPUT" = nats ] || [ "$SUB_NAME" = redis_count ]; then SELF_COUNTING=1; fi
 
 die() { echo "e2e.sh: $*" >&2; exit 1; }
 
@@ -134,7 +147,7 @@ if [ "$BUILD" = 1 ]; then
     PIDS+=("$BUILD_PID")
     wait "$BUILD_PID" || die "build failed"
 fi
-for b in tapbus-broker examples/fstrm_blast examples/nats_count; do
+for b in tapbus-broker examples/fstrm_blast examples/nats_count examples/redis_count; do
     [ -x "$REL/$b" ] || die "missing $REL/$b (run without --no-build)"
 done
 BUILT=$(date -u -r "$REL/tapbus-broker" +%FT%TZ 2>/dev/null || echo unknown)
@@ -312,6 +325,13 @@ elif [ "$OUTPUT" = mqtt0 ] || [ "$OUTPUT" = mqtt1 ]; then
     COUNT_PID=$!
     PIDS+=("$COUNT_PID")
     sleep 0.5
+elif [ "$SUB_NAME" = redis_count ]; then
+    timeout -k 5 "$((RUN_TIMEOUT + IDLE_SECS + 10))" "$REL/examples/redis_count" \
+        --server "127.0.0.1:$RPORT" --pattern 'dnstap.*' --expect "$COUNT" \
+        --idle-secs "$IDLE_SECS" --start-secs "$RUN_TIMEOUT" >"$TMP/count.json" 2>"$TMP/count.log" &
+    COUNT_PID=$!
+    PIDS+=("$COUNT_PID")
+    wait_until 10 grep -q '^ready' "$TMP/count.log" || { cat "$TMP/count.log" >&2; die "subscriber not ready"; }
 elif [ "$OUTPUT" = redis-publish ]; then
     # redis-cli prints 4 lines per message (pmessage, pattern, channel, payload)
     timeout -k 5 "$((RUN_TIMEOUT + IDLE_SECS + 10))" redis-cli -p "$RPORT" psubscribe 'dnstap.*' \
@@ -367,7 +387,7 @@ run_bg timeout -k 5 "$RUN_TIMEOUT" "$REL/examples/fstrm_blast" --file "$CAPTURE"
 [ "$BLAST_RC" = 0 ] || { cat "$TMP/blast.log" >&2; echo "e2e.sh: fstrm_blast exited with $BLAST_RC" >&2; }
 
 COUNT_RC=0
-if [ "$OUTPUT" != nats ] && [ "$OUTPUT" != stdout ]; then
+if [ "$SELF_COUNTING" = 0 ] && [ "$OUTPUT" != stdout ]; then
     # Poll the bus until it holds COUNT messages or stops growing for IDLE_SECS after the
     # broker has published or dropped every event; the last arrival is when the count
     # last changed (poll every 0.05 s).
@@ -399,7 +419,7 @@ if [ "$OUTPUT" != nats ] && [ "$OUTPUT" != stdout ]; then
 elif [ -n "$COUNT_PID" ]; then
     # The subscriber stops at COUNT messages or after IDLE_SECS without one.
     wait "$COUNT_PID" || COUNT_RC=$?
-    [ "$COUNT_RC" = 0 ] || { cat "$TMP/count.log" >&2; echo "e2e.sh: nats_count exited with $COUNT_RC" >&2; }
+    [ "$COUNT_RC" = 0 ] || { cat "$TMP/count.log" >&2; echo "e2e.sh: $SUB_NAME subscriber exited with $COUNT_RC" >&2; }
 else
     # stdout: wait until every decoded event is written or dropped (FINISH came after the
     # last frame was decoded), then use the blaster's time to FINISH as the wall time.
@@ -434,6 +454,12 @@ else
 fi
 
 # ---- figures ------------------------------------------------------------------------------
+case "$OUTPUT" in
+mqtt*) BUS_NAME=mosquitto ;;
+redis*) BUS_NAME=redis-server ;;
+stdout) BUS_NAME=none ;;
+*) BUS_NAME=nats-server ;;
+esac
 SENT=$(json_num frames "$TMP/blast.json"); SENT=${SENT:-0}
 BLAST_SECS=$(json_num seconds "$TMP/blast.json"); BLAST_SECS=${BLAST_SECS:-0}
 BLAST_RATE=$(json_num frames_per_sec "$TMP/blast.json"); BLAST_RATE=${BLAST_RATE:-0}
@@ -484,7 +510,7 @@ printf '  %-34s %s\n' \
     "end-to-end rate" "$E2E_RATE msg/s (received / wall)" \
     "broker CPU" "${CPU_S}s = ${CPU_US} µs/event decoded, ${CPU_US_PUB} µs/message published" \
     "broker write syscalls, ctx switches" "$((SYSCW1 - SYSCW0)) writes (to NATS), $((CTX1 - CTX0)) context switches" \
-    "other CPU" "nats-server ${NATS_CPU_S}s, fstrm_blast ${BLAST_CPU_S}s, nats_count ${COUNT_CPU_S}s" \
+    "other CPU" "$BUS_NAME ${NATS_CPU_S}s, fstrm_blast ${BLAST_CPU_S}s, subscriber ($SUB_NAME) ${COUNT_CPU_S}s" \
     "broker peak RSS (VmHWM)" "$HWM_MIB MiB (sampled max $((${PEAK_SAMPLED_KIB:-0} / 1024)) MiB)"
 echo "  broker threads (CPU seconds during the run):"
 awk -v tck="$CLK_TCK" 'NR == FNR { a[$1] = $NF; next } { d = ($NF - a[$1]) / tck; if (d > 0.005) printf "    %-8s %-20s %.2f\n", $1, $2, d }' \

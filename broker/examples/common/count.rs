@@ -1,0 +1,100 @@
+//! Shared by the counting examples (`nats_count`, `redis_count`): the tally of received
+//! messages, the JSON line they print, and small helpers.
+//!
+//! Included with `#[path = "common/count.rs"] mod count;` (cargo does not build a file in a
+//! subdirectory of `examples/` as an example of its own unless it is `main.rs`).
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+pub fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// utime + stime of this process, in clock ticks (from /proc/self/stat; 0 if unavailable).
+pub fn self_cpu_ticks() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    tick(11) + tick(12)
+}
+
+/// Position of the first `\r\n` in `b` (of its `\r`), if any.
+pub fn find_crlf(b: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = b[from..].iter().position(|&c| c == b'\r') {
+        let at = from + i;
+        match b.get(at + 1) {
+            Some(b'\n') => return Some(at),
+            Some(_) => from = at + 1,
+            None => return None,
+        }
+    }
+    None
+}
+
+#[derive(Default)]
+pub struct Tally {
+    pub count: u64,
+    pub bytes: u64,
+    pub first_ns: u128,
+    pub first: Option<Instant>,
+    pub last: Option<Instant>,
+    pub slow: u64,
+    pub disconnects: u64,
+    pub errors: u64,
+    pub ended: &'static str,
+}
+
+impl Tally {
+    /// Records `n` messages of `bytes` bytes in all, received now.
+    pub fn add(&mut self, n: u64, bytes: u64) {
+        let t = Instant::now();
+        if self.first.is_none() {
+            self.first_ns = now_ns();
+            self.first = Some(t);
+        }
+        self.last = Some(t);
+        self.count += n;
+        self.bytes += bytes;
+    }
+
+    /// Prints the result as one JSON line on stdout.
+    pub fn print(&self, expect: u64) {
+        // The last message's monotonic instant as wall-clock time.
+        let last_ns = self
+            .last
+            .map(|l| now_ns().saturating_sub(l.elapsed().as_nanos()))
+            .unwrap_or(0);
+        let secs = match (self.first, self.last) {
+            (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
+            _ => 0.0,
+        };
+        println!(
+            "{{\"count\":{},\"bytes\":{},\"first_unix_ns\":{},\"last_unix_ns\":{},\"seconds\":{:.6},\"msgs_per_sec\":{:.0},\"slow_consumer_events\":{},\"disconnects\":{},\"errors\":{},\"ended\":\"{}\",\"complete\":{},\"cpu_ticks\":{}}}",
+            self.count,
+            self.bytes,
+            self.first_ns,
+            last_ns,
+            secs,
+            if secs > 0.0 {
+                self.count as f64 / secs
+            } else {
+                0.0
+            },
+            self.slow,
+            self.disconnects,
+            self.errors,
+            self.ended,
+            expect != 0 && self.count >= expect,
+            self_cpu_ticks()
+        );
+    }
+}
