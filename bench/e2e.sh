@@ -22,7 +22,9 @@
 #   relative to the repo root), IDLE_SECS (subscriber idle timeout, default 5),
 #   RUN_TIMEOUT (seconds allowed for the blast and for the subscriber, default 300),
 #   RATE (pace the sender at RATE frames/s; default 0 = as fast as possible),
-#   TAPBUS_LOG (broker log filter, default warn).
+#   TAPBUS_LOG (broker log filter, default warn), ACK_WINDOW (jetstream: the output's ack_window;
+#   default: the broker's default), QUEUE (the output's queue size, --output kinds other than nats;
+#   default: the broker's default, 16384).
 #
 # Prints a human summary and one final line `RESULT {json}`.
 # Installs nothing. Every process it starts is stopped by PID on exit.
@@ -236,7 +238,8 @@ if [ "$OUTPUT" = jetstream ]; then
     OUT_TOML="[outputs.nats]
 url = \"nats://127.0.0.1:$NPORT\"
 jetstream = true
-stream = \"DNSTAP\""
+stream = \"DNSTAP\"${ACK_WINDOW:+
+ack_window = $ACK_WINDOW}"
 elif [ "$OUTPUT" = mqtt0 ] || [ "$OUTPUT" = mqtt1 ]; then
     QPORT=$(free_port)
     # max_queued_messages 0: no limit on QoS 1 messages queued for a slow subscriber
@@ -290,6 +293,10 @@ else
     SOCK="$TMP/dnstap.sock"
     INPUT="unix://$SOCK"
     BLAST_TARGET=(--unix "$SOCK")
+fi
+if [ -n "${OUT_TOML:-}" ] && [ -n "${QUEUE:-}" ]; then
+    OUT_TOML="$OUT_TOML
+queue = $QUEUE"
 fi
 if [ -n "${OUT_TOML:-}" ]; then
     printf '[inputs.bench]\nurl = "%s"\n\n%s\n' "$INPUT" "$OUT_TOML" >"$TMP/broker.toml"

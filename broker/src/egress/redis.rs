@@ -9,9 +9,13 @@
 //! socket reads never wait for Redis, and `published + dropped` equals the events queued.
 //! A reply means applied; durable only as far as the server's own persistence (AOF).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use tokio::time::Instant;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Pipeline, RedisError, streams::StreamMaxlen};
@@ -49,51 +53,73 @@ pub async fn run(name: String, spec: RedisSpec, mut rx: EventRx, m: OutputMetric
 
     let mut writer = Writer::new(spec.mode);
     let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
+    // Pipelines sent and awaiting their replies (the connection is multiplexed: several can
+    // be on the wire at once, so Redis never waits for the broker's next batch), and failed
+    // ones waiting for the backoff. Each is held until Redis replied to it: a failed
+    // pipeline (its outcome unknown) is sent again, so nothing is lost.
+    let mut inflight: FuturesOrdered<PipeFuture> = FuturesOrdered::new();
+    let mut failed: VecDeque<(Arc<Pipeline>, usize)> = VecDeque::new();
+    let mut held = 0usize;
+    let mut retry_at = Instant::now();
+    let mut closed = false;
     loop {
-        let n = if link.is_up() {
-            rx.recv_many(&mut batch, BATCH).await
-        } else {
-            // Down and idle: probe now and then, so `up` recovers without traffic.
-            tokio::select! {
-                n = rx.recv_many(&mut batch, BATCH) => n,
-                _ = tokio::time::sleep(link.backoff) => {
-                    link.probe().await;
-                    continue;
-                }
-            }
-        };
-        if n == 0 {
+        m.inflight.set(held as i64);
+        if closed && inflight.is_empty() && failed.is_empty() {
             break;
         }
-        let pipe = writer.pipeline(&batch);
-        batch.clear();
-        m.inflight.set(n as i64);
-        // The batch is held until Redis has replied to its pipeline: a failed pipeline (its
-        // outcome unknown) is sent again after the backoff, so nothing is lost.
-        loop {
-            match link.send(&pipe).await {
-                Ok(()) => {
-                    m.published.inc_by(n as u64);
-                    break;
-                }
-                Err(wait) => {
-                    if rx.is_closed() {
-                        // Shutting down with Redis failing: do not wait out backoffs for
-                        // the rest of the queue.
-                        m.dropped_error.inc_by(n as u64);
-                        let rest = drop_all(&mut rx, &m).await;
-                        tracing::warn!(output = %name, "Redis unavailable at shutdown; {} events dropped", rest + n as u64);
-                        m.inflight.set(0);
-                        return;
+        tokio::select! {
+            biased;
+            Some((pipe, n, res)) = inflight.next(), if !inflight.is_empty() => {
+                match link.outcome(res) {
+                    Ok(()) => {
+                        held -= n;
+                        m.published.inc_by(n as u64);
                     }
-                    tokio::time::sleep(wait).await;
-                    m.resent.inc_by(n as u64);
+                    Err(wait) => {
+                        failed.push_back((pipe, n));
+                        retry_at = Instant::now() + wait;
+                    }
                 }
             }
+            _ = tokio::time::sleep_until(retry_at), if !failed.is_empty() && inflight.is_empty() => {
+                if closed {
+                    // Shutting down with Redis failing: do not wait out backoffs.
+                    let lost: usize = failed.drain(..).map(|(_, n)| n).sum();
+                    held -= lost;
+                    m.dropped_error.inc_by(lost as u64);
+                    tracing::warn!(output = %name, "Redis unavailable at shutdown; {lost} events dropped");
+                    continue;
+                }
+                for (pipe, n) in failed.drain(..) {
+                    m.resent.inc_by(n as u64);
+                    inflight.push_back(link.send(pipe, n));
+                }
+            }
+            // Down and idle: probe now and then, so `up` recovers without traffic.
+            _ = tokio::time::sleep(link.backoff), if !link.is_up() && inflight.is_empty() && failed.is_empty() && !closed => {
+                link.probe().await;
+            }
+            n = rx.recv_many(&mut batch, BATCH), if !closed && failed.is_empty() && inflight.len() < MAX_PIPELINES => {
+                if n == 0 {
+                    closed = true;
+                    continue;
+                }
+                let pipe = Arc::new(writer.pipeline(&batch));
+                batch.clear();
+                held += n;
+                inflight.push_back(link.send(pipe, n));
+            }
         }
-        m.inflight.set(0);
     }
+    m.inflight.set(0);
 }
+
+type PipeFuture = std::pin::Pin<
+    Box<dyn Future<Output = (Arc<Pipeline>, usize, Result<(), RedisError>)> + Send>,
+>;
+
+/// Pipelines awaiting replies at once.
+const MAX_PIPELINES: usize = 4;
 
 /// Counts everything left in the queue as failed; returns how many.
 async fn drop_all(rx: &mut EventRx, m: &OutputMetrics) -> u64 {
@@ -151,9 +177,13 @@ impl Link {
         let _ = self.outcome(r);
     }
 
-    async fn send(&mut self, pipe: &Pipeline) -> Result<(), Duration> {
-        let r = pipe.exec_async(&mut self.con).await;
-        self.outcome(r)
+    /// Sends a pipeline of `n` events on the (shared, multiplexed) connection.
+    fn send(&self, pipe: Arc<Pipeline>, n: usize) -> PipeFuture {
+        let mut con = self.con.clone();
+        Box::pin(async move {
+            let r = pipe.exec_async(&mut con).await;
+            (pipe, n, r)
+        })
     }
 
     /// Records the outcome of an exchange; on failure returns how long to back off.
