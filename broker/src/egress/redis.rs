@@ -1,9 +1,9 @@
 //! Redis publishing (redis-rs, through a reconnecting `ConnectionManager`).
 //!
 //! Each batch drained from the queue goes out as one pipeline (two may await their replies
-//! at once): `PUBLISH` per event (pub/sub
-//! mode), one `RPUSH` plus `LTRIM` (list mode, the Logstash convention: consumers pop from
-//! the left), or `XADD … MAXLEN ~ n` per event (stream mode). The batch is held until Redis
+//! at once): `PUBLISH` per event (pub/sub mode), one `RPUSH` plus `LTRIM` (list mode, the
+//! Logstash convention: consumers pop from the left), or `XADD … MAXLEN ~ n` per event
+//! (stream mode). The batch is held until Redis
 //! replies: a failed pipeline (its outcome unknown) backs off and is sent again, counted in
 //! `tapbus_resent_total` (events it had applied before the connection broke appear twice,
 //! byte-identical). Meanwhile our bounded queue fills and the fan-out drops and counts, so
