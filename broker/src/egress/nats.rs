@@ -5,7 +5,7 @@
 //! ack window); while the output holds that many it takes no more from its queue, so the
 //! queue fills and the fan-out drops and counts, and socket reads never wait for NATS.
 //!
-//! Core: events go out in windows of up to 1024 (or 20 ms), each closed by a marker
+//! Core: events go out in windows of up to 256 (or 20 ms), each closed by a marker
 //! published to the output's own inbox; the marker coming back on the same connection
 //! confirms the window (a server handles one connection in order). A window sent on a
 //! connection that broke is published again after the reconnect. So `published +
@@ -334,8 +334,9 @@ impl<'a> Core<'a> {
 
 /// Commands the client buffers for its connection (publishes wait when it is full).
 const CLIENT_CAPACITY: usize = 16384;
-/// Events per window (one marker round trip each).
-const WINDOW: usize = 1024;
+/// Events per window (one marker round trip each). Small windows free their events (and
+/// the shared JSON chunks) sooner: 256 measured better than 1024 at 400k events/s.
+const WINDOW: usize = 256;
 /// A window is closed after this long even if not full, so slow streams are confirmed too.
 const WINDOW_AGE: Duration = Duration::from_millis(20);
 const MARKER_TIMEOUT: Duration = Duration::from_secs(10);
