@@ -115,9 +115,8 @@ pub async fn run(name: String, spec: RedisSpec, mut rx: EventRx, m: OutputMetric
     m.inflight.set(0);
 }
 
-type PipeFuture = std::pin::Pin<
-    Box<dyn Future<Output = (Arc<Pipeline>, usize, Result<(), RedisError>)> + Send>,
->;
+type PipeFuture =
+    std::pin::Pin<Box<dyn Future<Output = (Arc<Pipeline>, usize, Result<(), RedisError>)> + Send>>;
 
 /// Pipelines awaiting replies at once: two keep Redis busy while the next batch is built;
 /// more make the batches smaller and cost more CPU per event (measured with bench/e2e.sh).
