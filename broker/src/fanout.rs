@@ -5,6 +5,7 @@
 //! others or the socket reads (DESIGN rule 3 and 4).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tapbus_proto::event::Summary;
@@ -29,6 +30,9 @@ struct OutputTx {
 #[derive(Debug, Clone)]
 pub struct Fanout {
     outputs: Arc<[OutputTx]>,
+    /// Events offered to the outputs (each to every output): for every output, offered ==
+    /// published + dropped + what its queue and its in-flight set hold.
+    offered: Arc<AtomicU64>,
 }
 
 /// The receiving side handed to one egress task.
@@ -48,6 +52,7 @@ impl Fanout {
         (
             Fanout {
                 outputs: txs.into(),
+                offered: Arc::new(AtomicU64::new(0)),
             },
             rxs,
         )
@@ -55,6 +60,7 @@ impl Fanout {
 
     /// Offers the event to every output without waiting.
     pub fn send(&self, ev: Event) {
+        self.offered.fetch_add(1, Ordering::Relaxed);
         let n = self.outputs.len();
         let mut ev = Some(ev);
         for (i, o) in self.outputs.iter().enumerate() {
@@ -75,11 +81,17 @@ impl Fanout {
     /// Offers the event to every output, waiting for room. Only for inputs that have no
     /// sender to stall (files): a replay publishes everything instead of dropping.
     pub async fn send_wait(&self, ev: Event) {
+        self.offered.fetch_add(1, Ordering::Relaxed);
         for o in self.outputs.iter() {
             if o.tx.send(ev.clone()).await.is_err() {
                 o.metrics.dropped_shutdown.inc();
             }
         }
+    }
+
+    /// The count of events offered, shared (it outlives the fan-out).
+    pub fn offered(&self) -> Arc<AtomicU64> {
+        self.offered.clone()
     }
 
     /// Updates the queue-depth gauges (called before `/metrics` is rendered).

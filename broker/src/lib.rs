@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod session;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tapbus_config::BrokerSettings;
@@ -50,6 +51,9 @@ pub enum StartError {
     Http(String),
 }
 
+/// How long the outputs get, together, to drain at shutdown.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(20);
+
 /// Runs the broker until `shutdown` is cancelled or, with only file inputs, until every
 /// file is published. Outputs are drained before it returns.
 pub async fn run(
@@ -64,6 +68,7 @@ pub async fn run(
             .map(|o| (o.queue, metrics.output(&o.name)))
             .collect(),
     );
+    let offered = fanout.offered();
     let egress: Vec<_> = settings
         .outputs
         .iter()
@@ -71,7 +76,7 @@ pub async fn run(
         .zip(rxs)
         .map(|(spec, rx)| {
             let m = metrics.output(&spec.name);
-            egress::spawn(spec, rx, m)
+            (spec.name.clone(), m.clone(), egress::spawn(spec, rx, m))
         })
         .collect();
 
@@ -133,8 +138,27 @@ pub async fn run(
     shared.tasks.wait().await;
     // Dropping the last fan-out handle closes the queues; egress drains and returns.
     drop(shared);
-    for e in egress {
-        let _ = tokio::time::timeout(Duration::from_secs(30), e).await;
+    // Each output drains what it holds within its own bounds; one that cannot (its bus is
+    // down) is stopped at the deadline and whatever it had not settled is counted as
+    // dropped at shutdown, so published + dropped == events for every output.
+    let deadline = tokio::time::Instant::now() + OUTPUT_DRAIN;
+    for (name, m, mut task) in egress {
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            task.abort();
+            let _ = task.await;
+            let left = offered.load(Ordering::Relaxed).saturating_sub(m.settled());
+            m.dropped_shutdown.inc_by(left);
+            m.inflight.set(0);
+            tracing::warn!(output = %name, events = left, "output still draining at the shutdown deadline; its events are counted as dropped");
+        }
+        let published = m.published.get();
+        tracing::info!(
+            output = %name,
+            events = offered.load(Ordering::Relaxed),
+            published,
+            dropped = m.settled() - published,
+            "output closed"
+        );
     }
     shutdown.cancel();
     if let Some(h) = http {

@@ -271,6 +271,17 @@ pub struct OutputMetrics {
     pub up: Gauge,
 }
 
+impl OutputMetrics {
+    /// Events this output has settled: published or dropped for any reason.
+    pub fn settled(&self) -> u64 {
+        self.published.get()
+            + self.dropped_full.get()
+            + self.dropped_error.get()
+            + self.dropped_too_large.get()
+            + self.dropped_shutdown.get()
+    }
+}
+
 /// One labelled metric handle. A function, so the family's read guard is released before
 /// the next lookup (two guards alive in one expression deadlock on a new label set).
 fn get<S, M>(family: &Family<S, M>, labels: &S) -> M

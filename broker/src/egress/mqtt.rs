@@ -74,6 +74,7 @@ pub async fn run(name: String, spec: MqttSpec, mut rx: EventRx, m: OutputMetrics
         shared: shared.clone(),
         state: LinkState::Starting,
         backoff: BACKOFF_MIN,
+        warned_refused: false,
     };
     let (client, mut driver) = if spec.version == 5 {
         let mut o = rumqttc::v5::MqttOptions::new(&spec.client_id, &spec.host, spec.port);
@@ -153,19 +154,21 @@ pub async fn run(name: String, spec: MqttSpec, mut rx: EventRx, m: OutputMetrics
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    if !driver.is_finished() {
+        let _ = tokio::time::timeout_at(deadline, client.disconnect()).await;
+        let grace = deadline.max(Instant::now() + Duration::from_millis(500));
+        if tokio::time::timeout_at(grace, &mut driver).await.is_err() {
+            driver.abort();
+            let _ = driver.await;
+        }
+    }
+    // The driver has stopped: nothing more can complete, so the rest is counted once.
     let pending = handed.saturating_sub(shared.done.load(Ordering::Relaxed));
     if pending > 0 {
         tracing::warn!(output = %name, pending, "MQTT: events not confirmed before shutdown; counted as dropped");
         m.dropped_shutdown.inc_by(pending);
     }
     m.inflight.set(0);
-    if !driver.is_finished() {
-        let _ = tokio::time::timeout_at(deadline, client.disconnect()).await;
-        let grace = deadline.max(Instant::now() + Duration::from_millis(500));
-        if tokio::time::timeout_at(grace, &mut driver).await.is_err() {
-            driver.abort();
-        }
-    }
     m.up.set(0);
 }
 
@@ -228,6 +231,7 @@ struct Link {
     shared: Arc<Shared>,
     state: LinkState,
     backoff: Duration,
+    warned_refused: bool,
 }
 
 impl Link {
@@ -254,11 +258,21 @@ impl Link {
         self.m.inflight.set(handed.saturating_sub(done) as i64);
     }
 
-    /// Requests kept over a broken connection go out again on the new one.
+    /// An MQTT 5 server refused a publish (PUBACK with an error reason).
+    fn refused(&mut self, reason: &str) {
+        self.shared.done.fetch_add(1, Ordering::Relaxed);
+        self.m.dropped_error.inc();
+        if !self.warned_refused {
+            self.warned_refused = true;
+            tracing::warn!(output = %self.name, reason, "MQTT server refused a publish; dropped (further ones are only counted, reason=\"publish_error\")");
+        }
+    }
+
+    /// Requests kept over a broken connection go out again on the new one (counted in
+    /// `resent` as they go).
     fn restore(&self, n: usize) {
         if n > 0 {
             tracing::debug!(output = %self.name, requests = n, "MQTT: sending again what the broken connection had not confirmed");
-            self.m.resent.inc_by(n as u64);
         }
     }
 
@@ -283,12 +297,27 @@ impl Link {
 async fn drive_v4(mut el: rumqttc::EventLoop, mut link: Link) {
     use rumqttc::{Event, Packet};
     let mut kept = std::collections::VecDeque::new();
+    let limit = el.mqtt_options.inflight();
     loop {
+        // Requests kept over a broken connection go out again one at a time, and only when
+        // rumqttc would take a new request itself (in-flight window not full, no packet-id
+        // collision): its `pending` queue bypasses those checks.
+        if link.state == LinkState::Up
+            && el.pending.is_empty()
+            && el.state.collision.is_none()
+            && el.state.inflight() < limit
+            && let Some(mut r) = kept.pop_front()
+        {
+            if let rumqttc::Request::Publish(p) = &mut r {
+                p.pkid = 0;
+                link.m.resent.inc();
+            }
+            el.pending.push_back(r);
+        }
         match el.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                // rumqttc forgets its pending requests on a new session; give them back.
+                // rumqttc forgets its pending requests on a new session: we kept them.
                 link.restore(kept.len());
-                el.pending.extend(kept.drain(..));
                 link.connected(None)
             }
             Ok(Event::Incoming(Packet::PubAck(_))) if link.qos1 => link.published(),
@@ -307,16 +336,43 @@ async fn drive_v4(mut el: rumqttc::EventLoop, mut link: Link) {
 async fn drive_v5(mut el: rumqttc::v5::EventLoop, mut link: Link) {
     use rumqttc::v5::Event;
     use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::v5::PubAckReason;
     let mut kept = std::collections::VecDeque::new();
+    // The in-flight window: ours (rumqttc's default, 100), or less if the server says so.
+    let mut limit: u16 = 100;
     loop {
+        // As for 3.1.1: kept requests go out one at a time, within the window.
+        if link.state == LinkState::Up
+            && el.pending.is_empty()
+            && el.state.collision.is_none()
+            && el.state.inflight() < limit
+            && let Some(mut r) = kept.pop_front()
+        {
+            if let rumqttc::v5::Request::Publish(p) = &mut r {
+                p.pkid = 0;
+                link.m.resent.inc();
+            }
+            el.pending.push_back(r);
+        }
         match el.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                // rumqttc forgets its pending requests on a new session; give them back.
+                // rumqttc forgets its pending requests on a new session: we kept them.
                 link.restore(kept.len());
-                el.pending.extend(kept.drain(..));
+                if let Some(max) = ack.properties.as_ref().and_then(|p| p.receive_max) {
+                    limit = limit.min(max.max(1));
+                }
                 link.connected(ack.properties.and_then(|p| p.max_packet_size))
             }
-            Ok(Event::Incoming(Packet::PubAck(_))) if link.qos1 => link.published(),
+            Ok(Event::Incoming(Packet::PubAck(ack))) if link.qos1 => {
+                if matches!(
+                    ack.reason,
+                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                ) {
+                    link.published()
+                } else {
+                    link.refused(&format!("{:?}", ack.reason))
+                }
+            }
             Ok(Event::Outgoing(Outgoing::Publish(_))) if !link.qos1 => link.published(),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => {}

@@ -40,7 +40,13 @@ use crate::fanout::EventRx;
 use crate::metrics::OutputMetrics;
 
 pub async fn run(name: String, spec: NatsSpec, mut rx: EventRx, m: OutputMetrics) {
-    let opts = match options(&name, &spec, &m).await {
+    // The client's command channel must hold everything the output may have sent while
+    // disconnected (held events, markers, a batch), so a publish never waits on it.
+    let capacity = rx.max_capacity()
+        + rx.max_capacity() / WINDOW
+        + 2 * BATCH
+        + spec.jetstream.as_ref().map_or(0, |j| 2 * j.ack_window);
+    let opts = match options(&name, &spec, &m, capacity).await {
         Ok(o) => o,
         Err(e) => {
             tracing::error!(output = %name, "NATS output not started: {e}; dropping events for this output");
@@ -80,14 +86,19 @@ pub async fn run(name: String, spec: NatsSpec, mut rx: EventRx, m: OutputMetrics
 
 /// Connection options: reconnecting forever, state changes logged and shown in `up`,
 /// authentication and TLS from the spec.
-async fn options(name: &str, spec: &NatsSpec, m: &OutputMetrics) -> Result<ConnectOptions, String> {
+async fn options(
+    name: &str,
+    spec: &NatsSpec,
+    m: &OutputMetrics,
+    capacity: usize,
+) -> Result<ConnectOptions, String> {
     let up = m.up.clone();
     let ev_name = name.to_string();
     let mut opts = ConnectOptions::new()
         .name("tapbus-broker")
         .retry_on_initial_connect()
         .max_reconnects(None)
-        .client_capacity(CLIENT_CAPACITY)
+        .client_capacity(capacity)
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |event| {
             let up = up.clone();
@@ -171,6 +182,8 @@ struct Core<'a> {
     held: usize,
     next_marker: u64,
     warned_unconfirmed: bool,
+    /// The connection count at the last tick: marker timeouts restart when it changes.
+    last_connects: u64,
     /// At most this many unconfirmed events are held (the output's queue size).
     max_held: usize,
 }
@@ -277,12 +290,20 @@ impl<'a> Core<'a> {
             return;
         }
         let now = self.connects();
+        if now != self.last_connects {
+            // A new connection: windows waiting for it start their marker timeout now.
+            self.last_connects = now;
+            let t = Instant::now();
+            for w in self.sent.iter_mut() {
+                w.opened = t;
+            }
+        }
         while let Some(w) = self.sent.front() {
             if now > w.connects {
                 if let Some(w) = self.sent.pop_front() {
                     self.resend(w).await;
                 }
-            } else if w.opened.elapsed() >= MARKER_TIMEOUT {
+            } else if w.connects == now && w.opened.elapsed() >= MARKER_TIMEOUT {
                 if !self.warned_unconfirmed {
                     self.warned_unconfirmed = true;
                     tracing::warn!(output = %self.name, inbox = %self.inbox, "NATS did not echo the delivery marker on an intact connection (may this user publish and subscribe to _INBOX.>?); counting such windows as published");
@@ -332,8 +353,6 @@ impl<'a> Core<'a> {
     }
 }
 
-/// Commands the client buffers for its connection (publishes wait when it is full).
-const CLIENT_CAPACITY: usize = 16384;
 /// Events per window (one marker round trip each). Small windows free their events (and
 /// the shared JSON chunks) sooner: 256 measured better than 1024 at 400k events/s.
 const WINDOW: usize = 256;
@@ -371,6 +390,7 @@ async fn run_core(
         held: 0,
         next_marker: 0,
         warned_unconfirmed: false,
+        last_connects: 0,
         // Unconfirmed events held for a re-send: as many as the queue holds. When full, the
         // output stops taking events, its queue fills, and the fan-out drops and counts.
         max_held: rx.max_capacity().max(WINDOW),
@@ -460,6 +480,10 @@ const MAX_REJECTS: u8 = 3;
 /// PubAck confirms the whole batch (a stream stores one connection's messages in order).
 struct Batch {
     events: Vec<Pending>,
+    /// The connection the batch went out on (as for core windows): a PubAck that comes back
+    /// on a later connection does not vouch for the plain publishes, which may have been
+    /// lost with the old one.
+    connects: u64,
 }
 
 type AckFuture = std::pin::Pin<
@@ -506,6 +530,7 @@ impl Health<'_> {
 struct Js<'a> {
     name: &'a str,
     client: async_nats::Client,
+    stats: Arc<async_nats::Statistics>,
     ctx: jetstream::Context,
     m: &'a OutputMetrics,
     h: Health<'a>,
@@ -537,6 +562,8 @@ impl Js<'_> {
     /// `retry`.
     async fn send(&mut self, events: Vec<Pending>) {
         let n = events.len();
+        let c = self.stats.connects.load(Ordering::Relaxed);
+        let connects = if self.connected() { c } else { c + 1 };
         let mut run: Vec<Pending> = Vec::new();
         for (i, p) in events.into_iter().enumerate() {
             if i + 1 < n && self.proven.contains(p.subject.as_str()) {
@@ -568,7 +595,10 @@ impl Js<'_> {
                     batch.push(p);
                     self.held += batch.len();
                     let fut = ack.into_future();
-                    let batch = Batch { events: batch };
+                    let batch = Batch {
+                        events: batch,
+                        connects,
+                    };
                     self.inflight
                         .push_back(Box::pin(async move { (batch, fut.await) }));
                 }
@@ -609,7 +639,13 @@ impl Js<'_> {
         res: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
     ) {
         self.held -= batch.events.len();
+        let now = self.stats.connects.load(Ordering::Relaxed);
         match res {
+            Ok(_) if batch.connects != now => {
+                // Acknowledged on another connection than the batch went out on: send it
+                // again (the server de-duplicates what it already has).
+                self.requeue(batch.events, false);
+            }
             Ok(_) => {
                 self.m.published.inc_by(batch.events.len() as u64);
                 if let Some(last) = batch.events.last() {
@@ -652,8 +688,17 @@ impl Js<'_> {
         }
     }
 
-    /// Sends held events again, as far as the window allows.
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Sends held events again, as far as the window allows, once connected (while
+    /// disconnected they would only pile up in the client's buffer).
     async fn resend(&mut self) {
+        if !self.connected() {
+            self.retry_at = Instant::now() + JS_MIN_BACKOFF;
+            return;
+        }
         while self.held < self.window && !self.retry.is_empty() {
             let n = self.retry.len().min(ACK_EVERY).min(self.window - self.held);
             let batch: Vec<Pending> = self.retry.drain(..n).collect();
@@ -680,7 +725,8 @@ async fn run_jetstream(
     m: &OutputMetrics,
 ) {
     let ctx = jetstream::ContextBuilder::new()
-        .timeout(Duration::from_secs(10))
+        // The PubAck futures time out after `timeout`.
+        .timeout(Duration::from_secs(5))
         .ack_timeout(Duration::from_secs(5))
         // At most one ack per held event: never more than the window, so sending never waits
         // on a permit that only our own (not yet polled) ack futures would release.
@@ -698,6 +744,7 @@ async fn run_jetstream(
     let mut s = Js {
         name,
         client: client.clone(),
+        stats: client.statistics(),
         ctx,
         m,
         h: Health {

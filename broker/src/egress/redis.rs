@@ -63,6 +63,7 @@ pub async fn run(name: String, spec: RedisSpec, mut rx: EventRx, m: OutputMetric
     let mut held = 0usize;
     let mut retry_at = Instant::now();
     let mut closed = false;
+    let mut warned_refused = false;
     loop {
         m.inflight.set(held as i64);
         if closed && inflight.is_empty() && failed.is_empty() {
@@ -71,6 +72,20 @@ pub async fn run(name: String, spec: RedisSpec, mut rx: EventRx, m: OutputMetric
         tokio::select! {
             biased;
             Some((pipe, n, res)) = inflight.next(), if !inflight.is_empty() => {
+                if let Err(e) = &res
+                    && refused(e)
+                {
+                    // Redis answered with an error (WRONGTYPE, OOM, NOPERM...): sending it
+                    // again would fail again (and repeat what did apply), so the batch is
+                    // counted as failed and the output goes on.
+                    held -= n;
+                    m.dropped_error.inc_by(n as u64);
+                    if !warned_refused {
+                        warned_refused = true;
+                        tracing::warn!(output = %name, "Redis refused a batch: {e}; its {n} events are counted as dropped (publish_error; further refusals are only counted)");
+                    }
+                    continue;
+                }
                 match link.outcome(res) {
                     Ok(()) => {
                         held -= n;
@@ -113,6 +128,23 @@ pub async fn run(name: String, spec: RedisSpec, mut rx: EventRx, m: OutputMetric
         }
     }
     m.inflight.set(0);
+}
+
+/// An error reply from Redis to a command (as opposed to a lost connection, a timeout, or
+/// a server that is loading or failing over, which are worth retrying).
+fn refused(e: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    match e.kind() {
+        ErrorKind::Extension => true,
+        ErrorKind::Server(k) => !matches!(
+            k,
+            ServerErrorKind::BusyLoading
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown
+        ),
+        _ => false,
+    }
 }
 
 type PipeFuture =

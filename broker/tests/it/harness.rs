@@ -50,6 +50,21 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Sends SIGTERM and waits up to `limit` for the exit; `None` if it did not exit.
+    pub fn terminate_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        None
+    }
+
     /// Stops the process the way `kill PID` does (SIGTERM) and waits for it to exit.
     pub fn terminate(&mut self) {
         let _ = Command::new("kill")

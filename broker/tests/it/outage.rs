@@ -48,3 +48,65 @@ async fn nats_restart_is_survived() {
         "published {published} + dropped {dropped}"
     );
 }
+
+/// Stopping the broker while its bus is down ends within the drain deadline, and every
+/// event is accounted for: `published + dropped == events` in the closing summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_while_the_bus_is_down_counts_everything() {
+    for (what, extra) in [("core", ""), ("jetstream", "jetstream = true\n")] {
+        let store = tempfile::tempdir().expect("tempdir");
+        let nats = Nats::start_with(&["-js", "-sd", store.path().to_str().expect("utf-8")]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("dnstap.sock");
+        let cfg = write_broker_config(
+            dir.path(),
+            &sock,
+            "nats",
+            &format!("url = \"{}\"\n{extra}", nats.url),
+        );
+        let mut broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
+        broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
+        if what == "jetstream" {
+            wait_until("stream ready", Duration::from_secs(15), || {
+                broker.log_text().contains("JetStream stream ready")
+            });
+        }
+        drop(nats);
+        let name = "kresd.fstrm";
+        let n = expected_count(name);
+        let file = capture(name);
+        let s = sock.clone();
+        tokio::task::spawn_blocking(move || fstrm_replay_unix(&file, &s))
+            .await
+            .expect("replay while NATS is down");
+        broker.wait_metric("tapbus_events_total", &[], n as f64);
+        let t0 = std::time::Instant::now();
+        let st = broker.proc.terminate_within(Duration::from_secs(40));
+        let log = broker.log_text();
+        let st =
+            st.unwrap_or_else(|| panic!("{what}: broker still running 40 s after SIGTERM\n{log}"));
+        assert!(st.success(), "{what}: exit status {st}\n{log}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(35),
+            "{what}: took {:?}",
+            t0.elapsed()
+        );
+        let line = log
+            .lines()
+            .find(|l| l.contains("output closed"))
+            .unwrap_or_else(|| panic!("{what}: no closing summary\n{log}"));
+        let field = |k: &str| -> u64 {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{what}: no {k} in {line}"))
+        };
+        assert_eq!(field("events"), n as u64, "{what}: {line}");
+        assert_eq!(
+            field("published") + field("dropped"),
+            n as u64,
+            "{what}: {line}"
+        );
+        assert_eq!(field("published"), 0, "{what}: {line}");
+    }
+}

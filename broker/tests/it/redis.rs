@@ -388,3 +388,62 @@ async fn outage_is_counted_and_recovers() {
         broker.log_text()
     );
 }
+
+/// Redis refuses the commands (the list key holds a string: WRONGTYPE): the batches are
+/// counted as dropped (`publish_error`) instead of being retried forever, the output stays
+/// up, and events flow again once the key is usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_commands_are_counted_not_retried() {
+    let redis = Redis::start();
+    let mut con = redis.con().await;
+    let _: () = redis::cmd("SET")
+        .arg("dnstap")
+        .arg("not a list")
+        .query_async(&mut con)
+        .await
+        .expect("SET");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker, sock) = broker_with(
+        dir.path(),
+        &format!(
+            "url = \"{}\"\nmode = \"list\"\nkey = \"dnstap\"\n",
+            redis.url()
+        ),
+    );
+    let name = "kresd.fstrm";
+    let file = capture(name);
+    let n = expected_count(name);
+    replay(file.clone(), sock.clone()).await;
+    let (published, dropped) = broker.wait_settled("redis", n);
+    assert_eq!((published, dropped), (0, n));
+    assert_eq!(
+        broker.metric(
+            "tapbus_dropped_total",
+            &["output=\"redis\"", "reason=\"publish_error\""]
+        ),
+        n as f64
+    );
+    assert_eq!(
+        broker.metric("tapbus_output_up", &["output=\"redis\""]),
+        1.0
+    );
+    assert!(
+        broker.log_text().contains("Redis refused a batch"),
+        "{}",
+        broker.log_text()
+    );
+    let _: () = redis::cmd("DEL")
+        .arg("dnstap")
+        .query_async(&mut con)
+        .await
+        .expect("DEL");
+    replay(file, sock).await;
+    let (published, _) = broker.wait_settled("redis", 2 * n);
+    assert_eq!(published, n);
+    let len: usize = redis::cmd("LLEN")
+        .arg("dnstap")
+        .query_async(&mut con)
+        .await
+        .expect("LLEN");
+    assert_eq!(len, n);
+}
