@@ -72,6 +72,28 @@ pub(crate) async fn stream_messages(
     out
 }
 
+/// Starts a broker whose NATS output is `body` (its unix socket in `dir`), waits until the
+/// output is up, subscribes with `opts` at `sub_url`, replays bind-auth.fstrm and checks
+/// that every event arrives, in order, equal to the in-process decode.
+async fn assert_delivers(
+    dir: &Path,
+    body: &str,
+    opts: async_nats::ConnectOptions,
+    sub_url: &str,
+) -> Broker {
+    let sock = dir.join("dnstap.sock");
+    let cfg = write_config_nats(dir, &sock, body);
+    let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
+    broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
+    let (_c, mut sub) = subscribe(opts, sub_url).await;
+    let name = "bind-auth.fstrm";
+    let file = capture(name);
+    replay(&file, &sock).await;
+    let got = collect(&mut sub, expected_count(name)).await;
+    assert_same(name, &got, &reference_events(&file));
+    broker
+}
+
 fn assert_same(name: &str, got: &[serde_json::Value], reference: &[serde_json::Value]) {
     assert_eq!(got.len(), reference.len(), "{name}: event count");
     let schema = validator();
@@ -172,27 +194,16 @@ async fn user_password_auth() {
     let dir = tempfile::tempdir().expect("tempdir");
     let conf = write_server_conf(dir.path(), "authorization { user: a, password: b }\n");
     let nats = Nats::start_with(&["-c", &conf]);
-    let sock = dir.path().join("dnstap.sock");
-    let cfg = write_config_nats(
+    let broker = assert_delivers(
         dir.path(),
-        &sock,
         &format!(
             "url = \"{}\"\nusername = \"a\"\npassword = \"b\"\n",
             nats.url
         ),
-    );
-    let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
-    broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
-    let (_c, mut sub) = subscribe(
         async_nats::ConnectOptions::with_user_and_password("a".into(), "b".into()),
         &nats.url,
     )
     .await;
-    let name = "bind-auth.fstrm";
-    let file = capture(name);
-    replay(&file, &sock).await;
-    let got = collect(&mut sub, expected_count(name)).await;
-    assert_same(name, &got, &reference_events(&file));
     drop(broker);
 
     let dir2 = tempfile::tempdir().expect("tempdir");
@@ -234,24 +245,13 @@ async fn token_auth() {
     let dir = tempfile::tempdir().expect("tempdir");
     let conf = write_server_conf(dir.path(), "authorization { token: s3cret }\n");
     let nats = Nats::start_with(&["-c", &conf]);
-    let sock = dir.path().join("dnstap.sock");
-    let cfg = write_config_nats(
+    assert_delivers(
         dir.path(),
-        &sock,
         &format!("url = \"{}\"\ntoken = \"s3cret\"\n", nats.url),
-    );
-    let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
-    broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
-    let (_c, mut sub) = subscribe(
         async_nats::ConnectOptions::with_token("s3cret".into()),
         &nats.url,
     )
     .await;
-    let name = "bind-auth.fstrm";
-    let file = capture(name);
-    replay(&file, &sock).await;
-    let got = collect(&mut sub, expected_count(name)).await;
-    assert_same(name, &got, &reference_events(&file));
 }
 
 /// TLS: nats-server with a certificate from a test CA; the broker dials tls:// and
@@ -271,29 +271,18 @@ async fn tls_with_ca() {
     );
     let nats = Nats::start_with(&["-c", &conf]);
     let url = format!("tls://127.0.0.1:{}", nats.port());
-    let sock = d.join("dnstap.sock");
-    let cfg = write_config_nats(
+    assert_delivers(
         d,
-        &sock,
         &format!(
             "url = \"{url}\"\ntls_ca = \"{}\"\n",
             d.join("ca.pem").display()
         ),
-    );
-    let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
-    broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
-    let (_c, mut sub) = subscribe(
         async_nats::ConnectOptions::new()
             .add_root_certificates(d.join("ca.pem"))
             .require_tls(true),
         &url,
     )
     .await;
-    let name = "bind-auth.fstrm";
-    let file = capture(name);
-    replay(&file, &sock).await;
-    let got = collect(&mut sub, expected_count(name)).await;
-    assert_same(name, &got, &reference_events(&file));
 }
 
 /// Mutual TLS: nats-server verifies client certificates; the broker presents tls_cert and
@@ -314,20 +303,14 @@ async fn mutual_tls_client_certificate() {
     );
     let nats = Nats::start_with(&["-c", &conf]);
     let url = format!("tls://127.0.0.1:{}", nats.port());
-    let sock = d.join("dnstap.sock");
-    let cfg = write_config_nats(
+    assert_delivers(
         d,
-        &sock,
         &format!(
             "url = \"{url}\"\ntls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
             d.join("ca.pem").display(),
             d.join("client.pem").display(),
             d.join("client.key").display()
         ),
-    );
-    let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
-    broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
-    let (_c, mut sub) = subscribe(
         async_nats::ConnectOptions::new()
             .add_root_certificates(d.join("ca.pem"))
             .add_client_certificate(d.join("client.pem"), d.join("client.key"))
@@ -335,11 +318,6 @@ async fn mutual_tls_client_certificate() {
         &url,
     )
     .await;
-    let name = "bind-auth.fstrm";
-    let file = capture(name);
-    replay(&file, &sock).await;
-    let got = collect(&mut sub, expected_count(name)).await;
-    assert_same(name, &got, &reference_events(&file));
 }
 
 /// JetStream server restart: what could not be acknowledged is counted, the broker stays
@@ -410,28 +388,17 @@ async fn nkey_auth() {
     let nats = Nats::start_with(&["-c", &conf]);
     let seed_file = dir.path().join("tapbus.nk");
     std::fs::write(&seed_file, format!("{SEED}\n")).expect("write seed");
-    let sock = dir.path().join("dnstap.sock");
-    let cfg = write_config_nats(
+    assert_delivers(
         dir.path(),
-        &sock,
         &format!(
             "url = \"{}\"\nnkey_seed = \"{}\"\n",
             nats.url,
             seed_file.display()
         ),
-    );
-    let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
-    broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
-    let (_c, mut sub) = subscribe(
         async_nats::ConnectOptions::with_nkey(SEED.to_string()),
         &nats.url,
     )
     .await;
-    let name = "bind-auth.fstrm";
-    let file = capture(name);
-    replay(&file, &sock).await;
-    let got = collect(&mut sub, expected_count(name)).await;
-    assert_same(name, &got, &reference_events(&file));
 }
 
 fn write_config_nats(dir: &Path, sock: &Path, body: &str) -> PathBuf {
