@@ -174,19 +174,15 @@ fn assert_same(name: &str, got: &[(String, String)], reference: &[serde_json::Va
     }
 }
 
-/// MQTT 3.1.1, QoS 0, from the command line: the capture arrives complete and in order.
-#[test]
-fn capture_arrives_on_mqtt() {
-    let mq = Mosquitto::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sock = dir.path().join("dnstap.sock");
-    let broker = Broker::start(&["-i", &format!("unix://{}", sock.display()), "-o", &mq.url()]);
+/// Waits until the broker's MQTT output is up, subscribes with `mosquitto_sub` (protocol
+/// `proto`, QoS `qos`) on `mq`, replays the capture `name` into `sock` and checks that every
+/// event arrives, in order, on its topic; then that the broker published them all.
+fn assert_delivers(broker: &Broker, mq: &Mosquitto, sock: &Path, name: &str, proto: &str, qos: u8) {
     broker.wait_metric("tapbus_output_up", &["output=\"mqtt\""], 1.0);
-    let name = "kresd.fstrm";
     let reference = reference_events(&capture(name));
     assert_eq!(reference.len(), expected_count(name));
-    let sub = MosquittoSub::start(&mq, reference.len(), "mqttv311", 0, 15);
-    replay(&capture(name), &sock);
+    let sub = MosquittoSub::start(mq, reference.len(), proto, qos, 15);
+    replay(&capture(name), sock);
     let got = sub.finish(Duration::from_secs(20));
     assert_same(name, &got, &reference);
     broker.wait_metric(
@@ -195,6 +191,16 @@ fn capture_arrives_on_mqtt() {
         reference.len() as f64,
     );
     assert_eq!(broker.metric("tapbus_dropped_total", &[]), 0.0);
+}
+
+/// MQTT 3.1.1, QoS 0, from the command line: the capture arrives complete and in order.
+#[test]
+fn capture_arrives_on_mqtt() {
+    let mq = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("dnstap.sock");
+    let broker = Broker::start(&["-i", &format!("unix://{}", sock.display()), "-o", &mq.url()]);
+    assert_delivers(&broker, &mq, &sock, "kresd.fstrm", "mqttv311", 0);
     assert_eq!(broker.metric("tapbus_output_up", &["output=\"mqtt\""]), 1.0);
     let log = broker.log_text();
     assert!(log.contains("MQTT connected"), "{log}");
@@ -216,19 +222,7 @@ fn mqtt5_qos1_from_config_file() {
         ),
     );
     let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
-    broker.wait_metric("tapbus_output_up", &["output=\"mqtt\""], 1.0);
-    let name = "unbound.fstrm";
-    let reference = reference_events(&capture(name));
-    let sub = MosquittoSub::start(&mq, reference.len(), "mqttv5", 1, 15);
-    replay(&capture(name), &sock);
-    let got = sub.finish(Duration::from_secs(20));
-    assert_same(name, &got, &reference);
-    broker.wait_metric(
-        "tapbus_published_total",
-        &["output=\"mqtt\""],
-        reference.len() as f64,
-    );
-    assert_eq!(broker.metric("tapbus_dropped_total", &[]), 0.0);
+    assert_delivers(&broker, &mq, &sock, "unbound.fstrm", "mqttv5", 1);
     // The server saw an MQTT 5 client with our id publishing at QoS 1.
     let log = mq.log_text();
     assert!(
@@ -355,14 +349,7 @@ fn mqtts_with_tls_ca() {
         ),
     );
     let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
-    broker.wait_metric("tapbus_output_up", &["output=\"mqtt\""], 1.0);
-    let name = "dnsdist.fstrm";
-    let reference = reference_events(&capture(name));
-    let sub = MosquittoSub::start(&mq, reference.len(), "mqttv311", 0, 15);
-    replay(&capture(name), &sock);
-    let got = sub.finish(Duration::from_secs(20));
-    assert_same(name, &got, &reference);
-    assert_eq!(broker.metric("tapbus_dropped_total", &[]), 0.0);
+    assert_delivers(&broker, &mq, &sock, "dnsdist.fstrm", "mqttv311", 0);
 }
 
 /// The server goes away and comes back: the output logs the loss once, reports down, and
