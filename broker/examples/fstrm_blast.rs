@@ -21,7 +21,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::BytesMut;
@@ -31,6 +31,10 @@ use tapbus_proto::fstrm::{
     decode_all, encode_data,
 };
 use tokio_util::codec::Decoder;
+
+#[path = "common/proc.rs"]
+mod proc;
+use proc::{now_ns, self_cpu_ticks};
 
 #[derive(Parser, Debug)]
 #[command(about = "Blast a Frame Streams capture at a dnstap reader (bidirectional handshake)")]
@@ -72,26 +76,6 @@ impl Stream for TcpStream {
     fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
         TcpStream::set_read_timeout(self, d)
     }
-}
-
-fn now_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
-}
-
-/// utime + stime of this process, in clock ticks (from /proc/self/stat; 0 if unavailable).
-fn self_cpu_ticks() -> u64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0;
-    };
-    let Some((_, rest)) = stat.rsplit_once(") ") else {
-        return 0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    tick(11) + tick(12)
 }
 
 fn connect(a: &Args, timeout: Duration) -> anyhow::Result<Box<dyn Stream>> {

@@ -30,6 +30,8 @@ use futures::StreamExt;
 
 #[path = "common/count.rs"]
 mod count;
+#[path = "common/proc.rs"]
+mod proc;
 use count::{Tally, find_crlf};
 
 #[derive(Parser, Debug)]

@@ -14,6 +14,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use clap::Parser;
 
+#[path = "common/proc.rs"]
+#[allow(dead_code)] // not every example needs every helper
+mod proc;
+use proc::self_cpu_ticks;
+
 #[derive(Parser, Debug)]
 struct Args {
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
@@ -35,19 +40,6 @@ struct Args {
     /// Use a multi-thread runtime with this many workers (0: current thread).
     #[arg(long, default_value_t = 2)]
     threads: usize,
-}
-
-/// utime + stime of this process, in clock ticks (from /proc/self/stat; 0 if unavailable).
-fn self_cpu_ticks() -> u64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0;
-    };
-    let Some((_, rest)) = stat.rsplit_once(") ") else {
-        return 0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    tick(11) + tick(12)
 }
 
 fn main() -> anyhow::Result<()> {

@@ -26,6 +26,8 @@ use clap::Parser;
 
 #[path = "common/count.rs"]
 mod count;
+#[path = "common/proc.rs"]
+mod proc;
 use count::{Tally, find_crlf};
 
 #[derive(Parser, Debug)]
