@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use crate::harness::*;
 use crate::mqtt::Mosquitto;
 use crate::nats_js::stream_messages;
-use crate::redis::spawn_redis;
+use crate::redis::{lrange, spawn_redis};
 
 /// Events sent per test: 6000 at 2000/s, the outage from 1 s to about 2.5 s.
 const SENT: usize = 6000;
@@ -525,13 +525,7 @@ async fn redis_crash_is_counted_exactly() {
         .get_multiplexed_async_connection()
         .await
         .expect("connect");
-    let got: Vec<Vec<u8>> = redis::cmd("LRANGE")
-        .arg("dnstap")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut con)
-        .await
-        .expect("LRANGE");
+    let got = lrange(&mut con, "dnstap").await;
     assert_exact("redis", &broker, &got, &reference, published, dropped);
     let log = broker.log_text();
     assert!(log.contains("Redis down"), "{log}");

@@ -112,6 +112,35 @@ fn broker_with(dir: &Path, output: &str) -> (Broker, PathBuf) {
     (b, sock)
 }
 
+/// `LRANGE key 0 -1`.
+pub(crate) async fn lrange(con: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<Vec<u8>> {
+    redis::cmd("LRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query_async(con)
+        .await
+        .expect("LRANGE")
+}
+
+/// A length query (`LLEN key`, `XLEN key`).
+async fn length(con: &mut redis::aio::MultiplexedConnection, cmd: &str, key: &str) -> usize {
+    redis::cmd(cmd)
+        .arg(key)
+        .query_async(con)
+        .await
+        .unwrap_or_else(|e| panic!("{cmd} {key}: {e}"))
+}
+
+/// Starts a broker whose Redis output is `output`, replays `file` and waits until it has
+/// published `n` events.
+async fn deliver(dir: &Path, output: &str, file: &Path, n: usize) -> Broker {
+    let (broker, sock) = broker_with(dir, output);
+    replay(file.to_path_buf(), sock).await;
+    broker.wait_metric("tapbus_published_total", &["output=\"redis\""], n as f64);
+    broker
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_mode_delivers_every_event_on_its_channel() {
     let redis = Redis::start();
@@ -185,29 +214,19 @@ async fn list_mode_rpushes_in_order_and_caps_the_length() {
 
     // A cap above the event count keeps everything.
     let dir = tempfile::tempdir().expect("tempdir");
-    let (broker, sock) = broker_with(
+    let broker = deliver(
         dir.path(),
         &format!(
             "url = \"{}\"\nmode = \"list\"\nkey = \"dnstap\"\nmax_len = {}\n",
             redis.url(),
             n + 1000
         ),
-    );
-    replay(file.clone(), sock).await;
-    broker.wait_metric("tapbus_published_total", &["output=\"redis\""], n as f64);
-    let len: usize = redis::cmd("LLEN")
-        .arg("dnstap")
-        .query_async(&mut con)
-        .await
-        .expect("LLEN");
-    assert_eq!(len, n, "LLEN");
-    let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
-        .arg("dnstap")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut con)
-        .await
-        .expect("LRANGE");
+        &file,
+        n,
+    )
+    .await;
+    assert_eq!(length(&mut con, "LLEN", "dnstap").await, n, "LLEN");
+    let items = lrange(&mut con, "dnstap").await;
     let events: Vec<_> = items.iter().map(|b| parse(b)).collect();
     assert_events("list", &events, &reference);
     // The head of the list is the oldest event: what a Logstash-style LPOP consumer reads.
@@ -222,22 +241,17 @@ async fn list_mode_rpushes_in_order_and_caps_the_length() {
 
     // A small cap keeps exactly the newest events.
     let dir = tempfile::tempdir().expect("tempdir");
-    let (broker, sock) = broker_with(
+    let broker = deliver(
         dir.path(),
         &format!(
             "url = \"{}\"\nmode = \"list\"\nkey = \"small\"\nmax_len = 100\n",
             redis.url()
         ),
-    );
-    replay(file, sock).await;
-    broker.wait_metric("tapbus_published_total", &["output=\"redis\""], n as f64);
-    let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
-        .arg("small")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut con)
-        .await
-        .expect("LRANGE");
+        &file,
+        n,
+    )
+    .await;
+    let items = lrange(&mut con, "small").await;
     let events: Vec<_> = items.iter().map(|b| parse(b)).collect();
     assert_events("capped list", &events, &reference[n - 100..]);
     let log = broker.log_text();
@@ -253,22 +267,17 @@ async fn stream_mode_xadds_events_a_consumer_group_can_read() {
     let n = reference.len();
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let (broker, sock) = broker_with(
+    let broker = deliver(
         dir.path(),
         &format!(
             "url = \"{}\"\nmode = \"stream\"\nkey = \"dnstap\"\nmax_len = 100000\n",
             redis.url()
         ),
-    );
-    replay(file, sock).await;
-    broker.wait_metric("tapbus_published_total", &["output=\"redis\""], n as f64);
-
-    let len: usize = redis::cmd("XLEN")
-        .arg("dnstap")
-        .query_async(&mut con)
-        .await
-        .expect("XLEN");
-    assert_eq!(len, n, "XLEN");
+        &file,
+        n,
+    )
+    .await;
+    assert_eq!(length(&mut con, "XLEN", "dnstap").await, n, "XLEN");
     let range: StreamRangeReply = redis::cmd("XRANGE")
         .arg("dnstap")
         .arg("-")
@@ -376,11 +385,7 @@ async fn outage_is_counted_and_recovers() {
     );
     assert_eq!(broker.metric("tapbus_dropped_total", &[]), 0.0);
     let mut con = redis.con().await;
-    let len: usize = redis::cmd("LLEN")
-        .arg("dnstap")
-        .query_async(&mut con)
-        .await
-        .expect("LLEN");
+    let len = length(&mut con, "LLEN", "dnstap").await;
     assert_eq!(len, 2 * n, "kept events and new ones, each once");
     assert!(
         broker.log_text().contains("Redis back"),
@@ -440,10 +445,6 @@ async fn refused_commands_are_counted_not_retried() {
     replay(file, sock).await;
     let (published, _) = broker.wait_settled("redis", 2 * n);
     assert_eq!(published, n);
-    let len: usize = redis::cmd("LLEN")
-        .arg("dnstap")
-        .query_async(&mut con)
-        .await
-        .expect("LLEN");
+    let len = length(&mut con, "LLEN", "dnstap").await;
     assert_eq!(len, n);
 }
