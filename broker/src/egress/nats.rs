@@ -151,19 +151,53 @@ async fn options(
     Ok(opts)
 }
 
+/// Which client connection (by the client's connect count) events published now go out
+/// on. The count goes up when a connection is made, just before the state says Connected.
+/// Published while connected: the current connection `c`. Published while disconnected:
+/// the client buffers them for the next one, `c + 1`, unless the count has already moved
+/// (a connection made between the two reads): then `c` itself. A marker or ack that comes
+/// back on either vouches for the events: a dead connection never carries a reply, so if
+/// the reply came on `c`, everything before it went on `c` too.
+#[derive(Debug, Clone, Copy)]
+struct Conn {
+    seen: u64,
+    next: bool,
+}
+
+impl Conn {
+    fn now(client: &async_nats::Client, stats: &async_nats::Statistics) -> Conn {
+        let connected = client.connection_state() == async_nats::connection::State::Connected;
+        Conn {
+            seen: stats.connects.load(Ordering::Relaxed),
+            next: !connected,
+        }
+    }
+
+    /// The reply came back on connection `now`: did the events go out on it?
+    fn matches(self, now: u64) -> bool {
+        now == self.seen || (self.next && now == self.seen + 1)
+    }
+
+    /// A later connection than any the events can have gone out on: they must be re-sent.
+    fn left_behind(self, now: u64) -> bool {
+        now > self.seen + u64::from(self.next)
+    }
+}
+
 /// Unconfirmed core publishes, kept for a re-send until the server has confirmed them.
 ///
 /// Core NATS has no acknowledgements, but a server handles one connection's messages in
 /// order: after a window of events we publish a marker to our own inbox, and when it comes
 /// back every event before it was processed by the server. A window is confirmed only if
-/// the connection it went out on is still the one the marker came back on (`connects` did
-/// not change); otherwise (the connection broke, the client reconnected) it is published
-/// again on the new connection. `published` counts confirmed events, so published +
-/// dropped equals the events queued, exactly; a re-sent event may reach a subscriber twice
-/// (byte-identical) if the old connection delivered it before breaking.
+/// the marker came back on the connection the window went out on ([`Conn`]); otherwise
+/// (the connection broke, the client reconnected) it is published again on the new one.
+/// `published` counts confirmed events, so published + dropped equals the events queued,
+/// exactly; a re-sent event may reach a subscriber twice (byte-identical) if the old
+/// connection delivered it before breaking.
 struct Window {
     marker: u64,
-    connects: u64,
+    /// The connection the events went out on: `on.matches(now)` when the marker returns.
+    on: Conn,
     opened: Instant,
     events: Vec<(Subject, Bytes)>,
 }
@@ -202,11 +236,10 @@ impl<'a> Core<'a> {
         if self.open.is_none() {
             // The connection these events go out on: the current one, or while disconnected
             // (also before the first connect) the next one: the client buffers until then.
-            let c = self.connects();
-            let connects = if self.connected() { c } else { c + 1 };
+            let on = Conn::now(self.client, &self.stats);
             self.open = Some(Window {
                 marker: 0,
-                connects,
+                on,
                 opened: Instant::now(),
                 events: Vec::with_capacity(WINDOW),
             });
@@ -265,7 +298,7 @@ impl<'a> Core<'a> {
             let Some(w) = self.sent.pop_front() else {
                 break;
             };
-            if w.marker == n && w.connects == now {
+            if w.marker == n && w.on.matches(now) {
                 self.held -= w.events.len();
                 self.m.published.inc_by(w.events.len() as u64);
             } else {
@@ -299,11 +332,11 @@ impl<'a> Core<'a> {
             }
         }
         while let Some(w) = self.sent.front() {
-            if now > w.connects {
+            if w.on.left_behind(now) {
                 if let Some(w) = self.sent.pop_front() {
                     self.resend(w).await;
                 }
-            } else if w.connects == now && w.opened.elapsed() >= MARKER_TIMEOUT {
+            } else if w.on.matches(now) && w.opened.elapsed() >= MARKER_TIMEOUT {
                 if !self.warned_unconfirmed {
                     self.warned_unconfirmed = true;
                     tracing::warn!(output = %self.name, inbox = %self.inbox, "NATS did not echo the delivery marker on an intact connection (may this user publish and subscribe to _INBOX.>?); counting such windows as published");
@@ -483,7 +516,7 @@ struct Batch {
     /// The connection the batch went out on (as for core windows): a PubAck that comes back
     /// on a later connection does not vouch for the plain publishes, which may have been
     /// lost with the old one.
-    connects: u64,
+    on: Conn,
 }
 
 type AckFuture = std::pin::Pin<
@@ -562,8 +595,7 @@ impl Js<'_> {
     /// `retry`.
     async fn send(&mut self, events: Vec<Pending>) {
         let n = events.len();
-        let c = self.stats.connects.load(Ordering::Relaxed);
-        let connects = if self.connected() { c } else { c + 1 };
+        let on = Conn::now(&self.client, &self.stats);
         let mut run: Vec<Pending> = Vec::new();
         for (i, p) in events.into_iter().enumerate() {
             if i + 1 < n && self.proven.contains(p.subject.as_str()) {
@@ -595,10 +627,7 @@ impl Js<'_> {
                     batch.push(p);
                     self.held += batch.len();
                     let fut = ack.into_future();
-                    let batch = Batch {
-                        events: batch,
-                        connects,
-                    };
+                    let batch = Batch { events: batch, on };
                     self.inflight
                         .push_back(Box::pin(async move { (batch, fut.await) }));
                 }
@@ -641,7 +670,7 @@ impl Js<'_> {
         self.held -= batch.events.len();
         let now = self.stats.connects.load(Ordering::Relaxed);
         match res {
-            Ok(_) if batch.connects != now => {
+            Ok(_) if !batch.on.matches(now) => {
                 // Acknowledged on another connection than the batch went out on: send it
                 // again (the server de-duplicates what it already has).
                 self.requeue(batch.events, false);
@@ -854,5 +883,34 @@ impl SubjectCache {
         let subject = Subject::from(self.scratch.as_str());
         self.map.insert(key, subject.clone());
         subject
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Conn;
+
+    #[test]
+    fn a_reply_vouches_only_for_its_own_connection() {
+        // Published while connected to connection 3.
+        let c = Conn {
+            seen: 3,
+            next: false,
+        };
+        assert!(c.matches(3));
+        assert!(!c.matches(4));
+        assert!(!c.left_behind(3));
+        assert!(c.left_behind(4));
+        // Published while disconnected after connection 3: buffered for 4, or went on 3 if
+        // that connection was just being made when the state was read.
+        let d = Conn {
+            seen: 3,
+            next: true,
+        };
+        assert!(d.matches(3));
+        assert!(d.matches(4));
+        assert!(!d.matches(5));
+        assert!(!d.left_behind(4));
+        assert!(d.left_behind(5));
     }
 }
