@@ -18,11 +18,11 @@
 //! blocking TCP socket (CONNECT, SUB, then `MSG` lines and PING/PONG): several times cheaper
 //! per message, for when the subscriber's CPU competes with the system under test.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -32,7 +32,7 @@ use futures::StreamExt;
 mod count;
 #[path = "common/proc.rs"]
 mod proc;
-use count::{Tally, find_crlf};
+use count::{ReadBuf, Tally, find_crlf};
 
 #[derive(Parser, Debug)]
 #[command(about = "Count NATS messages on a subject until N arrived or the stream went idle")]
@@ -146,8 +146,7 @@ fn raw(a: &Args) -> anyhow::Result<Tally> {
         .trim_end_matches('/');
     let mut s = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
     s.set_read_timeout(Some(Duration::from_millis(200)))?;
-    let mut buf = vec![0u8; 4 << 20];
-    let (mut start, mut end) = (0usize, 0usize);
+    let mut rb = ReadBuf::new(4 << 20);
     // Bytes of a MSG payload (plus its CRLF) still to skip.
     let mut skip: usize = 0;
     let (mut sent_connect, mut subscribed) = (false, false);
@@ -157,21 +156,20 @@ fn raw(a: &Args) -> anyhow::Result<Tally> {
     };
     let idle = Duration::from_secs_f64(a.idle_secs);
     let start_wait = Duration::from_secs_f64(a.start_secs);
-    let mut last_activity = Instant::now();
     loop {
         // Parse what is buffered.
         let (mut n, mut nbytes, mut pong) = (0u64, 0u64, false);
-        while start < end {
+        while rb.start < rb.end {
             if skip > 0 {
-                let k = skip.min(end - start);
-                start += k;
+                let k = skip.min(rb.end - rb.start);
+                rb.start += k;
                 skip -= k;
                 continue;
             }
-            let Some(eol) = find_crlf(&buf[start..end]) else {
+            let Some(eol) = find_crlf(&rb.buf[rb.start..rb.end]) else {
                 break; // partial line
             };
-            let l = &buf[start..start + eol];
+            let l = &rb.buf[rb.start..rb.start + eol];
             if l.starts_with(b"MSG ") {
                 let size: usize = l
                     .rsplit(|&c| c == b' ')
@@ -194,7 +192,7 @@ fn raw(a: &Args) -> anyhow::Result<Tally> {
             } else if l.starts_with(b"PONG") && !subscribed {
                 subscribed = true;
                 eprintln!("ready");
-                last_activity = Instant::now();
+                rb.touch();
             } else if l.starts_with(b"-ERR") {
                 t.errors += 1;
                 let msg = String::from_utf8_lossy(l).into_owned();
@@ -206,7 +204,7 @@ fn raw(a: &Args) -> anyhow::Result<Tally> {
                     bail!("server refused the subscription: {msg}");
                 }
             }
-            start += eol + 2;
+            rb.start += eol + 2;
         }
         if pong {
             s.write_all(b"PONG\r\n")?;
@@ -218,47 +216,15 @@ fn raw(a: &Args) -> anyhow::Result<Tally> {
                 break;
             }
         }
-        // Make room: move a partial line to the front.
-        if start == end {
-            (start, end) = (0, 0);
-        } else if end == buf.len() {
-            if start == 0 {
-                bail!("protocol line longer than {} bytes", buf.len());
-            }
-            buf.copy_within(start..end, 0);
-            (start, end) = (0, end - start);
-        }
-        match s.read(&mut buf[end..]) {
-            Ok(0) => {
-                t.ended = "closed";
-                t.disconnects += 1;
-                break;
-            }
-            Ok(k) => {
-                end += k;
-                last_activity = Instant::now();
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                let wait = if !subscribed {
-                    Duration::from_secs(10)
-                } else if t.count == 0 {
-                    start_wait
-                } else {
-                    idle
-                };
-                if last_activity.elapsed() >= wait {
-                    if !subscribed {
-                        bail!("no answer from the server");
-                    }
-                    break;
-                }
-            }
-            Err(e) => return Err(e.into()),
+        if !rb.refill(
+            &mut s,
+            &mut t,
+            "protocol line",
+            subscribed,
+            start_wait,
+            idle,
+        )? {
+            break;
         }
     }
     Ok(t)

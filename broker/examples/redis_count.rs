@@ -17,9 +17,9 @@
 //! {"count":...,"bytes":...,"first_unix_ns":...,"last_unix_ns":...,"seconds":...,"msgs_per_sec":...,"slow_consumer_events":0,"complete":true,...}
 //! ```
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -28,7 +28,7 @@ use clap::Parser;
 mod count;
 #[path = "common/proc.rs"]
 mod proc;
-use count::{Tally, find_crlf};
+use count::{ReadBuf, Tally, find_crlf};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -69,8 +69,7 @@ fn run(a: &Args) -> anyhow::Result<Tally> {
     s.set_read_timeout(Some(Duration::from_millis(200)))?;
     s.write_all(&psubscribe_command(&a.pattern))?;
 
-    let mut buf = vec![0u8; 1 << 20];
-    let (mut start, mut end) = (0usize, 0usize);
+    let mut rb = ReadBuf::new(1 << 20);
     let mut parser = RespParser::default();
     let mut subscribed = false;
     let mut t = Tally {
@@ -79,12 +78,11 @@ fn run(a: &Args) -> anyhow::Result<Tally> {
     };
     let idle = Duration::from_secs_f64(a.idle_secs);
     let start_wait = Duration::from_secs_f64(a.start_secs);
-    let mut last_activity = Instant::now();
     loop {
         // Parse what is buffered.
         let (mut n, mut nbytes) = (0u64, 0u64);
         let mut refused: Option<String> = None;
-        let used = parser.feed(&buf[start..end], |f| match f {
+        let used = parser.feed(&rb.buf[rb.start..rb.end], |f| match f {
             Frame::PMessage { payload } => {
                 n += 1;
                 nbytes += payload;
@@ -105,7 +103,7 @@ fn run(a: &Args) -> anyhow::Result<Tally> {
             }
             Frame::Simple(_) => {}
         })?;
-        start += used;
+        rb.start += used;
         if let Some(msg) = refused {
             bail!("server refused the subscription: {msg}");
         }
@@ -116,48 +114,15 @@ fn run(a: &Args) -> anyhow::Result<Tally> {
                 break;
             }
         }
-        // Make room: move a partial frame header to the front.
-        if start == end {
-            (start, end) = (0, 0);
-        } else if end == buf.len() {
-            if start == 0 {
-                bail!("RESP frame header longer than {} bytes", buf.len());
-            }
-            buf.copy_within(start..end, 0);
-            (start, end) = (0, end - start);
-        }
-        match s.read(&mut buf[end..]) {
-            Ok(0) => {
-                t.ended = "closed";
-                t.disconnects += 1;
-                break;
-            }
-            Ok(k) => {
-                end += k;
-                last_activity = Instant::now();
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                let wait = if !subscribed {
-                    Duration::from_secs(10)
-                } else if t.count == 0 {
-                    start_wait
-                } else {
-                    idle
-                };
-                if last_activity.elapsed() >= wait {
-                    if !subscribed {
-                        bail!("no answer from the server");
-                    }
-                    break;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
+        if !rb.refill(
+            &mut s,
+            &mut t,
+            "RESP frame header",
+            subscribed,
+            start_wait,
+            idle,
+        )? {
+            break;
         }
     }
     Ok(t)

@@ -5,7 +5,8 @@
 //! `mod proc`) (cargo does not build a file in a
 //! subdirectory of `examples/` as an example of its own unless it is `main.rs`).
 
-use std::time::Instant;
+use std::io::Read;
+use std::time::{Duration, Instant};
 
 use crate::proc::{now_ns, self_cpu_ticks};
 
@@ -79,5 +80,89 @@ impl Tally {
             expect != 0 && self.count >= expect,
             self_cpu_ticks()
         );
+    }
+}
+
+/// The receive buffer of a raw counting subscriber: `buf[start..end]` is read but not yet
+/// parsed (a partial line or frame at most, after a parse pass).
+pub struct ReadBuf {
+    pub buf: Vec<u8>,
+    pub start: usize,
+    pub end: usize,
+    last_activity: Instant,
+}
+
+impl ReadBuf {
+    pub fn new(size: usize) -> ReadBuf {
+        ReadBuf {
+            buf: vec![0u8; size],
+            start: 0,
+            end: 0,
+            last_activity: Instant::now(),
+        }
+    }
+
+    /// Something happened: the idle clock starts again.
+    pub fn touch(&mut self) {
+        self.last_activity = Instant::now();
+    }
+
+    /// Moves a partial line/frame (`what`) to the front and reads more from `s` (which has a
+    /// read timeout). `Ok(false)`: stop, because the server closed (recorded in `t`) or
+    /// nothing came for the wait that applies (10 s before `subscribed`, `start_wait`
+    /// before the first message, `idle` after).
+    pub fn refill(
+        &mut self,
+        s: &mut impl Read,
+        t: &mut Tally,
+        what: &str,
+        subscribed: bool,
+        start_wait: Duration,
+        idle: Duration,
+    ) -> anyhow::Result<bool> {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.end == self.buf.len() {
+            if self.start == 0 {
+                anyhow::bail!("{what} longer than {} bytes", self.buf.len());
+            }
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        match s.read(&mut self.buf[self.end..]) {
+            Ok(0) => {
+                t.ended = "closed";
+                t.disconnects += 1;
+                Ok(false)
+            }
+            Ok(k) => {
+                self.end += k;
+                self.touch();
+                Ok(true)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                let wait = if !subscribed {
+                    Duration::from_secs(10)
+                } else if t.count == 0 {
+                    start_wait
+                } else {
+                    idle
+                };
+                if self.last_activity.elapsed() >= wait {
+                    if !subscribed {
+                        anyhow::bail!("no answer from the server");
+                    }
+                    return Ok(false);
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(true),
+            Err(e) => Err(e.into()),
+        }
     }
 }
