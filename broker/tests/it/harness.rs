@@ -202,6 +202,19 @@ impl Broker {
         }
     }
 
+    /// Waits (up to 15 s) until the log satisfies `done`; `what` names it in the failure.
+    pub fn wait_log(&self, what: &str, done: impl Fn(&str) -> bool) {
+        let t0 = Instant::now();
+        while !done(&self.log_text()) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "timed out waiting for {what} in the log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     /// Waits until the metric reaches `at_least`.
     pub fn wait_metric(&self, name: &str, labels: &[&str], at_least: f64) {
         let t0 = Instant::now();

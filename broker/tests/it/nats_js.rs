@@ -115,15 +115,9 @@ async fn jetstream_stores_every_event_in_order() {
         _store,
         _dir,
     } = jetstream_setup("stream = \"DNSTAP\"\nstream_max_age = \"1h\"\nack_window = 256\n");
-    let t0 = std::time::Instant::now();
-    while !broker.log_text().contains("JetStream stream ready") {
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "stream not created:\n{}",
-            broker.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    broker.wait_log("the stream created", |l| {
+        l.contains("JetStream stream ready")
+    });
 
     let name = "bind-resolver.fstrm";
     let file = capture(name);
@@ -170,20 +164,9 @@ async fn jetstream_unavailable_is_logged_and_retried() {
         &format!("url = \"{}\"\njetstream = true\n", nats.url),
     );
     let mut broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
-    let t0 = std::time::Instant::now();
-    while broker
-        .log_text()
-        .matches("JetStream stream not available")
-        .count()
-        < 2
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "no retry logged:\n{}",
-            broker.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    broker.wait_log("a retry", |l| {
+        l.matches("JetStream stream not available").count() >= 2
+    });
     assert!(broker.is_running());
 }
 
@@ -217,19 +200,9 @@ async fn user_password_auth() {
         ),
     );
     let mut broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
-    let t0 = std::time::Instant::now();
-    while !broker
-        .log_text()
-        .to_lowercase()
-        .contains("authorization violation")
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "no authorization error logged:\n{}",
-            broker.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    broker.wait_log("an authorization error", |l| {
+        l.to_lowercase().contains("authorization violation")
+    });
     assert_eq!(
         broker.metric("tapbus_output_up", &["output=\"nats\""]),
         0.0,
