@@ -18,7 +18,7 @@
 #   --no-build   do not run cargo build (use the binaries already in target/release)
 #   --perf FILE  record the broker with `perf record -g` during the run; report to FILE
 #   --keep       keep the temporary directory (logs, metrics) and print its path
-# Environment: COUNT (default 1000000), CAPTURE (default ../shared/testdata/dnstap/bulk-100k.fstrm
+# Environment: COUNT (default 1000000), CAPTURE (default testdata/dnstap/bulk-100k.fstrm
 #   relative to the repo root), IDLE_SECS (subscriber idle timeout, default 5),
 #   RUN_TIMEOUT (seconds allowed for the blast and for the subscriber, default 300),
 #   RATE (pace the sender at RATE frames/s; default 0 = as fast as possible),
@@ -34,7 +34,11 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 COUNT=${COUNT:-1000000}
-CAPTURE=${CAPTURE:-$ROOT/../shared/testdata/dnstap/bulk-100k.fstrm}
+CAPTURE=${CAPTURE:-$ROOT/testdata/dnstap/bulk-100k.fstrm}
+# The repository stores the bulk capture compressed; the tests unpack it beside the .gz.
+if [ ! -f "$CAPTURE" ] && [ -f "$CAPTURE.gz" ]; then
+  gunzip -c "$CAPTURE.gz" >"$CAPTURE.tmp.$$" && mv "$CAPTURE.tmp.$$" "$CAPTURE"
+fi
 IDLE_SECS=${IDLE_SECS:-5}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 RATE=${RATE:-0}

@@ -106,9 +106,9 @@ exec 3<>"/dev/tcp/127.0.0.1/$METRICS_PORT"
 printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
 grep -E '^tapbus_(events|published|dropped)_total' <&3 || true
 exec 3>&-
-if [ -d ../shared/testdata/dnstap ]; then
-  echo "==> replaying a BIND capture with fstrm_replay: $(grep -c . ../shared/testdata/dnstap/bind-resolver.fstrm.expected.jsonl) messages"
-  fstrm_replay -t protobuf:dnstap.Dnstap -r ../shared/testdata/dnstap/bind-resolver.fstrm -u "$SOCK"
+if [ -d testdata/dnstap ]; then
+  echo "==> replaying a BIND capture with fstrm_replay: $(grep -c . testdata/dnstap/bind-resolver.fstrm.expected.jsonl) messages"
+  fstrm_replay -t protobuf:dnstap.Dnstap -r testdata/dnstap/bind-resolver.fstrm -u "$SOCK"
   sleep 1
   exec 3<>"/dev/tcp/127.0.0.1/$METRICS_PORT"
   printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3

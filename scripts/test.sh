@@ -7,8 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-test-deps.sh
-if [ ! -d ../shared/testdata/dnstap ]; then
-  echo "test data not found at ../shared/testdata/dnstap (next to this repository)" >&2
+if [ ! -f testdata/dnstap/MANIFEST.md ]; then
+  echo "test data not found at testdata/dnstap (it is part of the repository)" >&2
   exit 1
 fi
 cargo fmt --all -- --check

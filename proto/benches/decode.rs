@@ -23,13 +23,9 @@ use tapbus_proto::dnstap::Dnstap;
 use tapbus_proto::event;
 use tapbus_proto::fstrm::{DEFAULT_MAX_DATA_FRAME, Frame, decode_all};
 
-const BULK: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/testdata/dnstap/bulk-100k.fstrm"
-);
-
 fn load() -> (Vec<u8>, Vec<Bytes>) {
-    let bytes = std::fs::read(BULK).unwrap_or_else(|e| panic!("reading {BULK}: {e}"));
+    let bulk = tapbus_testsupport::testdata::path("bulk-100k.fstrm");
+    let bytes = std::fs::read(&bulk).unwrap_or_else(|e| panic!("reading {}: {e}", bulk.display()));
     let (frames, result) = decode_all(&bytes, DEFAULT_MAX_DATA_FRAME);
     assert_eq!(result, Ok(()), "bulk capture decodes");
     let data: Vec<Bytes> = frames

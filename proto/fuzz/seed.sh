@@ -7,10 +7,10 @@
 #   corpus/fstrm_reader/  every malformed/*.fstrm file whole, plus the first 4 KiB of each
 #                         capture (a START frame and some data frames, cut mid-frame).
 #
-# Usage: fuzz/seed.sh [TESTDATA_DIR]   (default: ../../shared/testdata/dnstap from proto/)
+# Usage: fuzz/seed.sh [TESTDATA_DIR]   (default: testdata/dnstap of the repository)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-data="${1:-$here/../../../shared/testdata/dnstap}"
+data="${1:-$here/../../testdata/dnstap}"
 [ -d "$data" ] || { echo "test data not found: $data" >&2; exit 1; }
 mkdir -p "$here/corpus/event_encode" "$here/corpus/fstrm_reader"
 

@@ -806,7 +806,7 @@ mod tests {
     use super::*;
     use std::path::{Path, PathBuf};
 
-    const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/dnstap");
+    use tapbus_testsupport::testdata;
 
     fn read(path: impl AsRef<Path>) -> Vec<u8> {
         let path = path.as_ref();
@@ -814,7 +814,7 @@ mod tests {
     }
 
     fn malformed(name: &str) -> Vec<u8> {
-        read(Path::new(TESTDATA).join("malformed").join(name))
+        read(testdata::path(&format!("malformed/{name}")))
     }
 
     fn hex(s: &str) -> Vec<u8> {
@@ -1525,7 +1525,7 @@ mod tests {
 
     #[test]
     fn every_malformed_file_has_an_expectation() {
-        let dir = Path::new(TESTDATA).join("malformed");
+        let dir = testdata::dir().join("malformed");
         let mut names: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -1567,12 +1567,10 @@ mod tests {
     // ---- fixtures: captures -----------------------------------------------------------------
 
     fn captures() -> Vec<PathBuf> {
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(TESTDATA)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "fstrm"))
+        let paths: Vec<PathBuf> = testdata::captures()
+            .iter()
+            .map(|n| testdata::path(n))
             .collect();
-        paths.sort();
         assert!(paths.len() >= 8, "captures missing: {paths:?}");
         paths
     }
@@ -1622,7 +1620,7 @@ mod tests {
 
     #[test]
     fn bulk_capture_has_100002_frames() {
-        let bytes = read(Path::new(TESTDATA).join("bulk-100k.fstrm"));
+        let bytes = read(testdata::path("bulk-100k.fstrm"));
         let (frames, result) = decode_all(&bytes, DEFAULT_MAX_DATA_FRAME);
         assert_eq!(result, Ok(()));
         assert_eq!(data_count(&frames), 100_002);
@@ -1639,7 +1637,7 @@ mod tests {
 
     #[test]
     fn oversize_mid_stream_with_small_max() {
-        let bytes = read(Path::new(TESTDATA).join("unbound.fstrm"));
+        let bytes = read(testdata::path("unbound.fstrm"));
         let (all, result) = decode_all(&bytes, DEFAULT_MAX_DATA_FRAME);
         assert_eq!(result, Ok(()));
         let sizes: Vec<usize> = all
@@ -1856,8 +1854,8 @@ mod tests {
                 ..
             })
         ));
-        let capture = read(Path::new(TESTDATA).join("kresd.fstrm"));
-        let expected = summary_data_frames(&Path::new(TESTDATA).join("kresd.fstrm"));
+        let capture = read(testdata::path("kresd.fstrm"));
+        let expected = summary_data_frames(&testdata::path("kresd.fstrm"));
         let (frames, err, _) = block_on(collect_framed(capture, 1000, DEFAULT_MAX_DATA_FRAME));
         assert_eq!(err, None);
         assert_eq!(data_count(&frames), expected);

@@ -112,7 +112,7 @@ fn file_inputs_exit_status() {
         &[],
     );
     assert_eq!(code, 0, "{err}");
-    let bad = testdata().join("malformed/truncated-mid-frame.fstrm");
+    let bad = capture("malformed/truncated-mid-frame.fstrm");
     let (code, err) = broker(
         &[
             "-i",

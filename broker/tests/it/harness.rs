@@ -10,21 +10,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-pub fn testdata() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/dnstap")
-}
-
+/// A test-data file (`testdata/dnstap/NAME`, unpacked if stored compressed).
 pub fn capture(name: &str) -> PathBuf {
-    testdata().join(name)
+    tapbus_testsupport::testdata::path(name)
 }
 
-/// Number of messages in a capture, from its summary (the independent decoder's count).
-pub fn expected_count(name: &str) -> usize {
-    let p = testdata().join(format!("{name}.summary.json"));
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&p).expect("summary")).expect("json");
-    v["counts"]["total_messages"].as_u64().expect("total") as usize
-}
+pub use tapbus_testsupport::testdata::expected_count;
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -35,7 +35,7 @@ async fn malformed_inputs_close_only_their_connection() {
     ]);
     let mut sub = Sub::start(&nats.url, "dnstap.>").await;
 
-    let mdir = testdata().join("malformed");
+    let mdir = tapbus_testsupport::testdata::dir().join("malformed");
     let mut files: Vec<_> = std::fs::read_dir(&mdir)
         .expect("malformed dir")
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -572,13 +572,7 @@ fn malformed_dns_matches_golang_in_full() {
 /// Every capture at the top level has a test below; this one makes sure none is forgotten.
 #[test]
 fn every_capture_is_covered() {
-    let mut found: Vec<String> = std::fs::read_dir(Path::new(super::TESTDATA))
-        .expect("test data directory")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".fstrm"))
-        .collect();
-    found.sort();
+    let found = tapbus_testsupport::testdata::captures();
     assert_eq!(
         found,
         [

@@ -19,17 +19,14 @@ use prost::Message as _;
 use serde_json::Value;
 use tapbus_proto::dnstap::Dnstap;
 
-use crate::{TESTDATA, data_frames};
+use crate::data_frames;
 
 /// Every real capture at the top of the test data directory.
 fn capture_files() -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(TESTDATA)
-        .expect("testdata")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "fstrm"))
-        .collect();
-    v.sort();
-    v
+    tapbus_testsupport::testdata::captures()
+        .iter()
+        .map(|n| tapbus_testsupport::testdata::path(n))
+        .collect()
 }
 
 fn encode(frame: Bytes) -> Option<Value> {

@@ -1,5 +1,5 @@
 //! Integration tests of `tapbus-proto` against the real dnstap captures in
-//! `shared/testdata/dnstap` (see its `MANIFEST.md`).
+//! `testdata/dnstap` (see its `MANIFEST.md`).
 //!
 //! * [`differential`]: every capture is split with `fstrm::decode_all`, every data frame is
 //!   encoded with `event::encode`, and each event is compared field by field with the output
@@ -24,11 +24,9 @@ use serde_json::Value;
 use tapbus_proto::event::{self, EventError, Summary};
 use tapbus_proto::fstrm::{self, DEFAULT_MAX_DATA_FRAME, Frame};
 
-/// The test data directory (CI clones the repository with `shared/` beside it).
-pub const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/dnstap");
-
+/// A test-data file (`testdata/dnstap/NAME` in the repository; see its `MANIFEST.md`).
 pub fn testdata(name: &str) -> PathBuf {
-    Path::new(TESTDATA).join(name)
+    tapbus_testsupport::testdata::path(name)
 }
 
 pub fn read(path: &Path) -> Vec<u8> {

@@ -1,0 +1,130 @@
+//! The test data the repository carries: `testdata/dnstap` at the repository root (see its
+//! `MANIFEST.md`). Files stored compressed (`X.gz`, only the bulk capture today) are
+//! decompressed once beside the `.gz` on first use (the result is git-ignored), so callers
+//! ask for `X` and get a path they can read, replay or hand to a subprocess, with its
+//! `X.expected.jsonl` and `X.summary.json` beside it.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The repository's `testdata/dnstap` directory.
+pub fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/dnstap")
+}
+
+/// The path of the test-data file `name` (relative to `testdata/dnstap`, e.g.
+/// `"unbound.fstrm"` or `"malformed/empty.fstrm"`), decompressing `name.gz` when only the
+/// compressed form is stored. Panics with the path when the file does not exist: a test
+/// without its data must fail, never pass vacuously.
+pub fn path(name: &str) -> PathBuf {
+    let plain = dir().join(name);
+    let gz = dir().join(format!("{name}.gz"));
+    if gz.exists() {
+        return unpack(&gz, name);
+    }
+    if !plain.exists() {
+        panic!(
+            "test data {} not found (nor {}.gz)",
+            plain.display(),
+            plain.display()
+        );
+    }
+    plain
+}
+
+/// The names of the real captures at the top of `testdata/dnstap` (`X.fstrm`, also when
+/// stored as `X.fstrm.gz`), sorted; pass each to [`path`].
+pub fn captures() -> Vec<String> {
+    let d = dir();
+    let mut v: Vec<String> = std::fs::read_dir(&d)
+        .unwrap_or_else(|e| panic!("test data directory {}: {e}", d.display()))
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter_map(|n| {
+            let n = n.strip_suffix(".gz").map(str::to_owned).unwrap_or(n);
+            n.ends_with(".fstrm").then_some(n)
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Number of messages in a capture according to its summary (the independent decoder's
+/// count, `counts.total_messages` in `X.summary.json`).
+pub fn expected_count(name: &str) -> usize {
+    let p = path(&format!("{name}.summary.json"));
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    // A tiny scan instead of a JSON dependency: the summary is generated and has one
+    // `"total_messages": N` inside `counts`.
+    let key = "\"total_messages\":";
+    let at = text
+        .find(key)
+        .unwrap_or_else(|| panic!("{}: no total_messages", p.display()));
+    let digits: String = text[at + key.len()..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: total_messages: {e}", p.display()))
+}
+
+fn unpack(gz: &Path, name: &str) -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let out = dir().join(name);
+    let out_dir = out.parent().map(Path::to_path_buf).unwrap_or_else(dir);
+    let fresh = match (std::fs::metadata(&out), std::fs::metadata(gz)) {
+        (Ok(o), Ok(g)) => match (o.modified(), g.modified()) {
+            (Ok(om), Ok(gm)) => om >= gm,
+            _ => false,
+        },
+        _ => false,
+    };
+    if fresh {
+        return out;
+    }
+    let file = std::fs::File::open(gz).unwrap_or_else(|e| panic!("{}: {e}", gz.display()));
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(file)
+        .read_to_end(&mut bytes)
+        .unwrap_or_else(|e| panic!("{}: {e}", gz.display()));
+    // Write beside and rename, so another test binary unpacking at the same time never
+    // reads a half-written file.
+    let file_name = out.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = out_dir.join(format!(
+        ".{}.{}.tmp",
+        file_name.unwrap_or_default(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, &bytes).unwrap_or_else(|e| panic!("{}: {e}", tmp.display()));
+    std::fs::rename(&tmp, &out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_and_compressed_files_resolve() {
+        assert!(path("unbound.fstrm").exists());
+        let bulk = path("bulk-100k.fstrm");
+        let len = std::fs::metadata(&bulk).map(|m| m.len()).unwrap_or(0);
+        assert_eq!(len, 11_739_045, "bulk capture unpacked completely");
+        assert_eq!(expected_count("bulk-100k.fstrm"), 100_002);
+        assert_eq!(expected_count("unbound.fstrm"), 1757);
+        let all = captures();
+        assert_eq!(all.len(), 8, "{all:?}");
+        assert!(all.contains(&"bulk-100k.fstrm".to_string()));
+    }
+
+    #[test]
+    #[should_panic(expected = "not found")]
+    fn missing_data_fails_loudly() {
+        path("no-such-capture.fstrm");
+    }
+}
