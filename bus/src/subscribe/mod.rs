@@ -1,0 +1,2 @@
+//! Subscribe: bus --> consumer. Every mode hands out deliveries with an ack handle that the
+//! consumer calls only after its own downstream write succeeded.
