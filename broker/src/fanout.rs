@@ -7,23 +7,16 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
-use tapbus_proto::event::Summary;
+use tapbus_bus::metrics::PublishMetrics;
 use tokio::sync::mpsc;
 
-use crate::metrics::OutputMetrics;
-
 /// One encoded event: the JSON bytes (shared by every output) and what routing needs.
-#[derive(Debug, Clone)]
-pub struct Event {
-    pub json: Bytes,
-    pub summary: Summary,
-}
+pub use tapbus_bus::publish::Message as Event;
 
 #[derive(Debug)]
 struct OutputTx {
     tx: mpsc::Sender<Event>,
-    metrics: OutputMetrics,
+    metrics: PublishMetrics,
 }
 
 /// The sending side of every output queue. Cheap to clone (one per connection).
@@ -36,11 +29,11 @@ pub struct Fanout {
 }
 
 /// The receiving side handed to one egress task.
-pub type EventRx = mpsc::Receiver<Event>;
+pub type EventRx = tapbus_bus::publish::Queue;
 
 impl Fanout {
     /// Creates one queue per output; returns the fan-out and the receivers, in order.
-    pub fn new(outputs: Vec<(usize, OutputMetrics)>) -> (Fanout, Vec<EventRx>) {
+    pub fn new(outputs: Vec<(usize, PublishMetrics)>) -> (Fanout, Vec<EventRx>) {
         let mut txs = Vec::with_capacity(outputs.len());
         let mut rxs = Vec::with_capacity(outputs.len());
         for (cap, metrics) in outputs {

@@ -1,19 +1,19 @@
 //! tapbus-broker: the first arrow of the flow, DNS server --dnstap--> broker --JSON--> bus.
 //!
 //! ```text
-//! ingress/{unix,tcp,tls,dial,file} -> session -> event::encode -> fanout -> egress/{nats,mqtt,redis,stdout}
+//! ingress/{unix,tcp,tls,dial,file} -> session -> event::encode -> fanout -> tapbus_bus::publish/{nats,mqtt,redis,stdout}
 //! ```
 //! * [`ingress`]: listeners, dial-out and files; one task per connection.
 //! * [`session`]: Frame Streams reading and handshake; frames become events here.
 //! * [`fanout`]: every event to every output through per-output bounded queues.
-//! * [`egress`]: one task per output publishing to its bus.
+//! * egress: one task per output publishing to its bus, from the bus layer
+//!   (`tapbus_bus::publish`).
 //! * [`metrics`], [`http`]: counters and the `/metrics`, `/health` endpoint.
 //!
 //! Invariants (ARCHITECTURE.md): never stall a sender (sockets are read continuously and
 //! the fan-out never waits); every drop is counted; one connection's bad input never
 //! affects another.
 
-pub mod egress;
 pub mod fanout;
 pub mod http;
 pub mod ingress;
@@ -76,7 +76,11 @@ pub async fn run(
         .zip(rxs)
         .map(|(spec, rx)| {
             let m = metrics.output(&spec.name);
-            (spec.name.clone(), m.clone(), egress::spawn(spec, rx, m))
+            (
+                spec.name.clone(),
+                m.clone(),
+                tapbus_bus::publish::spawn(spec.name, spec.kind, rx, m),
+            )
         })
         .collect();
 
@@ -156,7 +160,8 @@ pub async fn run(
             output = %name,
             events = offered.load(Ordering::Relaxed),
             published,
-            dropped = m.settled() - published,
+            dropped = m.dropped(),
+            filtered = m.filtered.get(),
             "output closed"
         );
     }

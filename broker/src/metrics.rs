@@ -11,6 +11,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use tapbus_bus::metrics::PublishFamilies;
+pub use tapbus_bus::metrics::PublishMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InputL {
@@ -29,17 +31,6 @@ struct InputReasonL {
     reason: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutputL {
-    output: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutputReasonL {
-    output: String,
-    reason: &'static str,
-}
-
 /// All metric families, registered once.
 pub struct Metrics {
     registry: Registry,
@@ -51,13 +42,7 @@ pub struct Metrics {
     events: Family<InputL, Counter>,
     dns_malformed: Family<InputL, Counter>,
     malformed: Family<InputReasonL, Counter>,
-    published: Family<OutputL, Counter>,
-    resent: Family<OutputL, Counter>,
-    inflight: Family<OutputL, Gauge>,
-    dropped: Family<OutputReasonL, Counter>,
-    queue_depth: Family<OutputL, Gauge>,
-    queue_capacity: Family<OutputL, Gauge>,
-    up: Family<OutputL, Gauge>,
+    outputs: PublishFamilies,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -84,13 +69,7 @@ impl Metrics {
             events: Family::default(),
             dns_malformed: Family::default(),
             malformed: Family::default(),
-            published: Family::default(),
-            resent: Family::default(),
-            inflight: Family::default(),
-            dropped: Family::default(),
-            queue_depth: Family::default(),
-            queue_capacity: Family::default(),
-            up: Family::default(),
+            outputs: PublishFamilies::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -133,41 +112,7 @@ impl Metrics {
             "bad input by reason: frames that are not dnstap (skipped) and connections closed for a protocol error",
             m.malformed.clone(),
         );
-        registry.register(
-            "published",
-            "events each output's bus has confirmed (NATS: marker echoed or JetStream ack; MQTT: written at QoS 0, PUBACK at QoS 1; Redis: pipeline reply)",
-            m.published.clone(),
-        );
-        registry.register(
-            "resent",
-            "events sent again because the connection broke before the bus confirmed them (subscribers may see these twice)",
-            m.resent.clone(),
-        );
-        registry.register(
-            "inflight",
-            "events sent to the bus and held until it confirms them",
-            m.inflight.clone(),
-        );
-        registry.register(
-            "dropped",
-            "events dropped by each output, by reason",
-            m.dropped.clone(),
-        );
-        registry.register(
-            "queue_depth",
-            "events waiting in each output's queue",
-            m.queue_depth.clone(),
-        );
-        registry.register(
-            "queue_capacity",
-            "size of each output's queue",
-            m.queue_capacity.clone(),
-        );
-        registry.register(
-            "output_up",
-            "1 when the output is connected to its bus, else 0",
-            m.up.clone(),
-        );
+        m.outputs.register(&mut registry);
         Metrics { registry, ..m }
     }
 
@@ -196,26 +141,8 @@ impl Metrics {
     }
 
     /// Handles for one output.
-    pub fn output(&self, output: &str) -> OutputMetrics {
-        let l = OutputL {
-            output: output.to_string(),
-        };
-        let r = |reason| OutputReasonL {
-            output: output.to_string(),
-            reason,
-        };
-        OutputMetrics {
-            published: get(&self.published, &l),
-            resent: get(&self.resent, &l),
-            inflight: get(&self.inflight, &l),
-            dropped_full: get(&self.dropped, &r("queue_full")),
-            dropped_error: get(&self.dropped, &r("publish_error")),
-            dropped_too_large: get(&self.dropped, &r("too_large")),
-            dropped_shutdown: get(&self.dropped, &r("shutdown")),
-            depth: get(&self.queue_depth, &l),
-            capacity: get(&self.queue_capacity, &l),
-            up: get(&self.up, &l),
-        }
+    pub fn output(&self, output: &str) -> PublishMetrics {
+        self.outputs.handles(output)
     }
 
     /// The Prometheus text exposition.
@@ -253,32 +180,6 @@ impl InputMetrics {
                 reason,
             })
             .inc();
-    }
-}
-
-/// Per-output counters.
-#[derive(Clone, Debug)]
-pub struct OutputMetrics {
-    pub published: Counter,
-    pub resent: Counter,
-    pub inflight: Gauge,
-    pub dropped_full: Counter,
-    pub dropped_error: Counter,
-    pub dropped_too_large: Counter,
-    pub dropped_shutdown: Counter,
-    pub depth: Gauge,
-    pub capacity: Gauge,
-    pub up: Gauge,
-}
-
-impl OutputMetrics {
-    /// Events this output has settled: published or dropped for any reason.
-    pub fn settled(&self) -> u64 {
-        self.published.get()
-            + self.dropped_full.get()
-            + self.dropped_error.get()
-            + self.dropped_too_large.get()
-            + self.dropped_shutdown.get()
     }
 }
 

@@ -232,7 +232,7 @@ impl State {
                 }
                 self.json.extend_from_slice(&self.out);
                 Some(Event {
-                    json: self.json.split().freeze(),
+                    payload: self.json.split().freeze(),
                     summary,
                 })
             }

@@ -16,6 +16,12 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use tapbus_proto::subject::{Flavor, Template};
 
+pub mod connect;
+
+pub use connect::{
+    BusConnect, BusKind, ConnectConfig, MqttConnect, NatsAuth, NatsConnect, RedisConnect, scheme_of,
+};
+
 /// A configuration that cannot be run. The message always names the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -96,10 +102,10 @@ pub struct InputConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
-    /// `nats://host:port` (several, comma-separated, for a cluster), `mqtt://host:1883`,
-    /// `mqtts://host:8883`, `redis://[user:password@]host:6379[/db]`, `rediss://...` or
-    /// `stdout`.
-    pub url: String,
+    /// How to connect: `url` and the connection keys (see [`ConnectConfig`]), or `url =
+    /// "stdout"`.
+    #[serde(flatten)]
+    pub connect: ConnectConfig,
     /// Subject template (NATS) or channel template (Redis `publish` mode); placeholders
     /// {identity} {operation} {qtype} {rcode} {protocol}.
     pub subject: Option<String>,
@@ -107,29 +113,6 @@ pub struct OutputConfig {
     pub topic: Option<String>,
     /// MQTT: QoS 0 (default) or 1.
     pub qos: Option<u8>,
-    /// MQTT: protocol version, "3.1.1" (default) or "5".
-    pub mqtt_version: Option<String>,
-    /// MQTT: client id (default "tapbus-broker-<output name>").
-    pub client_id: Option<String>,
-    /// MQTT: keep-alive interval (default 30s).
-    #[serde(with = "humantime_serde")]
-    pub keep_alive: Option<Duration>,
-    /// MQTT and NATS: user name and password.
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// MQTT (mqtts://) and NATS: PEM CA bundle to verify the server (default: system roots).
-    pub tls_ca: Option<PathBuf>,
-    /// NATS: authentication token.
-    pub token: Option<String>,
-    /// NATS: path of a file holding an NKey seed (`SU...`).
-    pub nkey_seed: Option<PathBuf>,
-    /// NATS: path of a `.creds` file (JWT + NKey seed).
-    pub creds: Option<PathBuf>,
-    /// NATS: PEM client certificate and its private key (mutual TLS).
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    /// NATS: refuse to talk without TLS (implied by `tls://` URLs and the TLS keys).
-    pub require_tls: Option<bool>,
     /// NATS: publish through JetStream (acknowledged, stored in `stream`), default false.
     pub jetstream: Option<bool>,
     /// NATS JetStream: stream name (default "DNSTAP"), created if missing.
@@ -143,9 +126,6 @@ pub struct OutputConfig {
     pub stream_max_msgs: Option<i64>,
     /// NATS JetStream: most publishes awaiting their ack at once (default 1024).
     pub ack_window: Option<usize>,
-    /// MQTT: largest packet, bytes (default 4 MiB; rumqttc's own default of 10 KiB is too
-    /// small for DNS events).
-    pub max_packet_size: Option<usize>,
     /// Redis: "publish" (default; PUBLISH to the channel template), "list" (RPUSH to `key`,
     /// capped at `max_len`) or "stream" (XADD to `key` with MAXLEN ~ `max_len`, field `data`).
     pub mode: Option<String>,
@@ -204,22 +184,6 @@ pub enum OutputKind {
     Stdout,
 }
 
-/// How the NATS output authenticates (at most one).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub enum NatsAuth {
-    #[default]
-    None,
-    UserPassword {
-        user: String,
-        password: String,
-    },
-    Token(String),
-    /// Path of a file holding the NKey seed.
-    NkeySeed(PathBuf),
-    /// Path of a `.creds` file.
-    Creds(PathBuf),
-}
-
 /// Validated JetStream settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JetStreamSpec {
@@ -234,14 +198,8 @@ pub struct JetStreamSpec {
 /// Validated NATS output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NatsSpec {
-    /// Server URLs, comma-separated.
-    pub servers: String,
+    pub connect: NatsConnect,
     pub subject: Template,
-    pub auth: NatsAuth,
-    pub tls_ca: Option<PathBuf>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub require_tls: bool,
     /// `Some` to publish through JetStream.
     pub jetstream: Option<JetStreamSpec>,
 }
@@ -249,20 +207,10 @@ pub struct NatsSpec {
 /// Validated MQTT output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MqttSpec {
-    pub host: String,
-    pub port: u16,
-    pub tls: bool,
-    pub tls_ca: Option<PathBuf>,
+    pub connect: MqttConnect,
     pub topic: Template,
     /// 0 or 1.
     pub qos: u8,
-    /// 3 (3.1.1) or 5.
-    pub version: u8,
-    pub client_id: String,
-    pub keep_alive: Duration,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub max_packet_size: usize,
 }
 
 /// Redis delivery mode.
@@ -279,8 +227,7 @@ pub enum RedisMode {
 /// Validated Redis output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedisSpec {
-    /// The connection URL as given (redis:// or rediss://, credentials and db included).
-    pub url: String,
+    pub connect: RedisConnect,
     pub mode: RedisMode,
 }
 
@@ -351,7 +298,10 @@ impl BrokerConfig {
         self.outputs.insert(
             name,
             OutputConfig {
-                url: url.to_string(),
+                connect: ConnectConfig {
+                    url: url.to_string(),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
         );
@@ -418,13 +368,6 @@ impl BrokerConfig {
             handshake_timeout: self.handshake_timeout,
             metrics_listen,
         })
-    }
-}
-
-fn scheme_of(url: &str) -> &str {
-    match url.split_once("://") {
-        Some((s, _)) => s,
-        None => url,
     }
 }
 
@@ -581,13 +524,14 @@ fn validate_input(key: &str, i: &InputConfig) -> Result<InputSpec, ConfigError> 
 
 fn validate_output(name: &str, o: &OutputConfig) -> Result<OutputSpec, ConfigError> {
     let key = format!("outputs.{name}");
-    let url = o.url.trim();
+    let url = o.connect.url.trim();
     let queue = o.queue.unwrap_or(16384);
     if queue == 0 {
         return Err(invalid(format!("{key}.queue"), "must be at least 1"));
     }
-    let scheme = url.split_once("://").map_or(url, |(s, _)| s);
-    // Keys that only some outputs understand.
+    let scheme = scheme_of(url);
+    // Publish keys that only some outputs understand (connection keys are checked by
+    // `ConnectConfig::validate`).
     let only = |field: &str, set: bool, kinds: &[&str], what: &str| -> Result<(), ConfigError> {
         if set && !kinds.contains(&scheme) {
             return Err(invalid(
@@ -599,6 +543,7 @@ fn validate_output(name: &str, o: &OutputConfig) -> Result<OutputSpec, ConfigErr
     };
     let mqtt = ["mqtt", "mqtts"];
     let redis = ["redis", "rediss"];
+    let nats = ["nats", "tls"];
     only(
         "subject",
         o.subject.is_some(),
@@ -607,92 +552,59 @@ fn validate_output(name: &str, o: &OutputConfig) -> Result<OutputSpec, ConfigErr
     )?;
     only("topic", o.topic.is_some(), &mqtt, "MQTT")?;
     only("qos", o.qos.is_some(), &mqtt, "MQTT")?;
-    only("mqtt_version", o.mqtt_version.is_some(), &mqtt, "MQTT")?;
-    only("client_id", o.client_id.is_some(), &mqtt, "MQTT")?;
-    only("keep_alive", o.keep_alive.is_some(), &mqtt, "MQTT")?;
-    let nats = ["nats", "tls"];
-    let mqtt_nats = ["mqtt", "mqtts", "nats", "tls"];
-    only(
-        "username",
-        o.username.is_some(),
-        &mqtt_nats,
-        "MQTT and NATS",
-    )?;
-    only(
-        "password",
-        o.password.is_some(),
-        &mqtt_nats,
-        "MQTT and NATS",
-    )?;
-    only(
-        "tls_ca",
-        o.tls_ca.is_some(),
-        &["mqtts", "nats", "tls"],
-        "mqtts:// and NATS",
-    )?;
-    only("token", o.token.is_some(), &nats, "NATS")?;
-    only("nkey_seed", o.nkey_seed.is_some(), &nats, "NATS")?;
-    only("creds", o.creds.is_some(), &nats, "NATS")?;
-    only("tls_cert", o.tls_cert.is_some(), &nats, "NATS")?;
-    only("tls_key", o.tls_key.is_some(), &nats, "NATS")?;
-    only("require_tls", o.require_tls.is_some(), &nats, "NATS")?;
-    only("jetstream", o.jetstream.is_some(), &nats, "NATS")?;
-    only("stream", o.stream.is_some(), &nats, "NATS")?;
-    only(
-        "stream_subjects",
-        o.stream_subjects.is_some(),
-        &nats,
-        "NATS",
-    )?;
-    only(
-        "stream_max_bytes",
-        o.stream_max_bytes.is_some(),
-        &nats,
-        "NATS",
-    )?;
-    only("stream_max_age", o.stream_max_age.is_some(), &nats, "NATS")?;
-    only(
-        "stream_max_msgs",
-        o.stream_max_msgs.is_some(),
-        &nats,
-        "NATS",
-    )?;
-    only("ack_window", o.ack_window.is_some(), &nats, "NATS")?;
-    only(
-        "max_packet_size",
-        o.max_packet_size.is_some(),
-        &mqtt,
-        "MQTT",
-    )?;
+    for (field, set) in [
+        ("jetstream", o.jetstream.is_some()),
+        ("stream", o.stream.is_some()),
+        ("stream_subjects", o.stream_subjects.is_some()),
+        ("stream_max_bytes", o.stream_max_bytes.is_some()),
+        ("stream_max_age", o.stream_max_age.is_some()),
+        ("stream_max_msgs", o.stream_max_msgs.is_some()),
+        ("ack_window", o.ack_window.is_some()),
+    ] {
+        only(field, set, &nats, "NATS")?;
+    }
     only("mode", o.mode.is_some(), &redis, "Redis")?;
     only("key", o.key.is_some(), &redis, "Redis")?;
     only("max_len", o.max_len.is_some(), &redis, "Redis")?;
     let kind = if url == "stdout" || url == "stdout://" {
-        OutputKind::Stdout
-    } else if mqtt.contains(&scheme) {
-        OutputKind::Mqtt(validate_mqtt(&key, name, url, o)?)
-    } else if redis.contains(&scheme) {
-        OutputKind::Redis(validate_redis(&key, url, o)?)
-    } else if url.starts_with("nats://") || url.starts_with("tls://") {
-        for server in url.split(',') {
-            let rest = server
-                .trim()
-                .split_once("://")
-                .map(|(_, r)| r)
-                .unwrap_or_default();
-            let hostport = rest.rsplit('@').next().unwrap_or(rest);
-            host_port(&key, hostport)?;
+        if o.connect
+            != (ConnectConfig {
+                url: o.connect.url.clone(),
+                ..Default::default()
+            })
+        {
+            return Err(invalid(
+                key.clone(),
+                "the stdout output takes no connection keys",
+            ));
         }
-        OutputKind::Nats(validate_nats(&key, url, o)?)
+        OutputKind::Stdout
     } else if url.is_empty() {
         return Err(invalid(format!("{key}.url"), "missing"));
-    } else {
+    } else if scheme == "jetstream" {
         return Err(invalid(
             format!("{key}.url"),
-            format!(
-                "unsupported output {url:?}: use nats://, mqtt://, mqtts://, redis://, rediss:// or stdout"
-            ),
+            "jetstream:// is a subscriber URL; a JetStream output is nats://... with jetstream = true",
         ));
+    } else {
+        match o
+            .connect
+            .validate(&key, &format!("tapbus-broker-{name}"))
+            .map_err(|e| match e {
+                ConfigError::Invalid { key: k, msg } if msg.starts_with("unsupported bus") => {
+                    invalid(
+                        k,
+                        format!(
+                            "unsupported output {url:?}: use nats://, mqtt://, mqtts://, redis://, rediss:// or stdout"
+                        ),
+                    )
+                }
+                other => other,
+            })? {
+            BusConnect::Nats(c) => OutputKind::Nats(validate_nats(&key, c, o)?),
+            BusConnect::Mqtt(c) => OutputKind::Mqtt(validate_mqtt(&key, c, o)?),
+            BusConnect::Redis(c) => OutputKind::Redis(validate_redis(&key, c, o)?),
+        }
     };
     Ok(OutputSpec {
         name: name.to_string(),
@@ -703,26 +615,9 @@ fn validate_output(name: &str, o: &OutputConfig) -> Result<OutputSpec, ConfigErr
 
 fn validate_mqtt(
     key: &str,
-    name: &str,
-    url: &str,
+    connect: MqttConnect,
     o: &OutputConfig,
 ) -> Result<MqttSpec, ConfigError> {
-    let tls = url.starts_with("mqtts://");
-    let rest = url
-        .split_once("://")
-        .map_or("", |(_, r)| r)
-        .trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            p.parse::<u16>()
-                .map_err(|_| invalid(format!("{key}.url"), format!("bad port in {url:?}")))?,
-        ),
-        None => (rest, if tls { 8883 } else { 1883 }),
-    };
-    if host.is_empty() {
-        return Err(invalid(format!("{key}.url"), format!("no host in {url:?}")));
-    }
     let t = o.topic.as_deref().unwrap_or(Template::DEFAULT_MQTT);
     let topic = Template::parse(t, Flavor::Mqtt)
         .map_err(|e| invalid(format!("{key}.topic"), format!("{t:?}: {e}")))?;
@@ -730,126 +625,21 @@ fn validate_mqtt(
     if qos > 1 {
         return Err(invalid(format!("{key}.qos"), "must be 0 or 1"));
     }
-    let version = match o.mqtt_version.as_deref() {
-        None | Some("3.1.1") | Some("3") | Some("4") => 3,
-        Some("5") | Some("5.0") => 5,
-        Some(v) => {
-            return Err(invalid(
-                format!("{key}.mqtt_version"),
-                format!("{v:?}: use \"3.1.1\" or \"5\""),
-            ));
-        }
-    };
-    let keep_alive = o.keep_alive.unwrap_or(Duration::from_secs(30));
-    if keep_alive < Duration::from_secs(1) {
-        return Err(invalid(format!("{key}.keep_alive"), "must be at least 1s"));
-    }
-    let max_packet_size = o.max_packet_size.unwrap_or(4 << 20);
-    if !(1024..=(256 << 20)).contains(&max_packet_size) {
-        return Err(invalid(
-            format!("{key}.max_packet_size"),
-            "must be between 1024 and 268435456",
-        ));
-    }
-    if let Some(ca) = &o.tls_ca
-        && !ca.is_file()
-    {
-        return Err(invalid(
-            format!("{key}.tls_ca"),
-            format!("{} is not a readable file", ca.display()),
-        ));
-    }
-    if o.password.is_some() && o.username.is_none() {
-        return Err(invalid(format!("{key}.password"), "needs a username"));
-    }
     Ok(MqttSpec {
-        host: host.to_string(),
-        port,
-        tls,
-        tls_ca: o.tls_ca.clone(),
+        connect,
         topic,
         qos,
-        version,
-        client_id: o
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("tapbus-broker-{name}")),
-        keep_alive,
-        username: o.username.clone(),
-        password: o.password.clone(),
-        max_packet_size,
     })
 }
 
-fn need_file(key: &str, field: &str, p: &Option<PathBuf>) -> Result<Option<PathBuf>, ConfigError> {
-    match p {
-        Some(p) if !p.is_file() => Err(invalid(
-            format!("{key}.{field}"),
-            format!("{} is not a readable file", p.display()),
-        )),
-        _ => Ok(p.clone()),
-    }
-}
-
-fn validate_nats(key: &str, url: &str, o: &OutputConfig) -> Result<NatsSpec, ConfigError> {
+fn validate_nats(
+    key: &str,
+    connect: NatsConnect,
+    o: &OutputConfig,
+) -> Result<NatsSpec, ConfigError> {
     let t = o.subject.as_deref().unwrap_or(Template::DEFAULT_NATS);
     let subject = Template::parse(t, Flavor::Nats)
         .map_err(|e| invalid(format!("{key}.subject"), format!("{t:?}: {e}")))?;
-    // At most one authentication method.
-    let methods = [
-        ("username", o.username.is_some()),
-        ("token", o.token.is_some()),
-        ("nkey_seed", o.nkey_seed.is_some()),
-        ("creds", o.creds.is_some()),
-    ];
-    let set: Vec<&str> = methods
-        .iter()
-        .filter(|(_, s)| *s)
-        .map(|(f, _)| *f)
-        .collect();
-    if set.len() > 1 {
-        return Err(invalid(
-            format!("{key}.{}", set[1]),
-            format!(
-                "only one authentication method at a time ({} is set too)",
-                set[0]
-            ),
-        ));
-    }
-    let auth = match (&o.username, &o.password) {
-        (Some(u), Some(p)) => NatsAuth::UserPassword {
-            user: u.clone(),
-            password: p.clone(),
-        },
-        (Some(_), None) => return Err(invalid(format!("{key}.username"), "needs a password")),
-        (None, Some(_)) => return Err(invalid(format!("{key}.password"), "needs a username")),
-        (None, None) => {
-            if let Some(t) = &o.token {
-                if t.is_empty() {
-                    return Err(invalid(format!("{key}.token"), "must not be empty"));
-                }
-                NatsAuth::Token(t.clone())
-            } else if let Some(p) = need_file(key, "nkey_seed", &o.nkey_seed)? {
-                NatsAuth::NkeySeed(p)
-            } else if let Some(p) = need_file(key, "creds", &o.creds)? {
-                NatsAuth::Creds(p)
-            } else {
-                NatsAuth::None
-            }
-        }
-    };
-    let tls_ca = need_file(key, "tls_ca", &o.tls_ca)?;
-    let tls_cert = need_file(key, "tls_cert", &o.tls_cert)?;
-    let tls_key = need_file(key, "tls_key", &o.tls_key)?;
-    match (&tls_cert, &tls_key) {
-        (Some(_), None) => return Err(invalid(format!("{key}.tls_cert"), "needs tls_key")),
-        (None, Some(_)) => return Err(invalid(format!("{key}.tls_key"), "needs tls_cert")),
-        _ => {}
-    }
-    let require_tls = o.require_tls.unwrap_or(false)
-        || url.split(',').any(|s| s.trim().starts_with("tls://"))
-        || tls_ca.is_some()
-        || tls_cert.is_some();
     let js_keys = [
         ("stream", o.stream.is_some()),
         ("stream_subjects", o.stream_subjects.is_some()),
@@ -918,30 +708,17 @@ fn validate_nats(key: &str, url: &str, o: &OutputConfig) -> Result<NatsSpec, Con
         None
     };
     Ok(NatsSpec {
-        servers: url.to_string(),
+        connect,
         subject,
-        auth,
-        tls_ca,
-        tls_cert,
-        tls_key,
-        require_tls,
         jetstream,
     })
 }
 
-fn validate_redis(key: &str, url: &str, o: &OutputConfig) -> Result<RedisSpec, ConfigError> {
-    let parsed =
-        url::Url::parse(url).map_err(|e| invalid(format!("{key}.url"), format!("{url:?}: {e}")))?;
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(invalid(format!("{key}.url"), format!("no host in {url:?}")));
-    }
-    let path = parsed.path().trim_start_matches('/');
-    if !path.is_empty() && path.parse::<u32>().is_err() {
-        return Err(invalid(
-            format!("{key}.url"),
-            format!("database {path:?} is not a number"),
-        ));
-    }
+fn validate_redis(
+    key: &str,
+    connect: RedisConnect,
+    o: &OutputConfig,
+) -> Result<RedisSpec, ConfigError> {
     let max_len = o.max_len.unwrap_or(100_000);
     if max_len == 0 {
         return Err(invalid(format!("{key}.max_len"), "must be at least 1"));
@@ -984,10 +761,7 @@ fn validate_redis(key: &str, url: &str, o: &OutputConfig) -> Result<RedisSpec, C
             ));
         }
     };
-    Ok(RedisSpec {
-        url: url.to_string(),
-        mode,
-    })
+    Ok(RedisSpec { connect, mode })
 }
 
 #[cfg(test)]
@@ -1028,7 +802,7 @@ mod tests {
             let c: BrokerConfig =
                 load(Some(&example()), BrokerConfig::default()).map_err(|e| e.to_string())?;
             assert_eq!(c.max_frame_size, 2048);
-            assert_eq!(c.outputs["nats"].url, "nats://10.9.9.9:4223");
+            assert_eq!(c.outputs["nats"].connect.url, "nats://10.9.9.9:4223");
             Ok(())
         });
     }
@@ -1111,8 +885,8 @@ mod tests {
         let OutputKind::Nats(n) = &s.outputs[0].kind else {
             panic!("nats expected: {:?}", s.outputs[0]);
         };
-        assert_eq!(n.auth, NatsAuth::None);
-        assert!(!n.require_tls && n.jetstream.is_none());
+        assert_eq!(n.connect.auth, NatsAuth::None);
+        assert!(!n.connect.require_tls && n.jetstream.is_none());
 
         let set = |f: &dyn Fn(&mut OutputConfig)| {
             let mut c = c.clone();
@@ -1126,34 +900,40 @@ mod tests {
             other => panic!("nats expected: {other:?}"),
         };
         let n = ok(&set(&|o| {
-            o.username = Some("a".into());
-            o.password = Some("b".into());
+            o.connect.username = Some("a".into());
+            o.connect.password = Some("b".into());
         }));
         assert_eq!(
-            n.auth,
+            n.connect.auth,
             NatsAuth::UserPassword {
                 user: "a".into(),
                 password: "b".into()
             }
         );
         assert_eq!(
-            ok(&set(&|o| o.token = Some("t".into()))).auth,
+            ok(&set(&|o| o.connect.token = Some("t".into())))
+                .connect
+                .auth,
             NatsAuth::Token("t".into())
         );
         let e = err_of(&set(&|o| {
-            o.username = Some("a".into());
-            o.password = Some("b".into());
-            o.token = Some("t".into());
+            o.connect.username = Some("a".into());
+            o.connect.password = Some("b".into());
+            o.connect.token = Some("t".into());
         }));
         assert!(e.starts_with("outputs.nats.token: only one"), "{e}");
-        let e = err_of(&set(&|o| o.username = Some("a".into())));
+        let e = err_of(&set(&|o| o.connect.username = Some("a".into())));
         assert!(
             e.starts_with("outputs.nats.username: needs a password"),
             "{e}"
         );
-        let e = err_of(&set(&|o| o.creds = Some("/nonexistent.creds".into())));
+        let e = err_of(&set(&|o| {
+            o.connect.creds = Some("/nonexistent.creds".into())
+        }));
         assert!(e.starts_with("outputs.nats.creds:"), "{e}");
-        let e = err_of(&set(&|o| o.tls_cert = Some("/nonexistent.pem".into())));
+        let e = err_of(&set(&|o| {
+            o.connect.tls_cert = Some("/nonexistent.pem".into())
+        }));
         assert!(e.starts_with("outputs.nats.tls_cert:"), "{e}");
         let e = err_of(&set(&|o| o.stream = Some("X".into())));
         assert!(e.starts_with("outputs.nats.stream: needs jetstream"), "{e}");
@@ -1177,7 +957,7 @@ mod tests {
         let mut t = c.clone();
         t.outputs.clear();
         t.add_output_url("tls://127.0.0.1:4222");
-        assert!(ok(&t).require_tls);
+        assert!(ok(&t).connect.require_tls);
 
         // NATS keys are refused elsewhere.
         let mut r = c.clone();
@@ -1203,8 +983,11 @@ mod tests {
         let OutputKind::Mqtt(m) = &s.outputs[0].kind else {
             panic!("mqtt expected: {:?}", s.outputs[0]);
         };
-        assert_eq!((m.port, m.qos, m.version, m.tls), (1883, 0, 3, false));
-        assert_eq!(m.max_packet_size, 4 << 20);
+        assert_eq!(
+            (m.connect.port, m.qos, m.connect.version, m.connect.tls),
+            (1883, 0, 3, false)
+        );
+        assert_eq!(m.connect.max_packet_size, 4 << 20);
         let OutputKind::Redis(r) = &s.outputs[1].kind else {
             panic!("redis expected");
         };
@@ -1219,7 +1002,8 @@ mod tests {
         };
         assert!(set(&|o| o.qos = Some(2)).starts_with("outputs.mqtt.qos:"));
         assert!(
-            set(&|o| o.mqtt_version = Some("4.0".into())).starts_with("outputs.mqtt.mqtt_version:")
+            set(&|o| o.connect.mqtt_version = Some("4.0".into()))
+                .starts_with("outputs.mqtt.mqtt_version:")
         );
         assert!(set(&|o| o.topic = Some("a/#".into())).starts_with("outputs.mqtt.topic:"));
         assert!(
@@ -1245,7 +1029,7 @@ mod tests {
         assert!(err_of(&r).starts_with("outputs.redis.mode:"));
         if let Some(o) = r.outputs.get_mut("redis") {
             o.mode = None;
-            o.url = "redis://127.0.0.1:6379/x".into();
+            o.connect.url = "redis://127.0.0.1:6379/x".into();
         }
         assert!(
             err_of(&r).starts_with("outputs.redis.url:"),

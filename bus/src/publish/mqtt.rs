@@ -1,4 +1,5 @@
-//! MQTT publishing (rumqttc), protocol 3.1.1 or 5, over TCP or TLS.
+//! MQTT publishing (rumqttc), the arrow `--JSON--> MQTT`: protocol 3.1.1 or 5, over TCP or
+//! TLS (connection options from [`crate::connect::mqtt`]).
 //!
 //! rumqttc splits a connection into a client (a bounded request channel) and an event loop
 //! that does the network work. The event loop runs in its own task and is polled without
@@ -26,17 +27,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{Outgoing, QoS, TlsConfiguration, Transport};
-use rustls::RootCertStore;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
+use rumqttc::{Outgoing, QoS};
 use tapbus_config::MqttSpec;
 use tapbus_proto::event::Summary;
 use tapbus_proto::subject::Template;
 use tokio::time::Instant;
 
-use crate::fanout::EventRx;
-use crate::metrics::OutputMetrics;
+use super::Queue;
+use crate::connect::mqtt as connect;
+use crate::metrics::PublishMetrics;
 
 /// Requests the client may hold for the event loop (rumqttc's default is 10).
 const CLIENT_CAPACITY: usize = 1024;
@@ -46,29 +45,26 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-pub async fn run(name: String, spec: MqttSpec, mut rx: EventRx, m: OutputMetrics) {
-    let transport = if spec.tls {
-        match tls_config(&spec) {
-            Ok(t) => Transport::tls_with_config(t),
-            Err(e) => {
-                tracing::error!(output = %name, "MQTT TLS setup failed: {e}; dropping events for this output");
-                while rx.recv().await.is_some() {
-                    m.dropped_error.inc();
-                }
-                return;
+pub async fn run(name: String, spec: MqttSpec, mut rx: Queue, m: PublishMetrics) {
+    let c = &spec.connect;
+    let transport = match connect::transport(c) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(output = %name, "MQTT TLS setup failed: {e}; dropping events for this output");
+            while rx.recv().await.is_some() {
+                m.dropped_error.inc();
             }
+            return;
         }
-    } else {
-        Transport::tcp()
     };
     let shared = Arc::new(Shared {
-        limit: AtomicUsize::new(spec.max_packet_size),
+        limit: AtomicUsize::new(c.max_packet_size),
         handed: AtomicU64::new(0),
         done: AtomicU64::new(0),
     });
     let link = Link {
         name: name.clone(),
-        addr: format!("{}:{}", spec.host, spec.port),
+        addr: format!("{}:{}", c.host, c.port),
         qos1: spec.qos == 1,
         m: m.clone(),
         shared: shared.clone(),
@@ -76,29 +72,12 @@ pub async fn run(name: String, spec: MqttSpec, mut rx: EventRx, m: OutputMetrics
         backoff: BACKOFF_MIN,
         warned_refused: false,
     };
-    let (client, mut driver) = if spec.version == 5 {
-        let mut o = rumqttc::v5::MqttOptions::new(&spec.client_id, &spec.host, spec.port);
-        // rumqttc's v5 options refuse a keep-alive under 5 s (they assert).
-        o.set_keep_alive(spec.keep_alive.max(Duration::from_secs(5)))
-            .set_clean_start(true)
-            .set_max_packet_size(Some(
-                u32::try_from(spec.max_packet_size).unwrap_or(u32::MAX),
-            ))
-            .set_transport(transport);
-        if let Some(u) = &spec.username {
-            o.set_credentials(u, spec.password.clone().unwrap_or_default());
-        }
+    let (client, mut driver) = if c.version == 5 {
+        let o = connect::options_v5(c, transport, true);
         let (c, el) = rumqttc::v5::AsyncClient::new(o, CLIENT_CAPACITY);
         (Client::V5(c), tokio::spawn(drive_v5(el, link)))
     } else {
-        let mut o = rumqttc::MqttOptions::new(&spec.client_id, &spec.host, spec.port);
-        o.set_keep_alive(spec.keep_alive)
-            .set_clean_session(true)
-            .set_max_packet_size(spec.max_packet_size, spec.max_packet_size)
-            .set_transport(transport);
-        if let Some(u) = &spec.username {
-            o.set_credentials(u, spec.password.clone().unwrap_or_default());
-        }
+        let o = connect::options_v4(c, transport, true);
         let (c, el) = rumqttc::AsyncClient::new(o, CLIENT_CAPACITY);
         (Client::V4(c), tokio::spawn(drive_v4(el, link)))
     };
@@ -110,7 +89,7 @@ pub async fn run(name: String, spec: MqttSpec, mut rx: EventRx, m: OutputMetrics
     };
     // Fixed part of a PUBLISH besides topic and payload: topic length, packet id (QoS 1),
     // properties length (MQTT 5).
-    let overhead = 2 + if spec.qos == 1 { 2 } else { 0 } + if spec.version == 5 { 1 } else { 0 };
+    let overhead = 2 + if spec.qos == 1 { 2 } else { 0 } + if c.version == 5 { 1 } else { 0 };
     let mut topics = TopicCache::new(spec.topic.clone());
     let mut handed: u64 = 0;
     let mut warned_large = false;
@@ -119,7 +98,7 @@ pub async fn run(name: String, spec: MqttSpec, mut rx: EventRx, m: OutputMetrics
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         for ev in batch.drain(..) {
             let topic = topics.get(&ev.summary);
-            let size = packet_size(overhead + topic.len() + ev.json.len());
+            let size = packet_size(overhead + topic.len() + ev.payload.len());
             let limit = shared.limit.load(Ordering::Relaxed);
             if size > limit {
                 m.dropped_too_large.inc();
@@ -129,7 +108,7 @@ pub async fn run(name: String, spec: MqttSpec, mut rx: EventRx, m: OutputMetrics
                 }
                 continue;
             }
-            match client.publish(topic, qos, ev.json).await {
+            match client.publish(topic, qos, ev.payload).await {
                 Ok(()) => {
                     handed += 1;
                     shared.handed.store(handed, Ordering::Relaxed);
@@ -227,7 +206,7 @@ struct Link {
     name: String,
     addr: String,
     qos1: bool,
-    m: OutputMetrics,
+    m: PublishMetrics,
     shared: Arc<Shared>,
     state: LinkState,
     backoff: Duration,
@@ -398,50 +377,6 @@ fn packet_size(len: usize) -> usize {
 }
 
 /// Server verification for mqtts://: the `tls_ca` bundle, else the system's CA bundle.
-fn tls_config(spec: &MqttSpec) -> Result<TlsConfiguration, String> {
-    let mut roots = RootCertStore::empty();
-    let (path, what) = match &spec.tls_ca {
-        Some(ca) => (ca.clone(), "tls_ca"),
-        None => (
-            system_ca_bundle().ok_or("no system CA bundle found: set tls_ca")?,
-            "system CA bundle",
-        ),
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
-        .and_then(|it| it.collect())
-        .map_err(|e| format!("{what} {}: {e}", path.display()))?;
-    let (added, _) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err(format!(
-            "{what} {}: no usable CA certificate",
-            path.display()
-        ));
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(TlsConfiguration::Rustls(Arc::new(cfg)))
-}
-
-/// `SSL_CERT_FILE`, else the usual bundle locations (Debian/Ubuntu, Fedora/RHEL, Alpine/BSD).
-fn system_ca_bundle() -> Option<std::path::PathBuf> {
-    let env = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from);
-    env.into_iter()
-        .chain(
-            [
-                "/etc/ssl/certs/ca-certificates.crt",
-                "/etc/pki/tls/certs/ca-bundle.crt",
-                "/etc/ssl/cert.pem",
-            ]
-            .map(std::path::PathBuf::from),
-        )
-        .find(|p| p.is_file())
-}
-
 /// Rendered topics by the event fields the template uses (a stream from one server has a
 /// handful of distinct topics).
 struct TopicCache {

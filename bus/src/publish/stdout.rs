@@ -2,17 +2,17 @@
 
 use tokio::io::{AsyncWriteExt, BufWriter};
 
-use crate::fanout::EventRx;
-use crate::metrics::OutputMetrics;
+use super::Queue as EventRx;
+use crate::metrics::PublishMetrics;
 
-pub async fn run(mut rx: EventRx, m: OutputMetrics) {
+pub async fn run(mut rx: EventRx, m: PublishMetrics) {
     let mut out = BufWriter::with_capacity(256 * 1024, tokio::io::stdout());
     m.up.set(1);
     while let Some(ev) = rx.recv().await {
         let mut batch = 0u64;
         let mut next = Some(ev);
         while let Some(ev) = next {
-            if out.write_all(&ev.json).await.is_err() || out.write_all(b"\n").await.is_err() {
+            if out.write_all(&ev.payload).await.is_err() || out.write_all(b"\n").await.is_err() {
                 tracing::error!(
                     output = "stdout",
                     "cannot write to standard output; dropping events"
@@ -37,7 +37,7 @@ pub async fn run(mut rx: EventRx, m: OutputMetrics) {
     let _ = out.flush().await;
 }
 
-async fn drain_as_dropped(rx: &mut EventRx, m: &OutputMetrics) {
+async fn drain_as_dropped(rx: &mut EventRx, m: &PublishMetrics) {
     while rx.recv().await.is_some() {
         m.dropped_error.inc();
     }

@@ -18,14 +18,14 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use tokio::time::Instant;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{Client, Pipeline, RedisError, streams::StreamMaxlen};
 use tapbus_config::{RedisMode, RedisSpec};
 use tapbus_proto::event::Summary;
 use tapbus_proto::subject::Template;
 
-use crate::fanout::{Event, EventRx};
-use crate::metrics::OutputMetrics;
+use super::{Message as Event, Queue as EventRx};
+use crate::metrics::PublishMetrics;
 
 const BATCH: usize = 512;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -33,8 +33,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub async fn run(name: String, spec: RedisSpec, mut rx: EventRx, m: OutputMetrics) {
-    let client = match Client::open(spec.url.as_str()) {
+pub async fn run(name: String, spec: RedisSpec, mut rx: EventRx, m: PublishMetrics) {
+    let client = match crate::connect::redis::client(&spec.connect) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(output = %name, "Redis client: {e}; dropping events for this output");
@@ -155,7 +155,7 @@ type PipeFuture =
 const MAX_PIPELINES: usize = 2;
 
 /// Counts everything left in the queue as failed; returns how many.
-async fn drop_all(rx: &mut EventRx, m: &OutputMetrics) -> u64 {
+async fn drop_all(rx: &mut EventRx, m: &PublishMetrics) -> u64 {
     let mut n = 0;
     while rx.recv().await.is_some() {
         m.dropped_error.inc();
@@ -169,14 +169,14 @@ struct Link {
     name: String,
     client: Client,
     con: ConnectionManager,
-    m: OutputMetrics,
+    m: PublishMetrics,
     /// None before the first outcome; then whether the last exchange succeeded.
     healthy: Option<bool>,
     backoff: Duration,
 }
 
 impl Link {
-    fn new(name: String, client: Client, m: OutputMetrics) -> Result<Link, RedisError> {
+    fn new(name: String, client: Client, m: PublishMetrics) -> Result<Link, RedisError> {
         m.up.set(0);
         let con = Self::manager(&client)?;
         Ok(Link {
@@ -192,13 +192,7 @@ impl Link {
     /// A lazily connecting manager: its first command connects, later ones reconnect after
     /// I/O errors. Our own backoff sits on top, so it retries only briefly itself.
     fn manager(client: &Client) -> Result<ConnectionManager, RedisError> {
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_min_delay(MIN_BACKOFF)
-            .set_max_delay(Duration::from_secs(1));
-        ConnectionManager::new_lazy_with_config(client.clone(), cfg)
+        crate::connect::redis::manager(client, CONNECT_TIMEOUT, Some(RESPONSE_TIMEOUT), MIN_BACKOFF)
     }
 
     fn is_up(&self) -> bool {
@@ -278,14 +272,14 @@ impl Writer {
             Writer::Publish(channels) => {
                 for ev in batch {
                     let ch = channels.get(&ev.summary);
-                    p.cmd("PUBLISH").arg(&*ch).arg(&ev.json[..]).ignore();
+                    p.cmd("PUBLISH").arg(&*ch).arg(&ev.payload[..]).ignore();
                 }
             }
             Writer::List { key, max_len } => {
                 let mut push = redis::cmd("RPUSH");
                 push.arg(key.as_str());
                 for ev in batch {
-                    push.arg(&ev.json[..]);
+                    push.arg(&ev.payload[..]);
                 }
                 p.add_command(push).ignore();
                 let keep = -(i64::try_from(*max_len).unwrap_or(i64::MAX));
@@ -297,7 +291,7 @@ impl Writer {
                         key.as_str(),
                         StreamMaxlen::Approx(*max_len),
                         "*",
-                        &[("data", &ev.json[..])],
+                        &[("data", &ev.payload[..])],
                     )
                     .ignore();
                 }

@@ -1,0 +1,45 @@
+//! Publish: producer --JSON--> bus, with confirmations. One task per output drains that
+//! output's bounded queue; every output confirms what it sent before counting it as
+//! published, holds what is unconfirmed (bounded) and sends it again after a reconnect, so
+//! `published + dropped == queued` for every output, through any outage (README "Delivery
+//! and accounting" says what confirms an event on each bus).
+//!
+//! * [`nats`]: core publish (marker windows) or JetStream (PubAcks, `Nats-Msg-Id`).
+//! * [`mqtt`]: QoS 0 or 1, MQTT 3.1.1 or 5.
+//! * [`redis`]: `PUBLISH`, `RPUSH` (list) or `XADD` (stream), pipelined.
+//! * [`stdout`]: JSON lines.
+
+pub mod mqtt;
+pub mod nats;
+pub mod redis;
+pub mod stdout;
+
+use bytes::Bytes;
+use tapbus_config::OutputKind;
+use tapbus_proto::event::Summary;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::metrics::PublishMetrics;
+
+/// One message to publish: the payload (shared between outputs) and the fields the
+/// subject/topic template of each output is rendered from.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub payload: Bytes,
+    pub summary: Summary,
+}
+
+/// The receiving side of one output's queue.
+pub type Queue = mpsc::Receiver<Message>;
+
+/// Starts the publishing task for one output; it returns when the queue is closed and
+/// everything in it was confirmed or counted as dropped.
+pub fn spawn(name: String, kind: OutputKind, rx: Queue, metrics: PublishMetrics) -> JoinHandle<()> {
+    match kind {
+        OutputKind::Nats(n) => tokio::spawn(nats::run(name, n, rx, metrics)),
+        OutputKind::Mqtt(m) => tokio::spawn(mqtt::run(name, m, rx, metrics)),
+        OutputKind::Redis(r) => tokio::spawn(redis::run(name, r, rx, metrics)),
+        OutputKind::Stdout => tokio::spawn(stdout::run(rx, metrics)),
+    }
+}

@@ -1,0 +1,410 @@
+//! JetStream publishing with PubAcks per chunk and re-sends with the same `Nats-Msg-Id`
+//! (see the parent module).
+
+use std::collections::VecDeque;
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage, stream};
+use async_nats::{PublishErrorKind, Subject};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use tapbus_config::JetStreamSpec;
+use tokio::time::Instant;
+
+use super::{BATCH, Conn, SubjectCache, msg_id_prefix};
+use crate::metrics::PublishMetrics;
+use crate::publish::Queue;
+
+/// Gets or creates the stream, retrying with backoff. `false` if the queue closed first.
+async fn ensure_stream(
+    name: &str,
+    ctx: &jetstream::Context,
+    js: &JetStreamSpec,
+    rx: &mut Queue,
+) -> bool {
+    let mut config = stream::Config {
+        name: js.stream.clone(),
+        subjects: js.subjects.clone(),
+        ..Default::default()
+    };
+    if let Some(b) = js.max_bytes {
+        config.max_bytes = b;
+    }
+    if let Some(n) = js.max_msgs {
+        config.max_messages = n;
+    }
+    if let Some(a) = js.max_age {
+        config.max_age = a;
+    }
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match ctx.get_or_create_stream(config.clone()).await {
+            Ok(s) => {
+                tracing::info!(output = %name, stream = %js.stream, subjects = ?s.cached_info().config.subjects, "JetStream stream ready");
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!(output = %name, stream = %js.stream, "JetStream stream not available: {e}; retrying in {delay:?}");
+            }
+        }
+        // Wait, but notice shutdown.
+        let until = tokio::time::Instant::now() + delay;
+        while tokio::time::Instant::now() < until {
+            if rx.is_closed() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// An event sent to JetStream and held until the server has acknowledged it.
+struct Pending {
+    subject: Subject,
+    payload: Bytes,
+    id: String,
+    /// Times the server refused it (not counting lost connections and timeouts).
+    rejects: u8,
+}
+
+/// A refusal (no stream for the subject, a stream limit, a permission) is retried at once,
+/// this many times in all, then the event is dropped and counted as `publish_error`: a
+/// refused subject must not stall the output. Lost connections and ack timeouts are
+/// retried without limit, with backoff.
+const MAX_REJECTS: u8 = 3;
+
+/// Events published in order on one connection, the last one with a reply subject: its
+/// PubAck confirms the whole batch (a stream stores one connection's messages in order).
+struct Batch {
+    events: Vec<Pending>,
+    /// The connection the batch went out on (as for core windows): a PubAck that comes back
+    /// on a later connection does not vouch for the plain publishes, which may have been
+    /// lost with the old one.
+    on: Conn,
+}
+
+type AckFuture = std::pin::Pin<
+    Box<
+        dyn Future<
+                Output = (
+                    Batch,
+                    Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+                ),
+            > + Send,
+    >,
+>;
+
+/// Logs publish/ack failures once per change of state.
+struct Health<'a> {
+    name: &'a str,
+    failing: bool,
+}
+
+impl Health<'_> {
+    fn ok(&mut self) {
+        if self.failing {
+            self.failing = false;
+            tracing::info!(output = %self.name, "JetStream publishes are acknowledged again");
+        }
+    }
+
+    fn fail(&mut self, what: &str, e: &dyn std::fmt::Display) {
+        if !self.failing {
+            self.failing = true;
+            tracing::warn!(output = %self.name, "JetStream {what} failed: {e}; sending unacknowledged events again (same Nats-Msg-Id) until it works");
+        }
+    }
+}
+
+/// JetStream publishing. Every event carries a `Nats-Msg-Id`; events go out in chunks of
+/// up to [`ACK_EVERY`], the last with a reply subject whose PubAck confirms the chunk (one
+/// ack per chunk instead of one per event: less work for the server and the broker). Only
+/// events on subjects the stream has already acknowledged go out without a reply, so an
+/// event on a subject no stream stores is never counted as published. A failed publish or ack (connection
+/// lost, timeout, no stream) sends the whole batch again with the same ids, which the
+/// server de-duplicates, so the stream holds every event once. `published` counts
+/// acknowledged events.
+struct Js<'a> {
+    name: &'a str,
+    client: async_nats::Client,
+    stats: Arc<async_nats::Statistics>,
+    ctx: jetstream::Context,
+    m: &'a PublishMetrics,
+    h: Health<'a>,
+    /// Most events sent and not yet acknowledged.
+    window: usize,
+    inflight: FuturesOrdered<AckFuture>,
+    /// Events in `inflight`.
+    held: usize,
+    retry: VecDeque<Pending>,
+    retry_at: Instant,
+    backoff: Duration,
+    /// Subjects the stream has acknowledged an event on.
+    proven: std::collections::HashSet<Box<str>, rustc_hash::FxBuildHasher>,
+    warned_refused: bool,
+}
+
+/// Events per acknowledged batch.
+const ACK_EVERY: usize = 64;
+
+impl Js<'_> {
+    fn held(&self) -> usize {
+        self.held + self.retry.len()
+    }
+
+    /// Sends a chunk of events. An event goes out plainly (no reply) only if its subject is
+    /// known to be stored by the stream (an ack on that subject came back) and it is not
+    /// the chunk's last; otherwise it gets a reply subject, and its PubAck confirms it and
+    /// the plain ones sent since the previous acknowledged one. Failed events wait in
+    /// `retry`.
+    async fn send(&mut self, events: Vec<Pending>) {
+        let n = events.len();
+        let on = Conn::now(&self.client, &self.stats);
+        let mut run: Vec<Pending> = Vec::new();
+        for (i, p) in events.into_iter().enumerate() {
+            if i + 1 < n && self.proven.contains(p.subject.as_str()) {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, p.id.as_str());
+                match self
+                    .client
+                    .publish_with_headers(p.subject.clone(), headers, p.payload.clone())
+                    .await
+                {
+                    Ok(()) => run.push(p),
+                    Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                        self.m.dropped_too_large.inc();
+                        tracing::warn!(output = %self.name, subject = %p.subject, "event larger than the server's max_payload; dropped");
+                    }
+                    Err(e) => {
+                        self.h.fail("publish", &e);
+                        run.push(p);
+                    }
+                }
+                continue;
+            }
+            let mut batch = std::mem::take(&mut run);
+            let msg = PublishMessage::build()
+                .payload(p.payload.clone())
+                .message_id(p.id.clone());
+            match self.ctx.send_publish(p.subject.clone(), msg).await {
+                Ok(ack) => {
+                    batch.push(p);
+                    self.held += batch.len();
+                    let fut = ack.into_future();
+                    let batch = Batch { events: batch, on };
+                    self.inflight
+                        .push_back(Box::pin(async move { (batch, fut.await) }));
+                }
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
+                    self.m.dropped_too_large.inc();
+                    tracing::warn!(output = %self.name, subject = %p.subject, "event larger than the server's max_payload; dropped");
+                    // The plain ones before it have no ack to confirm them: send again.
+                    self.failed(batch);
+                }
+                Err(e) => {
+                    self.h.fail("publish", &e);
+                    batch.push(p);
+                    self.failed(batch);
+                }
+            }
+        }
+    }
+
+    /// Queues events for a re-send: after the backoff, or at once after a refusal.
+    fn failed(&mut self, events: Vec<Pending>) {
+        self.requeue(events, true);
+    }
+
+    fn requeue(&mut self, events: Vec<Pending>, backoff: bool) {
+        if events.is_empty() {
+            return;
+        }
+        self.retry.extend(events);
+        if backoff {
+            self.retry_at = Instant::now() + self.backoff;
+            self.backoff = (self.backoff * 2).min(JS_MAX_BACKOFF);
+        }
+    }
+
+    fn settle(
+        &mut self,
+        batch: Batch,
+        res: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+    ) {
+        self.held -= batch.events.len();
+        let now = self.stats.connects.load(Ordering::Relaxed);
+        match res {
+            Ok(_) if !batch.on.matches(now) => {
+                // Acknowledged on another connection than the batch went out on: send it
+                // again (the server de-duplicates what it already has).
+                self.requeue(batch.events, false);
+            }
+            Ok(_) => {
+                self.m.published.inc_by(batch.events.len() as u64);
+                if let Some(last) = batch.events.last() {
+                    if self.proven.len() >= SubjectCache::MAX {
+                        self.proven.clear();
+                    }
+                    self.proven.insert(last.subject.as_str().into());
+                }
+                self.h.ok();
+                self.backoff = JS_MIN_BACKOFF;
+            }
+            Err(e) => {
+                self.h.fail("ack", &e);
+                // Prove the subjects again (the stream may have changed).
+                self.proven.clear();
+                let mut events = batch.events;
+                let transient = matches!(
+                    e.kind(),
+                    jetstream::context::PublishErrorKind::TimedOut
+                        | jetstream::context::PublishErrorKind::BrokenPipe
+                );
+                if !transient {
+                    // The server refused the event the ack was for (the plain ones before it
+                    // are on proven subjects, probably stored: sent again, the server
+                    // de-duplicates them). It is retried a bounded number of times.
+                    if let Some(last) = events.last_mut() {
+                        last.rejects += 1;
+                        if last.rejects >= MAX_REJECTS {
+                            events.pop();
+                            self.m.dropped_error.inc();
+                            if !self.warned_refused {
+                                self.warned_refused = true;
+                                tracing::warn!(output = %self.name, "JetStream kept refusing an event ({e}); dropped after {MAX_REJECTS} attempts (further ones are only counted, reason=\"publish_error\")");
+                            }
+                        }
+                    }
+                }
+                self.requeue(events, transient);
+            }
+        }
+    }
+
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Sends held events again, as far as the window allows, once connected (while
+    /// disconnected they would only pile up in the client's buffer).
+    async fn resend(&mut self) {
+        if !self.connected() {
+            self.retry_at = Instant::now() + JS_MIN_BACKOFF;
+            return;
+        }
+        while self.held < self.window && !self.retry.is_empty() {
+            let n = self.retry.len().min(ACK_EVERY).min(self.window - self.held);
+            let batch: Vec<Pending> = self.retry.drain(..n).collect();
+            self.m.resent.inc_by(batch.len() as u64);
+            let before = self.retry.len();
+            self.send(batch).await;
+            if self.retry.len() > before {
+                // Failed again: wait for the backoff.
+                break;
+            }
+        }
+    }
+}
+
+const JS_MIN_BACKOFF: Duration = Duration::from_millis(250);
+const JS_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+pub(super) async fn run(
+    name: &str,
+    client: &async_nats::Client,
+    js: &JetStreamSpec,
+    mut subjects: SubjectCache,
+    rx: &mut Queue,
+    m: &PublishMetrics,
+) {
+    let ctx = jetstream::ContextBuilder::new()
+        // The PubAck futures time out after `timeout`.
+        .timeout(Duration::from_secs(5))
+        .ack_timeout(Duration::from_secs(5))
+        // At most one ack per held event: never more than the window, so sending never waits
+        // on a permit that only our own (not yet polled) ack futures would release.
+        .max_ack_inflight(js.ack_window.max(ACK_EVERY))
+        .backpressure_on_inflight(true)
+        .build(client.clone());
+    if !ensure_stream(name, &ctx, js, rx).await {
+        while rx.recv().await.is_some() {
+            m.dropped_shutdown.inc();
+        }
+        return;
+    }
+    let prefix = msg_id_prefix();
+    let mut seq: u64 = 0;
+    let mut s = Js {
+        name,
+        client: client.clone(),
+        stats: client.statistics(),
+        ctx,
+        m,
+        h: Health {
+            name,
+            failing: false,
+        },
+        window: js.ack_window.max(ACK_EVERY),
+        inflight: FuturesOrdered::new(),
+        held: 0,
+        retry: VecDeque::new(),
+        retry_at: Instant::now(),
+        backoff: JS_MIN_BACKOFF,
+        proven: Default::default(),
+        warned_refused: false,
+    };
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        m.inflight.set(s.held() as i64);
+        let room = s.window.saturating_sub(s.held);
+        tokio::select! {
+            biased;
+            Some((b, res)) = s.inflight.next(), if !s.inflight.is_empty() => s.settle(b, res),
+            _ = tokio::time::sleep_until(s.retry_at), if !s.retry.is_empty() && room > 0 => {
+                s.resend().await;
+            }
+            n = rx.recv_many(&mut batch, room.min(BATCH)), if s.retry.is_empty() && room > 0 => {
+                if n == 0 {
+                    break;
+                }
+                let mut events = batch.drain(..).map(|ev| {
+                    seq += 1;
+                    Pending {
+                        subject: subjects.get(&ev.summary),
+                        payload: ev.payload,
+                        id: format!("{prefix}-{seq}"),
+                        rejects: 0,
+                    }
+                });
+                loop {
+                    let chunk: Vec<Pending> = events.by_ref().take(ACK_EVERY).collect();
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    s.send(chunk).await;
+                }
+            }
+        }
+    }
+    // Queue closed: wait (bounded) for the acks still outstanding, re-sending as needed.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while s.held() > 0 && Instant::now() < deadline {
+        tokio::select! {
+            biased;
+            Some((b, res)) = s.inflight.next(), if !s.inflight.is_empty() => s.settle(b, res),
+            _ = tokio::time::sleep_until(s.retry_at.min(deadline)), if !s.retry.is_empty() => s.resend().await,
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+    let left = s.held();
+    if left > 0 {
+        tracing::warn!(output = %name, events = left, "JetStream did not acknowledge these events before shutdown; counted as dropped");
+        m.dropped_shutdown.inc_by(left as u64);
+    }
+    m.inflight.set(0);
+}
