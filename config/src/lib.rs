@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tapbus_proto::subject::{Flavor, Template};
 
 pub mod connect;
+pub mod subscribe;
 
 pub use connect::{
     BusConnect, BusKind, ConnectConfig, MqttConnect, NatsAuth, NatsConnect, RedisConnect, scheme_of,
