@@ -1,0 +1,108 @@
+//! Parsing the events of the bulk capture (`bulk-100k.fstrm`, 100,002 events, ~914 bytes
+//! each) with [`EventView`], plus a filter and the one-line form on top.
+//!
+//! RESULTS_PLACEHOLDER
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tapbus_event::{EventView, Filter, write_line};
+use tapbus_proto::fstrm::{self, DEFAULT_MAX_DATA_FRAME, Frame};
+
+/// Every event of the bulk capture, as the broker publishes them.
+fn events() -> Vec<Vec<u8>> {
+    let path = tapbus_testsupport::testdata::path("bulk-100k.fstrm");
+    let bytes = std::fs::read(&path).expect("bulk capture");
+    let (frames, result) = fstrm::decode_all(&bytes, DEFAULT_MAX_DATA_FRAME);
+    result.expect("bulk capture is a clean stream");
+    frames
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::Data(b) => Some(b),
+            _ => None,
+        })
+        .map(|frame| {
+            let mut out = Vec::new();
+            tapbus_proto::event::encode(frame, "bench", &mut out).expect("event");
+            out
+        })
+        .take(N)
+        .collect()
+}
+
+/// The first events of the capture: enough to leave the caches, short enough to repeat.
+const N: usize = 20_000;
+
+fn bench(c: &mut Criterion) {
+    let events = events();
+    let bytes: usize = events.iter().map(Vec::len).sum();
+    eprintln!(
+        "{} events, {} bytes, {} bytes/event",
+        events.len(),
+        bytes,
+        bytes / events.len()
+    );
+    let mut g = c.benchmark_group("view");
+    g.throughput(Throughput::Elements(events.len() as u64));
+    g.sample_size(10);
+
+    g.bench_function("EventView::parse", |b| {
+        b.iter(|| {
+            for e in &events {
+                black_box(EventView::parse(black_box(e)).expect("parses"));
+            }
+        })
+    });
+    g.bench_function("serde_json::from_slice::<EventView>", |b| {
+        b.iter(|| {
+            for e in &events {
+                black_box(serde_json::from_slice::<EventView>(black_box(e)).expect("parses"));
+            }
+        })
+    });
+    g.bench_function("sonic_rs::from_slice::<EventView>", |b| {
+        b.iter(|| {
+            for e in &events {
+                black_box(sonic_rs::from_slice::<EventView>(black_box(e)).expect("parses"));
+            }
+        })
+    });
+    g.bench_function("serde_json::from_slice::<Value> (reference)", |b| {
+        b.iter(|| {
+            for e in &events {
+                black_box(
+                    serde_json::from_slice::<serde_json::Value>(black_box(e)).expect("parses"),
+                );
+            }
+        })
+    });
+    let filter = Filter::parse(
+        "operation=CLIENT_RESPONSE qname=*.bulk.test rcode!=NXDOMAIN client=127.0.0.0/8",
+    )
+    .expect("filter");
+    g.bench_function("parse + Filter::matches", |b| {
+        b.iter(|| {
+            let mut n = 0u32;
+            for e in &events {
+                let v = EventView::parse(black_box(e)).expect("parses");
+                n += u32::from(filter.matches(&v));
+            }
+            black_box(n)
+        })
+    });
+    g.bench_function("parse + write_line", |b| {
+        let mut line = String::with_capacity(256);
+        b.iter(|| {
+            for e in &events {
+                let v = EventView::parse(black_box(e)).expect("parses");
+                line.clear();
+                write_line(&v, &mut line);
+                black_box(&line);
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

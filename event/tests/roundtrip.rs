@@ -1,0 +1,259 @@
+//! Every event the proto encoder produces for the repository's captures, read with
+//! [`EventView`] and compared with the same bytes read as a `serde_json::Value`.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde_json::Value;
+use tapbus_event::{EventView, Filter, Operation, write_line};
+use tapbus_proto::fstrm::{self, DEFAULT_MAX_DATA_FRAME, Frame};
+
+/// The JSON events of one capture (frames the encoder refuses are left out).
+fn events(path: &Path) -> Vec<Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let (frames, _) = fstrm::decode_all(&bytes, DEFAULT_MAX_DATA_FRAME);
+    frames
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::Data(b) => Some(b),
+            _ => None,
+        })
+        .filter_map(|frame| {
+            let mut out = Vec::new();
+            tapbus_proto::event::encode(frame, "roundtrip", &mut out).ok()?;
+            Some(out)
+        })
+        .collect()
+}
+
+fn opt_str<'v>(v: &'v Value, block: &str, key: &str) -> Option<&'v str> {
+    let x = &v[block][key];
+    assert!(x.is_string() || x.is_null(), "{block}.{key}: {x}");
+    x.as_str()
+}
+
+fn opt_u64(v: &Value, block: &str, key: &str) -> Option<u64> {
+    let x = &v[block][key];
+    assert!(x.is_u64() || x.is_null(), "{block}.{key}: {x}");
+    x.as_u64()
+}
+
+/// Field-by-field comparison of the view with the generic parse.
+fn compare(view: &EventView<'_>, v: &Value) {
+    let op = opt_str(v, "dnstap", "operation").expect("operation");
+    assert_eq!(view.operation().as_str(), op);
+    assert_eq!(
+        view.is_response(),
+        op.ends_with("_RESPONSE") || {
+            // UNKNOWN(n): dnstap numbers responses evenly.
+            matches!(view.operation(), Operation::Unknown(n) if n % 2 == 0 && n > 0)
+        }
+    );
+    assert_eq!(view.identity(), opt_str(v, "dnstap", "identity"));
+    assert_eq!(
+        view.dnstap.version.as_deref(),
+        opt_str(v, "dnstap", "version")
+    );
+    assert_eq!(view.timestamp_ns(), opt_u64(v, "dnstap", "timestamp"));
+    assert_eq!(
+        view.dnstap.timestamp_rfc3339ns.as_deref(),
+        opt_str(v, "dnstap", "timestamp-rfc3339ns")
+    );
+    assert_eq!(view.latency(), v["dnstap"]["latency"].as_f64());
+    assert_eq!(
+        view.dnstap.query_zone.as_deref(),
+        opt_str(v, "dnstap", "query-zone")
+    );
+
+    let ip = |key: &str| opt_str(v, "network", key).map(|s| s.parse::<IpAddr>().expect("ip"));
+    assert_eq!(view.client_ip(), ip("query-ip"));
+    assert_eq!(view.server_ip(), ip("response-ip"));
+    assert_eq!(
+        view.network.query_port.map(u64::from),
+        opt_u64(v, "network", "query-port")
+    );
+    assert_eq!(
+        view.network.response_port.map(u64::from),
+        opt_u64(v, "network", "response-port")
+    );
+    assert_eq!(
+        view.protocol().map(|p| p.as_str().into_owned()).as_deref(),
+        opt_str(v, "network", "protocol")
+    );
+    assert_eq!(
+        view.family().map(|p| p.as_str().into_owned()).as_deref(),
+        opt_str(v, "network", "family")
+    );
+
+    assert_eq!(view.size().map(u64::from), opt_u64(v, "dns", "length"));
+    assert_eq!(view.dns.id.map(u64::from), opt_u64(v, "dns", "id"));
+    assert_eq!(view.dns.opcode.map(u64::from), opt_u64(v, "dns", "opcode"));
+    assert_eq!(view.rcode(), opt_str(v, "dns", "rcode"));
+    assert_eq!(view.qname(), opt_str(v, "dns", "qname"));
+    assert_eq!(view.qtype(), opt_str(v, "dns", "qtype"));
+    assert_eq!(view.dns.qclass.as_deref(), opt_str(v, "dns", "qclass"));
+    for (got, key) in [
+        (view.dns.qdcount, "qdcount"),
+        (view.dns.ancount, "ancount"),
+        (view.dns.nscount, "nscount"),
+        (view.dns.arcount, "arcount"),
+    ] {
+        assert_eq!(got.map(u64::from), opt_u64(v, "dns", key), "{key}");
+    }
+    assert_eq!(
+        Some(view.dns.malformed_packet),
+        v["dns"]["malformed-packet"].as_bool()
+    );
+    match (&view.dns.flags, &v["dns"]["flags"]) {
+        (None, Value::Null) => {}
+        (Some(f), j) => {
+            let bit = |k: &str| j[k].as_bool().unwrap_or_else(|| panic!("flag {k}: {j}"));
+            assert_eq!(
+                [f.qr, f.aa, f.tc, f.rd, f.ra, f.z, f.ad, f.cd],
+                ["qr", "aa", "tc", "rd", "ra", "z", "ad", "cd"].map(bit)
+            );
+        }
+        (None, j) => panic!("flags missing from the view: {j}"),
+    }
+    match (&view.edns, &v["edns"]) {
+        (None, Value::Null) => {}
+        (Some(e), j) => {
+            assert_eq!(Some(u64::from(e.udp_size)), j["udp-size"].as_u64());
+            assert_eq!(Some(u64::from(e.rcode)), j["rcode"].as_u64());
+            assert_eq!(Some(u64::from(e.version)), j["version"].as_u64());
+            assert_eq!(Some(u64::from(e.dnssec_ok)), j["dnssec-ok"].as_u64());
+        }
+        (None, j) => panic!("edns missing from the view: {j}"),
+    }
+}
+
+/// Counts of what the comparison went through, so that the test cannot pass on nothing.
+#[derive(Default, Debug)]
+struct Seen {
+    events: usize,
+    responses: usize,
+    with_qname: usize,
+    with_edns: usize,
+    v6_client: usize,
+    owned_qname: usize,
+    malformed: usize,
+}
+
+fn check_file(path: &Path, seen: &mut Seen) {
+    let evs = events(path);
+    let mut line = String::new();
+    for (i, e) in evs.iter().enumerate() {
+        let v: Value = serde_json::from_slice(e).expect("encoder writes JSON");
+        let view = EventView::parse(e).unwrap_or_else(|err| {
+            panic!(
+                "{} event {i}: {err}\n{}",
+                path.display(),
+                String::from_utf8_lossy(e)
+            )
+        });
+        compare(&view, &v);
+        // The serde_json path reads the same.
+        assert_eq!(EventView::parse_serde_json(e).as_ref(), Ok(&view));
+        // Every event gets a line of exactly nine space-separated fields.
+        line.clear();
+        write_line(&view, &mut line);
+        assert_eq!(line.split(' ').count(), 9, "{line}");
+        assert!(Filter::parse("").expect("empty").matches(&view));
+        seen.events += 1;
+        seen.responses += usize::from(view.is_response());
+        seen.with_qname += usize::from(view.qname().is_some());
+        seen.with_edns += usize::from(view.edns.is_some());
+        seen.v6_client += usize::from(view.client_ip().is_some_and(|ip| ip.is_ipv6()));
+        seen.owned_qname += usize::from(matches!(view.dns.qname, Some(Cow::Owned(_))));
+        seen.malformed += usize::from(view.dns.malformed_packet);
+    }
+}
+
+#[test]
+fn every_capture_event_reads_as_its_json() {
+    let mut seen = Seen::default();
+    let captures = tapbus_testsupport::testdata::captures();
+    assert_eq!(captures.len(), 8, "{captures:?}");
+    for name in &captures {
+        let before = seen.events;
+        check_file(&tapbus_testsupport::testdata::path(name), &mut seen);
+        let n = seen.events - before;
+        // Every message of the capture became an event and was compared.
+        assert_eq!(
+            n,
+            tapbus_testsupport::testdata::expected_count(name),
+            "{name}"
+        );
+    }
+    eprintln!("{seen:?}");
+    assert!(seen.events > 100_000, "{seen:?}");
+    assert!(seen.responses > seen.events / 3, "{seen:?}");
+    assert!(seen.with_qname > seen.events / 2, "{seen:?}");
+    assert!(seen.with_edns > 0 && seen.v6_client > 0, "{seen:?}");
+    // Names are borrowed from the input in the common case.
+    assert!(seen.owned_qname * 1000 < seen.events, "{seen:?}");
+}
+
+#[test]
+fn malformed_capture_events_read_too() {
+    let dir = tapbus_testsupport::testdata::dir().join("malformed");
+    let mut seen = Seen::default();
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).expect("malformed dir") {
+        let p = entry.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "fstrm") {
+            check_file(&p, &mut seen);
+            files += 1;
+        }
+    }
+    assert!(files >= 20, "{files} malformed captures");
+    assert!(seen.malformed >= 5, "{seen:?}");
+}
+
+/// Damaged events: every truncation, and single-byte substitutions, give an error or a
+/// view, never a panic; a truncated event is always an error.
+#[test]
+fn damaged_events_are_errors_not_panics() {
+    let path = tapbus_testsupport::testdata::path("malformed/bad-dns-wire.fstrm");
+    let evs = events(&path);
+    assert!(!evs.is_empty());
+    let mut errors = 0usize;
+    for e in &evs {
+        for cut in 0..e.len() {
+            assert!(
+                EventView::parse(&e[..cut]).is_err(),
+                "prefix {cut} accepted"
+            );
+        }
+        for at in (0..e.len()).step_by(3) {
+            for b in [b'"', b'{', b']', b'\\', b'x', b'0', 0xff, 0] {
+                let mut m = e.clone();
+                m[at] = b;
+                errors += usize::from(EventView::parse(&m).is_err());
+            }
+        }
+    }
+    assert!(errors > 1000, "{errors}");
+    // Wrong types in fields the view reads.
+    let good: Value = serde_json::from_slice(&evs[0]).expect("json");
+    let mutations: [(&str, &str, Value); 8] = [
+        ("network", "query-ip", Value::from(12)),
+        ("network", "query-port", Value::from("53")),
+        ("network", "protocol", Value::from("SCTP")),
+        ("dns", "qname", Value::from(true)),
+        ("dns", "length", Value::from(-1)),
+        ("dns", "flags", Value::from("qr")),
+        ("dnstap", "operation", Value::Null),
+        ("dnstap", "timestamp", Value::from(1.5)),
+    ];
+    for (block, key, val) in mutations {
+        let mut v = good.clone();
+        v[block][key] = val.clone();
+        let bytes = serde_json::to_vec(&v).expect("to_vec");
+        assert!(
+            EventView::parse(&bytes).is_err(),
+            "{block}.{key} = {val} accepted"
+        );
+    }
+}
