@@ -7,11 +7,14 @@
 
 use redis::Value;
 
+/// An entry's field-value pairs.
+pub(super) type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One stream entry; `fields` is `None` for an entry deleted (trimmed) while pending.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Entry {
     pub id: String,
-    pub fields: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    pub fields: Option<Fields>,
 }
 
 impl Entry {
@@ -76,7 +79,7 @@ fn list(v: &Value) -> Option<&[Value]> {
     }
 }
 
-fn fields(v: &Value) -> Result<Option<Vec<(Vec<u8>, Vec<u8>)>>, String> {
+fn fields(v: &Value) -> Result<Option<Fields>, String> {
     match v {
         Value::Nil => Ok(None),
         Value::Map(m) => m

@@ -44,7 +44,9 @@ async fn publish(url: &str, prefix: &str, range: std::ops::Range<usize>) {
 
 async fn subscriber(url: &str, spec: &JetStreamSpec) -> (async_nats::Client, Subscriber) {
     let c = async_nats::connect(url).await.expect("connect subscriber");
-    let s = JetStreamSubscriber::new(&c, spec).await.expect("bind durable");
+    let s = JetStreamSubscriber::new(&c, spec)
+        .await
+        .expect("bind durable");
     (c, s.into())
 }
 
@@ -55,7 +57,10 @@ fn spec(durable: &str) -> JetStreamSpec {
 }
 
 fn seq(d: &tapbus_bus::subscribe::Delivery) -> u64 {
-    d.id.as_deref().expect("stream seq").parse().expect("numeric seq")
+    d.id.as_deref()
+        .expect("stream seq")
+        .parse()
+        .expect("numeric seq")
 }
 
 #[tokio::test]
@@ -67,7 +72,10 @@ async fn durable_created_then_bound_again() {
     assert_eq!(s1.semantics(), Semantics::AtLeastOnce);
     let got = take(&mut s1, 10, Duration::from_secs(10)).await;
     assert_eq!(payloads(&got), numbered("m", 10));
-    assert_eq!(got.iter().map(seq).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+    assert_eq!(
+        got.iter().map(seq).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
     assert!(got.iter().all(|d| d.delivered == 1 && d.subject == "ev.x"));
     // Ack m0..m5, keep m6..m9 unacked.
     let mut kept = Vec::new();
@@ -78,7 +86,10 @@ async fn durable_created_then_bound_again() {
             kept.push(d);
         }
     }
-    timeout(Duration::from_secs(5), c1.flush()).await.expect("flush in time").expect("flush");
+    timeout(Duration::from_secs(5), c1.flush())
+        .await
+        .expect("flush in time")
+        .expect("flush");
     drop(s1);
     drop(kept);
     drop(c1);
@@ -99,12 +110,19 @@ async fn durable_created_then_bound_again() {
     let (_c2, mut s2) = subscriber(js.nats.url(), &spec("d1")).await;
     // The 4 unacked ones again (after ack_wait) and the 5 new ones; none of the acked.
     let got = take(&mut s2, 9, Duration::from_secs(10)).await;
-    let want: std::collections::BTreeSet<String> =
-        (6..10).map(|i| format!("m{i}")).chain((0..5).map(|i| format!("n{i}"))).collect();
+    let want: std::collections::BTreeSet<String> = (6..10)
+        .map(|i| format!("m{i}"))
+        .chain((0..5).map(|i| format!("n{i}")))
+        .collect();
     assert_eq!(payloads(&got), want);
     for d in &got {
         let redelivered = seq(d) <= 10;
-        assert_eq!(d.delivered, if redelivered { 2 } else { 1 }, "seq {}", seq(d));
+        assert_eq!(
+            d.delivered,
+            if redelivered { 2 } else { 1 },
+            "seq {}",
+            seq(d)
+        );
     }
     for d in got {
         d.ack().await.expect("ack");
@@ -122,7 +140,13 @@ async fn two_subscribers_share_a_durable() {
     let (_c1, a) = subscriber(js.nats.url(), &sp).await;
     let (_c2, b) = subscriber(js.nats.url(), &sp).await;
     publish(js.nats.url(), "s", 0..300).await;
-    let got = share(vec![a, b], 300, Duration::from_secs(20), Duration::from_millis(500)).await;
+    let got = share(
+        vec![a, b],
+        300,
+        Duration::from_secs(20),
+        Duration::from_millis(500),
+    )
+    .await;
     assert_split(&got, &numbered("s", 300));
     assert!(got.iter().flatten().all(|(_, n)| *n == 1));
 }
@@ -137,7 +161,11 @@ async fn unacked_message_is_redelivered_after_ack_wait() {
     assert_eq!(first.delivered, 1);
     let t0 = Instant::now();
     let again = take(&mut s, 1, Duration::from_secs(5)).await.remove(0);
-    assert!(t0.elapsed() >= Duration::from_millis(700), "redelivered before ack_wait: {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(700),
+        "redelivered before ack_wait: {:?}",
+        t0.elapsed()
+    );
     assert_eq!(again.id, first.id);
     assert_eq!(again.payload, first.payload);
     assert_eq!(again.delivered, 2);

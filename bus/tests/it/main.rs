@@ -31,7 +31,9 @@ pub fn init_tracing() {
 
 /// Runs a blocking launcher off the runtime's worker threads.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("launcher panicked")
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("launcher panicked")
 }
 
 /// Takes exactly `n` deliveries within `limit` (fails the test otherwise).
@@ -70,7 +72,12 @@ pub type Got = Vec<(String, u64)>;
 /// Runs `subs` concurrently, each in its own task, acking every delivery, until together
 /// they took `want` deliveries or `limit` passed; then each keeps listening for `quiet`
 /// more (so duplicates show). Returns what each got.
-pub async fn share(subs: Vec<Subscriber>, want: usize, limit: Duration, quiet: Duration) -> Vec<Got> {
+pub async fn share(
+    subs: Vec<Subscriber>,
+    want: usize,
+    limit: Duration,
+    quiet: Duration,
+) -> Vec<Got> {
     let total = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + limit;
     let tasks: Vec<_> = subs
@@ -92,7 +99,10 @@ pub async fn share(subs: Vec<Subscriber>, want: usize, limit: Duration, quiet: D
                     let wait = (end - now).min(Duration::from_millis(200));
                     match timeout(wait, sub.next()).await {
                         Ok(Ok(d)) => {
-                            got.push((String::from_utf8_lossy(&d.payload).into_owned(), d.delivered));
+                            got.push((
+                                String::from_utf8_lossy(&d.payload).into_owned(),
+                                d.delivered,
+                            ));
                             total.fetch_add(1, Ordering::SeqCst);
                             d.ack().await.expect("ack");
                         }
@@ -125,14 +135,23 @@ pub fn assert_split(got: &[Got], want: &BTreeSet<String>) {
     let union: BTreeSet<String> = seen.keys().map(|s| s.to_string()).collect();
     let missing: Vec<_> = want.difference(&union).collect();
     let extra: Vec<_> = union.difference(want).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, extra {extra:?}");
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?}"
+    );
     for (i, g) in got.iter().enumerate() {
-        assert!(!g.is_empty(), "worker {i} got nothing: {:?}", got.iter().map(Vec::len).collect::<Vec<_>>());
+        assert!(
+            !g.is_empty(),
+            "worker {i} got nothing: {:?}",
+            got.iter().map(Vec::len).collect::<Vec<_>>()
+        );
     }
 }
 
 pub fn payloads(ds: &[Delivery]) -> BTreeSet<String> {
-    ds.iter().map(|d| String::from_utf8_lossy(&d.payload).into_owned()).collect()
+    ds.iter()
+        .map(|d| String::from_utf8_lossy(&d.payload).into_owned())
+        .collect()
 }
 
 pub fn numbered(prefix: &str, n: usize) -> BTreeSet<String> {

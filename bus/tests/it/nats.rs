@@ -49,7 +49,10 @@ async fn core_every_message_arrives() {
         assert!(!d.needs_ack());
     }
     // In order, too (one publisher, one connection).
-    let order: Vec<String> = got.iter().map(|d| String::from_utf8_lossy(&d.payload).into_owned()).collect();
+    let order: Vec<String> = got
+        .iter()
+        .map(|d| String::from_utf8_lossy(&d.payload).into_owned())
+        .collect();
     assert_eq!(order, (0..500).map(|i| format!("m{i}")).collect::<Vec<_>>());
     for d in got {
         d.ack().await.expect("no-op ack");
@@ -65,6 +68,12 @@ async fn core_queue_group_splits() {
     let a = subscriber(nats.url(), &spec).await;
     let b = subscriber(nats.url(), &spec).await;
     publish(nats.url(), "ev.q", "q", 400).await;
-    let got = share(vec![a, b], 400, Duration::from_secs(10), Duration::from_millis(300)).await;
+    let got = share(
+        vec![a, b],
+        400,
+        Duration::from_secs(10),
+        Duration::from_millis(300),
+    )
+    .await;
     assert_split(&got, &numbered("q", 400));
 }

@@ -34,7 +34,7 @@ async fn psubscribe_gets_everything_and_resubscribes_after_restart() {
     assert_eq!(sub.semantics(), Semantics::AtMostOnce);
     let mut c = con(&r.url()).await;
     for i in 0..300 {
-        let ch = if i % 2 == 0 { "ev.a" } else { "ev.b" };
+        let ch = if i.is_multiple_of(2) { "ev.a" } else { "ev.b" };
         let receivers: usize = c.publish(ch, format!("m{i}")).await.expect("publish");
         assert_eq!(receivers, 1);
     }
@@ -42,9 +42,14 @@ async fn psubscribe_gets_everything_and_resubscribes_after_restart() {
     let got = take(&mut sub, 300, Duration::from_secs(10)).await;
     assert_eq!(payloads(&got), numbered("m", 300));
     for d in &got {
-        let i: usize = String::from_utf8_lossy(&d.payload)[1..].parse().expect("number");
-        assert_eq!(d.subject, if i % 2 == 0 { "ev.a" } else { "ev.b" });
-        assert_eq!((d.delivered, d.id.as_deref(), d.needs_ack()), (1, None, false));
+        let i: usize = String::from_utf8_lossy(&d.payload)[1..]
+            .parse()
+            .expect("number");
+        assert_eq!(d.subject, if i.is_multiple_of(2) { "ev.a" } else { "ev.b" });
+        assert_eq!(
+            (d.delivered, d.id.as_deref(), d.needs_ack()),
+            (1, None, false)
+        );
     }
     assert_quiet(&mut sub, Duration::from_millis(300)).await;
 
@@ -56,7 +61,10 @@ async fn psubscribe_gets_everything_and_resubscribes_after_restart() {
     let mut delivered = None;
     for i in 0..100 {
         // next() drives the reconnect; publish until someone is subscribed again.
-        let receivers: usize = c.publish("ev.c", format!("after{i}")).await.expect("publish");
+        let receivers: usize = c
+            .publish("ev.c", format!("after{i}"))
+            .await
+            .expect("publish");
         if receivers == 1 {
             delivered = Some(i);
             break;
@@ -65,11 +73,19 @@ async fn psubscribe_gets_everything_and_resubscribes_after_restart() {
     }
     let i = delivered.expect("resubscribed within 100 rounds");
     let d = take(&mut sub, 1, Duration::from_secs(5)).await.remove(0);
-    assert_eq!((d.subject.as_str(), d.payload.as_ref()), ("ev.c", format!("after{i}").as_bytes()));
+    assert_eq!(
+        (d.subject.as_str(), d.payload.as_ref()),
+        ("ev.c", format!("after{i}").as_bytes())
+    );
     wait_connected(&sub, true, Duration::from_secs(1)).await;
 }
 
-async fn xadd(c: &mut redis::aio::MultiplexedConnection, key: &str, prefix: &str, n: usize) -> Vec<String> {
+async fn xadd(
+    c: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    prefix: &str,
+    n: usize,
+) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
         let id: Option<String> = c
@@ -121,7 +137,13 @@ async fn stream_group_two_consumers_share() {
     let b = stream_sub(&r.url(), &sb).await;
     assert_eq!(a.semantics(), Semantics::AtLeastOnce);
     xadd(&mut c, "ev", "e", 400).await;
-    let got = share(vec![a, b], 400, Duration::from_secs(20), Duration::from_millis(500)).await;
+    let got = share(
+        vec![a, b],
+        400,
+        Duration::from_secs(20),
+        Duration::from_millis(500),
+    )
+    .await;
     assert_split(&got, &numbered("e", 400));
     assert!(got.iter().flatten().all(|(_, n)| *n == 1));
     assert_eq!(pending(&mut c, "ev", "g").await, 0);
@@ -138,7 +160,9 @@ async fn stream_dead_consumers_entries_are_claimed() {
     let mut s1 = stream_sub(&r.url(), &dead).await;
     let held = take(&mut s1, 20, Duration::from_secs(5)).await;
     assert_eq!(
-        held.iter().map(|d| d.id.clone().expect("id")).collect::<Vec<_>>(),
+        held.iter()
+            .map(|d| d.id.clone().expect("id"))
+            .collect::<Vec<_>>(),
         ids
     );
     assert!(held.iter().all(|d| d.delivered == 1 && d.subject == "ev"));
@@ -156,8 +180,15 @@ async fn stream_dead_consumers_entries_are_claimed() {
     assert_eq!(payloads(&got), numbered("d", 20));
     let got_ids: BTreeSet<String> = got.iter().map(|d| d.id.clone().expect("id")).collect();
     assert_eq!(got_ids, ids.iter().cloned().collect::<BTreeSet<_>>());
-    assert!(got.iter().all(|d| d.delivered == 2), "{:?}", got.iter().map(|d| d.delivered).collect::<Vec<_>>());
-    assert!(t0.elapsed() >= Duration::from_millis(300), "claimed before min-idle");
+    assert!(
+        got.iter().all(|d| d.delivered == 2),
+        "{:?}",
+        got.iter().map(|d| d.delivered).collect::<Vec<_>>()
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(300),
+        "claimed before min-idle"
+    );
     for d in got {
         d.ack().await.expect("xack");
     }
@@ -177,7 +208,7 @@ async fn stream_restarted_consumer_reads_its_own_pending_again() {
     // Ack half; the rest stays pending when this consumer goes away.
     let mut acked = BTreeSet::new();
     for (i, d) in got.into_iter().enumerate() {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             acked.insert(String::from_utf8_lossy(&d.payload).into_owned());
             d.ack().await.expect("xack");
         }
@@ -186,7 +217,10 @@ async fn stream_restarted_consumer_reads_its_own_pending_again() {
     xadd(&mut c, "ev", "n", 2).await;
     let mut s2 = stream_sub(&r.url(), &spec).await;
     let got = take(&mut s2, 6, Duration::from_secs(5)).await;
-    let want: BTreeSet<String> = ["o1", "o3", "o5", "o7", "n0", "n1"].iter().map(|s| s.to_string()).collect();
+    let want: BTreeSet<String> = ["o1", "o3", "o5", "o7", "n0", "n1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     assert_eq!(payloads(&got), want);
     for d in &got {
         let old = d.payload.starts_with(b"o");
