@@ -263,3 +263,47 @@ async fn v311_persistent_session_redelivers_unacked() {
 async fn v5_persistent_session_redelivers_unacked() {
     persistent_session_redelivers(5).await;
 }
+
+/// A clean-session subscriber sees the server restart (down, then up in its watch),
+/// reconnects by itself with backoff, and subscribes again (the new session has no
+/// subscriptions): messages published after that arrive.
+#[tokio::test]
+async fn v311_clean_session_resubscribes_after_server_restart() {
+    init_tracing();
+    let mut m = broker().await;
+    let spec = MqttSpec::new("rs/#");
+    let mut sub: Subscriber = MqttSubscriber::v4(v4(m.port(), "resub"), &spec)
+        .expect("subscriber")
+        .into();
+    wait_subscribed(&m, "resub", 1).await;
+    publish(m.port(), "rs/x", "before", 1).await;
+    let d = take(&mut sub, 1, Duration::from_secs(5)).await.remove(0);
+    assert_eq!(d.payload.as_ref(), b"before0");
+    d.ack().await.expect("ack");
+
+    let mut up = sub.connected();
+    assert!(*up.borrow_and_update());
+    let m = blocking(move || {
+        m.restart();
+        m
+    })
+    .await;
+    timeout(Duration::from_secs(5), up.wait_for(|v| !*v))
+        .await
+        .expect("down seen")
+        .expect("watch");
+    wait_connected(&sub, true, Duration::from_secs(10)).await;
+    // Publish until the new subscription is in place (messages before it have no
+    // subscriber and are dropped by the server); bounded to 50 rounds.
+    let mut got = None;
+    for i in 0..50 {
+        publish(m.port(), "rs/x", &format!("after{i}-"), 1).await;
+        if let Ok(r) = timeout(Duration::from_millis(200), sub.next()).await {
+            got = Some(r.expect("delivery"));
+            break;
+        }
+    }
+    let d = got.expect("delivered after the restart");
+    assert!(String::from_utf8_lossy(&d.payload).starts_with("after"));
+    d.ack().await.expect("ack");
+}

@@ -33,7 +33,7 @@ async fn psubscribe_gets_everything_and_resubscribes_after_restart() {
         .into();
     assert_eq!(sub.semantics(), Semantics::AtMostOnce);
     let mut c = con(&r.url()).await;
-    for i in 0..300 {
+    for i in 0..300usize {
         let ch = if i.is_multiple_of(2) { "ev.a" } else { "ev.b" };
         let receivers: usize = c.publish(ch, format!("m{i}")).await.expect("publish");
         assert_eq!(receivers, 1);
