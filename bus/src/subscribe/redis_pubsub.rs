@@ -5,7 +5,9 @@
 //! pubsub`, 32 MB hard / 8 MB for 60 s by default: that is the bound on what waits for
 //! this consumer), the subscriber reconnects with backoff and subscribes to the patterns
 //! again; what was published in between is lost. Up/down is logged once per change and
-//! shown in [`RedisPubSubSubscriber::connected`].
+//! shown in [`RedisPubSubSubscriber::connected`]; it follows what
+//! [`RedisPubSubSubscriber::next`] sees (a broken connection ends the message stream at
+//! once), and reconnecting happens inside `next()`.
 
 use std::time::Duration;
 

@@ -9,6 +9,10 @@
 //! `min_idle` in any consumer of the group (one that died, or this one's own deliveries
 //! dropped without an ack), paging through the pending list with the cursor.
 //!
+//! The up/down state ([`RedisStreamSubscriber::connected`]) follows the outcome of the
+//! reads that [`RedisStreamSubscriber::next`] makes: a lost connection shows when the next
+//! read fails, and reconnecting happens inside `next()`, with backoff.
+//!
 //! Reads go over a connection of their own (a blocking `XREADGROUP` holds its
 //! connection), acks over a reconnecting `ConnectionManager`.
 
@@ -27,6 +31,8 @@ use super::{Ack, AckError, Delivery, LinkState, SpecError, SubscribeError, backo
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const ACK_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Tries of one XACK across a reconnect.
+const ACK_ATTEMPTS: u32 = 4;
 
 /// Where a group created by this subscriber starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -114,7 +120,8 @@ impl RedisStreamSpec {
 
 /// Redis stream consumer group: **at least once**. [`Delivery::ack`] sends `XACK`, which
 /// removes the entry from the group's pending list; `Ok` means Redis replied (durable as
-/// far as the server's own persistence goes). An entry not acked stays pending and is
+/// far as the server's own persistence goes). It is retried a few times across a
+/// reconnect; an `Err` leaves the entry pending (claimed again after `min_idle`). An entry not acked stays pending and is
 /// delivered again: to this consumer after a reconnect or restart (own pending entries are
 /// read again), or to whichever consumer of the group claims it after `min_idle`. A
 /// delivery dropped without an ack is likewise claimed again after `min_idle` (possibly
@@ -262,6 +269,12 @@ impl RedisStreamSubscriber {
             if let Err(e) = self.fill(permits).await {
                 match e {
                     SubscribeError::Redis(e) if retryable(&e) => self.failed(&e),
+                    SubscribeError::Redis(e) if e.code() == Some("NOGROUP") => {
+                        // The stream or group was deleted: create it again on the next
+                        // round (the pending entries went with it).
+                        tracing::warn!(target: "tapbus_bus::subscribe", "{}: {e}; creating the group again", self.link.what);
+                        self.reader = None;
+                    }
                     other => return Err(other),
                 }
             }
@@ -477,14 +490,28 @@ impl std::fmt::Debug for StreamAck {
 }
 
 impl StreamAck {
+    /// XACK, tried up to `ACK_ATTEMPTS` times while the connection is being re-made (the
+    /// connection manager fails the first command after a broken connection and reconnects
+    /// behind it). XACK is idempotent, so a retry after an unknown outcome is safe.
     pub(super) async fn ack(mut self) -> Result<(), AckError> {
-        let _: i64 = redis::cmd("XACK")
-            .arg(&self.key)
-            .arg(&self.group)
-            .arg(&self.id)
-            .query_async(&mut self.con)
-            .await?;
-        Ok(())
+        let mut delays = backoff();
+        let mut attempt = 1;
+        loop {
+            let r: Result<i64, _> = redis::cmd("XACK")
+                .arg(&self.key)
+                .arg(&self.group)
+                .arg(&self.id)
+                .query_async(&mut self.con)
+                .await;
+            match r {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt < ACK_ATTEMPTS && retryable(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
 

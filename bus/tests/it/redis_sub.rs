@@ -232,3 +232,62 @@ async fn stream_restarted_consumer_reads_its_own_pending_again() {
     assert_eq!(pending(&mut c, "ev", "g").await, 0);
     assert_quiet(&mut s2, Duration::from_millis(500)).await;
 }
+
+/// The server restarts (append-only file kept): the consumer reconnects with backoff, reads
+/// its own pending entries again (`0`), then goes on with new ones; acks taken before the
+/// restart were kept.
+#[tokio::test]
+async fn stream_consumer_rereads_own_pending_after_reconnect() {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = tapbus_testsupport::free_port();
+    let d = dir.path().to_path_buf();
+    let r = blocking(move || Redis::start_durable(port, &d)).await;
+    let url = r.url();
+    let mut c = con(&url).await;
+    let mut spec = RedisStreamSpec::new("ev", "g", "c");
+    spec.block = Duration::from_millis(200);
+    let mut sub = stream_sub(&url, &spec).await;
+    xadd(&mut c, "ev", "b", 6).await;
+    let got = take(&mut sub, 6, Duration::from_secs(5)).await;
+    let mut kept = Vec::new();
+    for d in got {
+        if d.payload.as_ref() < b"b3".as_slice() {
+            d.ack().await.expect("xack");
+        } else {
+            kept.push(d);
+        }
+    }
+    drop(kept);
+    drop(c);
+    blocking(move || r.terminate()).await;
+    // next() notices (the state follows its reads) and keeps retrying meanwhile.
+    assert_quiet(&mut sub, Duration::from_secs(1)).await;
+    assert!(!*sub.connected().borrow(), "still shown as connected");
+    let d = dir.path().to_path_buf();
+    let r = blocking(move || Redis::start_durable(port, &d)).await;
+    let mut c = con(&r.url()).await;
+    xadd(&mut c, "ev", "a", 2).await;
+    let got = take(&mut sub, 5, Duration::from_secs(15)).await;
+    let order: Vec<(String, u64)> = got
+        .iter()
+        .map(|d| {
+            (
+                String::from_utf8_lossy(&d.payload).into_owned(),
+                d.delivered,
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [("b3", 2), ("b4", 2), ("b5", 2), ("a0", 1), ("a1", 1)]
+            .map(|(p, n)| (p.to_string(), n))
+            .to_vec()
+    );
+    wait_connected(&sub, true, Duration::from_secs(1)).await;
+    for d in got {
+        d.ack().await.expect("xack after the reconnect");
+    }
+    assert_eq!(pending(&mut c, "ev", "g").await, 0);
+    assert_quiet(&mut sub, Duration::from_millis(500)).await;
+}
