@@ -188,8 +188,11 @@ pub enum Subscriber {
 }
 
 impl Subscriber {
-    /// The next message. Waits as long as it takes (wrap it in a timeout to bound that);
-    /// cancel-safe: dropping the future loses no message.
+    /// The next message. Waits as long as it takes (wrap it in a timeout to bound that).
+    /// Dropping the future loses no message: every mode but Redis streams is cancel-safe
+    /// outright; for a Redis stream, entries a cancelled read had taken stay pending and
+    /// are claimed again after `min_idle`, so run it where it is not cancelled (not as a
+    /// losing `select!` branch) to avoid that delay.
     pub async fn next(&mut self) -> Result<Delivery, SubscribeError> {
         match self {
             Subscriber::NatsCore(s) => s.next().await,

@@ -196,3 +196,51 @@ async fn in_progress_holds_off_redelivery() {
     d.ack().await.expect("ack");
     assert_quiet(&mut s, Duration::from_millis(2500)).await;
 }
+
+/// The server restarts (same store, same port): the subscriber goes on by itself, the
+/// durable's state kept (acked messages are not delivered again).
+#[tokio::test]
+async fn goes_on_after_server_restart() {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = tapbus_testsupport::free_port();
+    let sd = dir.path().to_path_buf();
+    let nats = blocking(move || Nats::start_jetstream_on(port, &sd)).await;
+    let c = async_nats::connect(nats.url()).await.expect("connect");
+    jetstream::new(c)
+        .create_stream(stream::Config {
+            name: "EV".into(),
+            subjects: vec!["ev.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("create stream");
+    let mut sp = spec("restart");
+    sp.ack_wait = Duration::from_secs(30);
+    let (_c, mut s) = subscriber(nats.url(), &sp).await;
+    publish(nats.url(), "before", 0..5).await;
+    for d in take(&mut s, 5, Duration::from_secs(5)).await {
+        d.ack().await.expect("ack");
+    }
+    timeout(Duration::from_secs(5), _c.flush())
+        .await
+        .expect("flush in time")
+        .expect("flush");
+    blocking(move || nats.terminate()).await;
+    wait_connected(&s, false, Duration::from_secs(5)).await;
+    let sd = dir.path().to_path_buf();
+    let nats = blocking(move || Nats::start_jetstream_on(port, &sd)).await;
+    wait_connected(&s, true, Duration::from_secs(15)).await;
+    publish(nats.url(), "after", 0..5).await;
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let d = take(&mut s, 1, Duration::from_secs(30)).await.remove(0);
+        got.push(String::from_utf8_lossy(&d.payload).into_owned());
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(
+        got.into_iter().collect::<std::collections::BTreeSet<_>>(),
+        numbered("after", 5)
+    );
+    assert_quiet(&mut s, Duration::from_millis(500)).await;
+}
