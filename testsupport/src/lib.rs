@@ -1,6 +1,184 @@
 //! Test support for every tapbus crate's tests (never linked into a binary).
 //!
+//! * crate root: [`free_port`], [`free_ports`], [`need`], [`wait_until`],
+//!   [`wait_until_async`], [`http_get`].
+//! * [`proc`]: [`proc::Proc`], a child process that is killed (by its own PID) on drop.
+//! * [`servers`]: real servers from the installed binaries on free loopback ports, stopped
+//!   on drop: [`servers::Nats`], [`servers::NatsCluster`], [`servers::Mosquitto`],
+//!   [`servers::Redis`].
+//! * [`pki`]: a throw-away CA with a server certificate (127.0.0.1, localhost) and a client
+//!   certificate.
+//! * [`fstrm`]: a Frame Streams *writer* (what a DNS server does), bidirectional and
+//!   unidirectional.
 //! * [`testdata`]: the dnstap captures the repository carries (`testdata/dnstap`), read
 //!   through one path helper so a fresh clone tests itself.
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub mod fstrm;
+pub mod pki;
+pub mod proc;
+pub mod servers;
 pub mod testdata;
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick for port 0).
+pub fn free_port() -> u16 {
+    free_ports(1)[0]
+}
+
+/// `n` distinct free loopback ports: every listener is held until all are picked, so the
+/// kernel cannot hand out the same port twice.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 for a free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+/// The path of an installed program (looked up in the system directories and `PATH`);
+/// fails the test with a clear message naming `scripts/install-test-deps.sh` when it is
+/// missing.
+pub fn need(program: &str) -> PathBuf {
+    let path_dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let fixed = ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"];
+    for dir in fixed.iter().map(PathBuf::from).chain(path_dirs) {
+        let p = dir.join(program);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "{program} is not installed: run scripts/install-test-deps.sh \
+         (it apt-get installs the servers and tools the tests need)"
+    );
+}
+
+/// Polls `f` every 25 ms until it is true; panics naming `what` after `timeout`. Blocks the
+/// thread: in async code use [`wait_until_async`].
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// [`wait_until`] for async code: sleeps with `tokio::time::sleep` between polls.
+pub async fn wait_until_async(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// True once something accepts TCP connections on `127.0.0.1:port`.
+pub fn port_open(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// A minimal HTTP/1.0 GET to `addr` (`host:port`): the body of a 200 answer, `None`
+/// otherwise (no client library needed for local metrics and monitoring endpoints).
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).ok()?;
+    let (head, body) = r.split_once("\r\n\r\n")?;
+    (head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200")).then(|| body.to_string())
+}
+
+/// Reads a file that may not exist yet (a log): its text, or empty.
+pub(crate) fn read_text(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_and_bindable() {
+        let ports = free_ports(8);
+        let mut d = ports.clone();
+        d.sort();
+        d.dedup();
+        assert_eq!(d.len(), 8, "{ports:?}");
+        for p in ports {
+            assert_ne!(p, 0);
+            TcpListener::bind(("127.0.0.1", p)).expect("a free port can be bound");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "scripts/install-test-deps.sh")]
+    fn need_names_the_install_script() {
+        need("tapbus-no-such-program");
+    }
+
+    #[test]
+    fn need_finds_a_program() {
+        assert!(need("sh").is_file());
+    }
+
+    #[test]
+    #[should_panic(expected = "timed out after")]
+    fn wait_until_times_out() {
+        wait_until("never", Duration::from_millis(100), || false);
+    }
+
+    #[test]
+    fn wait_until_returns_when_true() {
+        let mut n = 0;
+        wait_until("three polls", Duration::from_secs(5), || {
+            n += 1;
+            n >= 3
+        });
+        assert_eq!(n, 3);
+    }
+
+    #[tokio::test]
+    async fn wait_until_async_polls() {
+        let mut n = 0;
+        wait_until_async("three polls", Duration::from_secs(5), || {
+            n += 1;
+            n >= 3
+        })
+        .await;
+        assert_eq!(n, 3);
+    }
+
+    #[test]
+    fn http_get_reads_a_200_body_only() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        let t = std::thread::spawn(move || {
+            for answer in [
+                "HTTP/1.1 200 OK\r\n\r\nhello",
+                "HTTP/1.1 404 Nope\r\n\r\nno",
+            ] {
+                let (mut s, _) = l.accept().expect("accept");
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf);
+                s.write_all(answer.as_bytes()).expect("write");
+            }
+        });
+        assert_eq!(http_get(&addr, "/x").as_deref(), Some("hello"));
+        assert_eq!(http_get(&addr, "/y"), None);
+        t.join().expect("server thread");
+    }
+}

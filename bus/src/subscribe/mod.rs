@@ -1,2 +1,316 @@
-//! Subscribe: bus --> consumer. Every mode hands out deliveries with an ack handle that the
-//! consumer calls only after its own downstream write succeeded.
+//! Subscribe: bus --> consumer. Every mode hands out [`Delivery`]s with an ack handle that
+//! the consumer calls only after its own downstream write succeeded.
+//!
+//! One [`Subscriber`] per mode, each built from an already-connected client (or, for MQTT,
+//! the client options: rumqttc builds its client and event loop together) and a spec:
+//!
+//! | mode | built by | semantics | what [`Delivery::ack`] does |
+//! |---|---|---|---|
+//! | NATS core | [`NatsCoreSubscriber::new`] | at most once | nothing |
+//! | JetStream durable pull | [`JetStreamSubscriber::new`] | at least once | `+ACK` to the server |
+//! | MQTT 3.1.1 / 5, QoS 1 | [`MqttSubscriber::v4`], [`MqttSubscriber::v5`] | at least once (persistent session) | releases the PUBACK, in arrival order |
+//! | Redis `PSUBSCRIBE` | [`RedisPubSubSubscriber::new`] | at most once | nothing |
+//! | Redis stream consumer group | [`RedisStreamSubscriber::new`] | at least once | `XACK` |
+//!
+//! Every subscriber reports whether its connection is up through a
+//! [`tokio::sync::watch::Receiver<bool>`] ([`Subscriber::connected`]) and logs each change
+//! of that state once (tracing, target `tapbus_bus::subscribe`). [`Subscriber::next`]
+//! handles what can be retried (reconnects with backoff, resubscribes) by itself and
+//! returns an error only when the subscription cannot go on.
+
+mod mqtt;
+mod nats;
+pub mod ordered_acks;
+mod redis_pubsub;
+mod redis_reply;
+mod redis_stream;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+pub use mqtt::{MqttSpec, MqttSubscriber};
+pub use nats::{DeliverFrom, JetStreamSpec, JetStreamSubscriber, NatsCoreSpec, NatsCoreSubscriber};
+pub use redis_pubsub::{RedisPubSubSpec, RedisPubSubSubscriber};
+pub use redis_stream::{RedisStreamSpec, RedisStreamSubscriber, StreamStart};
+
+/// What a subscriber promises about each message published to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Semantics {
+    /// A message may be lost (consumer down, connection broken, slow consumer cut off);
+    /// never delivered twice by the bus. Acks are no-ops.
+    AtMostOnce,
+    /// A message is delivered again until it was acked: duplicates are possible, so the
+    /// consumer must be idempotent or tolerate them.
+    AtLeastOnce,
+}
+
+/// One message taken from the bus.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The NATS subject, MQTT topic, Redis channel or Redis stream key it came on.
+    pub subject: String,
+    pub payload: Bytes,
+    /// 1 the first time, more than 1 when the bus redelivers it; 1 where the bus cannot
+    /// tell (each mode's doc says how it counts).
+    pub delivered: u64,
+    /// JetStream: the stream sequence; Redis streams: the entry id; else `None`.
+    pub id: Option<String>,
+    ack: Ack,
+}
+
+impl Delivery {
+    /// Acknowledges the message. Call it only after the downstream write succeeded: what
+    /// that tells the bus depends on the mode (see the table in the module doc).
+    pub async fn ack(self) -> Result<(), AckError> {
+        match self.ack {
+            Ack::None => Ok(()),
+            Ack::JetStream(a) => a.ack().await,
+            Ack::Mqtt(a) => a.ack().await,
+            Ack::RedisStream(a) => a.ack().await,
+        }
+    }
+
+    /// Tells the bus the message is still being worked on. JetStream: `+WPI`, which restarts
+    /// the consumer's `ack_wait` for it; a no-op on every other bus (none of them has a
+    /// redelivery timer the consumer can reset: a Redis stream entry is claimed by others
+    /// after `min_idle` whatever this consumer says).
+    pub async fn in_progress(&self) -> Result<(), AckError> {
+        match &self.ack {
+            Ack::JetStream(a) => a.in_progress().await,
+            Ack::None | Ack::Mqtt(_) | Ack::RedisStream(_) => Ok(()),
+        }
+    }
+
+    /// Whether [`ack`](Self::ack) does anything (false for the at-most-once modes).
+    pub fn needs_ack(&self) -> bool {
+        !matches!(self.ack, Ack::None)
+    }
+
+    fn new(subject: String, payload: Bytes, delivered: u64, id: Option<String>, ack: Ack) -> Self {
+        Delivery {
+            subject,
+            payload,
+            delivered,
+            id,
+            ack,
+        }
+    }
+}
+
+/// The ack handle, one variant per bus; private so a consumer can only call `ack()`.
+#[derive(Debug)]
+enum Ack {
+    None,
+    JetStream(nats::JsAck),
+    Mqtt(mqtt::MqttAck),
+    RedisStream(redis_stream::StreamAck),
+}
+
+/// A spec that cannot work; returned before anything is sent.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid {what}: {why}")]
+pub struct SpecError {
+    pub what: &'static str,
+    pub why: String,
+}
+
+impl SpecError {
+    fn new(what: &'static str, why: impl Into<String>) -> Self {
+        SpecError {
+            what,
+            why: why.into(),
+        }
+    }
+}
+
+/// Why a subscription cannot go on (transient failures are retried inside `next()`).
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("NATS subscribe: {0}")]
+    NatsSubscribe(#[from] async_nats::SubscribeError),
+    #[error("JetStream stream {stream}: {source}")]
+    JetStreamStream {
+        stream: String,
+        #[source]
+        source: async_nats::jetstream::context::GetStreamError,
+    },
+    #[error("JetStream consumer {durable}: {source}")]
+    JetStreamConsumer {
+        durable: String,
+        #[source]
+        source: async_nats::jetstream::stream::ConsumerError,
+    },
+    #[error("JetStream consumer {durable} exists with another configuration: {why}")]
+    JetStreamConsumerMismatch { durable: String, why: String },
+    #[error("JetStream messages: {0}")]
+    JetStreamMessages(String),
+    #[error("MQTT: {0}")]
+    Mqtt(String),
+    #[error("MQTT server refused the subscription to {filter}: {why}")]
+    MqttRefused { filter: String, why: String },
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("Redis reply: {0}")]
+    RedisReply(String),
+    /// The subscription ended: the client was closed or the subscriber's task stopped.
+    #[error("subscription closed")]
+    Closed,
+}
+
+/// Why an ack did not reach the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum AckError {
+    #[error("JetStream ack: {0}")]
+    JetStream(String),
+    #[error("MQTT ack: {0}")]
+    Mqtt(String),
+    /// The connection the message came on is gone: its ack cannot be sent any more. With a
+    /// persistent session the server delivers the message again; without one it is lost
+    /// to this subscriber.
+    #[error("the connection that delivered the message is gone; the ack was not sent")]
+    Stale,
+    #[error("Redis XACK: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// One subscriber of any mode.
+#[derive(Debug)]
+pub enum Subscriber {
+    NatsCore(NatsCoreSubscriber),
+    JetStream(JetStreamSubscriber),
+    Mqtt(MqttSubscriber),
+    RedisPubSub(RedisPubSubSubscriber),
+    RedisStream(RedisStreamSubscriber),
+}
+
+impl Subscriber {
+    /// The next message. Waits as long as it takes (wrap it in a timeout to bound that).
+    /// Dropping the future loses no message: every mode but Redis streams is cancel-safe
+    /// outright; for a Redis stream, entries a cancelled read had taken stay pending and
+    /// are claimed again after `min_idle`, so run it where it is not cancelled (not as a
+    /// losing `select!` branch) to avoid that delay.
+    pub async fn next(&mut self) -> Result<Delivery, SubscribeError> {
+        match self {
+            Subscriber::NatsCore(s) => s.next().await,
+            Subscriber::JetStream(s) => s.next().await,
+            Subscriber::Mqtt(s) => s.next().await,
+            Subscriber::RedisPubSub(s) => s.next().await,
+            Subscriber::RedisStream(s) => s.next().await,
+        }
+    }
+
+    pub fn semantics(&self) -> Semantics {
+        match self {
+            Subscriber::NatsCore(_) | Subscriber::RedisPubSub(_) => Semantics::AtMostOnce,
+            Subscriber::JetStream(_) | Subscriber::Mqtt(_) | Subscriber::RedisStream(_) => {
+                Semantics::AtLeastOnce
+            }
+        }
+    }
+
+    /// Whether the connection is up, updated on every change.
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        match self {
+            Subscriber::NatsCore(s) => s.connected(),
+            Subscriber::JetStream(s) => s.connected(),
+            Subscriber::Mqtt(s) => s.connected(),
+            Subscriber::RedisPubSub(s) => s.connected(),
+            Subscriber::RedisStream(s) => s.connected(),
+        }
+    }
+}
+
+impl From<NatsCoreSubscriber> for Subscriber {
+    fn from(s: NatsCoreSubscriber) -> Self {
+        Subscriber::NatsCore(s)
+    }
+}
+impl From<JetStreamSubscriber> for Subscriber {
+    fn from(s: JetStreamSubscriber) -> Self {
+        Subscriber::JetStream(s)
+    }
+}
+impl From<MqttSubscriber> for Subscriber {
+    fn from(s: MqttSubscriber) -> Self {
+        Subscriber::Mqtt(s)
+    }
+}
+impl From<RedisPubSubSubscriber> for Subscriber {
+    fn from(s: RedisPubSubSubscriber) -> Self {
+        Subscriber::RedisPubSub(s)
+    }
+}
+impl From<RedisStreamSubscriber> for Subscriber {
+    fn from(s: RedisStreamSubscriber) -> Self {
+        Subscriber::RedisStream(s)
+    }
+}
+
+/// The up/down state of one subscriber's connection: a watch channel plus logging once per
+/// change.
+#[derive(Debug)]
+struct LinkState {
+    what: String,
+    tx: watch::Sender<bool>,
+    /// None before the first outcome.
+    known: Option<bool>,
+}
+
+impl LinkState {
+    fn new(what: String) -> Self {
+        let (tx, _) = watch::channel(false);
+        LinkState {
+            what,
+            tx,
+            known: None,
+        }
+    }
+
+    fn subscribe(&self) -> watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
+
+    fn up(&mut self) {
+        match self.known {
+            Some(true) => return,
+            Some(false) => {
+                tracing::info!(target: "tapbus_bus::subscribe", "{}: connection back", self.what)
+            }
+            None => tracing::info!(target: "tapbus_bus::subscribe", "{}: connected", self.what),
+        }
+        self.known = Some(true);
+        self.tx.send_replace(true);
+    }
+
+    fn down(&mut self, why: impl std::fmt::Display) {
+        match self.known {
+            Some(false) => {
+                tracing::debug!(target: "tapbus_bus::subscribe", "{}: still down: {why}", self.what);
+                return;
+            }
+            Some(true) => {
+                tracing::warn!(target: "tapbus_bus::subscribe", "{}: connection lost: {why}; reconnecting", self.what)
+            }
+            None => {
+                tracing::warn!(target: "tapbus_bus::subscribe", "{}: cannot connect: {why}; retrying", self.what)
+            }
+        }
+        self.known = Some(false);
+        self.tx.send_replace(false);
+    }
+}
+
+/// Reconnect delays: 100 ms doubling to 5 s, with jitter, forever.
+fn backoff() -> impl Iterator<Item = Duration> + Send + Sync {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
