@@ -6,9 +6,11 @@
 //! * [`connect`]: URLs, authentication, TLS, reconnects, up/down state; shared by both sides.
 //! * [`publish`]: confirmed publishing from a bounded queue, with exact accounting.
 //! * [`subscribe`]: bus --> consumer, with ack handles.
+//! * [`input`]: a consumer's validated `[input]` to a running subscriber.
 //! * [`metrics`]: the publishing side's counters.
 
 pub mod connect;
+pub mod input;
 pub mod metrics;
 pub mod publish;
 pub mod subscribe;

@@ -22,6 +22,10 @@ pub mod subscribe;
 pub use connect::{
     BusConnect, BusKind, ConnectConfig, MqttConnect, NatsAuth, NatsConnect, RedisConnect, scheme_of,
 };
+pub use subscribe::{
+    DeliverFrom, InputConfig as ConsumerInputConfig, InputSpec as ConsumerInputSpec,
+    SubscribeConfig, SubscribeMode,
+};
 
 /// A configuration that cannot be run. The message always names the key.
 #[derive(Debug, thiserror::Error)]

@@ -126,8 +126,9 @@ pub enum SubscribeMode {
         deliver: DeliverFrom,
     },
     Mqtt {
-        /// The filter as subscribed (`$share/GROUP/TOPIC` when shared).
+        /// The topic filter (subscribed as `$share/GROUP/TOPIC` when `share` is set).
         topic: String,
+        share: Option<String>,
         qos: u8,
         persistent: bool,
     },
@@ -475,16 +476,14 @@ fn validate_mode(
                     format!("{topic:?}: give the topic filter, and the group as share"),
                 ));
             }
-            let topic = match share {
-                Some(g) if g.is_empty() || g.contains(['/', '+', '#']) => {
-                    return Err(invalid(
-                        format!("{key}.subscribe.share"),
-                        format!("{g:?}: must be non-empty, without '/', '+' or '#'"),
-                    ));
-                }
-                Some(g) => format!("$share/{g}/{topic}"),
-                None => topic,
-            };
+            if let Some(g) = &share
+                && (g.is_empty() || g.contains(['/', '+', '#']))
+            {
+                return Err(invalid(
+                    format!("{key}.subscribe.share"),
+                    format!("{g:?}: must be non-empty, without '/', '+' or '#'"),
+                ));
+            }
             let qos = qos.unwrap_or(1);
             if qos > 1 {
                 return Err(invalid(format!("{key}.subscribe.qos"), "must be 0 or 1"));
@@ -492,6 +491,7 @@ fn validate_mode(
             let _ = m;
             SubscribeMode::Mqtt {
                 topic,
+                share,
                 qos,
                 persistent: persistent.unwrap_or(false),
             }
@@ -611,7 +611,8 @@ mod tests {
         assert_eq!(
             s.mode,
             SubscribeMode::Mqtt {
-                topic: "$share/g/dnstap/#".into(),
+                topic: "dnstap/#".into(),
+                share: Some("g".into()),
                 qos: 1,
                 persistent: false
             }

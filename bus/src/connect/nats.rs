@@ -41,6 +41,9 @@ pub async fn options(
     on_state: impl Fn(bool) + Send + Sync + 'static,
 ) -> Result<ConnectOptions, String> {
     let on_state = std::sync::Arc::new(on_state);
+    // Client errors (a refused connection, each reconnect attempt) are logged once until
+    // the next successful connect, so an outage is one line, not one per retry.
+    let quiet = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ev_name = name.to_string();
     let mut opts = ConnectOptions::new()
         .name(client_name)
@@ -50,11 +53,13 @@ pub async fn options(
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |event| {
             let on_state = on_state.clone();
+            let quiet = quiet.clone();
             let name = ev_name.clone();
             async move {
                 match event {
                     async_nats::Event::Connected => {
                         on_state(true);
+                        quiet.store(false, std::sync::atomic::Ordering::Relaxed);
                         tracing::info!(bus = %name, "NATS connected");
                     }
                     async_nats::Event::Disconnected => {
@@ -65,7 +70,11 @@ pub async fn options(
                         tracing::warn!(bus = %name, "NATS server error: {e}");
                     }
                     async_nats::Event::ClientError(e) => {
-                        tracing::warn!(bus = %name, "NATS client error: {e}");
+                        if quiet.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                            tracing::debug!(bus = %name, "NATS client error: {e}");
+                        } else {
+                            tracing::warn!(bus = %name, "NATS client error: {e} (retrying; repeats are logged at debug level until connected)");
+                        }
                     }
                     other => tracing::info!(bus = %name, "NATS: {other}"),
                 }

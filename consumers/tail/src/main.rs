@@ -1,0 +1,249 @@
+//! `tapbus-tail`: the arrow bus --JSON--> terminal. Subscribes on any bus URL the bus layer
+//! supports, prints one readable line (or the raw JSON) per event, filtered, and
+//! acknowledges each message only after its line was written to standard output.
+//!
+//! Exit codes (for scripts): 0 the `--count` was reached, or the program was stopped
+//! (SIGINT/SIGTERM, `--timeout` without `--count`, standard output closed); 1 `--timeout`
+//! passed before `--count` events were printed; 2 bad usage or configuration (the message
+//! names the key); 3 the bus could not be subscribed (also: not within `--timeout`) or
+//! the subscription ended.
+
+mod tail;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use tapbus_config::{ConfigError, ConsumerInputConfig};
+use tapbus_event::Filter;
+use tokio::time::Instant;
+
+use crate::tail::{Format, Handled, Tail};
+
+const PROGRAM: &str = "tapbus-tail";
+
+/// Read DNS traffic from the bus: one line per dnstap event, or the JSON events.
+///
+/// Exit codes: 0 done (count reached, stopped, or timeout without --count); 1 --timeout
+/// before --count events; 2 bad usage or configuration; 3 bus error.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Bus URL: nats://HOST:PORT[/SUBJECT][?queue=GROUP],
+    /// jetstream://HOST:PORT/STREAM[?durable=NAME&filter=SUBJECT],
+    /// mqtt[s]://HOST:PORT[/TOPIC][?share=GROUP&qos=1], redis[s]://HOST:PORT[/DB][?pattern=P]
+    /// or redis://HOST:PORT?stream=KEY&group=G (README "Bus URLs").
+    #[arg(short, long, value_name = "URL")]
+    input: Option<String>,
+    /// TOML configuration file with an [input] table (see config/tail.toml).
+    #[arg(short, long, env = "TAPBUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the events' JSON (one object per line) instead of the text form.
+    #[arg(long)]
+    json: bool,
+    /// Only events matching EXPR, e.g. 'operation=CLIENT_RESPONSE rcode=NXDOMAIN
+    /// qname~example\.com$' (README "Filters"); repeatable, all must match.
+    #[arg(short, long = "filter", value_name = "EXPR")]
+    filters: Vec<String>,
+    /// Exit after printing N events.
+    #[arg(short = 'n', long, value_name = "N")]
+    count: Option<u64>,
+    /// Exit after this long (e.g. 10s, 2m); with --count, exit 1 if fewer were printed.
+    #[arg(short, long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Log format on standard error.
+    #[arg(long, env = "TAPBUS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+/// The configuration file (`--config`, then `TAPBUS_*`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct TailConfig {
+    input: ConsumerInputConfig,
+    /// Filter expression applied to every event (with any --filter).
+    filter: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let (spec, tail) = match settings(&cli) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{PROGRAM}: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{PROGRAM}: cannot start the runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    rt.block_on(run(spec, tail, cli.count, cli.timeout))
+}
+
+fn settings(cli: &Cli) -> Result<(tapbus_config::ConsumerInputSpec, Tail), ConfigError> {
+    let mut cfg: TailConfig = tapbus_config::load(cli.config.as_deref(), TailConfig::default())?;
+    if let Some(url) = &cli.input {
+        cfg.input = ConsumerInputConfig::from_url(url);
+    }
+    if cfg.input.connect.url.is_empty() {
+        return Err(ConfigError::Invalid {
+            key: "input.url".into(),
+            msg: "missing: give --input URL or an [input] table with a url".into(),
+        });
+    }
+    let spec = cfg.input.validate("input", PROGRAM)?;
+    let mut filters = Vec::new();
+    for (key, expr) in cfg
+        .filter
+        .iter()
+        .map(|f| ("filter", f))
+        .chain(cli.filters.iter().map(|f| ("--filter", f)))
+    {
+        filters.push(Filter::parse(expr).map_err(|e| ConfigError::Invalid {
+            key: key.into(),
+            msg: format!("{expr:?}: {e}"),
+        })?);
+    }
+    if cli.count == Some(0) {
+        return Err(ConfigError::Invalid {
+            key: "--count".into(),
+            msg: "must be at least 1".into(),
+        });
+    }
+    let format = if cli.json { Format::Json } else { Format::Text };
+    Ok((spec, Tail::new(filters, format)))
+}
+
+async fn run(
+    spec: tapbus_config::ConsumerInputSpec,
+    mut tail: Tail,
+    count: Option<u64>,
+    timeout: Option<Duration>,
+) -> ExitCode {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    let subscribe = tapbus_bus::input::subscribe(PROGRAM, &spec);
+    let mut sub = tokio::select! {
+        r = subscribe => match r {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{PROGRAM}: cannot subscribe: {e}");
+                return ExitCode::from(3);
+            }
+        },
+        _ = sleep_until(deadline) => {
+            eprintln!("{PROGRAM}: the bus could not be subscribed within the timeout");
+            return ExitCode::from(3);
+        }
+        _ = &mut stop => return ExitCode::SUCCESS,
+    };
+    tracing::info!(semantics = ?sub.semantics(), "subscribed");
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    let (mut printed, mut filtered, mut bad) = (0u64, 0u64, 0u64);
+    let code = loop {
+        let delivery = tokio::select! {
+            biased;
+            _ = &mut stop => break ExitCode::SUCCESS,
+            _ = sleep_until(deadline) => break timed_out(count, printed),
+            d = sub.next() => d,
+        };
+        let d = match delivery {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = out.flush();
+                eprintln!("{PROGRAM}: subscription ended: {e}");
+                break ExitCode::from(3);
+            }
+        };
+        let handled = match tail.handle(&d.payload, &mut out).and_then(|h| {
+            // The line is on standard output before the message is acknowledged.
+            out.flush()?;
+            Ok(h)
+        }) {
+            Ok(h) => h,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{PROGRAM}: cannot write to standard output: {e}");
+                break ExitCode::from(3);
+            }
+        };
+        match handled {
+            Handled::Printed => printed += 1,
+            Handled::Filtered => filtered += 1,
+            Handled::Bad(why) => {
+                bad += 1;
+                if bad == 1 {
+                    tracing::warn!(subject = %d.subject, "not a tapbus event, skipped: {why} (further ones are counted)");
+                }
+            }
+        }
+        if let Err(e) = d.ack().await {
+            tracing::warn!("ack failed (the bus may deliver the message again): {e}");
+        }
+        if count.is_some_and(|n| printed >= n) {
+            break ExitCode::SUCCESS;
+        }
+    };
+    let _ = out.flush();
+    tracing::info!(printed, filtered, bad, "stopped");
+    code
+}
+
+fn timed_out(count: Option<u64>, printed: u64) -> ExitCode {
+    match count {
+        Some(n) if printed < n => {
+            eprintln!("{PROGRAM}: timeout after {printed} of {n} events");
+            ExitCode::from(1)
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut i), Ok(mut t)) => {
+            tokio::select! {
+                _ = i.recv() => {}
+                _ = t.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TAPBUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
