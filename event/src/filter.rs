@@ -463,3 +463,271 @@ fn unmap(ip: IpAddr) -> IpAddr {
         v4 => v4,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An event with the given qname (`None`: null), client and server.
+    fn event(qname: Option<&str>, client: &str, server: &str) -> String {
+        let q = qname.map_or("null".to_owned(), |q| format!("{q:?}"));
+        let ip = |s: &str| {
+            if s.is_empty() {
+                "null".to_owned()
+            } else {
+                format!("{s:?}")
+            }
+        };
+        format!(
+            r#"{{"network":{{"family":"INET","protocol":"UDP","query-ip":{},"query-port":1,"response-ip":{},"response-port":53}},"dns":{{"length":50,"rcode":"NXDOMAIN","qname":{q},"qtype":"AAAA"}},"edns":null,"dnstap":{{"operation":"CLIENT_RESPONSE","identity":"Unbound-1"}}}}"#,
+            ip(client),
+            ip(server)
+        )
+    }
+
+    fn m(filter: &str, json: &str) -> bool {
+        let f = Filter::parse(filter).unwrap_or_else(|e| panic!("{filter}: {e}"));
+        let v = EventView::parse(json.as_bytes()).expect("event");
+        f.matches(&v)
+    }
+
+    fn std_event() -> String {
+        event(Some("www.Example.com"), "10.1.2.3", "2001:db8::53")
+    }
+
+    #[test]
+    fn empty_matches_everything() {
+        assert!(m("", &std_event()));
+        assert!(m("   ", &std_event()));
+        assert!(Filter::parse("").expect("empty").is_empty());
+        assert_eq!(Filter::parse("").expect("empty").to_string(), "");
+    }
+
+    #[test]
+    fn enum_fields() {
+        let e = std_event();
+        assert!(m("operation=CLIENT_RESPONSE", &e));
+        assert!(m("operation=client_response", &e));
+        assert!(m("operation=6", &e));
+        assert!(!m("operation=CLIENT_QUERY", &e));
+        assert!(m("operation!=CLIENT_QUERY", &e));
+        assert!(m("operation=client_query,client_response", &e));
+        assert!(!m("operation!=client_query,client_response", &e));
+        assert!(m("protocol=udp", &e));
+        assert!(!m("protocol=tcp,dot", &e));
+        assert!(m("protocol!=TCP", &e));
+        assert!(m("family=inet", &e));
+        assert!(!m("family=INET6", &e));
+        // Absent protocol: `=` never matches, `!=` always does.
+        let none = r#"{"network":{},"dns":{},"dnstap":{"operation":"CLIENT_QUERY"}}"#;
+        assert!(!m("protocol=UDP", none));
+        assert!(m("protocol!=UDP", none));
+        assert!(!m("family=INET", none));
+        assert!(m("family!=INET", none));
+    }
+
+    #[test]
+    fn text_fields() {
+        let e = std_event();
+        assert!(m("identity=Unbound-1", &e));
+        assert!(m("identity=unbound-1", &e));
+        assert!(!m("identity=unbound", &e));
+        assert!(m("identity=bind,unbound-1", &e));
+        assert!(m("identity!=bind", &e));
+        assert!(m("qtype=AAAA", &e));
+        assert!(m("qtype=aaaa", &e));
+        assert!(m("qtype=28", &e));
+        assert!(m("qtype=TYPE28", &e));
+        assert!(!m("qtype=A", &e));
+        assert!(m("qtype=A,AAAA", &e));
+        assert!(m("rcode=NXDOMAIN", &e));
+        assert!(m("rcode=nxdomain", &e));
+        assert!(m("rcode=3", &e));
+        assert!(!m("rcode=NOERROR", &e));
+        assert!(m("rcode!=NOERROR,SERVFAIL", &e));
+        assert!(!m("rcode!=NOERROR,NXDOMAIN", &e));
+        let none = r#"{"network":{},"dns":{},"dnstap":{"operation":"CLIENT_QUERY"}}"#;
+        for f in ["identity", "qtype", "rcode", "qname", "client", "server"] {
+            let v = if f == "client" || f == "server" {
+                "10.0.0.1"
+            } else if f == "qtype" {
+                "A"
+            } else if f == "rcode" {
+                "NOERROR"
+            } else {
+                "x"
+            };
+            assert!(!m(&format!("{f}={v}"), none), "{f}");
+            assert!(m(&format!("{f}!={v}"), none), "{f}");
+        }
+        assert!(!m("qname~.", none));
+        assert!(m("qname!~.", none));
+    }
+
+    #[test]
+    fn qname_exact_and_below() {
+        let e = |q: &str| event(Some(q), "10.0.0.1", "");
+        assert!(m("qname=www.example.com", &e("www.Example.com")));
+        assert!(m("qname=WWW.EXAMPLE.COM.", &e("www.example.com")));
+        assert!(!m("qname=example.com", &e("www.example.com")));
+        for pat in [
+            "*.example.com",
+            ".example.com",
+            "*.Example.COM.",
+            ".example.com.",
+        ] {
+            assert!(m(&format!("qname={pat}"), &e("example.com")), "{pat}");
+            assert!(m(&format!("qname={pat}"), &e("www.example.com")), "{pat}");
+            assert!(m(&format!("qname={pat}"), &e("a.b.EXAMPLE.com")), "{pat}");
+            // Label boundary.
+            assert!(!m(&format!("qname={pat}"), &e("badexample.com")), "{pat}");
+            assert!(!m(&format!("qname={pat}"), &e("example.com.evil")), "{pat}");
+            assert!(!m(&format!("qname={pat}"), &e("com")), "{pat}");
+            // An escaped dot is inside a label, not a boundary.
+            assert!(
+                !m(&format!("qname={pat}"), &e(r"bad\.example.com")),
+                "{pat}"
+            );
+            assert!(m(&format!("qname={pat}"), &e(r"a\\.example.com")), "{pat}");
+            assert!(!m(&format!("qname!={pat}"), &e("www.example.com")), "{pat}");
+            assert!(m(&format!("qname!={pat}"), &e("badexample.com")), "{pat}");
+        }
+        assert!(m("qname=.", &e(".")));
+        assert!(!m("qname=.", &e("com")));
+        assert!(m("qname=*.", &e("com")));
+        assert!(m("qname=foo.org,*.example.com", &e("x.example.com")));
+        assert!(m("qname=foo.org,*.example.com", &e("foo.org")));
+        assert!(!m("qname=foo.org,*.example.com", &e("bar.org")));
+    }
+
+    #[test]
+    fn qname_regex() {
+        let e = |q: &str| event(Some(q), "10.0.0.1", "");
+        assert!(m("qname~^www\\.", &e("WWW.example.com")));
+        assert!(m("qname~EXAMPLE", &e("www.example.com")));
+        assert!(!m("qname~^example", &e("www.example.com")));
+        assert!(m("qname!~^example", &e("www.example.com")));
+        // Commas belong to the regex.
+        assert!(m("qname~^w{1,3}\\.", &e("www.example.com")));
+        assert!(!m("qname~^w{4,5}\\.", &e("www.example.com")));
+    }
+
+    #[test]
+    fn addresses_and_networks() {
+        let v4 = event(Some("a"), "10.1.2.3", "192.0.2.53");
+        let v6 = event(Some("a"), "2001:db8::1", "::1");
+        assert!(m("client=10.1.2.3", &v4));
+        assert!(!m("client=10.1.2.4", &v4));
+        assert!(m("client=10.0.0.0/8", &v4));
+        assert!(m("client=10.1.2.3/32", &v4));
+        assert!(!m("client=11.0.0.0/8", &v4));
+        assert!(m("client=11.0.0.0/8,10.1.0.0/16", &v4));
+        assert!(m("client!=11.0.0.0/8", &v4));
+        assert!(!m("client=::/0", &v4));
+        assert!(m("client=0.0.0.0/0", &v4));
+        assert!(m("client=::ffff:10.1.2.3", &v4));
+        assert!(m("client=::ffff:10.0.0.0/104", &v4));
+        assert!(m("server=192.0.2.0/24", &v4));
+        assert!(!m("server=192.0.3.0/24", &v4));
+        assert!(m("client=2001:db8::/32", &v6));
+        assert!(m("client=2001:db8::1", &v6));
+        assert!(!m("client=2001:db9::/32", &v6));
+        assert!(!m("client=10.0.0.0/8", &v6));
+        assert!(m("server=::1/128", &v6));
+        assert!(m("server=::1", &v6));
+        assert!(!m("server=::2", &v6));
+        let none = event(Some("a"), "", "");
+        assert!(!m("client=0.0.0.0/0,::/0", &none));
+        assert!(m("client!=0.0.0.0/0,::/0", &none));
+    }
+
+    #[test]
+    fn terms_are_anded() {
+        let e = std_event();
+        assert!(m(
+            "operation=CLIENT_RESPONSE qname=*.example.com client=10.0.0.0/8",
+            &e
+        ));
+        assert!(!m(
+            "operation=CLIENT_RESPONSE qname=*.example.com client=11.0.0.0/8",
+            &e
+        ));
+        assert!(!m("operation=CLIENT_QUERY qname=*.example.com", &e));
+        assert!(m("rcode!=NOERROR rcode!=SERVFAIL", &e));
+    }
+
+    #[test]
+    fn canonical_display_parses_back() {
+        let cases = [
+            ("operation=client_response", "operation=CLIENT_RESPONSE"),
+            ("QNAME=WWW.Example.COM.", "qname=www.example.com"),
+            (
+                "qname=.example.com,*.Example.org",
+                "qname=*.example.com,*.example.org",
+            ),
+            ("qtype=aaaa,28,type65534", "qtype=AAAA,AAAA,TYPE65534"),
+            ("rcode!=nxdomain,rcode12", "rcode!=NXDOMAIN,RCODE12"),
+            ("client=10.1.2.3/8,::1/128", "client=10.0.0.0/8,::1"),
+            ("server!=192.0.2.1", "server!=192.0.2.1"),
+            (
+                "protocol=dnscrypttcp family=inet6",
+                "protocol=DNSCryptTCP family=INET6",
+            ),
+            ("qname~^WWW\\.", "qname~^WWW\\."),
+            (
+                "identity=Unbound-1   qname!~x",
+                "identity=Unbound-1 qname!~x",
+            ),
+            ("operation=UNKNOWN(99)", "operation=UNKNOWN(99)"),
+        ];
+        for (input, canon) in cases {
+            let f = Filter::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(f.to_string(), canon, "{input}");
+            let again = Filter::parse(canon).unwrap_or_else(|e| panic!("{canon}: {e}"));
+            assert_eq!(again, f, "{input}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_term_and_what_is_allowed() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "qname=a foo=bar",
+                "foo=bar",
+                "fields are identity, operation",
+            ),
+            ("=x", "=x", "expected FIELD OP VALUE"),
+            ("qname", "qname", "expected an operator"),
+            ("qname>x", "qname>x", "`=` or `!=`"),
+            ("qname=", "qname=", "no value"),
+            ("rcode=NOERROR,", "rcode=NOERROR,", "empty item"),
+            (
+                "operation=CLIENT",
+                "operation=CLIENT",
+                "CLIENT_QUERY, CLIENT_RESPONSE",
+            ),
+            ("protocol=SCTP", "protocol=SCTP", "UDP, TCP, DOT"),
+            ("family=ipx", "family=ipx", "INET, INET6"),
+            ("rcode=NXDOMIAN", "rcode=NXDOMIAN", "NOERROR, FORMERR"),
+            ("qtype=AAA", "qtype=AAA", "TYPEnnn"),
+            (
+                "client=10.0.0.0/33",
+                "client=10.0.0.0/33",
+                "not an address or CIDR",
+            ),
+            (
+                "server=example.com",
+                "server=example.com",
+                "not an address or CIDR",
+            ),
+            ("rcode~NO", "rcode~NO", "only allowed for qname"),
+            ("qname~(", "qname~(", "bad regex"),
+        ];
+        for (expr, term, hint) in cases {
+            let e = Filter::parse(expr).expect_err(expr);
+            assert_eq!(&e.term, term, "{expr}");
+            let msg = e.to_string();
+            assert!(msg.contains(term) && msg.contains(hint), "{expr}: {msg}");
+        }
+    }
+}

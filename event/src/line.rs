@@ -53,7 +53,7 @@ pub fn write_line(view: &EventView<'_>, out: &mut String) {
     }
     out.push(' ');
     match view.qname() {
-        Some(q) if q.is_empty() => out.push('-'),
+        Some("") => out.push('-'),
         Some(q) => {
             push_spaceless(out, q);
             if !q.ends_with('.') || q.ends_with("\\.") {

@@ -177,7 +177,7 @@ impl Operation {
     /// unknown values when it picks the timestamp).
     pub fn is_response(&self) -> bool {
         let c = self.code();
-        c > 0 && c % 2 == 0
+        c > 0 && c.is_multiple_of(2)
     }
 
     /// `*_QUERY`.
