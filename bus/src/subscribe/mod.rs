@@ -18,12 +18,12 @@
 //! handles what can be retried (reconnects with backoff, resubscribes) by itself and
 //! returns an error only when the subscription cannot go on.
 
-mod mqtt;
-mod nats;
+pub mod mqtt;
+pub mod nats;
 pub mod ordered_acks;
-mod redis_pubsub;
+pub mod redis_pubsub;
 mod redis_reply;
-mod redis_stream;
+pub mod redis_stream;
 
 use std::time::Duration;
 

@@ -11,7 +11,7 @@
 //! **What an ack means.** [`Delivery::ack`] sends the PUBACK for that PUBLISH, but only
 //! once every message that arrived before it was acked too: MQTT requires PUBACKs in
 //! arrival order and rumqttc leaves ordering to the application, so acks go through the
-//! [`OrderedAcks`](super::ordered_acks::OrderedAcks) state machine. A PUBACK tells the
+//! [`OrderedAcks`] state machine. A PUBACK tells the
 //! server it may forget the message. A message not acked is redelivered by the server only
 //! after a reconnect, and only with a persistent session (3.1.1 `clean_session = false`;
 //! 5 `clean_start = false` plus a `session_expiry_interval`); with a clean session an
@@ -135,7 +135,7 @@ impl MqttSpec {
 }
 
 /// An MQTT subscription with manual, ordered acks; see the module doc for what an ack
-/// means. The event loop runs in a task that stops when this is dropped (the connection
+/// means ([`crate::subscribe::mqtt`]). The event loop runs in a task that stops when this is dropped (the connection
 /// is then closed without a DISCONNECT, as by a crash).
 #[derive(Debug)]
 pub struct MqttSubscriber {
