@@ -8,7 +8,7 @@
 //! |---|---|---|---|
 //! | NATS core | [`NatsCoreSubscriber::new`] | at most once | nothing |
 //! | JetStream durable pull | [`JetStreamSubscriber::new`] | at least once | `+ACK` to the server |
-//! | MQTT 3.1.1 / 5, QoS 1 | [`MqttSubscriber::v4`], [`MqttSubscriber::v5`] | at least once (persistent session) | releases the PUBACK, in arrival order |
+//! | MQTT 3.1.1 / 5, QoS 1 | [`MqttSubscriber::v4`], [`MqttSubscriber::v5`] | at least once with a persistent session, else at most once | releases the PUBACK, in arrival order |
 //! | Redis `PSUBSCRIBE` | [`RedisPubSubSubscriber::new`] | at most once | nothing |
 //! | Redis stream consumer group | [`RedisStreamSubscriber::new`] | at least once | `XACK` |
 //!
@@ -18,12 +18,12 @@
 //! handles what can be retried (reconnects with backoff, resubscribes) by itself and
 //! returns an error only when the subscription cannot go on.
 
-mod mqtt;
-mod nats;
+pub mod mqtt;
+pub mod nats;
 pub mod ordered_acks;
-mod redis_pubsub;
+pub mod redis_pubsub;
 mod redis_reply;
-mod redis_stream;
+pub mod redis_stream;
 
 use std::time::Duration;
 
@@ -206,9 +206,8 @@ impl Subscriber {
     pub fn semantics(&self) -> Semantics {
         match self {
             Subscriber::NatsCore(_) | Subscriber::RedisPubSub(_) => Semantics::AtMostOnce,
-            Subscriber::JetStream(_) | Subscriber::Mqtt(_) | Subscriber::RedisStream(_) => {
-                Semantics::AtLeastOnce
-            }
+            Subscriber::JetStream(_) | Subscriber::RedisStream(_) => Semantics::AtLeastOnce,
+            Subscriber::Mqtt(s) => s.semantics(),
         }
     }
 

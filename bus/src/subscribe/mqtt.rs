@@ -11,7 +11,7 @@
 //! **What an ack means.** [`Delivery::ack`] sends the PUBACK for that PUBLISH, but only
 //! once every message that arrived before it was acked too: MQTT requires PUBACKs in
 //! arrival order and rumqttc leaves ordering to the application, so acks go through the
-//! [`OrderedAcks`](super::ordered_acks::OrderedAcks) state machine. A PUBACK tells the
+//! [`OrderedAcks`] state machine. A PUBACK tells the
 //! server it may forget the message. A message not acked is redelivered by the server only
 //! after a reconnect, and only with a persistent session (3.1.1 `clean_session = false`;
 //! 5 `clean_start = false` plus a `session_expiry_interval`); with a clean session an
@@ -45,7 +45,7 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::nats::AbortOnDrop;
 use super::ordered_acks::{AckOutcome, OrderedAcks};
-use super::{Ack, AckError, Delivery, LinkState, SpecError, SubscribeError, backoff};
+use super::{Ack, AckError, Delivery, LinkState, Semantics, SpecError, SubscribeError, backoff};
 
 /// An MQTT subscription.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,11 +135,12 @@ impl MqttSpec {
 }
 
 /// An MQTT subscription with manual, ordered acks; see the module doc for what an ack
-/// means. The event loop runs in a task that stops when this is dropped (the connection
+/// means ([`crate::subscribe::mqtt`]). The event loop runs in a task that stops when this is dropped (the connection
 /// is then closed without a DISCONNECT, as by a crash).
 #[derive(Debug)]
 pub struct MqttSubscriber {
     rx: mpsc::Receiver<Result<Delivery, SubscribeError>>,
+    semantics: Semantics,
     connected: watch::Receiver<bool>,
     client: Client,
     _task: AbortOnDrop,
@@ -151,6 +152,7 @@ impl MqttSubscriber {
     pub fn v4(mut opts: rumqttc::MqttOptions, spec: &MqttSpec) -> Result<Self, SubscribeError> {
         spec.validate()?;
         opts.set_manual_acks(true);
+        let semantics = semantics(spec, !opts.clean_session());
         let (addr, port) = opts.broker_address();
         let what = format!("MQTT {addr}:{port} {}", spec.subscription());
         let (client, el) = rumqttc::AsyncClient::new(opts, request_capacity(spec));
@@ -159,6 +161,7 @@ impl MqttSubscriber {
         let task = tokio::spawn(drive_v4(el, core));
         Ok(MqttSubscriber {
             rx,
+            semantics,
             connected,
             client,
             _task: AbortOnDrop(task),
@@ -174,6 +177,8 @@ impl MqttSubscriber {
         let cap = u16::try_from(spec.max_pending).unwrap_or(u16::MAX);
         let recv_max = opts.receive_maximum().map_or(cap, |m| m.min(cap));
         opts.set_receive_maximum(Some(recv_max));
+        let persistent = !opts.clean_start() && opts.session_expiry_interval().unwrap_or(0) > 0;
+        let semantics = semantics(spec, persistent);
         let (addr, port) = opts.broker_address();
         let what = format!("MQTT5 {addr}:{port} {}", spec.subscription());
         let (client, el) = rumqttc::v5::AsyncClient::new(opts, request_capacity(spec));
@@ -182,6 +187,7 @@ impl MqttSubscriber {
         let task = tokio::spawn(drive_v5(el, core));
         Ok(MqttSubscriber {
             rx,
+            semantics,
             connected,
             client,
             _task: AbortOnDrop(task),
@@ -198,6 +204,13 @@ impl MqttSubscriber {
         self.connected.clone()
     }
 
+    /// At least once only with QoS 1 and a persistent session (3.1.1: `clean_session` off;
+    /// 5: `clean_start` off and a non-zero `session_expiry_interval`): without one, the
+    /// server forgets unacked messages when the connection breaks.
+    pub fn semantics(&self) -> Semantics {
+        self.semantics
+    }
+
     /// Sends DISCONNECT and waits (up to `limit`) until it went out: the server then drops
     /// a clean session at once and keeps a persistent one. Unacked messages stay unacked.
     pub async fn close(mut self, limit: Duration) {
@@ -208,6 +221,14 @@ impl MqttSubscriber {
         if sent {
             let _ = tokio::time::timeout(limit, &mut self._task.0).await;
         }
+    }
+}
+
+fn semantics(spec: &MqttSpec, persistent_session: bool) -> Semantics {
+    if spec.qos == 1 && persistent_session {
+        Semantics::AtLeastOnce
+    } else {
+        Semantics::AtMostOnce
     }
 }
 
