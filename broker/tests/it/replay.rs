@@ -27,9 +27,9 @@ async fn captures_over_unix_and_tcp_arrive_complete() {
         "-i",
         &format!("tcp://127.0.0.1:{tcp}"),
         "-o",
-        &nats.url,
+        nats.url(),
     ]);
-    let mut sub = Sub::start(&nats.url, "dnstap.>").await;
+    let mut sub = Sub::start(nats.url(), "dnstap.>").await;
     let schema = validator();
     let mut total = 0usize;
     for name in CAPTURES {
@@ -41,17 +41,11 @@ async fn captures_over_unix_and_tcp_arrive_complete() {
             "{name}: in-process decode count"
         );
         for transport in ["unix", "tcp"] {
-            let f = file.clone();
-            let s = sock.clone();
-            tokio::task::spawn_blocking(move || {
-                if transport == "unix" {
-                    fstrm_replay_unix(&f, &s)
-                } else {
-                    fstrm_replay_tcp(&f, tcp)
-                }
-            })
-            .await
-            .expect("replay");
+            if transport == "unix" {
+                replay_unix(&file, &sock).await
+            } else {
+                replay_tcp(&file, tcp).await
+            }
             let got = sub.collect(reference.len(), Duration::from_secs(10)).await;
             assert_eq!(
                 got.len(),
@@ -98,10 +92,10 @@ async fn captures_over_unix_and_tcp_arrive_complete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_input_publishes_everything_and_exits() {
     let nats = Nats::start();
-    let mut sub = Sub::start(&nats.url, "dnstap.>").await;
+    let mut sub = Sub::start(nats.url(), "dnstap.>").await;
     let file = capture("bulk-100k.fstrm");
     let n = expected_count("bulk-100k.fstrm");
-    let url = nats.url.clone();
+    let url = nats.url().to_string();
     let status = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_tapbus-broker"))
             .args([
@@ -133,8 +127,13 @@ async fn many_concurrent_connections() {
     let nats = Nats::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
-    let broker = Broker::start(&["-i", &format!("unix://{}", sock.display()), "-o", &nats.url]);
-    let mut sub = Sub::start(&nats.url, "dnstap.>").await;
+    let broker = Broker::start(&[
+        "-i",
+        &format!("unix://{}", sock.display()),
+        "-o",
+        nats.url(),
+    ]);
+    let mut sub = Sub::start(nats.url(), "dnstap.>").await;
     let frames = std::sync::Arc::new(data_frames(&capture("dnsdist.fstrm")));
     let conns = 32;
     let mut tasks = Vec::new();

@@ -80,11 +80,10 @@ async fn send_over_tls(port: u16, c: &TlsConnector, frames: &[bytes::Bytes]) -> 
         .map_err(|e| e.to_string())?;
     // With TLS 1.3 a refused client certificate shows up on the first read.
     let r = tokio::time::timeout(Duration::from_secs(10), async {
-        use tapbus_proto::fstrm::{ControlFrame, ControlType, DNSTAP_CONTENT_TYPE};
+        use tapbus_testsupport::fstrm::{ControlType, DNSTAP_CONTENT_TYPE, control_bytes};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut b = bytes::BytesMut::new();
-        ControlFrame::new(ControlType::Ready, Some(DNSTAP_CONTENT_TYPE)).encode(&mut b);
-        tls.write_all(&b).await.map_err(|e| e.to_string())?;
+        let ready = control_bytes(ControlType::Ready, &[DNSTAP_CONTENT_TYPE]);
+        tls.write_all(&ready).await.map_err(|e| e.to_string())?;
         let mut buf = [0u8; 64];
         let n = tls.read(&mut buf).await.map_err(|e| e.to_string())?;
         if n == 0 {
@@ -113,11 +112,11 @@ async fn tls_and_mtls() {
     let p = pki();
     let frames = data_frames(&capture("dnsdist.fstrm"));
     let reference = reference_events(&capture("dnsdist.fstrm"));
-    let mut sub = Sub::start(&nats.url, "dnstap.>").await;
+    let mut sub = Sub::start(nats.url(), "dnstap.>").await;
 
     // Plain TLS.
     let port = free_port();
-    let cfg = config(&p, port, &nats.url, false);
+    let cfg = config(&p, port, nats.url(), false);
     let broker = Broker::start(&["-c", cfg.to_str().expect("utf8")]);
     send_over_tls(port, &connector(&p, false), &frames)
         .await
@@ -131,7 +130,7 @@ async fn tls_and_mtls() {
 
     // mTLS: no client certificate -> refused; with one -> accepted.
     let port = free_port();
-    let cfg = config(&p, port, &nats.url, true);
+    let cfg = config(&p, port, nats.url(), true);
     let broker = Broker::start(&["-c", cfg.to_str().expect("utf8")]);
     let refused = send_over_tls(port, &connector(&p, false), &frames).await;
     assert!(
