@@ -14,12 +14,7 @@ async fn unbound_writes_dnstap_through_the_broker() {
     let nats = Nats::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
-    let broker = Broker::start(&[
-        "-i",
-        &format!("unix://{}", sock.display()),
-        "-o",
-        nats.url(),
-    ]);
+    let broker = Broker::start_unix(&sock, None, nats.url());
     let mut sub = Sub::start(nats.url(), "dnstap.unbound-it.>").await;
 
     let port = free_port();

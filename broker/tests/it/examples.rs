@@ -118,7 +118,7 @@ impl Setup {
     fn with_output(url: &str) -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
         let sock = dir.path().join("dnstap.sock");
-        let broker = Broker::start(&["-i", &format!("unix://{}", sock.display()), "-o", url]);
+        let broker = Broker::start_unix(&sock, None, url);
         Setup {
             broker,
             sock,

@@ -11,7 +11,7 @@ use futures::StreamExt;
 pub use tapbus_testsupport::pki::write_test_pki;
 pub use tapbus_testsupport::proc::Proc;
 pub use tapbus_testsupport::servers::{Mosquitto, Nats, Redis};
-pub use tapbus_testsupport::{free_port, http_get, need, wait_until, wait_until_async};
+pub use tapbus_testsupport::{free_port, http_get, need, pause, wait_until, wait_until_async};
 
 /// A test-data file (`testdata/dnstap/NAME`, unpacked if stored compressed).
 pub fn capture(name: &str) -> PathBuf {
@@ -31,6 +31,18 @@ impl Broker {
     /// Starts the broker binary and waits for `/health`.
     pub fn start(args: &[&str]) -> Broker {
         Self::start_env(args, &[])
+    }
+
+    /// Reads dnstap on the unix socket `sock` (and on `127.0.0.1:TCP` too, given `tcp`) and
+    /// publishes to `output` (the URL of `-o`).
+    pub fn start_unix(sock: &Path, tcp: Option<u16>, output: &str) -> Broker {
+        let mut args = vec!["-i".to_string(), format!("unix://{}", sock.display())];
+        if let Some(port) = tcp {
+            args.extend(["-i".to_string(), format!("tcp://127.0.0.1:{port}")]);
+        }
+        args.extend(["-o".to_string(), output.to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start(&args)
     }
 
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Broker {
@@ -66,7 +78,7 @@ impl Broker {
                 "broker not healthy:\n{}",
                 b.log_text()
             );
-            std::thread::sleep(Duration::from_millis(25));
+            pause(Duration::from_millis(25));
         }
         b
     }
@@ -107,7 +119,7 @@ impl Broker {
                 "{output}: not settled: published {p} + dropped {d} != {total}, inflight {held}\n{m}\n{}",
                 self.log_text()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            pause(Duration::from_millis(50));
         }
     }
 
@@ -120,7 +132,7 @@ impl Broker {
                 "timed out waiting for {what} in the log:\n{}",
                 self.log_text()
             );
-            std::thread::sleep(Duration::from_millis(25));
+            pause(Duration::from_millis(25));
         }
     }
 
@@ -138,7 +150,7 @@ impl Broker {
                 self.metrics(),
                 self.log_text()
             );
-            std::thread::sleep(Duration::from_millis(25));
+            pause(Duration::from_millis(25));
         }
     }
 

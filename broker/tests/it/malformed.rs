@@ -113,14 +113,7 @@ async fn malformed_inputs_close_only_their_connection() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
     let tcp = free_port();
-    let mut broker = Broker::start(&[
-        "-i",
-        &format!("unix://{}", sock.display()),
-        "-i",
-        &format!("tcp://127.0.0.1:{tcp}"),
-        "-o",
-        nats.url(),
-    ]);
+    let mut broker = Broker::start_unix(&sock, Some(tcp), nats.url());
     let mut sub = Sub::start(nats.url(), "dnstap.>").await;
 
     let mdir = tapbus_testsupport::testdata::dir().join("malformed");

@@ -133,7 +133,7 @@ fn capture_arrives_on_mqtt() {
     let mq = Mosquitto::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
-    let broker = Broker::start(&["-i", &format!("unix://{}", sock.display()), "-o", &mq.url()]);
+    let broker = Broker::start_unix(&sock, None, &mq.url());
     assert_delivers(&broker, &mq, &sock, "kresd.fstrm", "mqttv311", 0);
     assert_eq!(broker.metric("tapbus_output_up", &["output=\"mqtt\""]), 1.0);
     let log = broker.log_text();
@@ -294,7 +294,7 @@ fn reconnects_after_server_restart() {
     let mq = Mosquitto::start_on(port);
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
-    let broker = Broker::start(&["-i", &format!("unix://{}", sock.display()), "-o", &mq.url()]);
+    let broker = Broker::start_unix(&sock, None, &mq.url());
     broker.wait_metric("tapbus_output_up", &["output=\"mqtt\""], 1.0);
     drop(mq);
     wait_until("output down", Duration::from_secs(10), || {

@@ -11,12 +11,7 @@ async fn nats_restart_is_survived() {
     let port = nats.port();
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
-    let mut broker = Broker::start(&[
-        "-i",
-        &format!("unix://{}", sock.display()),
-        "-o",
-        nats.url(),
-    ]);
+    let mut broker = Broker::start_unix(&sock, None, nats.url());
     broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
 
     // Bus down: dnstap is still read completely (the sender finishes its handshake).

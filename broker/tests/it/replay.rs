@@ -21,14 +21,7 @@ async fn captures_over_unix_and_tcp_arrive_complete() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
     let tcp = free_port();
-    let broker = Broker::start(&[
-        "-i",
-        &format!("unix://{}", sock.display()),
-        "-i",
-        &format!("tcp://127.0.0.1:{tcp}"),
-        "-o",
-        nats.url(),
-    ]);
+    let broker = Broker::start_unix(&sock, Some(tcp), nats.url());
     let mut sub = Sub::start(nats.url(), "dnstap.>").await;
     let schema = validator();
     let mut total = 0usize;
@@ -127,12 +120,7 @@ async fn many_concurrent_connections() {
     let nats = Nats::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
-    let broker = Broker::start(&[
-        "-i",
-        &format!("unix://{}", sock.display()),
-        "-o",
-        nats.url(),
-    ]);
+    let broker = Broker::start_unix(&sock, None, nats.url());
     let mut sub = Sub::start(nats.url(), "dnstap.>").await;
     let frames = std::sync::Arc::new(data_frames(&capture("dnsdist.fstrm")));
     let conns = 32;

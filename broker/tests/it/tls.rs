@@ -70,14 +70,21 @@ fn config(p: &Pki, port: u16, nats: &str, mtls: bool) -> std::path::PathBuf {
     path
 }
 
-async fn send_over_tls(port: u16, c: &TlsConnector, frames: &[bytes::Bytes]) -> Result<(), String> {
+/// A TLS connection to the broker's input, the server verified as `localhost`.
+async fn connect(
+    port: u16,
+    c: &TlsConnector,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| e.to_string())?;
-    let mut tls = c
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+    c.connect(ServerName::try_from("localhost").expect("name"), tcp)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+async fn send_over_tls(port: u16, c: &TlsConnector, frames: &[bytes::Bytes]) -> Result<(), String> {
+    let mut tls = connect(port, c).await?;
     // With TLS 1.3 a refused client certificate shows up on the first read.
     let r = tokio::time::timeout(Duration::from_secs(10), async {
         use tapbus_testsupport::fstrm::{ControlType, DNSTAP_CONTENT_TYPE, control_bytes};
@@ -95,13 +102,7 @@ async fn send_over_tls(port: u16, c: &TlsConnector, frames: &[bytes::Bytes]) -> 
     .map_err(|_| "timeout".to_string())?;
     r?;
     // Handshake answered: now do the real stream on a fresh connection.
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut tls = c
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut tls = connect(port, c).await?;
     write_stream(&mut tls, frames).await;
     Ok(())
 }
