@@ -174,3 +174,46 @@ async fn many_concurrent_connections() {
     }
     assert_eq!(broker.metric("tapbus_connections_total", &[]), conns as f64);
 }
+
+/// The test-support unidirectional writer (START, data, STOP, no handshake), as a DNS server
+/// without a bidirectional mode writes: every event arrives in order, and the broker sends
+/// nothing back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unidirectional_writer_is_read_completely() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("dnstap.sock");
+    let broker = Broker::start_unix(&sock, None, nats.url());
+    let mut sub = Sub::start(nats.url(), "dnstap.>").await;
+    let file = capture("kresd.fstrm");
+    let reference = reference_events(&file);
+    let mut s = tokio::net::UnixStream::connect(&sock)
+        .await
+        .expect("connect");
+    tapbus_testsupport::fstrm::write_unidirectional(&mut s, &data_frames(&file))
+        .await
+        .expect("unidirectional stream");
+    s.shutdown().await.expect("shutdown the write half");
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut back))
+        .await
+        .expect("the broker closes after EOF")
+        .expect("read");
+    assert!(
+        back.is_empty(),
+        "a unidirectional reader answers nothing: {back:?}"
+    );
+    let got = sub.collect(reference.len(), Duration::from_secs(10)).await;
+    assert_eq!(got.len(), reference.len());
+    for ((_, ev), want) in got.iter().zip(&reference) {
+        assert_eq!(key(ev), key(want));
+    }
+    broker.wait_metric("tapbus_published_total", &[], reference.len() as f64);
+    assert_eq!(broker.metric("tapbus_malformed_total", &[]), 0.0);
+    assert!(
+        !broker.log_text().contains("dnstap connection closed:"),
+        "{}",
+        broker.log_text()
+    );
+}
