@@ -61,7 +61,7 @@ pub fn need(program: &str) -> PathBuf {
 }
 
 /// Polls `f` every 25 ms until it is true; panics naming `what` after `timeout`. Blocks the
-/// thread: in async code use [`wait_until_async`].
+/// thread (see [`pause`]): in async code prefer [`wait_until_async`].
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
@@ -69,7 +69,20 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
             t0.elapsed() < timeout,
             "timed out after {timeout:?} waiting for {what}"
         );
-        std::thread::sleep(Duration::from_millis(25));
+        pause(Duration::from_millis(25));
+    }
+}
+
+/// Sleeps `d` on this thread. Called from a worker of a multi-thread tokio runtime (a sync
+/// helper used by an async test), it goes through `block_in_place`, so the tasks queued on
+/// this worker (a subscriber's reader, a forwarder) move to another one instead of
+/// stalling.
+pub fn pause(d: Duration) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| std::thread::sleep(d))
+        }
+        _ => std::thread::sleep(d),
     }
 }
 
@@ -160,6 +173,33 @@ mod tests {
         })
         .await;
         assert_eq!(n, 3);
+    }
+
+    /// A sync wait in a task on a multi-thread runtime does not stall the worker's other
+    /// tasks: with one worker, the waiting task only ends if the other one runs meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_blocking_wait_lets_other_tasks_run() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let flag = std::sync::Arc::new(AtomicBool::new(false));
+        let f = flag.clone();
+        let setter = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            f.store(true, Ordering::SeqCst);
+        });
+        let waiter = tokio::spawn(async move {
+            wait_until("the other task", Duration::from_secs(5), || {
+                flag.load(Ordering::SeqCst)
+            });
+        });
+        waiter.await.expect("the wait ends");
+        setter.await.expect("setter");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn pause_works_on_a_current_thread_runtime() {
+        let t0 = Instant::now();
+        pause(Duration::from_millis(30));
+        assert!(t0.elapsed() >= Duration::from_millis(30));
     }
 
     #[test]

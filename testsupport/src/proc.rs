@@ -59,7 +59,7 @@ impl Proc {
             if t0.elapsed() >= limit {
                 return None;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            crate::pause(Duration::from_millis(10));
         }
     }
 

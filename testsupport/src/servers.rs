@@ -53,8 +53,37 @@ fn wait_listening(
             "{what} not listening on 127.0.0.1:{port} after {START_TIMEOUT:?}:\n{}",
             read_text(log)
         );
-        std::thread::sleep(Duration::from_millis(25));
+        crate::pause(Duration::from_millis(25));
     }
+}
+
+/// The methods every single-process server has: `pid`, `log_text` (everything it logged,
+/// over restarts), `terminate` (SIGTERM and wait) and `kill` (SIGKILL, as a crash).
+macro_rules! server_common {
+    ($t:ty) => {
+        impl $t {
+            /// The server's process id.
+            pub fn pid(&self) -> u32 {
+                self.proc.pid()
+            }
+
+            /// What the server logged so far.
+            pub fn log_text(&self) -> String {
+                read_text(&self.log)
+            }
+
+            /// Stops the server with SIGTERM (it closes its connections and files) and
+            /// waits for it to exit.
+            pub fn terminate(mut self) {
+                self.proc.terminate();
+            }
+
+            /// SIGKILL, as a crash.
+            pub fn kill(mut self) {
+                self.proc.kill();
+            }
+        }
+    };
 }
 
 // --- NATS ------------------------------------------------------------------------------
@@ -127,26 +156,9 @@ impl Nats {
     pub fn url(&self) -> &str {
         &self.url
     }
-
-    pub fn pid(&self) -> u32 {
-        self.proc.pid()
-    }
-
-    /// What the server logged so far.
-    pub fn log_text(&self) -> String {
-        read_text(&self.log)
-    }
-
-    /// Stops the server with SIGTERM (it closes its connections and stores) and waits.
-    pub fn terminate(mut self) {
-        self.proc.terminate();
-    }
-
-    /// SIGKILL, as a crash.
-    pub fn kill(mut self) {
-        self.proc.kill();
-    }
 }
+
+server_common!(Nats);
 
 /// One node of a [`NatsCluster`].
 #[derive(Debug)]
@@ -350,7 +362,7 @@ impl NatsCluster {
                 "no JetStream meta leader among the running nodes after {timeout:?}\n{}",
                 self.describe()
             );
-            std::thread::sleep(Duration::from_millis(100));
+            crate::pause(Duration::from_millis(100));
         }
     }
 
@@ -431,7 +443,7 @@ impl NatsCluster {
                 "the NATS cluster did not form within {timeout:?}\n{}",
                 self.describe()
             );
-            std::thread::sleep(Duration::from_millis(100));
+            crate::pause(Duration::from_millis(100));
         }
     }
 
@@ -527,32 +539,15 @@ impl Mosquitto {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
-    pub fn pid(&self) -> u32 {
-        self.proc.pid()
-    }
-
-    /// What mosquitto logged so far (every start of this instance, appended).
-    pub fn log_text(&self) -> String {
-        read_text(&self.log)
-    }
-
     /// Stops mosquitto (SIGTERM) and starts it again with the same configuration, on the
     /// same port; its clients see the connection drop.
     pub fn restart(&mut self) {
         self.proc.terminate();
         self.proc = Self::spawn(&self.conf, &self.log, self.port);
     }
-
-    /// Stops mosquitto with SIGTERM and waits.
-    pub fn terminate(mut self) {
-        self.proc.terminate();
-    }
-
-    /// SIGKILL, as a crash.
-    pub fn kill(mut self) {
-        self.proc.kill();
-    }
 }
+
+server_common!(Mosquitto);
 
 // --- Redis -----------------------------------------------------------------------------
 
@@ -630,25 +625,9 @@ impl Redis {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
-
-    pub fn pid(&self) -> u32 {
-        self.proc.pid()
-    }
-
-    pub fn log_text(&self) -> String {
-        read_text(&self.log)
-    }
-
-    /// SIGTERM and wait.
-    pub fn terminate(mut self) {
-        self.proc.terminate();
-    }
-
-    /// SIGKILL, as a crash.
-    pub fn kill(mut self) {
-        self.proc.kill();
-    }
 }
+
+server_common!(Redis);
 
 /// Sends `PING` in RESP and returns the first reply line (`+PONG`, `-LOADING ...`).
 fn redis_ping(port: u16) -> Option<String> {

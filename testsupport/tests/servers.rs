@@ -222,7 +222,19 @@ async fn nats_cluster_replicates_and_survives_a_killed_node() {
         n += 1;
     }
     assert_eq!(n, 15);
-    wait_until("killed node stays down", Duration::from_secs(1), || {
-        !port_open(c.node_port(0))
-    });
+    assert!(!port_open(c.node_port(0)), "the killed node stays down");
+
+    // Node 0 comes back on its ports with its store and rejoins.
+    c.restart(0);
+    assert_eq!(c.running_urls().len(), 3);
+    let routez = c.monitor(0, "/routez").expect("routez");
+    assert_eq!(routez["num_routes"], 2, "{routez}");
+    wait_until(
+        "node 0 has the stream again",
+        Duration::from_secs(30),
+        || {
+            c.monitor(0, "/jsz?streams=true")
+                .is_some_and(|j| j["streams"].as_u64() == Some(1))
+        },
+    );
 }

@@ -27,9 +27,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::harness::*;
-use crate::mqtt::Mosquitto;
 use crate::nats_js::stream_messages;
-use crate::redis::{lrange, spawn_redis};
+use crate::redis::lrange;
 
 /// Events sent per test: 6000 at 2000/s, the outage from 1 s to about 2.5 s.
 const SENT: usize = 6000;
@@ -135,31 +134,18 @@ fn unique_frames() -> (Vec<Bytes>, HashSet<String>) {
 /// A DNS server's dnstap writer at a steady rate: handshake, `PER_TICK` frames every
 /// `TICK`, STOP, FINISH.
 async fn send_paced(sock: PathBuf, frames: Vec<Bytes>) {
-    use tapbus_proto::fstrm::{ControlFrame, ControlType, DNSTAP_CONTENT_TYPE, encode_data};
-    use tokio::io::AsyncWriteExt;
-    let mut s = tokio::net::UnixStream::connect(&sock)
+    let s = tokio::net::UnixStream::connect(&sock)
         .await
         .expect("connect to the broker");
-    let mut b = bytes::BytesMut::new();
-    ControlFrame::new(ControlType::Ready, Some(DNSTAP_CONTENT_TYPE)).encode(&mut b);
-    s.write_all(&b).await.expect("READY");
-    assert_eq!(read_control(&mut s).await.kind, ControlType::Accept);
-    b.clear();
-    ControlFrame::new(ControlType::Start, Some(DNSTAP_CONTENT_TYPE)).encode(&mut b);
-    s.write_all(&b).await.expect("START");
+    let mut w = tapbus_testsupport::fstrm::Writer::open(s)
+        .await
+        .expect("READY, ACCEPT, START");
     let mut tick = tokio::time::interval(TICK);
     for chunk in frames.chunks(PER_TICK) {
         tick.tick().await;
-        b.clear();
-        for f in chunk {
-            encode_data(f, &mut b);
-        }
-        s.write_all(&b).await.expect("frames");
+        w.send(chunk).await.expect("frames");
     }
-    b.clear();
-    ControlFrame::new(ControlType::Stop, None).encode(&mut b);
-    s.write_all(&b).await.expect("STOP");
-    assert_eq!(read_control(&mut s).await.kind, ControlType::Finish);
+    w.finish().await.expect("STOP, FINISH");
 }
 
 /// The exact equation, on the subscriber's side.
@@ -304,7 +290,7 @@ async fn nats_core_outage_is_counted_exactly() {
     let nats = Nats::start();
     let port = nats.port();
     let gate = Gate::start(port).await;
-    let mut sub = NatsCollector::start(&nats.url).await;
+    let mut sub = NatsCollector::start(nats.url()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (broker, sock) = broker_for(
         dir.path(),
@@ -334,8 +320,7 @@ async fn nats_core_outage_is_counted_exactly() {
 async fn jetstream_outage_is_counted_exactly() {
     let (frames, reference) = unique_frames();
     let store = tempfile::tempdir().expect("tempdir");
-    let sd = store.path().to_str().expect("utf-8").to_string();
-    let nats = Nats::start_with(&["-js", "-sd", &sd]);
+    let nats = Nats::start_jetstream(store.path());
     let port = nats.port();
     let gate = Gate::start(port).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -353,13 +338,13 @@ async fn jetstream_outage_is_counted_exactly() {
     gate.close();
     nats.terminate();
     tokio::time::sleep(OUTAGE).await;
-    let nats = Nats::start_on_with(port, &["-js", "-sd", &sd]);
+    let nats = Nats::start_jetstream_on(port, store.path());
     gate.open();
     sender.await.expect("sender");
 
     let (published, dropped) = broker.wait_settled("nats", SENT);
     // The stream is what was received: read it all back.
-    let got: Vec<Vec<u8>> = stream_messages(&nats.url, "DNSTAP")
+    let got: Vec<Vec<u8>> = stream_messages(nats.url(), "DNSTAP")
         .await
         .iter()
         .map(|m| m.payload.to_vec())
@@ -432,7 +417,7 @@ impl Drop for MqttCollector {
 async fn mqtt_qos1_outage_is_counted_exactly() {
     let (frames, reference) = unique_frames();
     let port = free_port();
-    let mq = Mosquitto::start_with(port, "");
+    let mq = Mosquitto::start_on(port);
     let gate = Gate::start(port).await;
     let mut before = MqttCollector::start(port, "accounting-sub-1").await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -447,7 +432,7 @@ async fn mqtt_qos1_outage_is_counted_exactly() {
     gate.close();
     mq.terminate();
     tokio::time::sleep(OUTAGE).await;
-    let _mq = Mosquitto::start_with(port, "");
+    let _mq = Mosquitto::start_on(port);
     let mut after = MqttCollector::start(port, "accounting-sub-2").await;
     gate.open();
     sender.await.expect("sender");
@@ -464,49 +449,20 @@ async fn mqtt_qos1_outage_is_counted_exactly() {
     assert!(log.matches("MQTT connected").count() >= 2, "{log}");
 }
 
-/// redis-server with an append-only file fsynced on every write: what it acknowledged
-/// survives SIGKILL.
-struct DurableRedis {
-    proc: Proc,
-    port: u16,
-}
-
-impl DurableRedis {
-    fn start(port: u16, dir: &Path) -> DurableRedis {
-        let args = [
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-        ];
-        DurableRedis {
-            proc: spawn_redis(port, dir, &args),
-            port,
-        }
-    }
-
-    /// SIGKILL, as a crash.
-    fn kill(mut self) {
-        let _ = self.proc.child.kill();
-        let _ = self.proc.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_crash_is_counted_exactly() {
     let (frames, reference) = unique_frames();
     let data = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let redis = DurableRedis::start(port, data.path());
+    // An append-only file fsynced on every write: what it acknowledged survives SIGKILL.
+    let redis = Redis::start_durable(port, data.path());
     let dir = tempfile::tempdir().expect("tempdir");
     let (broker, sock) = broker_for(
         dir.path(),
         "redis",
         &format!(
             "url = \"redis://127.0.0.1:{}\"\nmode = \"list\"\nkey = \"dnstap\"\nmax_len = 1000000\n",
-            redis.port
+            redis.port()
         ),
     );
 
@@ -515,7 +471,7 @@ async fn redis_crash_is_counted_exactly() {
     redis.kill();
     assert!(StdTcpStream::connect(("127.0.0.1", port)).is_err());
     tokio::time::sleep(OUTAGE).await;
-    let _redis = DurableRedis::start(port, data.path());
+    let _redis = Redis::start_durable(port, data.path());
     sender.await.expect("sender");
 
     let (published, dropped) = broker.wait_settled("redis", SENT);
@@ -561,9 +517,10 @@ async fn gate_refuses_while_closed() {
     let _s = TcpStream::connect(("127.0.0.1", gate.port))
         .await
         .expect("connect");
-    wait_until(
+    wait_until_async(
         "the connection forwarded upstream",
         Duration::from_secs(5),
         || upstream.accept().is_ok(),
-    );
+    )
+    .await;
 }

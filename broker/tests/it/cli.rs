@@ -79,7 +79,7 @@ fn example_config_is_valid() {
         &[
             ("TAPBUS_INPUTS__LOCAL__URL", unix.as_str()),
             ("TAPBUS_INPUTS__TCP__URL", tcp.as_str()),
-            ("TAPBUS_OUTPUTS__NATS__URL", nats.url.as_str()),
+            ("TAPBUS_OUTPUTS__NATS__URL", nats.url()),
         ],
     );
     assert!(sock.exists(), "unix socket created");

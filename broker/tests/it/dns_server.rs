@@ -14,8 +14,8 @@ async fn unbound_writes_dnstap_through_the_broker() {
     let nats = Nats::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
-    let broker = Broker::start(&["-i", &format!("unix://{}", sock.display()), "-o", &nats.url]);
-    let mut sub = Sub::start(&nats.url, "dnstap.unbound-it.>").await;
+    let broker = Broker::start_unix(&sock, None, nats.url());
+    let mut sub = Sub::start(nats.url(), "dnstap.unbound-it.>").await;
 
     let port = free_port();
     let conf = dir.path().join("unbound.conf");
@@ -61,15 +61,14 @@ dnstap:
         ),
     )
     .expect("write unbound.conf");
-    let child = Command::new(unbound)
-        .arg("-d")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn unbound");
-    let _unbound = Proc { child };
+    let _unbound = Proc::spawn(
+        Command::new(unbound)
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     // unbound connects to the broker on start.
     broker.wait_metric("tapbus_connections_active", &[], 1.0);
 

@@ -9,8 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::*;
-use crate::mqtt::{Mosquitto, expected_topic};
-use crate::redis::Redis;
+use crate::mqtt::expected_topic;
 
 const CAPTURE: &str = "kresd.fstrm";
 
@@ -46,23 +45,23 @@ impl Example {
     fn start(program: &Path, args: &[&str], ready: Option<&str>) -> Example {
         let dir = tempfile::tempdir().expect("tempdir");
         let (out, err) = (dir.path().join("out"), dir.path().join("err"));
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).expect("out file"))
-            .stderr(std::fs::File::create(&err).expect("err file"))
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        let proc = Proc::spawn(
+            Command::new(program)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&out).expect("out file"))
+                .stderr(std::fs::File::create(&err).expect("err file"))
+                .process_group(0),
+        );
         let mut ex = Example {
-            proc: Proc { child },
+            proc,
             out,
             err,
             _dir: dir,
         };
         if let Some(ready) = ready {
             wait_until(ready, Duration::from_secs(15), || {
-                if let Ok(Some(st)) = ex.proc.child.try_wait() {
+                if let Some(st) = ex.proc.try_wait() {
                     panic!(
                         "{} exited at start ({st}):\n{}",
                         program.display(),
@@ -81,10 +80,12 @@ impl Example {
 
     /// Waits (bounded) for a successful exit and returns the lines printed.
     fn finish(mut self) -> Vec<String> {
-        wait_until("the example to exit", Duration::from_secs(20), || {
-            matches!(self.proc.child.try_wait(), Ok(Some(_)))
-        });
-        let st = self.proc.child.wait().expect("wait");
+        let st = self
+            .proc
+            .wait_within(Duration::from_secs(20))
+            .unwrap_or_else(|| {
+                panic!("the example did not exit within 20 s:\n{}", self.err_text())
+            });
         let out = std::fs::read_to_string(&self.out).expect("read output");
         assert!(
             st.success(),
@@ -99,7 +100,7 @@ impl Drop for Example {
     fn drop(&mut self) {
         // The whole group (a script's redis-cli too); then Proc kills and reaps the child.
         let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.proc.child.id())])
+            .args(["-KILL", "--", &format!("-{}", self.proc.pid())])
             .stderr(Stdio::null())
             .status();
     }
@@ -117,7 +118,7 @@ impl Setup {
     fn with_output(url: &str) -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
         let sock = dir.path().join("dnstap.sock");
-        let broker = Broker::start(&["-i", &format!("unix://{}", sock.display()), "-o", url]);
+        let broker = Broker::start_unix(&sock, None, url);
         Setup {
             broker,
             sock,
@@ -203,13 +204,13 @@ fn count() -> String {
 #[test]
 fn python_nats_subscribe() {
     let nats = Nats::start();
-    let s = Setup::with_output(&nats.url);
+    let s = Setup::with_output(nats.url());
     let ex = Example::start(
         &python(),
         &[
             example("python/nats_subscribe.py").to_str().expect("utf-8"),
             "--url",
-            &nats.url,
+            nats.url(),
             "--subject",
             "dnstap.>",
             "--count",
@@ -316,7 +317,7 @@ fn python_redis_subscribe_stream_group() {
 
 fn redis_cli(redis: &Redis, args: &[&str]) -> String {
     let out = Command::new(need("redis-cli"))
-        .args(["-p", &redis.port.to_string(), "--raw"])
+        .args(["-p", &redis.port().to_string(), "--raw"])
         .args(args)
         .output()
         .expect("redis-cli");
@@ -329,7 +330,7 @@ fn redis_cli(redis: &Redis, args: &[&str]) -> String {
 #[test]
 fn shell_nats_sub() {
     let nats = Nats::start();
-    let s = Setup::with_output(&nats.url);
+    let s = Setup::with_output(nats.url());
     let server = format!("127.0.0.1:{}", nats.port());
     let ex = Example::start(
         &example("shell/nats_sub.sh"),
@@ -353,7 +354,7 @@ fn shell_mqtt_sub() {
             "-h",
             "127.0.0.1",
             "-p",
-            &mq.port.to_string(),
+            &mq.port().to_string(),
             "-t",
             "dnstap/#",
             "-C",

@@ -2,13 +2,16 @@
 //! broker binary, and subscribers. Every process started here is killed (by its own
 //! handle) when its guard drops.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+
+pub use tapbus_testsupport::pki::write_test_pki;
+pub use tapbus_testsupport::proc::Proc;
+pub use tapbus_testsupport::servers::{Mosquitto, Nats, Redis};
+pub use tapbus_testsupport::{free_port, http_get, need, pause, wait_until, wait_until_async};
 
 /// A test-data file (`testdata/dnstap/NAME`, unpacked if stored compressed).
 pub fn capture(name: &str) -> PathBuf {
@@ -16,91 +19,6 @@ pub fn capture(name: &str) -> PathBuf {
 }
 
 pub use tapbus_testsupport::testdata::expected_count;
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// Fails the test with a clear message when a needed program is missing.
-pub fn need(program: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"] {
-        let p = Path::new(dir).join(program);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{program} is not installed: run scripts/install-test-deps.sh (apt-get install -y ...)");
-}
-
-/// A child process killed on drop.
-pub struct Proc {
-    pub child: Child,
-}
-
-impl Proc {
-    /// Sends SIGTERM and waits up to `limit` for the exit; `None` if it did not exit.
-    pub fn terminate_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let t0 = Instant::now();
-        while t0.elapsed() < limit {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st);
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        None
-    }
-
-    /// Stops the process the way `kill PID` does (SIGTERM) and waits for it to exit.
-    pub fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(
-            t0.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-pub struct Nats {
-    _proc: Proc,
-    pub url: String,
-}
-
-impl Nats {
-    pub fn start() -> Nats {
-        Self::start_on(free_port())
-    }
-}
 
 pub struct Broker {
     pub proc: Proc,
@@ -115,22 +33,34 @@ impl Broker {
         Self::start_env(args, &[])
     }
 
+    /// Reads dnstap on the unix socket `sock` (and on `127.0.0.1:TCP` too, given `tcp`) and
+    /// publishes to `output` (the URL of `-o`).
+    pub fn start_unix(sock: &Path, tcp: Option<u16>, output: &str) -> Broker {
+        let mut args = vec!["-i".to_string(), format!("unix://{}", sock.display())];
+        if let Some(port) = tcp {
+            args.extend(["-i".to_string(), format!("tcp://127.0.0.1:{port}")]);
+        }
+        args.extend(["-o".to_string(), output.to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start(&args)
+    }
+
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("broker.log");
         let mport = free_port();
         let metrics_addr = format!("127.0.0.1:{mport}");
-        let child = Command::new(env!("CARGO_BIN_EXE_tapbus-broker"))
-            .args(args)
-            .args(["--metrics-listen", &metrics_addr])
-            .envs(env.iter().copied())
-            .env("TAPBUS_LOG", "info,tapbus_broker=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn broker");
+        let proc = Proc::spawn(
+            Command::new(env!("CARGO_BIN_EXE_tapbus-broker"))
+                .args(args)
+                .args(["--metrics-listen", &metrics_addr])
+                .envs(env.iter().copied())
+                .env("TAPBUS_LOG", "info,tapbus_broker=debug")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log file")),
+        );
         let mut b = Broker {
-            proc: Proc { child },
+            proc,
             metrics_addr,
             log,
             _dir: dir,
@@ -140,7 +70,7 @@ impl Broker {
             if http_get(&b.metrics_addr, "/health").is_some() {
                 break;
             }
-            if let Ok(Some(st)) = b.proc.child.try_wait() {
+            if let Some(st) = b.proc.try_wait() {
                 panic!("broker exited at start ({st}):\n{}", b.log_text());
             }
             assert!(
@@ -148,7 +78,7 @@ impl Broker {
                 "broker not healthy:\n{}",
                 b.log_text()
             );
-            std::thread::sleep(Duration::from_millis(25));
+            pause(Duration::from_millis(25));
         }
         b
     }
@@ -189,7 +119,7 @@ impl Broker {
                 "{output}: not settled: published {p} + dropped {d} != {total}, inflight {held}\n{m}\n{}",
                 self.log_text()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            pause(Duration::from_millis(50));
         }
     }
 
@@ -202,7 +132,7 @@ impl Broker {
                 "timed out waiting for {what} in the log:\n{}",
                 self.log_text()
             );
-            std::thread::sleep(Duration::from_millis(25));
+            pause(Duration::from_millis(25));
         }
     }
 
@@ -220,12 +150,12 @@ impl Broker {
                 self.metrics(),
                 self.log_text()
             );
-            std::thread::sleep(Duration::from_millis(25));
+            pause(Duration::from_millis(25));
         }
     }
 
     pub fn is_running(&mut self) -> bool {
-        matches!(self.proc.child.try_wait(), Ok(None))
+        self.proc.is_running()
     }
 }
 
@@ -242,19 +172,6 @@ pub fn sum_metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// A minimal HTTP/1.0 GET (no client library needed for two local endpoints).
-pub fn http_get(addr: &str, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut r = String::new();
-    s.read_to_string(&mut r).ok()?;
-    let (head, body) = r.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200")
-        .then(|| body.to_string())
-        .or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_string()))
-}
-
 /// Sends a capture with `fstrm_replay` (Debian fstrm-bin) to a unix socket or TCP port.
 pub fn fstrm_replay_unix(file: &Path, sock: &Path) {
     let st = Command::new(need("fstrm_replay"))
@@ -266,6 +183,22 @@ pub fn fstrm_replay_unix(file: &Path, sock: &Path) {
         .status()
         .expect("fstrm_replay");
     assert!(st.success(), "fstrm_replay failed: {st}");
+}
+
+/// [`fstrm_replay_unix`] from async code (on a blocking thread).
+pub async fn replay_unix(file: &Path, sock: &Path) {
+    let (f, s) = (file.to_path_buf(), sock.to_path_buf());
+    tokio::task::spawn_blocking(move || fstrm_replay_unix(&f, &s))
+        .await
+        .expect("replay");
+}
+
+/// [`fstrm_replay_tcp`] from async code (on a blocking thread).
+pub async fn replay_tcp(file: &Path, port: u16) {
+    let f = file.to_path_buf();
+    tokio::task::spawn_blocking(move || fstrm_replay_tcp(&f, port))
+        .await
+        .expect("replay");
 }
 
 pub fn fstrm_replay_tcp(file: &Path, port: u16) {
@@ -393,132 +326,18 @@ pub fn data_frames(file: &Path) -> Vec<bytes::Bytes> {
 }
 
 /// Plays a bidirectional Frame Streams writer (what a DNS server does): READY, wait for
-/// ACCEPT, START, data, STOP, wait for FINISH. Returns the ACCEPT received.
+/// ACCEPT, START, data, STOP, wait for FINISH. Returns the ACCEPT received; any deviation
+/// of the broker fails the test.
 pub async fn write_stream<S>(
     s: &mut S,
     frames: &[bytes::Bytes],
-) -> tapbus_proto::fstrm::ControlFrame
+) -> tapbus_testsupport::fstrm::Control
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    use tapbus_proto::fstrm::{ControlFrame, ControlType, DNSTAP_CONTENT_TYPE, encode_data};
-    use tokio::io::AsyncWriteExt;
-    let mut b = bytes::BytesMut::new();
-    ControlFrame::new(ControlType::Ready, Some(DNSTAP_CONTENT_TYPE)).encode(&mut b);
-    s.write_all(&b).await.expect("write READY");
-    let accept = read_control(s).await;
-    assert_eq!(accept.kind, ControlType::Accept);
-    b.clear();
-    ControlFrame::new(ControlType::Start, Some(DNSTAP_CONTENT_TYPE)).encode(&mut b);
-    for f in frames {
-        encode_data(f, &mut b);
-    }
-    ControlFrame::new(ControlType::Stop, None).encode(&mut b);
-    s.write_all(&b).await.expect("write frames");
-    s.flush().await.expect("flush");
-    let finish = read_control(s).await;
-    assert_eq!(finish.kind, ControlType::Finish);
-    accept
-}
-
-/// Reads one control frame (with a timeout).
-pub async fn read_control<S>(s: &mut S) -> tapbus_proto::fstrm::ControlFrame
-where
-    S: tokio::io::AsyncRead + Unpin,
-{
-    use tapbus_proto::fstrm::{Frame, FrameDecoder};
-    use tokio::io::AsyncReadExt;
-    use tokio_util::codec::Decoder;
-    let mut dec = FrameDecoder::new(4096);
-    let mut buf = bytes::BytesMut::new();
-    let read = async {
-        loop {
-            if let Some(f) = dec.decode(&mut buf).expect("valid control frame") {
-                match f {
-                    Frame::Control(c) => return c,
-                    other => panic!("expected a control frame, got {other:?}"),
-                }
-            }
-            let n = s.read_buf(&mut buf).await.expect("read");
-            assert!(n > 0, "peer closed before sending a control frame");
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
+    tapbus_testsupport::fstrm::write_stream(s, frames)
         .await
-        .expect("control frame within 10s")
-}
-
-impl Nats {
-    /// Starts nats-server on a given port (to restart one that was stopped).
-    pub fn start_on(port: u16) -> Nats {
-        Self::start_on_with(port, &[])
-    }
-
-    /// Starts nats-server on a free port with extra arguments (e.g. `["-js", "-sd", dir]`
-    /// or `["-c", "server.conf"]`).
-    pub fn start_with(args: &[&str]) -> Nats {
-        Self::start_on_with(free_port(), args)
-    }
-
-    pub fn start_on_with(port: u16, args: &[&str]) -> Nats {
-        let child = Command::new(need("nats-server"))
-            .args(args)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
-        let p = Proc { child };
-        wait_until("nats-server", Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Nats {
-            _proc: p,
-            url: format!("nats://127.0.0.1:{port}"),
-        }
-    }
-
-    /// Stops the server with SIGTERM (it closes its connections and stores) and waits.
-    pub fn terminate(mut self) {
-        self._proc.terminate();
-    }
-
-    pub fn port(&self) -> u16 {
-        self.url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-/// Writes a throw-away PKI into `dir`: `ca.pem`, `server.pem` + `server.key` (for
-/// `localhost` and `127.0.0.1`) and `client.pem` + `client.key`, all signed by the CA.
-pub fn write_test_pki(dir: &Path) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca =
-        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
-    let skey = KeyPair::generate().expect("key");
-    let server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .expect("params")
-        .signed_by(&skey, &ca)
-        .expect("server cert");
-    let ckey = KeyPair::generate().expect("key");
-    let client = CertificateParams::new(vec!["dns-server.test".to_string()])
-        .expect("params")
-        .signed_by(&ckey, &ca)
-        .expect("client cert");
-    for (f, pem) in [
-        ("ca.pem", ca.pem()),
-        ("server.pem", server.pem()),
-        ("server.key", skey.serialize_pem()),
-        ("client.pem", client.pem()),
-        ("client.key", ckey.serialize_pem()),
-    ] {
-        std::fs::write(dir.join(f), pem).expect("write pki file");
-    }
+        .unwrap_or_else(|e| panic!("dnstap writer: {e}"))
 }
 
 /// The default NATS subject (and Redis channel) of an event: `dnstap.<identity>.<operation>`,

@@ -3,75 +3,11 @@
 //! counted without tearing the connection down. The subscriber is `mosquitto_sub`, the
 //! debugging tool an operator would reach for.
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::*;
-
-/// A mosquitto on a free loopback port, killed on drop.
-pub(crate) struct Mosquitto {
-    proc: Proc,
-    pub(crate) port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    pub(crate) fn start() -> Mosquitto {
-        Self::start_with(free_port(), "")
-    }
-
-    /// Listens on `port` (plain MQTT, what the subscriber uses) plus whatever `extra`
-    /// configures (more listeners).
-    pub(crate) fn start_with(port: u16, extra: &str) -> Mosquitto {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let conf = dir.path().join("mosquitto.conf");
-        let log = dir.path().join("mosquitto.log");
-        std::fs::write(
-            &conf,
-            format!(
-                "per_listener_settings false\nallow_anonymous true\npersistence false\n\
-                 log_dest stderr\nlog_type all\nlistener {port} 127.0.0.1\n{extra}"
-            ),
-        )
-        .expect("write mosquitto.conf");
-        let child = Command::new(need("mosquitto"))
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn mosquitto");
-        let mut m = Mosquitto {
-            proc: Proc { child },
-            port,
-            log,
-            _dir: dir,
-        };
-        wait_until("mosquitto", Duration::from_secs(10), || {
-            if let Ok(Some(st)) = m.proc.child.try_wait() {
-                panic!("mosquitto exited at start ({st}):\n{}", m.log_text());
-            }
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        m
-    }
-
-    /// Stops mosquitto with SIGTERM and waits.
-    pub(crate) fn terminate(mut self) {
-        self.proc.terminate();
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-
-    pub(crate) fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
 
 /// `mosquitto_sub -v` on `dnstap/#`, exiting after `count` messages or `timeout_s` seconds.
 pub(crate) struct MosquittoSub {
@@ -88,27 +24,27 @@ impl MosquittoSub {
         qos: u8,
         timeout_s: u32,
     ) -> Self {
-        let id = format!("tapbus-test-sub-{}", broker.port);
+        let id = format!("tapbus-test-sub-{}", broker.port());
         // To a file, not a pipe: a pipe nobody reads while the test waits would fill and
         // stall the subscriber.
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("sub.out");
-        let child = Command::new(need("mosquitto_sub"))
-            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
-            .args(["-t", "dnstap/#", "-v", "-i", &id, "-V", version])
-            .args(["-q", &qos.to_string()])
-            .args(["-C", &count.to_string(), "-W", &timeout_s.to_string()])
-            .stdout(std::fs::File::create(&out).expect("sub.out"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn mosquitto_sub");
+        let proc = Proc::spawn(
+            Command::new(need("mosquitto_sub"))
+                .args(["-h", "127.0.0.1", "-p", &broker.port().to_string()])
+                .args(["-t", "dnstap/#", "-v", "-i", &id, "-V", version])
+                .args(["-q", &qos.to_string()])
+                .args(["-C", &count.to_string(), "-W", &timeout_s.to_string()])
+                .stdout(std::fs::File::create(&out).expect("sub.out"))
+                .stderr(Stdio::null()),
+        );
         // Subscribed once the server has acknowledged it (mosquitto logs every packet).
         let ack = format!("Sending SUBACK to {id}");
         wait_until("mosquitto_sub subscribed", Duration::from_secs(10), || {
             broker.log_text().contains(&ack)
         });
         MosquittoSub {
-            proc: Proc { child },
+            proc,
             out,
             _dir: dir,
         }
@@ -116,9 +52,7 @@ impl MosquittoSub {
 
     /// Waits for the subscriber to exit (count reached or timeout) and parses its lines.
     pub(crate) fn finish(mut self, within: Duration) -> Vec<(String, String)> {
-        wait_until("mosquitto_sub to exit", within, || {
-            matches!(self.proc.child.try_wait(), Ok(Some(_)))
-        });
+        wait_until("mosquitto_sub to exit", within, || !self.proc.is_running());
         let out = std::fs::read_to_string(&self.out).expect("read mosquitto_sub output");
         out.lines()
             .map(|l| {
@@ -199,7 +133,7 @@ fn capture_arrives_on_mqtt() {
     let mq = Mosquitto::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
-    let broker = Broker::start(&["-i", &format!("unix://{}", sock.display()), "-o", &mq.url()]);
+    let broker = Broker::start_unix(&sock, None, &mq.url());
     assert_delivers(&broker, &mq, &sock, "kresd.fstrm", "mqttv311", 0);
     assert_eq!(broker.metric("tapbus_output_up", &["output=\"mqtt\""]), 1.0);
     let log = broker.log_text();
@@ -336,7 +270,7 @@ fn mqtts_with_tls_ca() {
         ),
     );
     wait_until("mosquitto TLS listener", Duration::from_secs(10), || {
-        TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
+        tapbus_testsupport::port_open(tls_port)
     });
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
@@ -357,10 +291,10 @@ fn mqtts_with_tls_ca() {
 #[test]
 fn reconnects_after_server_restart() {
     let port = free_port();
-    let mq = Mosquitto::start_with(port, "");
+    let mq = Mosquitto::start_on(port);
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
-    let broker = Broker::start(&["-i", &format!("unix://{}", sock.display()), "-o", &mq.url()]);
+    let broker = Broker::start_unix(&sock, None, &mq.url());
     broker.wait_metric("tapbus_output_up", &["output=\"mqtt\""], 1.0);
     drop(mq);
     wait_until("output down", Duration::from_secs(10), || {
@@ -368,7 +302,7 @@ fn reconnects_after_server_restart() {
     });
     // Let a few reconnect attempts fail.
     std::thread::sleep(Duration::from_millis(800));
-    let mq = Mosquitto::start_with(port, "");
+    let mq = Mosquitto::start_on(port);
     broker.wait_metric("tapbus_output_up", &["output=\"mqtt\""], 1.0);
     let name = "dnsdist.fstrm";
     let reference = reference_events(&capture(name));

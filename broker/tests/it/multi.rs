@@ -6,8 +6,7 @@
 use std::time::Duration;
 
 use crate::harness::*;
-use crate::mqtt::{Mosquitto, MosquittoSub};
-use crate::redis::Redis;
+use crate::mqtt::MosquittoSub;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_buses_at_once_with_one_dead() {
@@ -28,7 +27,7 @@ async fn all_buses_at_once_with_one_dead() {
              [outputs.dead]\nurl = \"redis://127.0.0.1:{dead}\"\nmode = \"list\"\nqueue = 100\n\
              [outputs.stdout]\nurl = \"stdout\"\n",
             sock.display(),
-            nats.url,
+            nats.url(),
             mq.url(),
             redis.url()
         ),
@@ -37,14 +36,10 @@ async fn all_buses_at_once_with_one_dead() {
     let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8")]);
     let name = "kresd.fstrm";
     let n = expected_count(name);
-    let mut nats_sub = Sub::start(&nats.url, "dnstap.>").await;
+    let mut nats_sub = Sub::start(nats.url(), "dnstap.>").await;
     let mqtt_sub = MosquittoSub::start(&mq, n, "mqttv311", 0, 30);
 
-    let file = capture(name);
-    let s = sock.clone();
-    tokio::task::spawn_blocking(move || fstrm_replay_unix(&file, &s))
-        .await
-        .expect("replay");
+    replay_unix(&capture(name), &sock).await;
 
     let got = nats_sub.collect(n, Duration::from_secs(15)).await;
     assert_eq!(got.len(), n, "NATS got everything");
@@ -78,12 +73,13 @@ async fn all_buses_at_once_with_one_dead() {
     // The dead output: nothing published, marked down; every event is either kept (the
     // batch held for a re-send plus its full queue) or counted as dropped.
     let dead_l = ["output=\"dead\""];
-    wait_until("dead output settles", Duration::from_secs(15), || {
+    wait_until_async("dead output settles", Duration::from_secs(15), || {
         broker.metric("tapbus_dropped_total", &dead_l)
             + broker.metric("tapbus_inflight", &dead_l)
             + broker.metric("tapbus_queue_depth", &dead_l)
             == n as f64
-    });
+    })
+    .await;
     assert!(broker.metric("tapbus_inflight", &dead_l) > 0.0);
     assert!(broker.metric("tapbus_dropped_total", &dead_l) > 0.0);
     assert_eq!(broker.metric("tapbus_published_total", &dead_l), 0.0);

@@ -146,14 +146,6 @@ fn start_broker(dir: &Path, url: &str, creds: &Path) -> Broker {
     Broker::start(&["-c", cfg.to_str().expect("utf-8 path")])
 }
 
-async fn replay(file: &Path, sock: &Path) {
-    let f = file.to_path_buf();
-    let s = sock.to_path_buf();
-    tokio::task::spawn_blocking(move || fstrm_replay_unix(&f, &s))
-        .await
-        .expect("replay");
-}
-
 async fn subscribe(creds: &str, url: &str) -> (async_nats::Client, async_nats::Subscriber) {
     let opts = async_nats::ConnectOptions::with_credentials(creds).expect("subscriber creds");
     crate::nats_js::subscribe(opts, url).await
@@ -174,16 +166,16 @@ async fn creds_of_a_trusted_user_deliver_every_event() {
         "tapbus.creds",
         &user_creds(&t.account, "tapbus-broker"),
     );
-    let broker = start_broker(dir.path(), &t.nats.url, &creds);
+    let broker = start_broker(dir.path(), t.nats.url(), &creds);
     broker.wait_metric("tapbus_output_up", &[&format!("output=\"{OUTPUT}\"")], 1.0);
     // The subscriber is a second user of the same account.
-    let (_c, mut sub) = subscribe(&user_creds(&t.account, "subscriber"), &t.nats.url).await;
+    let (_c, mut sub) = subscribe(&user_creds(&t.account, "subscriber"), t.nats.url()).await;
 
     let name = "bind-auth.fstrm";
     let file = capture(name);
     let reference = reference_events(&file);
     assert_eq!(reference.len(), expected_count(name));
-    replay(&file, &dir.path().join("dnstap.sock")).await;
+    replay_unix(&file, &dir.path().join("dnstap.sock")).await;
     let mut got = Vec::with_capacity(reference.len());
     while got.len() < reference.len() {
         match tokio::time::timeout(Duration::from_secs(10), sub.next()).await {
@@ -219,7 +211,7 @@ async fn creds_of_a_trusted_user_deliver_every_event() {
 async fn untrusted_creds_are_refused_and_logged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let t = start_trusted(dir.path());
-    let (_c, mut sub) = subscribe(&user_creds(&t.account, "subscriber"), &t.nats.url).await;
+    let (_c, mut sub) = subscribe(&user_creds(&t.account, "subscriber"), t.nats.url()).await;
 
     // Issued by an account the server has no JWT for (so no path to its operator).
     let unknown_account = user_creds(&KeyPair::new_account(), "stranger");
@@ -235,7 +227,7 @@ async fn untrusted_creds_are_refused_and_logged() {
     ] {
         let bdir = tempfile::tempdir().expect("tempdir");
         let creds = write_creds(bdir.path(), "bad.creds", &body);
-        let mut broker = start_broker(bdir.path(), &t.nats.url, &creds);
+        let mut broker = start_broker(bdir.path(), t.nats.url(), &creds);
         broker.wait_log(
             &format!("{case}: an authorization error for {OUTPUT}"),
             |log| {
@@ -247,7 +239,7 @@ async fn untrusted_creds_are_refused_and_logged() {
 
         let name = "bind-auth.fstrm";
         let n = expected_count(name) as f64;
-        replay(&capture(name), &bdir.path().join("dnstap.sock")).await;
+        replay_unix(&capture(name), &bdir.path().join("dnstap.sock")).await;
         broker.wait_metric("tapbus_events_total", &[], n);
         // Still refused after a few reconnect attempts.
         tokio::time::sleep(Duration::from_secs(2)).await;

@@ -15,11 +15,7 @@ fn write_server_conf(dir: &Path, body: &str) -> String {
 }
 
 async fn replay(file: &Path, sock: &Path) {
-    let f = file.to_path_buf();
-    let s = sock.to_path_buf();
-    tokio::task::spawn_blocking(move || fstrm_replay_unix(&f, &s))
-        .await
-        .expect("replay");
+    replay_unix(file, sock).await
 }
 
 /// Subscribes to `dnstap.>` with the given options (bounded wait).
@@ -132,7 +128,7 @@ async fn jetstream_stores_every_event_in_order() {
     );
     assert_eq!(broker.metric("tapbus_dropped_total", &[]), 0.0);
 
-    let client = async_nats::connect(&nats.url).await.expect("connect");
+    let client = async_nats::connect(nats.url()).await.expect("connect");
     let js = async_nats::jetstream::new(client);
     let mut stream = js.get_stream("DNSTAP").await.expect("stream exists");
     let info = stream.info().await.expect("stream info");
@@ -140,7 +136,7 @@ async fn jetstream_stores_every_event_in_order() {
     assert_eq!(info.config.max_age, Duration::from_secs(3600));
     let mut got = Vec::with_capacity(n);
     let mut ids = std::collections::HashSet::new();
-    for m in stream_messages(&nats.url, "DNSTAP").await {
+    for m in stream_messages(nats.url(), "DNSTAP").await {
         let id = m
             .headers
             .get("Nats-Msg-Id")
@@ -161,7 +157,7 @@ async fn jetstream_unavailable_is_logged_and_retried() {
     let cfg = write_config_nats(
         dir.path(),
         &sock,
-        &format!("url = \"{}\"\njetstream = true\n", nats.url),
+        &format!("url = \"{}\"\njetstream = true\n", nats.url()),
     );
     let mut broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
     broker.wait_log("a retry", |l| {
@@ -181,10 +177,10 @@ async fn user_password_auth() {
         dir.path(),
         &format!(
             "url = \"{}\"\nusername = \"a\"\npassword = \"b\"\n",
-            nats.url
+            nats.url()
         ),
         async_nats::ConnectOptions::with_user_and_password("a".into(), "b".into()),
-        &nats.url,
+        nats.url(),
     )
     .await;
     drop(broker);
@@ -196,7 +192,7 @@ async fn user_password_auth() {
         &sock2,
         &format!(
             "url = \"{}\"\nusername = \"a\"\npassword = \"wrong\"\n",
-            nats.url
+            nats.url()
         ),
     );
     let mut broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
@@ -220,9 +216,9 @@ async fn token_auth() {
     let nats = Nats::start_with(&["-c", &conf]);
     assert_delivers(
         dir.path(),
-        &format!("url = \"{}\"\ntoken = \"s3cret\"\n", nats.url),
+        &format!("url = \"{}\"\ntoken = \"s3cret\"\n", nats.url()),
         async_nats::ConnectOptions::with_token("s3cret".into()),
-        &nats.url,
+        nats.url(),
     )
     .await;
 }
@@ -298,15 +294,14 @@ async fn mutual_tls_client_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_restart_is_survived() {
     let store = tempfile::tempdir().expect("tempdir");
-    let sd = store.path().to_str().expect("utf-8").to_string();
-    let nats = Nats::start_with(&["-js", "-sd", &sd]);
+    let nats = Nats::start_jetstream(store.path());
     let port = nats.port();
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
     let cfg = write_config_nats(
         dir.path(),
         &sock,
-        &format!("url = \"{}\"\njetstream = true\n", nats.url),
+        &format!("url = \"{}\"\njetstream = true\n", nats.url()),
     );
     let mut broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
     broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
@@ -321,7 +316,7 @@ async fn jetstream_restart_is_survived() {
     broker.wait_metric("tapbus_events_total", &[], 2.0 * n);
     assert!(broker.is_running());
 
-    let nats = Nats::start_on_with(port, &["-js", "-sd", &sd]);
+    let nats = Nats::start_jetstream_on(port, store.path());
     broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
     replay(&file, &sock).await;
     // Every event is either acknowledged or counted as dropped, within bounded time.
@@ -339,7 +334,7 @@ async fn jetstream_restart_is_survived() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let client = async_nats::connect(&nats.url).await.expect("connect");
+    let client = async_nats::connect(nats.url()).await.expect("connect");
     let js = async_nats::jetstream::new(client);
     let mut stream = js.get_stream("DNSTAP").await.expect("stream exists");
     let stored = stream.info().await.expect("info").state.messages as f64;
@@ -365,11 +360,11 @@ async fn nkey_auth() {
         dir.path(),
         &format!(
             "url = \"{}\"\nnkey_seed = \"{}\"\n",
-            nats.url,
+            nats.url(),
             seed_file.display()
         ),
         async_nats::ConnectOptions::with_nkey(SEED.to_string()),
-        &nats.url,
+        nats.url(),
     )
     .await;
 }
@@ -389,13 +384,13 @@ struct JsSetup {
 
 fn jetstream_setup(extra: &str) -> JsSetup {
     let store = tempfile::tempdir().expect("tempdir");
-    let nats = Nats::start_with(&["-js", "-sd", store.path().to_str().expect("utf-8")]);
+    let nats = Nats::start_jetstream(store.path());
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
     let cfg = write_config_nats(
         dir.path(),
         &sock,
-        &format!("url = \"{}\"\njetstream = true\n{extra}", nats.url),
+        &format!("url = \"{}\"\njetstream = true\n{extra}", nats.url()),
     );
     let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
     broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
@@ -441,7 +436,7 @@ async fn jetstream_subjects_outside_the_stream_are_counted_not_published() {
         ),
         others as f64
     );
-    let got: Vec<serde_json::Value> = stream_messages(&nats.url, "DNSTAP")
+    let got: Vec<serde_json::Value> = stream_messages(nats.url(), "DNSTAP")
         .await
         .iter()
         .map(|m| serde_json::from_slice(&m.payload).expect("JSON event"))

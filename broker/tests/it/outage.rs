@@ -11,41 +11,39 @@ async fn nats_restart_is_survived() {
     let port = nats.port();
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
-    let mut broker = Broker::start(&["-i", &format!("unix://{}", sock.display()), "-o", &nats.url]);
+    let mut broker = Broker::start_unix(&sock, None, nats.url());
     broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
 
     // Bus down: dnstap is still read completely (the sender finishes its handshake).
     drop(nats);
     let file = capture("kresd.fstrm");
     let n = expected_count("kresd.fstrm") as f64;
-    let f = file.clone();
-    let s = sock.clone();
-    tokio::task::spawn_blocking(move || fstrm_replay_unix(&f, &s))
-        .await
-        .expect("replay while NATS is down");
+    replay_unix(&file, &sock).await;
     broker.wait_metric("tapbus_events_total", &[], n);
     assert!(broker.is_running());
 
     // Bus back on the same port: the client reconnects and publishing resumes.
     let nats = Nats::start_on(port);
     broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
-    let mut sub = Sub::start(&nats.url, "dnstap.>").await;
-    let f = file.clone();
-    let s = sock.clone();
-    tokio::task::spawn_blocking(move || fstrm_replay_unix(&f, &s))
-        .await
-        .expect("replay after restart");
+    let mut sub = Sub::start(nats.url(), "dnstap.>").await;
+    replay_unix(&file, &sock).await;
     let got = sub.collect(n as usize, Duration::from_secs(15)).await;
     assert_eq!(got.len() as f64, n, "all events after the reconnect arrive");
     let log = broker.log_text();
     assert!(log.contains("NATS disconnected"), "{log}");
     assert!(log.matches("NATS connected").count() >= 2, "{log}");
-    // Everything read was either published (to the old or the new server) or counted.
-    let published = broker.metric("tapbus_published_total", &[]);
-    let dropped = broker.metric("tapbus_dropped_total", &[]);
-    assert!(
-        published + dropped >= 2.0 * n,
+    // Everything read was either published (to the old or the new server) or counted,
+    // each event exactly once: published + dropped == the 2n events read, nothing in flight.
+    let total = 2 * n as usize;
+    let (published, dropped) = broker.wait_settled("nats", total);
+    assert_eq!(
+        published + dropped,
+        total,
         "published {published} + dropped {dropped}"
+    );
+    assert!(
+        published >= n as usize,
+        "the {n} events after the restart were published"
     );
 }
 
@@ -55,30 +53,27 @@ async fn nats_restart_is_survived() {
 async fn shutdown_while_the_bus_is_down_counts_everything() {
     for (what, extra) in [("core", ""), ("jetstream", "jetstream = true\n")] {
         let store = tempfile::tempdir().expect("tempdir");
-        let nats = Nats::start_with(&["-js", "-sd", store.path().to_str().expect("utf-8")]);
+        let nats = Nats::start_jetstream(store.path());
         let dir = tempfile::tempdir().expect("tempdir");
         let sock = dir.path().join("dnstap.sock");
         let cfg = write_broker_config(
             dir.path(),
             &sock,
             "nats",
-            &format!("url = \"{}\"\n{extra}", nats.url),
+            &format!("url = \"{}\"\n{extra}", nats.url()),
         );
         let mut broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
         broker.wait_metric("tapbus_output_up", &["output=\"nats\""], 1.0);
         if what == "jetstream" {
-            wait_until("stream ready", Duration::from_secs(15), || {
+            wait_until_async("stream ready", Duration::from_secs(15), || {
                 broker.log_text().contains("JetStream stream ready")
-            });
+            })
+            .await;
         }
         drop(nats);
         let name = "kresd.fstrm";
         let n = expected_count(name);
-        let file = capture(name);
-        let s = sock.clone();
-        tokio::task::spawn_blocking(move || fstrm_replay_unix(&file, &s))
-            .await
-            .expect("replay while NATS is down");
+        replay_unix(&capture(name), &sock).await;
         broker.wait_metric("tapbus_events_total", &[], n as f64);
         let t0 = std::time::Instant::now();
         let st = broker.proc.terminate_within(Duration::from_secs(40));

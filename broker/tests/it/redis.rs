@@ -1,9 +1,7 @@
 //! The Redis output against a real redis-server: pub/sub channels, a capped list (RPUSH +
 //! LTRIM, read the Logstash way from the left) and a capped stream read by a consumer group.
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -11,65 +9,16 @@ use redis::streams::{StreamRangeReply, StreamReadReply};
 
 use crate::harness::*;
 
-pub(crate) struct Redis {
-    _proc: Proc,
-    _dir: tempfile::TempDir,
-    pub(crate) port: u16,
-}
-
-impl Redis {
-    pub(crate) fn start() -> Redis {
-        Self::start_on(free_port())
-    }
-
-    fn start_on(port: u16) -> Redis {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = spawn_redis(port, dir.path(), &["--save", "", "--appendonly", "no"]);
-        Redis {
-            _proc: p,
-            _dir: dir,
-            port,
-        }
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// A plain connection for assertions; no response timeout (blocking reads are used).
-    async fn con(&self) -> redis::aio::MultiplexedConnection {
-        let cfg = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(None);
-        redis::Client::open(self.url())
-            .expect("client")
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
-            .expect("connect to redis")
-    }
-}
-
-/// Starts redis-server on `port` with its files in `dir` and `args`, and waits until it
-/// answers PING (it may be loading its append-only file before that).
-pub(crate) fn spawn_redis(port: u16, dir: &Path, args: &[&str]) -> Proc {
-    let child = Command::new(need("redis-server"))
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(args)
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn redis-server");
-    let p = Proc { child };
-    wait_until("redis-server", Duration::from_secs(10), || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && redis::Client::open(format!("redis://127.0.0.1:{port}"))
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok()
-    });
-    p
+/// A plain connection for assertions; no response timeout (blocking reads are used).
+async fn con(redis: &Redis) -> redis::aio::MultiplexedConnection {
+    let cfg = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(None);
+    redis::Client::open(redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+        .expect("connect to redis")
 }
 
 fn parse(payload: &[u8]) -> serde_json::Value {
@@ -92,9 +41,7 @@ fn assert_events(what: &str, got: &[serde_json::Value], want: &[serde_json::Valu
 }
 
 async fn replay(file: PathBuf, sock: PathBuf) {
-    tokio::task::spawn_blocking(move || fstrm_replay_unix(&file, &sock))
-        .await
-        .expect("replay");
+    replay_unix(&file, &sock).await
 }
 
 fn unix_input(dir: &Path) -> (PathBuf, String) {
@@ -207,7 +154,7 @@ async fn publish_mode_delivers_every_event_on_its_channel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_mode_rpushes_in_order_and_caps_the_length() {
     let redis = Redis::start();
-    let mut con = redis.con().await;
+    let mut con = con(&redis).await;
     let file = capture("kresd.fstrm");
     let reference = reference_events(&file);
     let n = reference.len();
@@ -261,7 +208,7 @@ async fn list_mode_rpushes_in_order_and_caps_the_length() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_mode_xadds_events_a_consumer_group_can_read() {
     let redis = Redis::start();
-    let mut con = redis.con().await;
+    let mut con = con(&redis).await;
     let file = capture("kresd.fstrm");
     let reference = reference_events(&file);
     let n = reference.len();
@@ -358,9 +305,10 @@ async fn outage_is_counted_and_recovers() {
     broker.wait_metric("tapbus_events_total", &[], n as f64);
     // Redis is down: nothing is published, the output says so, and the events are kept
     // (one batch held for a re-send, the rest in the queue: all fit its bound).
-    wait_until("output down", Duration::from_secs(15), || {
+    wait_until_async("output down", Duration::from_secs(15), || {
         broker.log_text().contains("Redis down")
-    });
+    })
+    .await;
     assert_eq!(
         broker.metric("tapbus_output_up", &["output=\"redis\""]),
         0.0
@@ -373,9 +321,10 @@ async fn outage_is_counted_and_recovers() {
 
     // Redis comes up: what was kept is delivered, then new events flow.
     let redis = Redis::start_on(port);
-    wait_until("output up", Duration::from_secs(15), || {
+    wait_until_async("output up", Duration::from_secs(15), || {
         broker.metric("tapbus_output_up", &["output=\"redis\""]) == 1.0
-    });
+    })
+    .await;
     broker.wait_metric("tapbus_published_total", &["output=\"redis\""], n as f64);
     replay(file, sock).await;
     broker.wait_metric(
@@ -384,7 +333,7 @@ async fn outage_is_counted_and_recovers() {
         2.0 * n as f64,
     );
     assert_eq!(broker.metric("tapbus_dropped_total", &[]), 0.0);
-    let mut con = redis.con().await;
+    let mut con = con(&redis).await;
     let len = length(&mut con, "LLEN", "dnstap").await;
     assert_eq!(len, 2 * n, "kept events and new ones, each once");
     assert!(
@@ -400,7 +349,7 @@ async fn outage_is_counted_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_commands_are_counted_not_retried() {
     let redis = Redis::start();
-    let mut con = redis.con().await;
+    let mut con = con(&redis).await;
     let _: () = redis::cmd("SET")
         .arg("dnstap")
         .arg("not a list")

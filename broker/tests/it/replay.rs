@@ -21,15 +21,8 @@ async fn captures_over_unix_and_tcp_arrive_complete() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
     let tcp = free_port();
-    let broker = Broker::start(&[
-        "-i",
-        &format!("unix://{}", sock.display()),
-        "-i",
-        &format!("tcp://127.0.0.1:{tcp}"),
-        "-o",
-        &nats.url,
-    ]);
-    let mut sub = Sub::start(&nats.url, "dnstap.>").await;
+    let broker = Broker::start_unix(&sock, Some(tcp), nats.url());
+    let mut sub = Sub::start(nats.url(), "dnstap.>").await;
     let schema = validator();
     let mut total = 0usize;
     for name in CAPTURES {
@@ -41,17 +34,11 @@ async fn captures_over_unix_and_tcp_arrive_complete() {
             "{name}: in-process decode count"
         );
         for transport in ["unix", "tcp"] {
-            let f = file.clone();
-            let s = sock.clone();
-            tokio::task::spawn_blocking(move || {
-                if transport == "unix" {
-                    fstrm_replay_unix(&f, &s)
-                } else {
-                    fstrm_replay_tcp(&f, tcp)
-                }
-            })
-            .await
-            .expect("replay");
+            if transport == "unix" {
+                replay_unix(&file, &sock).await
+            } else {
+                replay_tcp(&file, tcp).await
+            }
             let got = sub.collect(reference.len(), Duration::from_secs(10)).await;
             assert_eq!(
                 got.len(),
@@ -98,10 +85,10 @@ async fn captures_over_unix_and_tcp_arrive_complete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_input_publishes_everything_and_exits() {
     let nats = Nats::start();
-    let mut sub = Sub::start(&nats.url, "dnstap.>").await;
+    let mut sub = Sub::start(nats.url(), "dnstap.>").await;
     let file = capture("bulk-100k.fstrm");
     let n = expected_count("bulk-100k.fstrm");
-    let url = nats.url.clone();
+    let url = nats.url().to_string();
     let status = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_tapbus-broker"))
             .args([
@@ -133,8 +120,8 @@ async fn many_concurrent_connections() {
     let nats = Nats::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("dnstap.sock");
-    let broker = Broker::start(&["-i", &format!("unix://{}", sock.display()), "-o", &nats.url]);
-    let mut sub = Sub::start(&nats.url, "dnstap.>").await;
+    let broker = Broker::start_unix(&sock, None, nats.url());
+    let mut sub = Sub::start(nats.url(), "dnstap.>").await;
     let frames = std::sync::Arc::new(data_frames(&capture("dnsdist.fstrm")));
     let conns = 32;
     let mut tasks = Vec::new();
@@ -186,4 +173,47 @@ async fn many_concurrent_connections() {
         );
     }
     assert_eq!(broker.metric("tapbus_connections_total", &[]), conns as f64);
+}
+
+/// The test-support unidirectional writer (START, data, STOP, no handshake), as a DNS server
+/// without a bidirectional mode writes: every event arrives in order, and the broker sends
+/// nothing back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unidirectional_writer_is_read_completely() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("dnstap.sock");
+    let broker = Broker::start_unix(&sock, None, nats.url());
+    let mut sub = Sub::start(nats.url(), "dnstap.>").await;
+    let file = capture("kresd.fstrm");
+    let reference = reference_events(&file);
+    let mut s = tokio::net::UnixStream::connect(&sock)
+        .await
+        .expect("connect");
+    tapbus_testsupport::fstrm::write_unidirectional(&mut s, &data_frames(&file))
+        .await
+        .expect("unidirectional stream");
+    s.shutdown().await.expect("shutdown the write half");
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut back))
+        .await
+        .expect("the broker closes after EOF")
+        .expect("read");
+    assert!(
+        back.is_empty(),
+        "a unidirectional reader answers nothing: {back:?}"
+    );
+    let got = sub.collect(reference.len(), Duration::from_secs(10)).await;
+    assert_eq!(got.len(), reference.len());
+    for ((_, ev), want) in got.iter().zip(&reference) {
+        assert_eq!(key(ev), key(want));
+    }
+    broker.wait_metric("tapbus_published_total", &[], reference.len() as f64);
+    assert_eq!(broker.metric("tapbus_malformed_total", &[]), 0.0);
+    assert!(
+        !broker.log_text().contains("dnstap connection closed:"),
+        "{}",
+        broker.log_text()
+    );
 }

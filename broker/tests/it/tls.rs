@@ -70,21 +70,27 @@ fn config(p: &Pki, port: u16, nats: &str, mtls: bool) -> std::path::PathBuf {
     path
 }
 
-async fn send_over_tls(port: u16, c: &TlsConnector, frames: &[bytes::Bytes]) -> Result<(), String> {
+/// A TLS connection to the broker's input, the server verified as `localhost`.
+async fn connect(
+    port: u16,
+    c: &TlsConnector,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| e.to_string())?;
-    let mut tls = c
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+    c.connect(ServerName::try_from("localhost").expect("name"), tcp)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+async fn send_over_tls(port: u16, c: &TlsConnector, frames: &[bytes::Bytes]) -> Result<(), String> {
+    let mut tls = connect(port, c).await?;
     // With TLS 1.3 a refused client certificate shows up on the first read.
     let r = tokio::time::timeout(Duration::from_secs(10), async {
-        use tapbus_proto::fstrm::{ControlFrame, ControlType, DNSTAP_CONTENT_TYPE};
+        use tapbus_testsupport::fstrm::{ControlType, DNSTAP_CONTENT_TYPE, control_bytes};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut b = bytes::BytesMut::new();
-        ControlFrame::new(ControlType::Ready, Some(DNSTAP_CONTENT_TYPE)).encode(&mut b);
-        tls.write_all(&b).await.map_err(|e| e.to_string())?;
+        let ready = control_bytes(ControlType::Ready, &[DNSTAP_CONTENT_TYPE]);
+        tls.write_all(&ready).await.map_err(|e| e.to_string())?;
         let mut buf = [0u8; 64];
         let n = tls.read(&mut buf).await.map_err(|e| e.to_string())?;
         if n == 0 {
@@ -96,13 +102,7 @@ async fn send_over_tls(port: u16, c: &TlsConnector, frames: &[bytes::Bytes]) -> 
     .map_err(|_| "timeout".to_string())?;
     r?;
     // Handshake answered: now do the real stream on a fresh connection.
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut tls = c
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut tls = connect(port, c).await?;
     write_stream(&mut tls, frames).await;
     Ok(())
 }
@@ -113,11 +113,11 @@ async fn tls_and_mtls() {
     let p = pki();
     let frames = data_frames(&capture("dnsdist.fstrm"));
     let reference = reference_events(&capture("dnsdist.fstrm"));
-    let mut sub = Sub::start(&nats.url, "dnstap.>").await;
+    let mut sub = Sub::start(nats.url(), "dnstap.>").await;
 
     // Plain TLS.
     let port = free_port();
-    let cfg = config(&p, port, &nats.url, false);
+    let cfg = config(&p, port, nats.url(), false);
     let broker = Broker::start(&["-c", cfg.to_str().expect("utf8")]);
     send_over_tls(port, &connector(&p, false), &frames)
         .await
@@ -131,7 +131,7 @@ async fn tls_and_mtls() {
 
     // mTLS: no client certificate -> refused; with one -> accepted.
     let port = free_port();
-    let cfg = config(&p, port, &nats.url, true);
+    let cfg = config(&p, port, nats.url(), true);
     let broker = Broker::start(&["-c", cfg.to_str().expect("utf8")]);
     let refused = send_over_tls(port, &connector(&p, false), &frames).await;
     assert!(
