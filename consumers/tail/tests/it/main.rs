@@ -1,1 +1,375 @@
-fn main() {}
+//! tapbus-tail against every bus kind with a real server, while the broker publishes a
+//! capture: what tail prints equals what the broker published (the broker's own `stdout`
+//! output of the same run is the reference). Also exit codes, filters, and a consumer
+//! killed with SIGKILL whose unacknowledged messages go to its peer.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tapbus_testsupport::proc::Proc;
+use tapbus_testsupport::servers::{Mosquitto, Nats, Redis};
+use tapbus_testsupport::{testdata, wait_until};
+
+const CAPTURE: &str = "unbound.fstrm";
+
+fn tail_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tapbus-tail"))
+}
+
+/// The broker binary of this workspace (built by `cargo test --workspace`; built here when
+/// only this package's tests run).
+fn broker_bin() -> PathBuf {
+    let exe = tail_bin();
+    let bin = exe
+        .parent()
+        .map(|d| d.join("tapbus-broker"))
+        .expect("target dir");
+    if !bin.exists() {
+        let cargo = option_env!("CARGO").unwrap_or("cargo");
+        let st = Command::new(cargo)
+            .args(["build", "-p", "tapbus-broker", "--bin", "tapbus-broker"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo build tapbus-broker");
+        assert!(st.success(), "building tapbus-broker failed");
+    }
+    bin
+}
+
+/// A running tapbus-tail with its standard output and error in files.
+struct Tail {
+    proc: Proc,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Tail {
+    fn start(dir: &Path, name: &str, args: &[&str]) -> Tail {
+        let out = dir.join(format!("{name}.out"));
+        let err = dir.join(format!("{name}.err"));
+        let proc = Proc::spawn(
+            Command::new(tail_bin())
+                .args(args)
+                .env("TAPBUS_LOG", "info")
+                .stdout(std::fs::File::create(&out).expect("out file"))
+                .stderr(std::fs::File::create(&err).expect("err file")),
+        );
+        Tail { proc, out, err }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    fn wait_subscribed(&self) {
+        wait_until("tail subscribed", Duration::from_secs(20), || {
+            self.stderr().contains("subscribed")
+        });
+    }
+
+    /// Waits for the exit; returns the code and the lines printed.
+    fn finish(mut self, limit: Duration) -> (i32, Vec<String>) {
+        let st = self
+            .proc
+            .wait_within(limit)
+            .unwrap_or_else(|| panic!("tail did not exit; stderr:\n{}", self.stderr()));
+        let text = std::fs::read_to_string(&self.out).expect("tail output");
+        (
+            st.code().unwrap_or(-1),
+            text.lines().map(str::to_owned).collect(),
+        )
+    }
+}
+
+/// Publishes the capture through the broker to `output` (plus the broker's stdout as the
+/// reference), with extra `TAPBUS_*` settings for that output; returns the events the
+/// broker wrote to stdout, in order.
+fn publish(output: &str, env: &[(&str, &str)]) -> Vec<String> {
+    let file = testdata::path(CAPTURE);
+    let mut cmd = Command::new(broker_bin());
+    // Everything through TAPBUS_* (with --input the flags would replace the outputs).
+    cmd.env(
+        "TAPBUS_INPUTS__FILE__URL",
+        format!("file://{}", file.display()),
+    )
+    .env("TAPBUS_METRICS_LISTEN", "")
+    .env("TAPBUS_OUTPUTS__BUS__URL", output)
+    .env("TAPBUS_OUTPUTS__STDOUT__URL", "stdout")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start broker");
+    let mut text = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut text)
+        .expect("broker stdout");
+    let st = child.wait().expect("broker exit");
+    assert!(st.success(), "broker exited with {st}");
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), testdata::expected_count(CAPTURE));
+    lines
+}
+
+fn dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+/// Subscribe-first buses: tail subscribes, the broker publishes, tail prints `--count`.
+fn live(input: &str, output: &str, env: &[(&str, &str)]) {
+    let d = dir();
+    let n = testdata::expected_count(CAPTURE).to_string();
+    let tail = Tail::start(
+        d.path(),
+        "tail",
+        &[
+            "--input",
+            input,
+            "--json",
+            "--count",
+            &n,
+            "--timeout",
+            "60s",
+        ],
+    );
+    tail.wait_subscribed();
+    let published = publish(output, env);
+    let (code, got) = tail.finish(Duration::from_secs(70));
+    assert_eq!(code, 0, "exit code");
+    assert_eq!(got.len(), published.len());
+    assert!(
+        got == published,
+        "{input}: printed events differ from the published ones"
+    );
+}
+
+#[test]
+fn nats_core() {
+    let nats = Nats::start();
+    live(nats.url(), nats.url(), &[]);
+}
+
+#[test]
+fn mqtt_qos1() {
+    // mosquitto queues at most 1000 messages per client by default and drops the rest:
+    // the broker publishes the capture faster than tail prints it.
+    let m = Mosquitto::start_with(
+        tapbus_testsupport::free_port(),
+        "max_queued_messages 100000\n",
+    );
+    live(
+        &format!("{}/dnstap/#", m.url()),
+        &m.url(),
+        &[("TAPBUS_OUTPUTS__BUS__QOS", "1")],
+    );
+}
+
+#[test]
+fn redis_pubsub() {
+    let r = Redis::start();
+    live(&r.url(), &r.url(), &[]);
+}
+
+#[test]
+fn jetstream_durable_reads_what_the_stream_stored() {
+    let d = dir();
+    let nats = Nats::start_jetstream(&d.path().join("js"));
+    let published = publish(nats.url(), &[("TAPBUS_OUTPUTS__BUS__JETSTREAM", "true")]);
+    let url = format!(
+        "{}/DNSTAP?durable=ops",
+        nats.url().replace("nats://", "jetstream://")
+    );
+    let n = published.len().to_string();
+    let tail = Tail::start(
+        d.path(),
+        "tail",
+        &["--input", &url, "--json", "--count", &n, "--timeout", "60s"],
+    );
+    let (code, got) = tail.finish(Duration::from_secs(70));
+    assert_eq!(code, 0, "exit code");
+    assert!(got == published, "JetStream: printed events differ");
+    // Everything was acknowledged: the durable has nothing more to give.
+    let again = Tail::start(
+        d.path(),
+        "again",
+        &["--input", &url, "--json", "--timeout", "3s"],
+    );
+    let (code, got) = again.finish(Duration::from_secs(20));
+    assert_eq!((code, got.len()), (0, 0), "acked messages came back");
+}
+
+#[test]
+fn redis_stream_group() {
+    let r = Redis::start();
+    let published = publish(&r.url(), &[("TAPBUS_OUTPUTS__BUS__MODE", "stream")]);
+    let d = dir();
+    let url = format!("{}?stream=dnstap&group=ops&consumer=a", r.url());
+    let n = published.len().to_string();
+    let tail = Tail::start(
+        d.path(),
+        "tail",
+        &["--input", &url, "--json", "--count", &n, "--timeout", "60s"],
+    );
+    let (code, got) = tail.finish(Duration::from_secs(70));
+    assert_eq!(code, 0);
+    assert!(got == published, "Redis stream: printed events differ");
+}
+
+#[test]
+fn filters_and_text_lines() {
+    let nats = Nats::start();
+    let d = dir();
+    let filter = "operation=CLIENT_RESPONSE rcode=NXDOMAIN";
+    let json = Tail::start(
+        d.path(),
+        "json",
+        &[
+            "--input",
+            nats.url(),
+            "--json",
+            "--filter",
+            filter,
+            "--timeout",
+            "15s",
+        ],
+    );
+    let text = Tail::start(
+        d.path(),
+        "text",
+        &["--input", nats.url(), "--timeout", "15s"],
+    );
+    json.wait_subscribed();
+    text.wait_subscribed();
+    let published = publish(nats.url(), &[]);
+    let want: Vec<&String> = published
+        .iter()
+        .filter(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("event JSON");
+            v["dnstap"]["operation"] == "CLIENT_RESPONSE" && v["dns"]["rcode"] == "NXDOMAIN"
+        })
+        .collect();
+    assert!(!want.is_empty(), "the capture has NXDOMAIN responses");
+    let (code, got) = json.finish(Duration::from_secs(30));
+    assert_eq!(code, 0, "timeout without --count exits 0");
+    assert_eq!(got.iter().collect::<Vec<_>>(), want);
+    let (code, lines) = text.finish(Duration::from_secs(30));
+    assert_eq!(code, 0);
+    assert_eq!(lines.len(), published.len());
+    for (line, ev) in lines.iter().zip(&published) {
+        let v: serde_json::Value = serde_json::from_str(ev).expect("event JSON");
+        let op = v["dnstap"]["operation"].as_str().unwrap_or_default();
+        assert!(line.contains(op), "{line:?} lacks {op}");
+        if let Some(q) = v["dns"]["qname"].as_str() {
+            assert!(line.contains(q), "{line:?} lacks {q}");
+        }
+    }
+}
+
+#[test]
+fn exit_codes() {
+    let d = dir();
+    let nats = Nats::start();
+    // --count not reached within --timeout: 1.
+    let t = Tail::start(
+        d.path(),
+        "timeout",
+        &["--input", nats.url(), "--count", "5", "--timeout", "2s"],
+    );
+    assert_eq!(t.finish(Duration::from_secs(20)).0, 1);
+    // Bad URL, bad filter: 2, naming the key.
+    let t = Tail::start(d.path(), "badurl", &["--input", "kafka://x:1"]);
+    let err = t.err.clone();
+    assert_eq!(t.finish(Duration::from_secs(10)).0, 2);
+    assert!(
+        std::fs::read_to_string(err)
+            .unwrap_or_default()
+            .contains("input.url")
+    );
+    let t = Tail::start(
+        d.path(),
+        "badfilter",
+        &["--input", nats.url(), "--filter", "rcode=NXDOMIAN"],
+    );
+    assert_eq!(t.finish(Duration::from_secs(10)).0, 2);
+    // A JetStream stream that does not exist: 3.
+    let js = Nats::start_jetstream(&d.path().join("js"));
+    let url = format!(
+        "{}/NOSUCH?durable=x",
+        js.url().replace("nats://", "jetstream://")
+    );
+    let t = Tail::start(d.path(), "nostream", &["--input", &url, "--timeout", "10s"]);
+    assert_eq!(t.finish(Duration::from_secs(20)).0, 3);
+}
+
+/// A consumer that took messages and never acknowledged them (its standard output is a
+/// pipe nobody reads, so it blocks) is killed with SIGKILL; its peer on the same durable /
+/// group gets them: every published event is printed by one of the two.
+fn killed_consumer_hands_over(input: &str, published: &[String]) {
+    let d = dir();
+    let mut a = Proc::spawn(
+        Command::new(tail_bin())
+            .args(["--input", input, "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let mut pipe = a.child.stdout.take().expect("pipe");
+    // Let it take messages until its unread pipe is full.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(a.is_running(), "the blocked consumer is still running");
+    a.kill();
+    let mut a_text = String::new();
+    pipe.read_to_string(&mut a_text)
+        .expect("read what A printed");
+    let b = Tail::start(
+        d.path(),
+        "b",
+        &["--input", input, "--json", "--timeout", "15s"],
+    );
+    let (code, b_lines) = b.finish(Duration::from_secs(30));
+    assert_eq!(code, 0);
+    let a_lines: BTreeSet<&str> = a_text.lines().collect();
+    assert!(
+        a_lines.len() < published.len(),
+        "A was meant to block before the end"
+    );
+    let got: BTreeSet<&str> = a_lines
+        .iter()
+        .copied()
+        .chain(b_lines.iter().map(String::as_str))
+        .collect();
+    let want: BTreeSet<&str> = published.iter().map(String::as_str).collect();
+    assert_eq!(
+        want.difference(&got).count(),
+        0,
+        "events lost with the killed consumer"
+    );
+    assert!(b_lines.len() >= published.len() - a_lines.len());
+}
+
+#[test]
+fn jetstream_sigkilled_consumer_pending_go_to_its_peer() {
+    let d = dir();
+    let nats = Nats::start_jetstream(&d.path().join("js"));
+    let published = publish(nats.url(), &[("TAPBUS_OUTPUTS__BUS__JETSTREAM", "true")]);
+    let url = format!(
+        "{}/DNSTAP?durable=shared&ack_wait=2s",
+        nats.url().replace("nats://", "jetstream://")
+    );
+    killed_consumer_hands_over(&url, &published);
+}
+
+#[test]
+fn redis_stream_sigkilled_consumer_entries_are_claimed_by_its_peer() {
+    let r = Redis::start();
+    let published = publish(&r.url(), &[("TAPBUS_OUTPUTS__BUS__MODE", "stream")]);
+    // Two consumer names in one group: the peer claims what the dead one left pending.
+    let input = format!("{}?stream=dnstap&group=g&claim_idle=1s", r.url());
+    killed_consumer_hands_over(&input, &published);
+}
