@@ -65,7 +65,7 @@ pub async fn run(
         settings
             .outputs
             .iter()
-            .map(|o| (o.queue, metrics.output(&o.name)))
+            .map(|o| (o.queue, metrics.output(&o.name), o.filter.clone()))
             .collect(),
     );
     let offered = fanout.offered();

@@ -141,6 +141,10 @@ pub struct OutputConfig {
     /// Events this output may hold while it is slow or down; beyond it, events are dropped
     /// and counted (default 16384).
     pub queue: Option<usize>,
+    /// Only events matching this filter expression go to this output (e.g.
+    /// `"operation=CLIENT_RESPONSE rcode=NXDOMAIN,SERVFAIL"`; README "Filters"); the others
+    /// are counted in `tapbus_filtered_total{output}`. Default: every event.
+    pub filter: Option<String>,
 }
 
 /// Validated input.
@@ -247,6 +251,8 @@ pub struct OutputSpec {
     pub name: String,
     pub kind: OutputKind,
     pub queue: usize,
+    /// Events not matching are not sent to this output (counted as filtered).
+    pub filter: Option<tapbus_event::Filter>,
 }
 
 /// What the broker runs from: every value checked.
@@ -611,10 +617,18 @@ fn validate_output(name: &str, o: &OutputConfig) -> Result<OutputSpec, ConfigErr
             BusConnect::Redis(c) => OutputKind::Redis(validate_redis(&key, c, o)?),
         }
     };
+    let filter = match o.filter.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(f) => Some(
+            tapbus_event::Filter::parse(f)
+                .map_err(|e| invalid(format!("{key}.filter"), format!("{f:?}: {e}")))?,
+        ),
+    };
     Ok(OutputSpec {
         name: name.to_string(),
         kind,
         queue,
+        filter,
     })
 }
 
@@ -976,6 +990,29 @@ mod tests {
             e.starts_with("outputs.redis.jetstream: only applies to NATS"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn output_filters_are_parsed_and_bad_ones_named() {
+        let mut c = BrokerConfig::default();
+        c.add_input_url("tcp://127.0.0.1:6000");
+        c.add_output_url("stdout");
+        for o in c.outputs.values_mut() {
+            o.filter = Some("operation=CLIENT_RESPONSE".into());
+        }
+        let s = c.validate().expect("valid");
+        assert_eq!(
+            s.outputs[0]
+                .filter
+                .as_ref()
+                .map(|f| f.to_string())
+                .as_deref(),
+            Some("operation=CLIENT_RESPONSE")
+        );
+        for o in c.outputs.values_mut() {
+            o.filter = Some("rcode=NXDOMIAN".into());
+        }
+        assert!(err_of(&c).starts_with("outputs.stdout.filter:"));
     }
 
     #[test]

@@ -61,7 +61,8 @@ pub enum SubscribeConfig {
         /// Default "DNSTAP".
         stream: Option<String>,
         /// Durable consumer name: bound if it exists, else created. Processes on the same
-        /// durable share the work. Default: an ephemeral consumer for this process.
+        /// durable share the work. Default: a durable named `<program>-<pid>` (it stays on
+        /// the server after the process exits; name one to reuse it).
         durable: Option<String>,
         /// Default: the whole stream.
         filter_subject: Option<String>,
@@ -81,7 +82,8 @@ pub enum SubscribeConfig {
         share: Option<String>,
         /// 0 or 1 (default 1).
         qos: Option<u8>,
-        /// Keep the session across reconnects (default true when `client_id` is set).
+        /// Keep the session (and unacknowledged messages) across reconnects; default false.
+        /// Set a fixed `client_id` with it, or a restart starts a new session.
         persistent: Option<bool>,
     },
     /// Redis `PSUBSCRIBE` (at most once).

@@ -7,6 +7,7 @@ mod cli;
 mod dial;
 mod dns_server;
 mod examples;
+mod filter;
 mod harness;
 mod malformed;
 mod mqtt;
