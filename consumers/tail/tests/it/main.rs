@@ -373,3 +373,107 @@ fn redis_stream_sigkilled_consumer_entries_are_claimed_by_its_peer() {
     let input = format!("{}?stream=dnstap&group=g&claim_idle=1s", r.url());
     killed_consumer_hands_over(&input, &published);
 }
+
+/// A 3-node JetStream cluster (routes on loopback, stream R3): the broker publishes the bulk
+/// capture through the URL list, one node is killed mid-replay, and a durable consumer on
+/// the survivors gets exactly what the broker counted as published, every event once.
+#[test]
+fn cluster_survives_a_killed_node() {
+    let mut cluster = tapbus_testsupport::servers::NatsCluster::start(3);
+    let urls = cluster.url_list();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let client = async_nats::connect(urls.as_slice()).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "DNSTAP".into(),
+            subjects: vec!["dnstap.>".into()],
+            num_replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .expect("R3 stream");
+    });
+    let file = testdata::path("bulk-100k.fstrm");
+    let mut broker = Command::new(broker_bin())
+        .env(
+            "TAPBUS_INPUTS__FILE__URL",
+            format!("file://{}", file.display()),
+        )
+        .env("TAPBUS_METRICS_LISTEN", "")
+        .env("TAPBUS_OUTPUTS__JS__URL", cluster.urls())
+        .env("TAPBUS_OUTPUTS__JS__JETSTREAM", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("broker");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        broker.try_wait().expect("broker state").is_none(),
+        "the replay should still be running when the node dies"
+    );
+    // Any one of three nodes may die for an R3 stream.
+    cluster.kill(1);
+    let mut log = String::new();
+    broker
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut log)
+        .expect("broker log");
+    let st = broker.wait().expect("broker exit");
+    assert!(st.success(), "broker: {st}\n{log}");
+    let closing = log
+        .lines()
+        .find(|l| l.contains("output closed"))
+        .unwrap_or_else(|| panic!("no closing line:\n{log}"));
+    let field = |name: &str| -> usize {
+        closing
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {closing:?}"))
+    };
+    let (events, published, dropped) = (field("events"), field("published"), field("dropped"));
+    assert_eq!(events, 100_002);
+    assert_eq!(published + dropped, events, "{closing}");
+    assert!(published > 0);
+    let live = cluster.running_urls();
+    let input = format!(
+        "{}/DNSTAP?durable=survivor",
+        live.join(",").replace("nats://", "jetstream://")
+    );
+    let d = dir();
+    let n = published.to_string();
+    let tail = Tail::start(
+        d.path(),
+        "survivor",
+        &[
+            "--input",
+            &input,
+            "--json",
+            "--count",
+            &n,
+            "--timeout",
+            "120s",
+        ],
+    );
+    let (code, got) = tail.finish(Duration::from_secs(150));
+    assert_eq!(
+        code, 0,
+        "the consumer got fewer than the {published} published events"
+    );
+    assert_eq!(got.len(), published);
+    // And the stream holds nothing beyond that: no event stored twice by the failover.
+    let rest = Tail::start(
+        d.path(),
+        "rest",
+        &["--input", &input, "--json", "--timeout", "5s"],
+    );
+    let (code, more) = rest.finish(Duration::from_secs(30));
+    assert_eq!(
+        (code, more.len()),
+        (0, 0),
+        "the stream held more than was published"
+    );
+}
