@@ -25,8 +25,8 @@ pub enum InputError {
 
 /// Connects and subscribes. `program` names the client to the server (NATS connection
 /// name, default durable and consumer names). A JetStream input without a durable gets
-/// one named after the program and the process, removed by the server after 5 minutes
-/// without this process (an ephemeral consumer).
+/// one named after the program and the process (`<program>-<pid>`); it stays on the
+/// server after the process exits.
 pub async fn subscribe(program: &str, spec: &ConsumerInputSpec) -> Result<Subscriber, InputError> {
     match (&spec.connect, &spec.mode) {
         (
@@ -53,7 +53,6 @@ pub async fn subscribe(program: &str, spec: &ConsumerInputSpec) -> Result<Subscr
             },
         ) => {
             let client = nats(program, c).await?;
-            let ephemeral = durable.is_none();
             let name = durable
                 .clone()
                 .unwrap_or_else(|| format!("{program}-{}", std::process::id()));
@@ -65,7 +64,6 @@ pub async fn subscribe(program: &str, spec: &ConsumerInputSpec) -> Result<Subscr
                 tapbus_config::DeliverFrom::All => DeliverFrom::All,
                 tapbus_config::DeliverFrom::New => DeliverFrom::New,
             };
-            let _ = ephemeral;
             Ok(JetStreamSubscriber::new(&client, &s).await?.into())
         }
         (

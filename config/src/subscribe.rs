@@ -468,7 +468,7 @@ fn validate_mode(
             qos,
             persistent,
         } => {
-            let BusConnect::Mqtt(m) = connect else {
+            let BusConnect::Mqtt(_) = connect else {
                 return Err(wrong_bus("mqtt", "mqtt:// or mqtts://"));
             };
             let topic = topic.unwrap_or_else(|| "dnstap/#".into());
@@ -490,7 +490,6 @@ fn validate_mode(
             if qos > 1 {
                 return Err(invalid(format!("{key}.subscribe.qos"), "must be 0 or 1"));
             }
-            let _ = m;
             SubscribeMode::Mqtt {
                 topic,
                 share,

@@ -118,6 +118,15 @@ fn publish(output: &str, env: &[(&str, &str)]) -> Vec<String> {
     lines
 }
 
+/// The `jetstream://` subscriber URL for `path_query` (e.g. `DNSTAP?durable=x`) on the
+/// servers of `nats_urls` (one `nats://` URL or a comma-separated list).
+fn js_url(nats_urls: &str, path_query: &str) -> String {
+    format!(
+        "{}/{path_query}",
+        nats_urls.replace("nats://", "jetstream://")
+    )
+}
+
 fn dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
@@ -182,10 +191,7 @@ fn jetstream_durable_reads_what_the_stream_stored() {
     let d = dir();
     let nats = Nats::start_jetstream(&d.path().join("js"));
     let published = publish(nats.url(), &[("TAPBUS_OUTPUTS__BUS__JETSTREAM", "true")]);
-    let url = format!(
-        "{}/DNSTAP?durable=ops",
-        nats.url().replace("nats://", "jetstream://")
-    );
+    let url = js_url(nats.url(), "DNSTAP?durable=ops");
     let n = published.len().to_string();
     let tail = Tail::start(
         d.path(),
@@ -300,10 +306,7 @@ fn exit_codes() {
     assert_eq!(t.finish(Duration::from_secs(10)).0, 2);
     // A JetStream stream that does not exist: 3.
     let js = Nats::start_jetstream(&d.path().join("js"));
-    let url = format!(
-        "{}/NOSUCH?durable=x",
-        js.url().replace("nats://", "jetstream://")
-    );
+    let url = js_url(js.url(), "NOSUCH?durable=x");
     let t = Tail::start(d.path(), "nostream", &["--input", &url, "--timeout", "10s"]);
     assert_eq!(t.finish(Duration::from_secs(20)).0, 3);
 }
@@ -358,10 +361,7 @@ fn jetstream_sigkilled_consumer_pending_go_to_its_peer() {
     let d = dir();
     let nats = Nats::start_jetstream(&d.path().join("js"));
     let published = publish(nats.url(), &[("TAPBUS_OUTPUTS__BUS__JETSTREAM", "true")]);
-    let url = format!(
-        "{}/DNSTAP?durable=shared&ack_wait=2s",
-        nats.url().replace("nats://", "jetstream://")
-    );
+    let url = js_url(nats.url(), "DNSTAP?durable=shared&ack_wait=2s");
     killed_consumer_hands_over(&url, &published);
 }
 
@@ -439,10 +439,7 @@ fn cluster_survives_a_killed_node() {
     assert_eq!(published + dropped, events, "{closing}");
     assert!(published > 0);
     let live = cluster.running_urls();
-    let input = format!(
-        "{}/DNSTAP?durable=survivor",
-        live.join(",").replace("nats://", "jetstream://")
-    );
+    let input = js_url(&live.join(","), "DNSTAP?durable=survivor");
     let d = dir();
     let n = published.to_string();
     let tail = Tail::start(
