@@ -25,8 +25,8 @@ pub enum InputError {
 
 /// Connects and subscribes. `program` names the client to the server (NATS connection
 /// name, default durable and consumer names). A JetStream input without a durable gets
-/// one named after the program and the process (`<program>-<pid>`); it stays on the
-/// server after the process exits.
+/// a consumer named after the program and the process (`<program>-<pid>`) with an
+/// `inactive_threshold` (default 1m): the server deletes it once the process is gone.
 pub async fn subscribe(program: &str, spec: &ConsumerInputSpec) -> Result<Subscriber, InputError> {
     match (&spec.connect, &spec.mode) {
         (
@@ -46,6 +46,7 @@ pub async fn subscribe(program: &str, spec: &ConsumerInputSpec) -> Result<Subscr
             SubscribeMode::JetStream {
                 stream,
                 durable,
+                inactive_threshold,
                 filter_subject,
                 max_ack_pending,
                 ack_wait,
@@ -58,6 +59,7 @@ pub async fn subscribe(program: &str, spec: &ConsumerInputSpec) -> Result<Subscr
                 .unwrap_or_else(|| format!("{program}-{}", std::process::id()));
             let mut s = JetStreamSpec::new(stream.clone(), name);
             s.filter_subject = filter_subject.clone();
+            s.inactive_threshold = *inactive_threshold;
             s.max_ack_pending = *max_ack_pending;
             s.ack_wait = *ack_wait;
             s.deliver = match deliver {

@@ -61,9 +61,14 @@ pub enum SubscribeConfig {
         /// Default "DNSTAP".
         stream: Option<String>,
         /// Durable consumer name: bound if it exists, else created. Processes on the same
-        /// durable share the work. Default: a durable named `<program>-<pid>` (it stays on
-        /// the server after the process exits; name one to reuse it).
+        /// durable share the work. Default: a consumer named `<program>-<pid>` that the
+        /// server deletes once it has been inactive for `inactive_threshold` (default 1m).
         durable: Option<String>,
+        /// The server deletes the consumer after this long with no client pulling
+        /// (JetStream's `inactive_threshold`). Default: never for a named durable, 1m for
+        /// the per-process consumer made when `durable` is not set.
+        #[serde(default, with = "humantime_serde")]
+        inactive_threshold: Option<Duration>,
         /// Default: the whole stream.
         filter_subject: Option<String>,
         /// Most messages delivered and not yet acknowledged (default 4096).
@@ -122,6 +127,8 @@ pub enum SubscribeMode {
     JetStream {
         stream: String,
         durable: Option<String>,
+        /// `None` with a named durable: it stays until deleted.
+        inactive_threshold: Option<Duration>,
         filter_subject: Option<String>,
         max_ack_pending: i64,
         ack_wait: Duration,
@@ -318,6 +325,10 @@ fn from_query(
         ("jetstream", _) => SubscribeConfig::Jetstream {
             stream: take("stream"),
             durable: take("durable"),
+            inactive_threshold: dur(
+                "inactive",
+                take("inactive").or_else(|| take("inactive_threshold")),
+            )?,
             filter_subject: take("filter").or_else(|| take("filter_subject")),
             max_ack_pending: num("max_ack_pending", take("max_ack_pending"))?,
             ack_wait: dur("ack_wait", take("ack_wait"))?,
@@ -423,6 +434,7 @@ fn validate_mode(
         SubscribeConfig::Jetstream {
             stream,
             durable,
+            inactive_threshold,
             filter_subject,
             max_ack_pending,
             ack_wait,
@@ -453,9 +465,21 @@ fn validate_mode(
                     "must be at least 1s",
                 ));
             }
+            let inactive_threshold = match (inactive_threshold, &durable) {
+                (Some(t), _) if t < Duration::from_secs(1) => {
+                    return Err(invalid(
+                        format!("{key}.subscribe.inactive_threshold"),
+                        "must be at least 1s",
+                    ));
+                }
+                (Some(t), _) => Some(t),
+                (None, Some(_)) => None,
+                (None, None) => Some(Duration::from_secs(60)),
+            };
             SubscribeMode::JetStream {
                 stream,
                 durable,
+                inactive_threshold,
                 filter_subject,
                 max_ack_pending,
                 ack_wait,
@@ -591,6 +615,7 @@ mod tests {
             SubscribeMode::JetStream {
                 stream: "DNSTAP".into(),
                 durable: Some("ops".into()),
+                inactive_threshold: None,
                 filter_subject: None,
                 max_ack_pending: 10,
                 ack_wait: Duration::from_secs(5),
@@ -601,6 +626,20 @@ mod tests {
             panic!("nats")
         };
         assert_eq!(n.servers, "nats://127.0.0.1:4222");
+
+        // Without a durable: a per-process consumer the server removes after 1m idle.
+        let s = spec("jetstream://127.0.0.1:4222/DNSTAP");
+        assert!(matches!(
+            s.mode,
+            SubscribeMode::JetStream { durable: None, inactive_threshold: Some(t), .. }
+                if t == Duration::from_secs(60)
+        ));
+        let s = spec("jetstream://127.0.0.1:4222/DNSTAP?durable=d&inactive=10m");
+        assert!(matches!(
+            s.mode,
+            SubscribeMode::JetStream { inactive_threshold: Some(t), .. }
+                if t == Duration::from_secs(600)
+        ));
 
         let s = spec("jetstream://127.0.0.1:4222,nats://127.0.0.1:4223/DNSTAP?durable=a");
         let BusConnect::Nats(n) = &s.connect else {
@@ -653,6 +692,10 @@ mod tests {
         assert!(err("mqtt://127.0.0.1/t?qos=2").starts_with("input.subscribe.qos:"));
         assert!(err("mqtt://127.0.0.1/$share/g/t").starts_with("input.subscribe.topic:"));
         assert!(err("jetstream://127.0.0.1:4222?ack_wait=soon").starts_with("input.url:"));
+        assert!(
+            err("jetstream://127.0.0.1:4222?inactive=100ms")
+                .starts_with("input.subscribe.inactive_threshold:")
+        );
         assert!(err("kafka://x:1").starts_with("input.url: unsupported bus"));
         assert_eq!(err(""), "input.url: missing");
     }

@@ -16,6 +16,7 @@
 pub mod filter;
 pub mod line;
 pub mod names;
+mod scan;
 pub mod view;
 
 pub use filter::{Filter, FilterError};

@@ -74,7 +74,7 @@ macro_rules! dnstap_enum {
             }
 
             /// The value for a name as the event writes it (exact case, fast path).
-            fn from_exact(s: &str) -> Option<Self> {
+            pub(crate) fn from_exact(s: &str) -> Option<Self> {
                 match s {
                     $($text => Some($name::$variant),)*
                     _ => parse_unknown(s).map(Self::from_code),
@@ -391,10 +391,11 @@ pub struct Dnstap<'a> {
 impl<'a> EventView<'a> {
     /// Parses one event. Never panics; any input that is not an event is a [`ViewError`].
     pub fn parse(json: &'a [u8]) -> Result<Self, ViewError> {
-        sonic_rs::from_slice(json).map_err(ViewError::json)
+        crate::scan::event(json)
     }
 
-    /// The same with serde_json (slower: see `benches/view.rs`), kept to cross-check.
+    /// The same with the serde derive and serde_json (slower: see `benches/view.rs`),
+    /// kept to cross-check the hand-written reader.
     pub fn parse_serde_json(json: &'a [u8]) -> Result<Self, ViewError> {
         serde_json::from_slice(json).map_err(ViewError::json)
     }

@@ -136,6 +136,10 @@ pub struct JetStreamSpec {
     pub deliver: DeliverFrom,
     /// Messages asked for per pull request. Default 256 (at most `max_ack_pending`).
     pub batch: usize,
+    /// The server deletes the consumer after this long without a pull (JetStream's
+    /// `inactive_threshold`); `None`: it stays until deleted. Set for consumers made per
+    /// process, so that one that exits or dies leaves nothing behind.
+    pub inactive_threshold: Option<Duration>,
 }
 
 impl JetStreamSpec {
@@ -148,6 +152,7 @@ impl JetStreamSpec {
             ack_wait: Duration::from_secs(30),
             deliver: DeliverFrom::All,
             batch: 256,
+            inactive_threshold: None,
         }
     }
 
@@ -186,6 +191,7 @@ impl JetStreamSpec {
                 DeliverFrom::All => DeliverPolicy::All,
                 DeliverFrom::New => DeliverPolicy::New,
             },
+            inactive_threshold: self.inactive_threshold.unwrap_or_default(),
             ..Default::default()
         }
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tapbus_testsupport::proc::Proc;
 use tapbus_testsupport::servers::{Mosquitto, Nats, Redis};
-use tapbus_testsupport::{testdata, wait_until};
+use tapbus_testsupport::{pause, testdata, wait_until};
 
 const CAPTURE: &str = "unbound.fstrm";
 
@@ -58,6 +58,10 @@ impl Tail {
                 .stderr(std::fs::File::create(&err).expect("err file")),
         );
         Tail { proc, out, err }
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.pid()
     }
 
     fn stderr(&self) -> String {
@@ -209,6 +213,57 @@ fn jetstream_durable_reads_what_the_stream_stored() {
     );
     let (code, got) = again.finish(Duration::from_secs(20));
     assert_eq!((code, got.len()), (0, 0), "acked messages came back");
+}
+
+/// The consumer names on a stream, read with the JetStream API.
+fn consumer_names(nats_url: &str, stream: &str) -> Vec<String> {
+    use futures::TryStreamExt as _;
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let client = async_nats::connect(nats_url).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let s = js.get_stream(stream).await.expect("stream");
+        s.consumer_names().try_collect().await.expect("names")
+    })
+}
+
+/// Without `durable=`, tail reads through a consumer of its own (`tapbus-tail-<pid>`)
+/// that the server deletes after `inactive_threshold`: nothing is left behind.
+#[test]
+fn jetstream_without_durable_leaves_no_consumer() {
+    let d = dir();
+    let nats = Nats::start_jetstream(&d.path().join("js"));
+    let published = publish(nats.url(), &[("TAPBUS_OUTPUTS__BUS__JETSTREAM", "true")]);
+    let url = js_url(nats.url(), "DNSTAP?inactive=2s");
+    let tail = Tail::start(
+        d.path(),
+        "tail",
+        &[
+            "--input",
+            &url,
+            "--json",
+            "--count",
+            "10",
+            "--timeout",
+            "60s",
+        ],
+    );
+    let pid = tail.pid();
+    let (code, got) = tail.finish(Duration::from_secs(70));
+    assert_eq!(code, 0, "exit code");
+    assert_eq!(got[..], published[..10]);
+    let name = format!("tapbus-tail-{pid}");
+    let names = consumer_names(nats.url(), "DNSTAP");
+    assert!(names.contains(&name), "{name} not in {names:?}");
+    // The server sweeps inactive consumers every few seconds.
+    wait_until(
+        "the server deleted the idle consumer",
+        Duration::from_secs(30),
+        || {
+            pause(Duration::from_millis(500));
+            consumer_names(nats.url(), "DNSTAP").is_empty()
+        },
+    );
 }
 
 #[test]

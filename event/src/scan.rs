@@ -1,0 +1,697 @@
+//! The reader behind [`EventView::parse`]: JSON bytes become a view (bus --JSON--> view).
+//!
+//! A small hand-written JSON reader that knows the event's shape: it reads the fields the
+//! view has and skips every other value. It exists for speed (see `benches/view.rs`: the
+//! serde derive with sonic-rs or serde_json costs ~3 µs per 914-byte bulk event on this
+//! machine; this reader about a third of that), and is checked against the serde derive
+//! ([`EventView::parse_serde_json`]) on every event of the test captures and on damaged
+//! copies of them.
+//!
+//! What it checks:
+//! * Every value it reads, strictly as JSON and serde would: string escapes (including
+//!   surrogate pairs), UTF-8, no raw control characters, number grammar, integer ranges,
+//!   `null` only where the field is optional. A key given twice: the last one counts
+//!   (serde would refuse it; the encoder never writes one).
+//! * Every value it skips (`resource-records`, EDNS options, `extra`, the policy block,
+//!   unknown keys): strings are terminated, brackets balance and match, literals and
+//!   numbers are well formed. Inside a skipped array or object the separators (`,` `:`)
+//!   are not checked and the bytes of skipped strings are not validated as UTF-8: a
+//!   consumer never sees those bytes, and a damaged message is still caught wherever the
+//!   damage breaks the structure or touches a field that is read.
+//! * Nothing but whitespace after the event.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use memchr::memchr2;
+
+use crate::ViewError;
+use crate::view::{Dns, Dnstap, Edns, EventView, Family, Flags, Network, Operation, Protocol};
+
+type R<T> = Result<T, ViewError>;
+
+/// Nesting deeper than this inside a skipped value is refused (a bound, not a limit real
+/// events come near: theirs is 4).
+const MAX_DEPTH: u32 = 128;
+
+/// Parses one event.
+pub(crate) fn event(json: &[u8]) -> R<EventView<'_>> {
+    let mut r = Reader { b: json, i: 0 };
+    let mut network = None;
+    let mut dns = None;
+    let mut edns = None;
+    let mut dnstap = None;
+    let mut obj = r.object()?;
+    while let Some(key) = obj.next_key(&mut r)? {
+        match &*key {
+            "network" => network = Some(r.network()?),
+            "dns" => dns = Some(r.dns()?),
+            "edns" => edns = r.opt(Reader::edns)?,
+            "dnstap" => dnstap = Some(r.dnstap()?),
+            _ => r.skip()?,
+        }
+    }
+    r.ws();
+    if r.i != json.len() {
+        return Err(r.err("trailing characters after the event"));
+    }
+    Ok(EventView {
+        network: network.ok_or_else(|| missing("network"))?,
+        dns: dns.ok_or_else(|| missing("dns"))?,
+        edns,
+        dnstap: dnstap.ok_or_else(|| missing("dnstap"))?,
+    })
+}
+
+fn missing(field: &str) -> ViewError {
+    ViewError::Json(format!("missing field `{field}`"))
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+/// The state of one object being read: whether the next key needs a comma first.
+struct Obj {
+    first: bool,
+}
+
+impl Obj {
+    /// The next key (with its `:` consumed), or `None` after the closing `}`.
+    fn next_key<'a>(&mut self, r: &mut Reader<'a>) -> R<Option<Cow<'a, str>>> {
+        match r.peek() {
+            Some(b'}') => {
+                r.i += 1;
+                return Ok(None);
+            }
+            Some(b',') if !self.first => r.i += 1,
+            _ if self.first => {}
+            _ => return Err(r.err("expected `,` or `}`")),
+        }
+        self.first = false;
+        let key = r.string()?;
+        r.eat(b':', "expected `:`")?;
+        Ok(Some(key))
+    }
+}
+
+impl<'a> Reader<'a> {
+    fn err(&self, what: &str) -> ViewError {
+        if self.i >= self.b.len() {
+            ViewError::Json(format!("{what}: the event ends at byte {}", self.b.len()))
+        } else {
+            ViewError::Json(format!("{what} at byte {}", self.i))
+        }
+    }
+
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(&c) = self.b.get(self.i) {
+            if matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
+                self.i += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    #[inline]
+    fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.b.get(self.i).copied()
+    }
+
+    #[inline]
+    fn eat(&mut self, c: u8, what: &str) -> R<()> {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(self.err(what))
+        }
+    }
+
+    fn object(&mut self) -> R<Obj> {
+        self.eat(b'{', "expected an object")?;
+        Ok(Obj { first: true })
+    }
+
+    /// `null` -> `None`, anything else is read by `f`.
+    #[inline]
+    fn opt<T>(&mut self, f: impl FnOnce(&mut Self) -> R<T>) -> R<Option<T>> {
+        if self.peek() == Some(b'n') {
+            self.literal(b"null")?;
+            Ok(None)
+        } else {
+            f(self).map(Some)
+        }
+    }
+
+    fn literal(&mut self, lit: &[u8]) -> R<()> {
+        if self.b[self.i..].starts_with(lit) {
+            self.i += lit.len();
+            Ok(())
+        } else {
+            Err(self.err("invalid literal"))
+        }
+    }
+
+    fn bool(&mut self) -> R<bool> {
+        match self.peek() {
+            Some(b't') => self.literal(b"true").map(|()| true),
+            Some(b'f') => self.literal(b"false").map(|()| false),
+            _ => Err(self.err("expected a boolean")),
+        }
+    }
+
+    /// A string; borrowed unless it has escapes.
+    fn string(&mut self) -> R<Cow<'a, str>> {
+        self.eat(b'"', "expected a string")?;
+        let start = self.i;
+        let rest = &self.b[start..];
+        let Some(n) = memchr2(b'"', b'\\', rest) else {
+            self.i = self.b.len();
+            return Err(self.err("unterminated string"));
+        };
+        let raw = &rest[..n];
+        if let Some(p) = raw.iter().position(|&c| c < 0x20) {
+            self.i = start + p;
+            return Err(self.err("control character in a string"));
+        }
+        if rest[n] == b'"' {
+            self.i = start + n + 1;
+            return std::str::from_utf8(raw)
+                .map(Cow::Borrowed)
+                .map_err(|_| self.err("string is not UTF-8"));
+        }
+        self.i = start + n;
+        self.escaped(raw.to_vec()).map(Cow::Owned)
+    }
+
+    /// The rest of a string from its first backslash; `out` holds what came before.
+    fn escaped(&mut self, mut out: Vec<u8>) -> R<String> {
+        loop {
+            let Some(&c) = self.b.get(self.i) else {
+                return Err(self.err("unterminated string"));
+            };
+            self.i += 1;
+            match c {
+                b'"' => break,
+                b'\\' => {
+                    let Some(&e) = self.b.get(self.i) else {
+                        return Err(self.err("unterminated string"));
+                    };
+                    self.i += 1;
+                    match e {
+                        b'"' | b'\\' | b'/' => out.push(e),
+                        b'b' => out.push(8),
+                        b'f' => out.push(12),
+                        b'n' => out.push(b'\n'),
+                        b'r' => out.push(b'\r'),
+                        b't' => out.push(b'\t'),
+                        b'u' => {
+                            let ch = self.unicode_escape()?;
+                            let mut buf = [0u8; 4];
+                            out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                        }
+                        _ => {
+                            self.i -= 1;
+                            return Err(self.err("invalid escape"));
+                        }
+                    }
+                }
+                c if c < 0x20 => {
+                    self.i -= 1;
+                    return Err(self.err("control character in a string"));
+                }
+                c => out.push(c),
+            }
+        }
+        String::from_utf8(out).map_err(|_| self.err("string is not UTF-8"))
+    }
+
+    /// After `\u`: four hex digits, and a second `\uXXXX` for a surrogate pair.
+    fn unicode_escape(&mut self) -> R<char> {
+        let hi = self.hex4()?;
+        let code = match hi {
+            0xD800..=0xDBFF => {
+                if !self.b[self.i..].starts_with(b"\\u") {
+                    return Err(self.err("lone leading surrogate in \\u escape"));
+                }
+                self.i += 2;
+                let lo = self.hex4()?;
+                if !(0xDC00..=0xDFFF).contains(&lo) {
+                    return Err(self.err("invalid trailing surrogate in \\u escape"));
+                }
+                0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+            }
+            0xDC00..=0xDFFF => return Err(self.err("lone trailing surrogate in \\u escape")),
+            c => c,
+        };
+        char::from_u32(code).ok_or_else(|| self.err("invalid \\u escape"))
+    }
+
+    fn hex4(&mut self) -> R<u32> {
+        let Some(h) = self.b.get(self.i..self.i + 4) else {
+            return Err(self.err("truncated \\u escape"));
+        };
+        let mut v = 0u32;
+        for &c in h {
+            let d = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                b'A'..=b'F' => c - b'A' + 10,
+                _ => return Err(self.err("invalid \\u escape")),
+            };
+            v = v * 16 + u32::from(d);
+        }
+        self.i += 4;
+        Ok(v)
+    }
+
+    /// The bytes of a JSON number, checked against the grammar
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`; `true` if it is an integer.
+    fn number(&mut self) -> R<(&'a [u8], bool)> {
+        self.ws();
+        let b = self.b;
+        let start = self.i;
+        let mut i = start;
+        let digits = |i: &mut usize| {
+            let s = *i;
+            while b.get(*i).is_some_and(u8::is_ascii_digit) {
+                *i += 1;
+            }
+            *i > s
+        };
+        if b.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        match b.get(i) {
+            Some(b'0') => {
+                i += 1;
+                if b.get(i).is_some_and(u8::is_ascii_digit) {
+                    self.i = i;
+                    return Err(self.err("leading zero in a number"));
+                }
+            }
+            Some(b'1'..=b'9') => {
+                digits(&mut i);
+            }
+            _ => {
+                self.i = i;
+                return Err(self.err("expected a number"));
+            }
+        }
+        let mut integer = true;
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            integer = false;
+            if !digits(&mut i) {
+                self.i = i;
+                return Err(self.err("invalid number"));
+            }
+        }
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            integer = false;
+            if matches!(b.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            if !digits(&mut i) {
+                self.i = i;
+                return Err(self.err("invalid number"));
+            }
+        }
+        self.i = i;
+        Ok((&b[start..i], integer))
+    }
+
+    /// An unsigned integer that fits `T`.
+    fn uint<T: TryFrom<u64>>(&mut self) -> R<T> {
+        let at = self.i;
+        let (digits, integer) = self.number()?;
+        let fail = |r: &mut Self, what| {
+            r.i = at;
+            Err(r.err(what))
+        };
+        if !integer || digits.first() == Some(&b'-') {
+            return fail(self, "expected an unsigned integer");
+        }
+        let mut v = 0u64;
+        for &d in digits {
+            match v
+                .checked_mul(10)
+                .and_then(|v| v.checked_add(u64::from(d - b'0')))
+            {
+                Some(n) => v = n,
+                None => return fail(self, "integer out of range"),
+            }
+        }
+        match T::try_from(v) {
+            Ok(v) => Ok(v),
+            Err(_) => fail(self, "integer out of range"),
+        }
+    }
+
+    fn f64(&mut self) -> R<f64> {
+        let at = self.i;
+        let (digits, _) = self.number()?;
+        // The grammar was checked; std parses it correctly rounded.
+        let text = std::str::from_utf8(digits).map_err(|_| self.err("invalid number"))?;
+        match text.parse::<f64>() {
+            Ok(v) if v.is_finite() => Ok(v),
+            _ => {
+                self.i = at;
+                Err(self.err("number out of range"))
+            }
+        }
+    }
+
+    fn ip(&mut self) -> R<IpAddr> {
+        let at = self.i;
+        let s = self.string()?;
+        s.parse().map_err(|_| {
+            self.i = at;
+            self.err("invalid IP address")
+        })
+    }
+
+    fn name<T>(&mut self, from: fn(&str) -> Option<T>, what: &str) -> R<T> {
+        let at = self.i;
+        let s = self.string()?;
+        from(&s).ok_or_else(|| {
+            self.i = at;
+            self.err(what)
+        })
+    }
+
+    fn ostr(&mut self) -> R<Option<Cow<'a, str>>> {
+        self.opt(Self::string)
+    }
+
+    /// Skips one value of any kind.
+    fn skip(&mut self) -> R<()> {
+        match self.peek() {
+            Some(b'"') => {
+                self.i += 1;
+                self.skip_string_body()
+            }
+            Some(b'{' | b'[') => self.skip_container(),
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            Some(b'-' | b'0'..=b'9') => self.number().map(drop),
+            _ => Err(self.err("expected a value")),
+        }
+    }
+
+    /// After the opening quote of a skipped string: to just past its closing quote.
+    #[inline]
+    fn skip_string_body(&mut self) -> R<()> {
+        loop {
+            let rest = self.b.get(self.i..).unwrap_or_default();
+            match memchr2(b'"', b'\\', rest) {
+                Some(n) if rest[n] == b'"' => {
+                    self.i += n + 1;
+                    return Ok(());
+                }
+                // A backslash: the next byte is escaped, whatever it is.
+                Some(n) => self.i += n + 2,
+                None => {
+                    self.i = self.b.len();
+                    return Err(self.err("unterminated string"));
+                }
+            }
+        }
+    }
+
+    /// A skipped array or object: strings are skipped whole, brackets must balance and
+    /// match (a bit per level: 1 = object).
+    fn skip_container(&mut self) -> R<()> {
+        let mut kinds: u128 = 0;
+        let mut depth = 0u32;
+        loop {
+            let Some(&c) = self.b.get(self.i) else {
+                return Err(self.err("unterminated array or object"));
+            };
+            self.i += 1;
+            match c {
+                b'"' => self.skip_string_body()?,
+                b'{' | b'[' => {
+                    if depth == MAX_DEPTH {
+                        return Err(self.err("nested too deep"));
+                    }
+                    kinds = (kinds << 1) | u128::from(c == b'{');
+                    depth += 1;
+                }
+                b'}' | b']' => {
+                    if depth == 0 || (kinds & 1 == 1) != (c == b'}') {
+                        self.i -= 1;
+                        return Err(self.err("mismatched bracket"));
+                    }
+                    kinds >>= 1;
+                    depth -= 1;
+                    if depth == 0 {
+                        return Ok(());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn network(&mut self) -> R<Network> {
+        let mut n = Network::default();
+        let mut obj = self.object()?;
+        while let Some(key) = obj.next_key(self)? {
+            match &*key {
+                "family" => {
+                    n.family = self.opt(|r| r.name(Family::from_exact, "unknown family"))?
+                }
+                "protocol" => {
+                    n.protocol = self.opt(|r| r.name(Protocol::from_exact, "unknown protocol"))?
+                }
+                "query-ip" => n.query_ip = self.opt(Self::ip)?,
+                "query-port" => n.query_port = self.opt(Self::uint)?,
+                "response-ip" => n.response_ip = self.opt(Self::ip)?,
+                "response-port" => n.response_port = self.opt(Self::uint)?,
+                _ => self.skip()?,
+            }
+        }
+        Ok(n)
+    }
+
+    fn dns(&mut self) -> R<Dns<'a>> {
+        let mut d = Dns::default();
+        let mut obj = self.object()?;
+        while let Some(key) = obj.next_key(self)? {
+            match &*key {
+                "length" => d.length = self.opt(Self::uint)?,
+                "id" => d.id = self.opt(Self::uint)?,
+                "opcode" => d.opcode = self.opt(Self::uint)?,
+                "rcode" => d.rcode = self.ostr()?,
+                "qname" => d.qname = self.ostr()?,
+                "qtype" => d.qtype = self.ostr()?,
+                "qclass" => d.qclass = self.ostr()?,
+                "flags" => d.flags = self.opt(Self::flags)?,
+                "qdcount" => d.qdcount = self.opt(Self::uint)?,
+                "ancount" => d.ancount = self.opt(Self::uint)?,
+                "nscount" => d.nscount = self.opt(Self::uint)?,
+                "arcount" => d.arcount = self.opt(Self::uint)?,
+                "malformed-packet" => d.malformed_packet = self.bool()?,
+                _ => self.skip()?,
+            }
+        }
+        Ok(d)
+    }
+
+    /// `dns.flags`: all eight bits are required.
+    fn flags(&mut self) -> R<Flags> {
+        let mut f = Flags::default();
+        let mut seen = 0u8;
+        let mut obj = self.object()?;
+        while let Some(key) = obj.next_key(self)? {
+            let (slot, bit) = match &*key {
+                "qr" => (&mut f.qr, 1),
+                "aa" => (&mut f.aa, 2),
+                "tc" => (&mut f.tc, 4),
+                "rd" => (&mut f.rd, 8),
+                "ra" => (&mut f.ra, 16),
+                "z" => (&mut f.z, 32),
+                "ad" => (&mut f.ad, 64),
+                "cd" => (&mut f.cd, 128),
+                _ => {
+                    self.skip()?;
+                    continue;
+                }
+            };
+            *slot = self.bool()?;
+            seen |= bit;
+        }
+        if seen != 0xff {
+            return Err(ViewError::Json("dns.flags: missing a flag".into()));
+        }
+        Ok(f)
+    }
+
+    fn edns(&mut self) -> R<Edns> {
+        let mut e = Edns::default();
+        let mut obj = self.object()?;
+        while let Some(key) = obj.next_key(self)? {
+            match &*key {
+                "udp-size" => e.udp_size = self.uint()?,
+                "rcode" => e.rcode = self.uint()?,
+                "version" => e.version = self.uint()?,
+                "dnssec-ok" => {
+                    e.dnssec_ok = match self.peek() {
+                        Some(b't' | b'f') => self.bool()?,
+                        _ => match self.uint::<u8>()? {
+                            0 => false,
+                            1 => true,
+                            _ => return Err(self.err("dnssec-ok: expected 0 or 1")),
+                        },
+                    }
+                }
+                _ => self.skip()?,
+            }
+        }
+        Ok(e)
+    }
+
+    fn dnstap(&mut self) -> R<Dnstap<'a>> {
+        let mut operation = None;
+        let mut d = Dnstap {
+            operation: Operation::Unknown(0),
+            identity: None,
+            version: None,
+            timestamp_rfc3339ns: None,
+            timestamp: None,
+            latency: None,
+            query_zone: None,
+        };
+        let mut obj = self.object()?;
+        while let Some(key) = obj.next_key(self)? {
+            match &*key {
+                "operation" => {
+                    operation = Some(self.name(Operation::from_exact, "unknown operation")?)
+                }
+                "identity" => d.identity = self.ostr()?,
+                "version" => d.version = self.ostr()?,
+                "timestamp-rfc3339ns" => d.timestamp_rfc3339ns = self.ostr()?,
+                "timestamp" => d.timestamp = self.opt(Self::uint)?,
+                "latency" => d.latency = self.opt(Self::f64)?,
+                "query-zone" => d.query_zone = self.ostr()?,
+                _ => self.skip()?,
+            }
+        }
+        d.operation = operation.ok_or_else(|| missing("dnstap.operation"))?;
+        Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(json: &str) -> R<Cow<'_, str>> {
+        Reader {
+            b: json.as_bytes(),
+            i: 0,
+        }
+        .string()
+    }
+
+    #[test]
+    fn strings() {
+        assert!(matches!(s(r#""abc""#), Ok(Cow::Borrowed("abc"))));
+        assert_eq!(s(r#""a\"b\\c\/\n\t""#).as_deref(), Ok("a\"b\\c/\n\t"));
+        assert_eq!(s(r#""\u00e9\ud83d\ude00""#).as_deref(), Ok("é😀"));
+        for bad in [
+            r#""abc"#,
+            r#""a\"#,
+            r#""\x""#,
+            r#""\u12""#,
+            r#""\ud83d""#,
+            r#""\ude00""#,
+            r#""\ud83d\u0041""#,
+            "\"a\u{1}b\"",
+            "\"a\\n\u{1}\"",
+            "abc",
+        ] {
+            assert!(s(bad).is_err(), "accepted {bad}");
+        }
+        let mut r = Reader {
+            b: b"\"a\xffb\"",
+            i: 0,
+        };
+        assert!(r.string().is_err());
+    }
+
+    fn n<T: TryFrom<u64>>(json: &str) -> R<T> {
+        Reader {
+            b: json.as_bytes(),
+            i: 0,
+        }
+        .uint()
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(n::<u64>("0"), Ok(0));
+        assert_eq!(n::<u64>("18446744073709551615"), Ok(u64::MAX));
+        assert!(n::<u64>("18446744073709551616").is_err());
+        assert_eq!(n::<u16>("65535"), Ok(65535));
+        assert!(n::<u16>("65536").is_err());
+        for bad in ["-1", "1.0", "1e2", "01", "", "-", "x"] {
+            assert!(n::<u64>(bad).is_err(), "accepted {bad}");
+        }
+        let f = |json: &str| {
+            Reader {
+                b: json.as_bytes(),
+                i: 0,
+            }
+            .f64()
+        };
+        assert_eq!(f("0.0005"), Ok(0.0005));
+        assert_eq!(f("-1.5e-3"), Ok(-0.0015));
+        assert_eq!(f("3"), Ok(3.0));
+        for bad in ["1.", ".5", "+1", "1e", "1e+", "1e999", "--1"] {
+            assert!(f(bad).is_err(), "accepted {bad}");
+        }
+    }
+
+    fn skip(json: &str) -> R<usize> {
+        let mut r = Reader {
+            b: json.as_bytes(),
+            i: 0,
+        };
+        r.skip().map(|()| r.i)
+    }
+
+    #[test]
+    fn skipping() {
+        assert_eq!(skip(r#"{"a":[1,{"b":"]}\"x"}],"c":null} tail"#), Ok(32));
+        assert_eq!(skip(r#""x\\" tail"#), Ok(5));
+        assert_eq!(skip("-1.5e3,"), Ok(6));
+        assert_eq!(skip("true,"), Ok(4));
+        for bad in [
+            "{",
+            "[}",
+            "{]",
+            "[[]",
+            r#"{"a":"}"#,
+            "nul",
+            "tru",
+            "-",
+            "]",
+            "",
+        ] {
+            assert!(skip(bad).is_err(), "accepted {bad}");
+        }
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        assert!(skip(&deep).is_err());
+        let ok = "[".repeat(128) + &"]".repeat(128);
+        assert_eq!(skip(&ok), Ok(256));
+    }
+}
