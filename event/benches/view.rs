@@ -1,24 +1,28 @@
 //! Parsing the events of the bulk capture (`bulk-100k.fstrm`, 100,002 events, ~914 bytes
 //! each) with [`EventView`], plus a filter and the one-line form on top.
 //!
-//! Measured 2026-12-01 on this 2-core machine (shared; load 0.1-1.1 during the run),
+//! Measured 2026-12-02 on this 2-core machine (load ~2 from another build during the run),
 //! `cargo bench -p tapbus-event --bench view -- --warm-up-time 1 --measurement-time 3`,
 //! 20,000 events (877 bytes each on average), medians per event:
 //!
 //! | what | 20k events (17.5 MB, out of cache) | 200 events (hot) |
 //! | --- | --- | --- |
-//! | serde_json borrowed `EventView` (skipped fields via `IgnoredAny`) | 3.0 us | 3.85 us |
-//! | sonic-rs borrowed `EventView` (`EventView::parse`) | 2.9-4.0 us | 2.86 us |
-//! | serde_json `Value` (reference) | 10.0 us | - |
-//! | parse + 4-term `Filter::matches` | 3.4 us | - |
-//! | parse + `write_line` | 4.0 us | - |
+//! | `EventView::parse` (the hand-written reader, `src/scan.rs`) | 0.86 us | 0.80 us |
+//! | sonic-rs, the serde derive | 1.69 us | 1.45 us |
+//! | serde_json, the serde derive (`EventView::parse_serde_json`) | 1.83 us | 1.66 us |
+//! | serde_json `Value` (reference) | 3.4 us | - |
+//! | parse + 4-term `Filter::matches` | 1.07 us | - |
+//! | parse + `write_line` | 1.07 us | - |
 //!
-//! Earlier runs under load 3-7 (other engineers' builds) gave serde_json 4.9-7.3 us and
-//! sonic-rs 4.3 us. sonic-rs is kept for `EventView::parse` (faster in every run,
-//! 0.75x serde_json on hot input); serde_json stays as `EventView::parse_serde_json`.
-//! Neither reaches the 1 us target here: on this machine even counting the quotes of an
-//! event byte by byte costs ~0.4 us hot, ~1.3 us cold, and `IgnoredAny` alone (no typed
-//! fields) 1.2 us (sonic-rs) / 1.4 us (serde_json) hot; the typed fields roughly double that.
+//! Instructions, which do not depend on the load (`examples/parse_loop.rs` under
+//! `valgrind --tool=callgrind`, 4,000 parses of the 200 hot events): the reader 13.0 k per
+//! event, serde_json's derive 25.5 k. The 2026-12-01 run of the serde derive gave 2.9 us
+//! (sonic-rs) and 3.0 us (serde_json) under heavier load; the ratio is what counts.
+//!
+//! Why hand-written: an event is ~60 short keys and values, so per-string overhead
+//! dominates, not bytes. The reader predicts each block's next key (the encoder's order)
+//! with one comparison, finds string ends eight bytes at a time, and skips what no
+//! consumer reads by structure alone. sonic-rs stays a dev-dependency, for this table only.
 
 use std::hint::black_box;
 

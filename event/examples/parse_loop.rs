@@ -1,0 +1,49 @@
+//! Parses the first 200 events of the bulk capture `ROUNDS` times (default 200): a fixed
+//! workload for `valgrind --tool=callgrind`, whose instruction counts do not depend on
+//! what else the machine is doing.
+//!
+//! `cargo build --release -p tapbus-event --example parse_loop &&
+//!  valgrind --tool=callgrind target/release/examples/parse_loop [hand|serde|sonic]`
+
+use std::hint::black_box;
+
+use tapbus_event::EventView;
+use tapbus_proto::fstrm::{self, DEFAULT_MAX_DATA_FRAME, Frame};
+
+fn main() {
+    let which = std::env::args().nth(1).unwrap_or_else(|| "hand".into());
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(200);
+    let path = tapbus_testsupport::testdata::path("bulk-100k.fstrm");
+    let bytes = std::fs::read(&path).expect("bulk capture");
+    let (frames, _) = fstrm::decode_all(&bytes, DEFAULT_MAX_DATA_FRAME);
+    let events: Vec<Vec<u8>> = frames
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::Data(b) => Some(b),
+            _ => None,
+        })
+        .take(200)
+        .map(|frame| {
+            let mut out = Vec::new();
+            tapbus_proto::event::encode(frame, "bench", &mut out).expect("event");
+            out
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    for _ in 0..rounds {
+        for e in &events {
+            match which.as_str() {
+                "serde" => drop(black_box(EventView::parse_serde_json(black_box(e)))),
+                _ => drop(black_box(EventView::parse(black_box(e)))),
+            }
+        }
+    }
+    let n = rounds * events.len();
+    eprintln!(
+        "{which}: {n} parses, {:.3} us each",
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+}
