@@ -7,7 +7,8 @@
 //! An output with a `filter` gets only the events that match it; the others are counted
 //! in `tapbus_filtered_total{output}` and never queued, so for every output
 //! `published + dropped + filtered == events`. The event is parsed (the subscribers' view,
-//! `tapbus_event::EventView`) once per event, and only when some output has a filter.
+//! `tapbus_event::EventView`) once per event, and only when some output has a filter;
+//! nothing is allocated for it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,11 +71,13 @@ impl Fanout {
     /// Offers the event to every output without waiting.
     pub fn send(&self, ev: Event) {
         self.offered.fetch_add(1, Ordering::Relaxed);
-        let keep = self.wanted(&ev);
+        // The view borrows a handle on the payload (a reference count), not the event.
+        let payload = self.filtered.then(|| ev.payload.clone());
+        let view = payload.as_deref().map(view);
         let n = self.outputs.len();
         let mut ev = Some(ev);
         for (i, o) in self.outputs.iter().enumerate() {
-            if keep.as_ref().is_some_and(|k| !k[i]) {
+            if !wants(o, view.as_ref()) {
                 o.metrics.filtered.inc();
                 continue;
             }
@@ -96,9 +99,9 @@ impl Fanout {
     /// sender to stall (files): a replay publishes everything instead of dropping.
     pub async fn send_wait(&self, ev: Event) {
         self.offered.fetch_add(1, Ordering::Relaxed);
-        let keep = self.wanted(&ev);
-        for (i, o) in self.outputs.iter().enumerate() {
-            if keep.as_ref().is_some_and(|k| !k[i]) {
+        let view = self.filtered.then(|| view(&ev.payload));
+        for o in self.outputs.iter() {
+            if !wants(o, view.as_ref()) {
                 o.metrics.filtered.inc();
                 continue;
             }
@@ -106,25 +109,6 @@ impl Fanout {
                 o.metrics.dropped_shutdown.inc();
             }
         }
-    }
-
-    /// Which outputs want the event: `None` for all (no output has a filter: nothing is
-    /// parsed or allocated). An event the view cannot parse (the encoder's own output, so
-    /// never expected) matches no filter.
-    fn wanted(&self, ev: &Event) -> Option<Vec<bool>> {
-        if !self.filtered {
-            return None;
-        }
-        let view = tapbus_event::EventView::parse(&ev.payload).ok();
-        self.outputs
-            .iter()
-            .map(|o| match (&o.filter, &view) {
-                (None, _) => true,
-                (Some(f), Some(v)) => f.matches(v),
-                (Some(_), None) => false,
-            })
-            .collect::<Vec<bool>>()
-            .into()
     }
 
     /// The count of events offered, shared (it outlives the fan-out).
@@ -138,5 +122,146 @@ impl Fanout {
             let depth = o.tx.max_capacity() - o.tx.capacity();
             o.metrics.depth.set(depth as i64);
         }
+    }
+}
+
+/// The subscribers' view of an event, for the filters. An event the view cannot parse
+/// (the encoder's own output, so never expected) matches no filter.
+fn view(payload: &[u8]) -> Option<tapbus_event::EventView<'_>> {
+    tapbus_event::EventView::parse(payload).ok()
+}
+
+/// Whether the output takes the event: always without a filter (and then nothing was
+/// parsed, `view` is `None`), else when the filter matches the parsed view.
+fn wants(o: &OutputTx, view: Option<&Option<tapbus_event::EventView<'_>>>) -> bool {
+    match (&o.filter, view) {
+        (None, _) => true,
+        (Some(f), Some(Some(v))) => f.matches(v),
+        (Some(_), _) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use tapbus_proto::event::Summary;
+
+    fn event(json: &str) -> Event {
+        Event {
+            payload: Bytes::from(json.to_owned()),
+            summary: Summary {
+                identity: Bytes::new(),
+                operation: 5,
+                protocol: None,
+                qtype: None,
+                rcode: None,
+                malformed_dns: false,
+            },
+        }
+    }
+
+    fn op(operation: &str) -> Event {
+        event(&format!(
+            r#"{{"network":{{}},"dns":{{}},"dnstap":{{"operation":"{operation}"}}}}"#
+        ))
+    }
+
+    fn output(
+        cap: usize,
+        filter: Option<&str>,
+    ) -> (usize, PublishMetrics, Option<tapbus_event::Filter>) {
+        (
+            cap,
+            PublishMetrics::unregistered(),
+            filter.map(|f| tapbus_event::Filter::parse(f).expect("filter")),
+        )
+    }
+
+    #[test]
+    fn every_output_gets_every_event_until_its_queue_is_full() {
+        let (f, mut rxs) = Fanout::new(vec![output(5, None), output(100, None)]);
+        for _ in 0..20 {
+            f.send(op("CLIENT_QUERY"));
+        }
+        let got: Vec<usize> = rxs
+            .iter_mut()
+            .map(|rx| std::iter::from_fn(|| rx.try_recv().ok()).count())
+            .collect();
+        assert_eq!(got, [5, 20]);
+        assert_eq!(f.outputs[0].metrics.dropped_full.get(), 15);
+        assert_eq!(f.outputs[1].metrics.dropped_full.get(), 0);
+        assert_eq!(f.offered().load(Ordering::Relaxed), 20);
+        // The gauges: the first queue was full, both are empty now.
+        f.refresh_gauges();
+        assert_eq!(f.outputs[0].metrics.depth.get(), 0);
+        assert_eq!(f.outputs[0].metrics.capacity.get(), 5);
+    }
+
+    #[test]
+    fn a_closed_output_counts_shutdown_drops_and_the_others_go_on() {
+        let (f, mut rxs) = Fanout::new(vec![output(10, None), output(10, None)]);
+        drop(rxs.remove(0));
+        f.send(op("CLIENT_QUERY"));
+        assert_eq!(f.outputs[0].metrics.dropped_shutdown.get(), 1);
+        assert!(rxs[0].try_recv().is_ok());
+    }
+
+    #[test]
+    fn filters_count_what_they_leave_out() {
+        let (f, mut rxs) = Fanout::new(vec![
+            output(100, Some("operation=CLIENT_RESPONSE")),
+            output(100, None),
+            output(100, Some("operation=CLIENT_QUERY")),
+        ]);
+        for i in 0..10 {
+            f.send(op(if i % 3 == 0 {
+                "CLIENT_RESPONSE"
+            } else {
+                "CLIENT_QUERY"
+            }));
+        }
+        // Not an event: no filter matches it, the unfiltered output still gets it.
+        f.send(event("not json"));
+        let got: Vec<usize> = rxs
+            .iter_mut()
+            .map(|rx| std::iter::from_fn(|| rx.try_recv().ok()).count())
+            .collect();
+        assert_eq!(got, [4, 11, 6]);
+        let filtered: Vec<u64> = f.outputs.iter().map(|o| o.metrics.filtered.get()).collect();
+        assert_eq!(filtered, [7, 0, 5]);
+        // published (here: queued) + dropped + filtered == offered, for every output.
+        for (o, n) in f.outputs.iter().zip(got) {
+            assert_eq!(
+                n as u64 + o.metrics.dropped() + o.metrics.filtered.get(),
+                11
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn send_wait_waits_for_room_instead_of_dropping() {
+        let (f, mut rxs) = Fanout::new(vec![
+            output(2, None),
+            output(2, Some("operation=CLIENT_RESPONSE")),
+        ]);
+        let mut rx = rxs.remove(0);
+        let sender = {
+            let f = f.clone();
+            tokio::spawn(async move {
+                for _ in 0..50 {
+                    f.send_wait(op("CLIENT_QUERY")).await;
+                }
+            })
+        };
+        let mut n = 0;
+        while n < 50 {
+            rx.recv().await.expect("event");
+            n += 1;
+        }
+        sender.await.expect("sender");
+        assert_eq!(f.outputs[0].metrics.dropped(), 0);
+        assert_eq!(f.outputs[1].metrics.filtered.get(), 50);
+        assert!(rxs[0].try_recv().is_err());
     }
 }

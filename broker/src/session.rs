@@ -267,3 +267,243 @@ impl State {
         writer.flush().await.map_err(SessionError::Write)
     }
 }
+
+/// The session in process: a `tokio::io::duplex` pipe stands in for the socket, the
+/// fan-out's queue for the outputs. No sockets, no sleeps (paused time for the timeout).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::EventRx;
+    use crate::metrics::{Metrics, PublishMetrics};
+    use tapbus_proto::fstrm::{DEFAULT_MAX_DATA_FRAME, decode_all};
+    use tapbus_testsupport::fstrm::{ControlType, control_bytes, encode_data};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+    /// The first `n` dnstap payloads of a real capture.
+    fn payloads(n: usize) -> Vec<Bytes> {
+        let bytes =
+            std::fs::read(tapbus_testsupport::testdata::path("unbound.fstrm")).expect("capture");
+        let (frames, _) = decode_all(&bytes, DEFAULT_MAX_DATA_FRAME);
+        let data: Vec<Bytes> = frames
+            .into_iter()
+            .filter_map(|f| match f {
+                Frame::Data(b) => Some(b),
+                _ => None,
+            })
+            .take(n)
+            .collect();
+        assert_eq!(data.len(), n);
+        data
+    }
+
+    struct Rig {
+        metrics: Metrics,
+        ctx: Ctx,
+        rx: EventRx,
+        output: PublishMetrics,
+    }
+
+    fn rig(queue: usize, max_frame: usize) -> Rig {
+        let metrics = Metrics::new();
+        let output = metrics.output("out");
+        let (fanout, mut rxs) = Fanout::new(vec![(queue, output.clone(), None)]);
+        let ctx = Ctx {
+            peer: "test-peer".into(),
+            metrics: metrics.input("in"),
+            fanout,
+            max_frame,
+            handshake_timeout: Duration::from_secs(5),
+            shutdown: CancellationToken::new(),
+            backpressure: false,
+        };
+        let rx = rxs.remove(0);
+        Rig {
+            metrics,
+            ctx,
+            rx,
+            output,
+        }
+    }
+
+    fn ct() -> &'static [&'static [u8]] {
+        &[DNSTAP_CONTENT_TYPE]
+    }
+
+    fn data_frames(payloads: &[Bytes]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in payloads {
+            encode_data(p, &mut out);
+        }
+        out
+    }
+
+    /// Runs a session over one end of a pipe; the test drives the other end.
+    fn start(
+        ctx: Ctx,
+    ) -> (
+        DuplexStream,
+        tokio::task::JoinHandle<Result<End, SessionError>>,
+    ) {
+        let (ours, theirs) = duplex(1 << 20);
+        let task = tokio::spawn(async move {
+            let (r, w) = tokio::io::split(theirs);
+            run(r, w, &ctx).await
+        });
+        (ours, task)
+    }
+
+    fn drain(rx: &mut EventRx) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            out.push(e);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn bidirectional_handshake_and_every_event() {
+        let mut r = rig(1000, DEFAULT_MAX_DATA_FRAME);
+        let p = payloads(50);
+        let (mut peer, task) = start(r.ctx.clone());
+        peer.write_all(&control_bytes(ControlType::Ready, ct()))
+            .await
+            .expect("write");
+        // ACCEPT with the content type comes back.
+        let mut accept = vec![0u8; control_bytes(ControlType::Accept, ct()).len()];
+        peer.read_exact(&mut accept).await.expect("accept");
+        assert_eq!(accept, control_bytes(ControlType::Accept, ct()));
+        peer.write_all(&control_bytes(ControlType::Start, ct()))
+            .await
+            .expect("write");
+        peer.write_all(&data_frames(&p)).await.expect("write");
+        peer.write_all(&control_bytes(ControlType::Stop, &[]))
+            .await
+            .expect("write");
+        let mut finish = vec![0u8; control_bytes(ControlType::Finish, &[]).len()];
+        peer.read_exact(&mut finish).await.expect("finish");
+        assert_eq!(finish, control_bytes(ControlType::Finish, &[]));
+        assert_eq!(task.await.expect("join").expect("session"), End::Finished);
+
+        let events = drain(&mut r.rx);
+        assert_eq!(events.len(), p.len());
+        for (e, frame) in events.iter().zip(&p) {
+            let mut want = Vec::new();
+            event::encode(frame.clone(), "test-peer", &mut want).expect("encodes");
+            assert_eq!(&e.payload[..], &want[..]);
+        }
+        assert_eq!(r.ctx.metrics.data.get(), 50);
+        assert_eq!(r.ctx.metrics.events.get(), 50);
+        assert_eq!(r.ctx.metrics.control.get(), 3);
+        assert_eq!(r.output.dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn unidirectional_stream_ends_at_eof() {
+        let mut r = rig(1000, DEFAULT_MAX_DATA_FRAME);
+        let p = payloads(20);
+        let (mut peer, task) = start(r.ctx.clone());
+        peer.write_all(&tapbus_testsupport::fstrm::unidirectional_bytes(
+            DNSTAP_CONTENT_TYPE,
+            &p,
+        ))
+        .await
+        .expect("write");
+        drop(peer);
+        assert_eq!(task.await.expect("join").expect("session"), End::Eof);
+        assert_eq!(drain(&mut r.rx).len(), 20);
+    }
+
+    #[tokio::test]
+    async fn a_bad_frame_is_skipped_and_counted_the_rest_go_on() {
+        let mut r = rig(1000, 4096);
+        let p = payloads(3);
+        let mut bytes = control_bytes(ControlType::Start, ct());
+        encode_data(&p[0], &mut bytes);
+        encode_data(b"\xff\xff not protobuf", &mut bytes);
+        encode_data(&vec![0u8; 5000], &mut bytes); // over max_frame
+        encode_data(&p[1], &mut bytes);
+        encode_data(&p[2], &mut bytes);
+        bytes.extend_from_slice(&control_bytes(ControlType::Stop, &[]));
+        let (mut peer, task) = start(r.ctx.clone());
+        peer.write_all(&bytes).await.expect("write");
+        drop(peer);
+        assert_eq!(task.await.expect("join").expect("session"), End::Eof);
+        assert_eq!(drain(&mut r.rx).len(), 3);
+        assert_eq!(r.ctx.metrics.data.get(), 4);
+        assert_eq!(r.ctx.metrics.oversize.get(), 1);
+        let text = r.metrics.encode();
+        assert!(
+            text.contains(r#"tapbus_malformed_total{input="in",reason="bad_protobuf"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broken_stream_closes_this_connection_with_its_reason() {
+        let r = rig(1000, DEFAULT_MAX_DATA_FRAME);
+        // Data before START.
+        let (mut peer, task) = start(r.ctx.clone());
+        let mut bytes = Vec::new();
+        encode_data(&payloads(1)[0], &mut bytes);
+        peer.write_all(&bytes).await.expect("write");
+        let e = task.await.expect("join").expect_err("refused");
+        assert_eq!(e.reason(), "data_before_start");
+        // Wrong content type.
+        let (mut peer, task) = start(r.ctx.clone());
+        peer.write_all(&control_bytes(ControlType::Start, &[b"protobuf:other"]))
+            .await
+            .expect("write");
+        let e = task.await.expect("join").expect_err("refused");
+        assert_eq!(e.reason(), "content_type_mismatch");
+        // A stream cut inside a frame.
+        let (mut peer, task) = start(r.ctx.clone());
+        let mut bytes = control_bytes(ControlType::Start, ct());
+        encode_data(&payloads(1)[0], &mut bytes);
+        bytes.truncate(bytes.len() - 3);
+        peer.write_all(&bytes).await.expect("write");
+        drop(peer);
+        let e = task.await.expect("join").expect_err("refused");
+        assert_eq!(e.reason(), "truncated");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_times_out_in_the_handshake() {
+        let r = rig(1000, DEFAULT_MAX_DATA_FRAME);
+        let (_peer, task) = start(r.ctx.clone());
+        let e = task.await.expect("join").expect_err("timeout");
+        assert_eq!(e.reason(), "handshake_timeout");
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_a_streaming_session() {
+        let mut r = rig(1000, DEFAULT_MAX_DATA_FRAME);
+        let (mut peer, task) = start(r.ctx.clone());
+        let mut bytes = control_bytes(ControlType::Start, ct());
+        bytes.extend_from_slice(&data_frames(&payloads(5)));
+        peer.write_all(&bytes).await.expect("write");
+        // The events arrive, then the broker shuts down while the peer stays connected.
+        for _ in 0..5 {
+            r.rx.recv().await.expect("event");
+        }
+        r.ctx.shutdown.cancel();
+        assert_eq!(task.await.expect("join").expect("session"), End::Shutdown);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_never_blocks_the_reader() {
+        let mut r = rig(10, DEFAULT_MAX_DATA_FRAME);
+        let p = payloads(100);
+        let (mut peer, task) = start(r.ctx.clone());
+        peer.write_all(&tapbus_testsupport::fstrm::unidirectional_bytes(
+            DNSTAP_CONTENT_TYPE,
+            &p,
+        ))
+        .await
+        .expect("write");
+        drop(peer);
+        assert_eq!(task.await.expect("join").expect("session"), End::Eof);
+        assert_eq!(drain(&mut r.rx).len(), 10);
+        assert_eq!(r.output.dropped_full.get(), 90);
+        assert_eq!(r.ctx.metrics.events.get(), 100);
+    }
+}
