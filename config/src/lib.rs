@@ -129,6 +129,9 @@ pub struct OutputConfig {
     #[serde(with = "humantime_serde")]
     pub stream_max_age: Option<Duration>,
     pub stream_max_msgs: Option<i64>,
+    /// NATS JetStream: copies of the stream when it is created, 1 (default) to 5; more than
+    /// 1 needs a JetStream cluster (R3 survives the loss of one server).
+    pub stream_replicas: Option<usize>,
     /// NATS JetStream: most publishes awaiting their ack at once (default 1024).
     pub ack_window: Option<usize>,
     /// Redis: "publish" (default; PUBLISH to the channel template), "list" (RPUSH to `key`,
@@ -201,6 +204,8 @@ pub struct JetStreamSpec {
     pub max_bytes: Option<i64>,
     pub max_age: Option<Duration>,
     pub max_msgs: Option<i64>,
+    /// `None`: the server's default (1).
+    pub replicas: Option<usize>,
     pub ack_window: usize,
 }
 
@@ -570,6 +575,7 @@ fn validate_output(name: &str, o: &OutputConfig) -> Result<OutputSpec, ConfigErr
         ("stream_max_bytes", o.stream_max_bytes.is_some()),
         ("stream_max_age", o.stream_max_age.is_some()),
         ("stream_max_msgs", o.stream_max_msgs.is_some()),
+        ("stream_replicas", o.stream_replicas.is_some()),
         ("ack_window", o.ack_window.is_some()),
     ] {
         only(field, set, &nats, "NATS")?;
@@ -665,6 +671,7 @@ fn validate_nats(
         ("stream_max_bytes", o.stream_max_bytes.is_some()),
         ("stream_max_age", o.stream_max_age.is_some()),
         ("stream_max_msgs", o.stream_max_msgs.is_some()),
+        ("stream_replicas", o.stream_replicas.is_some()),
         ("ack_window", o.ack_window.is_some()),
     ];
     let jetstream = if o.jetstream.unwrap_or(false) {
@@ -705,6 +712,12 @@ fn validate_nats(
                 "must be at least 1s",
             ));
         }
+        if o.stream_replicas.is_some_and(|r| !(1..=5).contains(&r)) {
+            return Err(invalid(
+                format!("{key}.stream_replicas"),
+                "must be between 1 and 5 (JetStream's limit)",
+            ));
+        }
         let ack_window = o.ack_window.unwrap_or(1024);
         if !(1..=1 << 20).contains(&ack_window) {
             return Err(invalid(
@@ -718,6 +731,7 @@ fn validate_nats(
             max_bytes: o.stream_max_bytes,
             max_age: o.stream_max_age,
             max_msgs: o.stream_max_msgs,
+            replicas: o.stream_replicas,
             ack_window,
         })
     } else {
@@ -962,6 +976,22 @@ mod tests {
         assert_eq!(js.stream, "DNSTAP");
         assert_eq!(js.subjects, vec!["dnstap.>".to_string()]);
         assert_eq!(js.ack_window, 1024);
+        assert_eq!(js.replicas, None);
+        let n = ok(&set(&|o| {
+            o.jetstream = Some(true);
+            o.stream_replicas = Some(3);
+        }));
+        assert_eq!(n.jetstream.expect("jetstream").replicas, Some(3));
+        let e = err_of(&set(&|o| {
+            o.jetstream = Some(true);
+            o.stream_replicas = Some(7);
+        }));
+        assert!(e.starts_with("outputs.nats.stream_replicas:"), "{e}");
+        let e = err_of(&set(&|o| o.stream_replicas = Some(3)));
+        assert!(
+            e.starts_with("outputs.nats.stream_replicas: needs jetstream"),
+            "{e}"
+        );
         let e = err_of(&set(&|o| {
             o.jetstream = Some(true);
             o.stream = Some("a.b".into());

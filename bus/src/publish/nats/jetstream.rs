@@ -40,6 +40,9 @@ async fn ensure_stream(
     if let Some(a) = js.max_age {
         config.max_age = a;
     }
+    if let Some(r) = js.replicas {
+        config.num_replicas = r;
+    }
     let mut delay = Duration::from_millis(250);
     loop {
         match ctx.get_or_create_stream(config.clone()).await {

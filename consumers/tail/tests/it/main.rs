@@ -436,19 +436,6 @@ fn redis_stream_sigkilled_consumer_entries_are_claimed_by_its_peer() {
 fn cluster_survives_a_killed_node() {
     let mut cluster = tapbus_testsupport::servers::NatsCluster::start(3);
     let urls = cluster.url_list();
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let client = async_nats::connect(urls.as_slice()).await.expect("connect");
-        let js = async_nats::jetstream::new(client);
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: "DNSTAP".into(),
-            subjects: vec!["dnstap.>".into()],
-            num_replicas: 3,
-            ..Default::default()
-        })
-        .await
-        .expect("R3 stream");
-    });
     let file = testdata::path("bulk-100k.fstrm");
     let mut broker = Command::new(broker_bin())
         .env(
@@ -458,6 +445,8 @@ fn cluster_survives_a_killed_node() {
         .env("TAPBUS_METRICS_LISTEN", "")
         .env("TAPBUS_OUTPUTS__JS__URL", cluster.urls())
         .env("TAPBUS_OUTPUTS__JS__JETSTREAM", "true")
+        // The broker creates the stream, replicated on all three nodes.
+        .env("TAPBUS_OUTPUTS__JS__STREAM_REPLICAS", "3")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -467,6 +456,17 @@ fn cluster_survives_a_killed_node() {
         broker.try_wait().expect("broker state").is_none(),
         "the replay should still be running when the node dies"
     );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let replicas = rt.block_on(async {
+        let client = async_nats::connect(urls.as_slice()).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let mut s = js
+            .get_stream("DNSTAP")
+            .await
+            .expect("the broker made the stream");
+        s.info().await.expect("stream info").config.num_replicas
+    });
+    assert_eq!(replicas, 3, "stream_replicas");
     // Any one of three nodes may die for an R3 stream.
     cluster.kill(1);
     let mut log = String::new();
