@@ -40,7 +40,7 @@ async fn ensure_stream(
     if let Some(a) = js.max_age {
         config.max_age = a;
     }
-    let mut delay = Duration::from_millis(250);
+    let mut delays = crate::backoff::Backoff::new(JS_MIN_BACKOFF, Duration::from_secs(10));
     loop {
         match ctx.get_or_create_stream(config.clone()).await {
             Ok(s) => {
@@ -48,18 +48,17 @@ async fn ensure_stream(
                 return true;
             }
             Err(e) => {
-                tracing::warn!(output = %name, stream = %js.stream, "JetStream stream not available: {e}; retrying in {delay:?}");
+                tracing::warn!(output = %name, stream = %js.stream, "JetStream stream not available: {e}; retrying in {:?}", delays.peek());
             }
         }
         // Wait, but notice shutdown.
-        let until = tokio::time::Instant::now() + delay;
+        let until = tokio::time::Instant::now() + delays.next_delay();
         while tokio::time::Instant::now() < until {
             if rx.is_closed() {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -143,7 +142,8 @@ struct Js<'a> {
     held: usize,
     retry: VecDeque<Pending>,
     retry_at: Instant,
-    backoff: Duration,
+    /// Delay before a re-send after a failure; reset by an acknowledgement.
+    backoff: crate::backoff::Backoff,
     /// Subjects the stream has acknowledged an event on.
     proven: std::collections::HashSet<Box<str>, rustc_hash::FxBuildHasher>,
     warned_refused: bool,
@@ -226,8 +226,7 @@ impl Js<'_> {
         }
         self.retry.extend(events);
         if backoff {
-            self.retry_at = Instant::now() + self.backoff;
-            self.backoff = (self.backoff * 2).min(JS_MAX_BACKOFF);
+            self.retry_at = Instant::now() + self.backoff.next_delay();
         }
     }
 
@@ -253,7 +252,7 @@ impl Js<'_> {
                     self.proven.insert(last.subject.as_str().into());
                 }
                 self.h.ok();
-                self.backoff = JS_MIN_BACKOFF;
+                self.backoff.reset();
             }
             Err(e) => {
                 self.h.fail("ack", &e);
@@ -354,7 +353,7 @@ pub(super) async fn run(
         held: 0,
         retry: VecDeque::new(),
         retry_at: Instant::now(),
-        backoff: JS_MIN_BACKOFF,
+        backoff: crate::backoff::Backoff::new(JS_MIN_BACKOFF, JS_MAX_BACKOFF),
         proven: Default::default(),
         warned_refused: false,
     };
