@@ -82,8 +82,12 @@ impl Backoff {
         self.upcoming
     }
 
-    /// After a success: the next delay is `min` (with jitter) again.
+    /// After a success: the next delay is `min` (with jitter) again. Cheap when nothing
+    /// failed since the last reset (subscribers call it for every message).
     pub fn reset(&mut self) {
+        if self.failures == 0 {
+            return;
+        }
         self.delays = self.builder.build();
         self.upcoming = Self::draw(&mut self.delays, self.max);
         self.failures = 0;
@@ -147,6 +151,10 @@ mod tests {
     #[test]
     fn peek_is_what_next_returns() {
         let mut b = Backoff::new(100 * MS, 10_000 * MS);
+        // A reset without a failure since changes nothing.
+        let p = b.peek();
+        b.reset();
+        assert_eq!(b.peek(), p);
         for _ in 0..20 {
             let p = b.peek();
             assert_eq!(b.next(), Some(p));
