@@ -22,7 +22,6 @@ pub mod session;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use tapbus_config::BrokerSettings;
 use tokio::sync::Semaphore;
@@ -50,9 +49,6 @@ pub enum StartError {
     #[error("{0}")]
     Http(String),
 }
-
-/// How long the outputs get, together, to drain at shutdown.
-const OUTPUT_DRAIN: Duration = Duration::from_secs(20);
 
 /// Runs the broker until `shutdown` is cancelled or, with only file inputs, until every
 /// file is published. Outputs are drained before it returns.
@@ -145,7 +141,7 @@ pub async fn run(
     // Each output drains what it holds within its own bounds; one that cannot (its bus is
     // down) is stopped at the deadline and whatever it had not settled is counted as
     // dropped at shutdown, so published + dropped == events for every output.
-    let deadline = tokio::time::Instant::now() + OUTPUT_DRAIN;
+    let deadline = tokio::time::Instant::now() + settings.drain_timeout;
     for (name, m, mut task) in egress {
         if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
             task.abort();

@@ -8,7 +8,9 @@
 //! * [`subscribe`]: bus --> consumer, with ack handles.
 //! * [`input`]: a consumer's validated `[input]` to a running subscriber.
 //! * [`metrics`]: the publishing side's counters.
+//! * [`backoff`]: reconnect and retry delays (backon), shared by all of them.
 
+pub mod backoff;
 pub mod connect;
 pub mod input;
 pub mod metrics;

@@ -63,6 +63,11 @@ pub struct BrokerConfig {
     pub handshake_timeout: Duration,
     /// The HTTP endpoint for `/metrics` (Prometheus text) and `/health`; empty disables it.
     pub metrics_listen: String,
+    /// At shutdown: how long the outputs get, together, to send and have confirmed what they
+    /// hold; an output still busy then is stopped and its unsettled events are counted as
+    /// dropped (default 20s).
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -74,9 +79,15 @@ impl Default for BrokerConfig {
             max_connections: 1024,
             handshake_timeout: Duration::from_secs(10),
             metrics_listen: "127.0.0.1:9634".into(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }
+
+/// Default of [`BrokerConfig::drain_timeout`].
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default of [`OutputConfig::marker_timeout`].
+pub const DEFAULT_MARKER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One dnstap input.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -134,6 +145,10 @@ pub struct OutputConfig {
     pub stream_replicas: Option<usize>,
     /// NATS JetStream: most publishes awaiting their ack at once (default 1024).
     pub ack_window: Option<usize>,
+    /// NATS core: how long the marker closing a window may take to come back through the
+    /// output's inbox before the window's events are sent again (default 10s).
+    #[serde(with = "humantime_serde")]
+    pub marker_timeout: Option<Duration>,
     /// Redis: "publish" (default; PUBLISH to the channel template), "list" (RPUSH to `key`,
     /// capped at `max_len`) or "stream" (XADD to `key` with MAXLEN ~ `max_len`, field `data`).
     pub mode: Option<String>,
@@ -216,6 +231,8 @@ pub struct NatsSpec {
     pub subject: Template,
     /// `Some` to publish through JetStream.
     pub jetstream: Option<JetStreamSpec>,
+    /// NATS core: a window whose marker has not come back after this long is sent again.
+    pub marker_timeout: Duration,
 }
 
 /// Validated MQTT output.
@@ -269,6 +286,8 @@ pub struct BrokerSettings {
     pub max_connections: usize,
     pub handshake_timeout: Duration,
     pub metrics_listen: Option<SocketAddr>,
+    /// Shared deadline for the outputs to drain at shutdown.
+    pub drain_timeout: Duration,
 }
 
 /// Environment variable prefix: `TAPBUS_MAX_FRAME_SIZE`, `TAPBUS_OUTPUTS__NATS__URL`, ...
@@ -349,6 +368,9 @@ impl BrokerConfig {
         if self.handshake_timeout.is_zero() {
             return Err(invalid("handshake_timeout", "must be more than 0"));
         }
+        if self.drain_timeout.is_zero() {
+            return Err(invalid("drain_timeout", "must be more than 0"));
+        }
         let metrics_listen = if self.metrics_listen.is_empty() {
             None
         } else {
@@ -383,6 +405,7 @@ impl BrokerConfig {
             max_connections: self.max_connections,
             handshake_timeout: self.handshake_timeout,
             metrics_listen,
+            drain_timeout: self.drain_timeout,
         })
     }
 }
@@ -577,6 +600,7 @@ fn validate_output(name: &str, o: &OutputConfig) -> Result<OutputSpec, ConfigErr
         ("stream_max_msgs", o.stream_max_msgs.is_some()),
         ("stream_replicas", o.stream_replicas.is_some()),
         ("ack_window", o.ack_window.is_some()),
+        ("marker_timeout", o.marker_timeout.is_some()),
     ] {
         only(field, set, &nats, "NATS")?;
     }
@@ -740,10 +764,24 @@ fn validate_nats(
         }
         None
     };
+    if jetstream.is_some() && o.marker_timeout.is_some() {
+        return Err(invalid(
+            format!("{key}.marker_timeout"),
+            "only applies to NATS core outputs (JetStream confirms with PubAcks)",
+        ));
+    }
+    let marker_timeout = o.marker_timeout.unwrap_or(DEFAULT_MARKER_TIMEOUT);
+    if marker_timeout < Duration::from_millis(100) {
+        return Err(invalid(
+            format!("{key}.marker_timeout"),
+            "must be at least 100ms",
+        ));
+    }
     Ok(NatsSpec {
         connect,
         subject,
         jetstream,
+        marker_timeout,
     })
 }
 
@@ -907,6 +945,82 @@ mod tests {
         c.add_input_url("tcp://127.0.0.1:1");
         c.metrics_listen = "nope".into();
         assert!(err_of(&c).starts_with("metrics_listen:"));
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn drain_and_marker_timeouts() {
+        // Defaults.
+        let mut c = BrokerConfig::default();
+        c.add_input_url("tcp://127.0.0.1:6000");
+        c.add_output_url("nats://127.0.0.1:4222");
+        c.add_output_url("stdout");
+        let s = c.validate().expect("valid");
+        assert_eq!(s.drain_timeout, Duration::from_secs(20));
+        let nats = |s: &BrokerSettings| match &s.outputs[0].kind {
+            OutputKind::Nats(n) => n.marker_timeout,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(nats(&s), Duration::from_secs(10));
+        // From a file and the environment, in humantime.
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "t.toml",
+                "drain_timeout = \"45s\"\n[inputs.a]\nurl = \"tcp://127.0.0.1:1\"\n\
+                 [outputs.n]\nurl = \"nats://127.0.0.1:4222\"\nmarker_timeout = \"2500ms\"\n",
+            )?;
+            let c: BrokerConfig = load(Some(Path::new("t.toml")), BrokerConfig::default())
+                .map_err(|e| e.to_string())?;
+            let s = c.validate().map_err(|e| e.to_string())?;
+            assert_eq!(s.drain_timeout, Duration::from_secs(45));
+            assert_eq!(nats(&s), Duration::from_millis(2500));
+            jail.set_env("TAPBUS_DRAIN_TIMEOUT", "1m");
+            let c: BrokerConfig = load(Some(Path::new("t.toml")), BrokerConfig::default())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.drain_timeout, Duration::from_secs(60));
+            jail.set_env("TAPBUS_DRAIN_TIMEOUT", "soon");
+            let e = load(Some(Path::new("t.toml")), BrokerConfig::default())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            // figment names the variable: `key "DRAIN_TIMEOUT" in TAPBUS_ ...`.
+            assert!(e.to_lowercase().contains("drain_timeout"), "{e}");
+            Ok(())
+        });
+        // Bad values and misplaced keys are named.
+        c.drain_timeout = Duration::ZERO;
+        assert!(err_of(&c).starts_with("drain_timeout:"), "{}", err_of(&c));
+        c.drain_timeout = DEFAULT_DRAIN_TIMEOUT;
+        let set = |c: &mut BrokerConfig, out: &str, d: Duration| {
+            if let Some(o) = c.outputs.get_mut(out) {
+                o.marker_timeout = Some(d);
+            }
+        };
+        set(&mut c, "nats", Duration::from_millis(10));
+        assert!(
+            err_of(&c).starts_with("outputs.nats.marker_timeout: must be at least 100ms"),
+            "{}",
+            err_of(&c)
+        );
+        set(&mut c, "nats", Duration::from_secs(3));
+        if let Some(o) = c.outputs.get_mut("nats") {
+            o.jetstream = Some(true);
+        }
+        assert!(
+            err_of(&c).starts_with("outputs.nats.marker_timeout: only applies to NATS core"),
+            "{}",
+            err_of(&c)
+        );
+        if let Some(o) = c.outputs.get_mut("nats") {
+            o.jetstream = None;
+            o.marker_timeout = None;
+        }
+        set(&mut c, "stdout", Duration::from_secs(3));
+        assert!(
+            err_of(&c).starts_with("outputs.stdout.marker_timeout: only applies to NATS"),
+            "{}",
+            err_of(&c)
+        );
     }
 
     #[test]

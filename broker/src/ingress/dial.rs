@@ -1,10 +1,12 @@
 //! `dial+tcp://HOST:PORT`, `dial+unix:///path`: connect out to a sender that listens, such
 //! as CoreDNS `dnstap listen`. tapbus stays the Frame Streams reader (the sender still
-//! sends READY first); on any end or failure it reconnects with exponential backoff.
+//! sends READY first); on any end or failure it reconnects with exponential backoff
+//! (`reconnect_min` doubling to `reconnect_max`, with jitter: [`tapbus_bus::backoff`]).
 
 use std::future::Future;
 use std::path::PathBuf;
 
+use tapbus_bus::backoff::Backoff as Delays;
 use tapbus_config::Backoff;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
@@ -44,7 +46,7 @@ async fn dial_loop<S, F, Fut>(
     F: Fn() -> Fut,
     Fut: Future<Output = std::io::Result<S>>,
 {
-    let mut delay = b.min;
+    let mut delays = Delays::new(b.min, b.max);
     loop {
         let attempt = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -58,19 +60,20 @@ async fn dial_loop<S, F, Fut>(
                     return;
                 }
                 // A session that got going resets the backoff.
-                delay = b.min;
+                delays.reset();
             }
             Ok(Err(e)) => {
+                let delay = delays.peek();
                 tracing::debug!(input = %im.name, %peer, "connect failed: {e}; retrying in {delay:?}");
             }
             Err(_) => {
+                let delay = delays.peek();
                 tracing::debug!(input = %im.name, %peer, "connect timed out; retrying in {delay:?}")
             }
         }
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(delays.next_delay()) => {}
         }
-        delay = (delay * 2).min(b.max);
     }
 }

@@ -69,22 +69,17 @@ pub fn start(
 }
 
 /// A group by number or by name (from /etc/group).
+/// A group by number or name. Names go through the C library's `getgrnam_r` (nix), so
+/// every NSS source (`files`, LDAP, sssd, systemd) answers, as for `chgrp`.
 fn lookup_group(g: &str) -> Result<u32, String> {
     if let Ok(n) = g.parse() {
         return Ok(n);
     }
-    let groups = std::fs::read_to_string("/etc/group")
-        .map_err(|e| format!("cannot read /etc/group: {e}"))?;
-    groups
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            let gid = f.nth(1)?.parse().ok()?;
-            (name == g).then_some(gid)
-        })
-        .next()
-        .ok_or_else(|| format!("socket_group: no group named {g:?}"))
+    match nix::unistd::Group::from_name(g) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(format!("socket_group: no group named {g:?}")),
+        Err(e) => Err(format!("socket_group: cannot look up group {g:?}: {e}")),
+    }
 }
 
 #[cfg(test)]
@@ -93,6 +88,10 @@ mod tests {
     fn groups() {
         assert_eq!(super::lookup_group("0"), Ok(0));
         assert_eq!(super::lookup_group("root"), Ok(0));
-        assert!(super::lookup_group("no-such-group-xyz").is_err());
+        let e = super::lookup_group("no-such-group-xyz").expect_err("unknown group");
+        assert!(e.contains("\"no-such-group-xyz\""), "{e}");
+        // Not a valid C string: no such group, never a panic.
+        let e = super::lookup_group("a\0b").expect_err("NUL in the name");
+        assert!(e.contains("socket_group"), "{e}");
     }
 }

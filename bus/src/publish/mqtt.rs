@@ -4,7 +4,8 @@
 //! rumqttc splits a connection into a client (a bounded request channel) and an event loop
 //! that does the network work. The event loop runs in its own task and is polled without
 //! pause; its errors are not fatal: it logs the state change, sets `tapbus_output_up`, backs
-//! off (100 ms doubling to 5 s) and polls again, which reconnects. While the connection is
+//! off (100 ms doubling to 5 s, with jitter: [`crate::backoff`]) and polls again, which
+//! reconnects. While the connection is
 //! down, `publish` waits for room in the client's channel; meanwhile our bounded queue fills
 //! and the fan-out drops and counts, so socket reads never wait for MQTT.
 //!
@@ -34,6 +35,7 @@ use tapbus_proto::subject::Template;
 use tokio::time::Instant;
 
 use super::Queue;
+use crate::backoff::Backoff;
 use crate::connect::mqtt as connect;
 use crate::metrics::PublishMetrics;
 
@@ -69,7 +71,7 @@ pub async fn run(name: String, spec: MqttSpec, mut rx: Queue, m: PublishMetrics)
         m: m.clone(),
         shared: shared.clone(),
         state: LinkState::Starting,
-        backoff: BACKOFF_MIN,
+        backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
         warned_refused: false,
     };
     let (client, mut driver) = if c.version == 5 {
@@ -209,14 +211,14 @@ struct Link {
     m: PublishMetrics,
     shared: Arc<Shared>,
     state: LinkState,
-    backoff: Duration,
+    backoff: Backoff,
     warned_refused: bool,
 }
 
 impl Link {
     fn connected(&mut self, server_max_packet: Option<u32>) {
         self.m.up.set(1);
-        self.backoff = BACKOFF_MIN;
+        self.backoff.reset();
         if self.state != LinkState::Up {
             tracing::info!(output = %self.name, addr = %self.addr, "MQTT connected");
         }
@@ -268,8 +270,7 @@ impl Link {
             LinkState::Down => tracing::debug!(output = %self.name, "MQTT reconnect failed: {e}"),
         }
         self.state = LinkState::Down;
-        tokio::time::sleep(self.backoff).await;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(self.backoff.next_delay()).await;
     }
 }
 

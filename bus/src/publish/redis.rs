@@ -25,11 +25,15 @@ use tapbus_proto::event::Summary;
 use tapbus_proto::subject::Template;
 
 use super::{Message as Event, Queue as EventRx};
+use crate::backoff::Backoff;
 use crate::metrics::PublishMetrics;
 
 const BATCH: usize = 512;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Failures in a row after which the connection manager is replaced: by then the backoff
+/// has reached `MAX_BACKOFF` (100 ms doubling: six failed exchanges, about 6 s).
+const RENEW_AFTER_FAILURES: u32 = 6;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -112,7 +116,7 @@ pub async fn run(name: String, spec: RedisSpec, mut rx: EventRx, m: PublishMetri
                 }
             }
             // Down and idle: probe now and then, so `up` recovers without traffic.
-            _ = tokio::time::sleep(link.backoff), if !link.is_up() && inflight.is_empty() && failed.is_empty() && !closed => {
+            _ = tokio::time::sleep(link.backoff.peek()), if !link.is_up() && inflight.is_empty() && failed.is_empty() && !closed => {
                 link.probe().await;
             }
             n = rx.recv_many(&mut batch, BATCH), if !closed && failed.is_empty() && inflight.len() < MAX_PIPELINES => {
@@ -172,7 +176,8 @@ struct Link {
     m: PublishMetrics,
     /// None before the first outcome; then whether the last exchange succeeded.
     healthy: Option<bool>,
-    backoff: Duration,
+    /// Delays after failed exchanges (also paces the idle probe); reset by a success.
+    backoff: Backoff,
 }
 
 impl Link {
@@ -185,7 +190,7 @@ impl Link {
             con,
             m,
             healthy: None,
-            backoff: MIN_BACKOFF,
+            backoff: Backoff::new(MIN_BACKOFF, MAX_BACKOFF),
         })
     }
 
@@ -223,7 +228,7 @@ impl Link {
                     None => tracing::info!(output = %self.name, "Redis connected"),
                 }
                 self.healthy = Some(true);
-                self.backoff = MIN_BACKOFF;
+                self.backoff.reset();
                 self.m.up.set(1);
                 Ok(())
             }
@@ -237,14 +242,12 @@ impl Link {
                 self.m.up.set(0);
                 // The manager reconnects only after I/O errors; a connection that failed
                 // otherwise (AUTH, handshake) stays failed. Start afresh when errors persist.
-                if self.backoff >= MAX_BACKOFF
+                if self.backoff.failures() >= RENEW_AFTER_FAILURES
                     && let Ok(con) = Self::manager(&self.client)
                 {
                     self.con = con;
                 }
-                let wait = self.backoff;
-                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-                Err(wait)
+                Err(self.backoff.next_delay())
             }
         }
     }

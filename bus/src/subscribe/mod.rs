@@ -304,12 +304,6 @@ impl LinkState {
 }
 
 /// Reconnect delays: 100 ms doubling to 5 s, with jitter, forever.
-fn backoff() -> impl Iterator<Item = Duration> + Send + Sync {
-    use backon::BackoffBuilder;
-    backon::ExponentialBuilder::new()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-        .build()
+fn backoff() -> crate::backoff::Backoff {
+    crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
 }

@@ -355,7 +355,7 @@ struct Core {
     permits: Arc<Semaphore>,
     held: Option<OwnedSemaphorePermit>,
     tx: mpsc::Sender<Result<Delivery, SubscribeError>>,
-    delays: Box<dyn Iterator<Item = Duration> + Send>,
+    delays: crate::backoff::Backoff,
     need_subscribe: bool,
 }
 
@@ -379,7 +379,7 @@ impl Core {
             permits: Arc::new(Semaphore::new(spec.max_pending)),
             held: None,
             tx,
-            delays: Box::new(backoff()),
+            delays: backoff(),
             need_subscribe: false,
         };
         (core, rx, connected)
@@ -409,7 +409,7 @@ impl Core {
 
     fn connected(&mut self, session_present: bool) {
         self.link.up();
-        self.delays = Box::new(backoff());
+        self.delays.reset();
         if !session_present {
             self.need_subscribe = true;
         }
@@ -479,7 +479,7 @@ impl Core {
         if dropped > 0 {
             tracing::debug!(target: "tapbus_bus::subscribe", "{}: {dropped} unacked messages of the lost connection will not be acked", self.link.what);
         }
-        let d = self.delays.next().unwrap_or(Duration::from_secs(5));
+        let d = self.delays.next_delay();
         tokio::select! {
             () = tokio::time::sleep(d) => {}
             () = self.tx.closed() => {}

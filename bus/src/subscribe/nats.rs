@@ -211,7 +211,7 @@ pub struct JetStreamSubscriber {
     what: String,
     connected: watch::Receiver<bool>,
     _watcher: AbortOnDrop,
-    delays: Box<dyn Iterator<Item = Duration> + Send + Sync>,
+    delays: crate::backoff::Backoff,
 }
 
 impl std::fmt::Debug for JetStreamSubscriber {
@@ -288,7 +288,7 @@ impl JetStreamSubscriber {
             what,
             connected,
             _watcher: watcher,
-            delays: Box::new(backoff()),
+            delays: backoff(),
         })
     }
 
@@ -300,7 +300,7 @@ impl JetStreamSubscriber {
         loop {
             match self.messages.next().await {
                 Some(Ok(m)) => {
-                    self.delays = Box::new(backoff());
+                    self.delays.reset();
                     return delivery(m);
                 }
                 Some(Err(e)) => match e.kind() {
@@ -309,7 +309,7 @@ impl JetStreamSubscriber {
                     }
                     K::MissingHeartbeat | K::Pull | K::NoResponders | K::Other => {
                         tracing::warn!(target: "tapbus_bus::subscribe", "{}: {e}; retrying", self.what);
-                        let d = self.delays.next().unwrap_or(Duration::from_secs(5));
+                        let d = self.delays.next_delay();
                         tokio::time::sleep(d).await;
                     }
                 },

@@ -49,7 +49,7 @@ pub struct RedisPubSubSubscriber {
     spec: RedisPubSubSpec,
     stream: Option<redis::aio::PubSubStream>,
     link: LinkState,
-    delays: Box<dyn Iterator<Item = Duration> + Send + Sync>,
+    delays: crate::backoff::Backoff,
     /// The next connect waits this long first (after a failure).
     wait: Option<Duration>,
 }
@@ -81,7 +81,7 @@ impl RedisPubSubSubscriber {
             spec: spec.clone(),
             stream: None,
             link: LinkState::new(what),
-            delays: Box::new(backoff()),
+            delays: backoff(),
             wait: None,
         };
         match s.subscribe().await {
@@ -115,11 +115,11 @@ impl RedisPubSubSubscriber {
                     Ok(st) => {
                         self.stream = Some(st);
                         self.link.up();
-                        self.delays = Box::new(backoff());
+                        self.delays.reset();
                     }
                     Err(e) => {
                         self.link.down(&e);
-                        self.wait = Some(self.delays.next().unwrap_or(Duration::from_secs(5)));
+                        self.wait = Some(self.delays.next_delay());
                     }
                 }
                 continue;
@@ -137,7 +137,7 @@ impl RedisPubSubSubscriber {
                 None => {
                     self.stream = None;
                     self.link.down("connection closed");
-                    self.wait = Some(self.delays.next().unwrap_or(Duration::from_secs(5)));
+                    self.wait = Some(self.delays.next_delay());
                 }
             }
         }

@@ -145,7 +145,7 @@ pub struct RedisStreamSubscriber {
     claim_cursor: Option<String>,
     next_claim: Instant,
     link: LinkState,
-    delays: Box<dyn Iterator<Item = Duration> + Send + Sync>,
+    delays: crate::backoff::Backoff,
     wait: Option<Duration>,
 }
 
@@ -191,7 +191,7 @@ impl RedisStreamSubscriber {
             claim_cursor: None,
             next_claim: Instant::now() + spec.claim_interval,
             link: LinkState::new(what),
-            delays: Box::new(backoff()),
+            delays: backoff(),
             wait: None,
         };
         s.connect().await?;
@@ -228,7 +228,7 @@ impl RedisStreamSubscriber {
         self.reader = Some(con);
         self.own_from = Some("0".into());
         self.link.up();
-        self.delays = Box::new(backoff());
+        self.delays.reset();
         Ok(())
     }
 
@@ -284,7 +284,7 @@ impl RedisStreamSubscriber {
     fn failed(&mut self, e: &redis::RedisError) {
         self.reader = None;
         self.link.down(e);
-        self.wait = Some(self.delays.next().unwrap_or(Duration::from_secs(5)));
+        self.wait = Some(self.delays.next_delay());
     }
 
     /// One read: own pending entries, a claim round, or new entries; queues deliveries.
@@ -507,7 +507,7 @@ impl StreamAck {
                 Ok(_) => return Ok(()),
                 Err(e) if attempt < ACK_ATTEMPTS && retryable(&e) => {
                     attempt += 1;
-                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
+                    tokio::time::sleep(delays.next_delay()).await;
                 }
                 Err(e) => return Err(e.into()),
             }

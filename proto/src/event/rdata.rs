@@ -115,69 +115,31 @@ fn sp(out: &mut Vec<u8>) {
     out.push(b' ');
 }
 
+/// Appends `b` encoded with `enc` (data-encoding) to `out`, in place: no intermediate
+/// `String`.
+fn encode_into(enc: &data_encoding::Encoding, out: &mut Vec<u8>, b: &[u8]) {
+    let start = out.len();
+    out.resize(start + enc.encode_len(b.len()), 0);
+    enc.encode_mut(b, &mut out[start..]);
+}
+
 pub(super) fn hex_lower(out: &mut Vec<u8>, b: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.reserve(b.len() * 2);
-    for &c in b {
-        out.push(HEX[usize::from(c >> 4)]);
-        out.push(HEX[usize::from(c & 0xF)]);
-    }
+    encode_into(&data_encoding::HEXLOWER, out, b);
 }
 
 fn hex_upper(out: &mut Vec<u8>, b: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    out.reserve(b.len() * 2);
-    for &c in b {
-        out.push(HEX[usize::from(c >> 4)]);
-        out.push(HEX[usize::from(c & 0xF)]);
-    }
+    encode_into(&data_encoding::HEXUPPER, out, b);
 }
 
 /// Standard base64 with padding (RFC 4648 section 4); `/` and `+` need no JSON escaping.
 fn base64(out: &mut Vec<u8>, b: &[u8]) {
-    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    out.reserve(b.len().div_ceil(3) * 4);
-    let mut chunks = b.chunks_exact(3);
-    for c in &mut chunks {
-        let v = (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]);
-        for shift in [18, 12, 6, 0] {
-            out.push(B64[((v >> shift) & 63) as usize]);
-        }
-    }
-    match *chunks.remainder() {
-        [a] => {
-            let v = u32::from(a) << 16;
-            out.push(B64[((v >> 18) & 63) as usize]);
-            out.push(B64[((v >> 12) & 63) as usize]);
-            out.extend_from_slice(b"==");
-        }
-        [a, b] => {
-            let v = (u32::from(a) << 16) | (u32::from(b) << 8);
-            out.push(B64[((v >> 18) & 63) as usize]);
-            out.push(B64[((v >> 12) & 63) as usize]);
-            out.push(B64[((v >> 6) & 63) as usize]);
-            out.push(b'=');
-        }
-        _ => {}
-    }
+    encode_into(&data_encoding::BASE64, out, b);
 }
 
-/// base32hex without padding, upper case (RFC 4648 section 7, as NSEC3 uses it).
+/// base32hex without padding, upper case (RFC 4648 section 7, as NSEC3 uses it and as BIND
+/// and miekg/dns print it).
 fn base32hex(out: &mut Vec<u8>, b: &[u8]) {
-    const B32: &[u8; 32] = b"0123456789ABCDEFGHIJKLMNOPQRSTUV";
-    let mut acc: u64 = 0;
-    let mut bits = 0u32;
-    for &c in b {
-        acc = (acc << 8) | u64::from(c);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(B32[((acc >> bits) & 31) as usize]);
-        }
-    }
-    if bits > 0 {
-        out.push(B32[((acc << (5 - bits)) & 31) as usize]);
-    }
+    encode_into(&data_encoding::BASE32HEX_NOPAD, out, b);
 }
 
 fn type_text(out: &mut Vec<u8>, t: u16) {
@@ -796,6 +758,20 @@ mod tests {
             base32hex(&mut out, input);
             assert_eq!(out, b32.as_bytes());
         }
+        out.clear();
+        hex_lower(&mut out, b"\x00\x0f\xab\xff");
+        assert_eq!(out, b"000fabff");
+        out.clear();
+        hex_upper(&mut out, b"\x00\x0f\xab\xff");
+        assert_eq!(out, b"000FABFF");
+        // Appends after what the buffer holds.
+        out.clear();
+        out.extend_from_slice(b"x ");
+        base64(&mut out, b"fo");
+        hex_upper(&mut out, b"");
+        base32hex(&mut out, b"f");
+        hex_lower(&mut out, b"\x01");
+        assert_eq!(out, b"x Zm8=CO01");
     }
 
     #[test]

@@ -51,6 +51,9 @@ struct Core<'a> {
     last_connects: u64,
     /// At most this many unconfirmed events are held (the output's queue size).
     max_held: usize,
+    /// A window whose marker has not come back after this long on an intact connection is
+    /// taken as delivered (`outputs.NAME.marker_timeout`).
+    marker_timeout: Duration,
 }
 
 impl<'a> Core<'a> {
@@ -167,7 +170,7 @@ impl<'a> Core<'a> {
                 if let Some(w) = self.sent.pop_front() {
                     self.resend(w).await;
                 }
-            } else if w.on.matches(now) && w.opened.elapsed() >= MARKER_TIMEOUT {
+            } else if w.on.matches(now) && w.opened.elapsed() >= self.marker_timeout {
                 if !self.warned_unconfirmed {
                     self.warned_unconfirmed = true;
                     tracing::warn!(output = %self.name, inbox = %self.inbox, "NATS did not echo the delivery marker on an intact connection (may this user publish and subscribe to _INBOX.>?); counting such windows as published");
@@ -222,13 +225,13 @@ impl<'a> Core<'a> {
 pub(super) const WINDOW: usize = 256;
 /// A window is closed after this long even if not full, so slow streams are confirmed too.
 const WINDOW_AGE: Duration = Duration::from_millis(20);
-const MARKER_TIMEOUT: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(50);
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
 pub(super) async fn run(
     name: &str,
     client: &async_nats::Client,
+    marker_timeout: Duration,
     mut subjects: SubjectCache,
     rx: &mut Queue,
     m: &PublishMetrics,
@@ -258,6 +261,7 @@ pub(super) async fn run(
         // Unconfirmed events held for a re-send: as many as the queue holds. When full, the
         // output stops taking events, its queue fills, and the fan-out drops and counts.
         max_held: rx.max_capacity().max(WINDOW),
+        marker_timeout,
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

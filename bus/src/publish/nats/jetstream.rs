@@ -43,7 +43,7 @@ async fn ensure_stream(
     if let Some(r) = js.replicas {
         config.num_replicas = r;
     }
-    let mut delay = Duration::from_millis(250);
+    let mut delays = crate::backoff::Backoff::new(JS_MIN_BACKOFF, Duration::from_secs(10));
     loop {
         match ctx.get_or_create_stream(config.clone()).await {
             Ok(s) => {
@@ -51,18 +51,17 @@ async fn ensure_stream(
                 return true;
             }
             Err(e) => {
-                tracing::warn!(output = %name, stream = %js.stream, "JetStream stream not available: {e}; retrying in {delay:?}");
+                tracing::warn!(output = %name, stream = %js.stream, "JetStream stream not available: {e}; retrying in {:?}", delays.peek());
             }
         }
         // Wait, but notice shutdown.
-        let until = tokio::time::Instant::now() + delay;
+        let until = tokio::time::Instant::now() + delays.next_delay();
         while tokio::time::Instant::now() < until {
             if rx.is_closed() {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -146,7 +145,8 @@ struct Js<'a> {
     held: usize,
     retry: VecDeque<Pending>,
     retry_at: Instant,
-    backoff: Duration,
+    /// Delay before a re-send after a failure; reset by an acknowledgement.
+    backoff: crate::backoff::Backoff,
     /// Subjects the stream has acknowledged an event on.
     proven: std::collections::HashSet<Box<str>, rustc_hash::FxBuildHasher>,
     warned_refused: bool,
@@ -229,8 +229,7 @@ impl Js<'_> {
         }
         self.retry.extend(events);
         if backoff {
-            self.retry_at = Instant::now() + self.backoff;
-            self.backoff = (self.backoff * 2).min(JS_MAX_BACKOFF);
+            self.retry_at = Instant::now() + self.backoff.next_delay();
         }
     }
 
@@ -256,7 +255,7 @@ impl Js<'_> {
                     self.proven.insert(last.subject.as_str().into());
                 }
                 self.h.ok();
-                self.backoff = JS_MIN_BACKOFF;
+                self.backoff.reset();
             }
             Err(e) => {
                 self.h.fail("ack", &e);
@@ -357,7 +356,7 @@ pub(super) async fn run(
         held: 0,
         retry: VecDeque::new(),
         retry_at: Instant::now(),
-        backoff: JS_MIN_BACKOFF,
+        backoff: crate::backoff::Backoff::new(JS_MIN_BACKOFF, JS_MAX_BACKOFF),
         proven: Default::default(),
         warned_refused: false,
     };

@@ -77,7 +77,7 @@ pub async fn run(name: String, spec: NatsSpec, mut rx: Queue, m: PublishMetrics)
     };
     let subjects = SubjectCache::new(spec.subject.clone());
     match &spec.jetstream {
-        None => core::run(&name, &client, subjects, &mut rx, &m).await,
+        None => core::run(&name, &client, spec.marker_timeout, subjects, &mut rx, &m).await,
         Some(js) => jetstream::run(&name, &client, js, subjects, &mut rx, &m).await,
     }
     // Queue closed: hand everything buffered to the server before exiting.
