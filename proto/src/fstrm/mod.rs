@@ -60,6 +60,9 @@
 //! * `codec.rs`: bytes -> frames, the [`FrameDecoder`] codec and its [`FrameError`]s.
 //! * `handshake.rs`: frames -> handshake -> data frames, the [`ReaderHandshake`] state machine.
 //! * `replay.rs`: the whole arrow for an in-memory stream, [`decode_all`].
+//!
+//! The tests that read the repository's test data (malformed inputs, real captures) are in
+//! `proto/tests/it/fstrm.rs`; the in-memory ones sit beside the code they test.
 
 mod codec;
 mod frame;
