@@ -4,6 +4,8 @@
 //! * [`differential`]: every capture is split with `fstrm::decode_all`, every data frame is
 //!   encoded with `event::encode`, and each event is compared field by field with the output
 //!   of an independent decoder (golang-dnstap + miekg/dns, `X.expected.jsonl`).
+//! * [`fstrm`]: Frame Streams framing and handshake over the broken inputs in `malformed/`
+//!   (exact frames, steps and errors, every chunk size) and over the captures.
 //! * [`malformed`]: the hand-built broken inputs in `malformed/`.
 //! * [`edns`]: EDNS details (ECS, EDE, BADVERS) decoded from real traffic.
 //! * [`hickory`]: every DNS message also parsed by hickory-proto, a second oracle.
@@ -12,6 +14,7 @@
 
 mod differential;
 mod edns;
+mod fstrm;
 mod golden;
 mod hickory;
 mod malformed;
@@ -22,7 +25,7 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use serde_json::Value;
 use tapbus_proto::event::{self, EventError, Summary};
-use tapbus_proto::fstrm::{self, DEFAULT_MAX_DATA_FRAME, Frame};
+use tapbus_proto::fstrm::{DEFAULT_MAX_DATA_FRAME, Frame, decode_all};
 
 /// A test-data file (`testdata/dnstap/NAME` in the repository; see its `MANIFEST.md`).
 pub fn testdata(name: &str) -> PathBuf {
@@ -36,7 +39,7 @@ pub fn read(path: &Path) -> Vec<u8> {
 /// The data frames of a capture file, in order, and the reader's verdict on the stream.
 pub fn data_frames(path: &Path) -> (Vec<Bytes>, Result<(), String>) {
     let bytes = read(path);
-    let (frames, result) = fstrm::decode_all(&bytes, DEFAULT_MAX_DATA_FRAME);
+    let (frames, result) = decode_all(&bytes, DEFAULT_MAX_DATA_FRAME);
     let data = frames
         .into_iter()
         .filter_map(|f| match f {
