@@ -148,17 +148,13 @@ mod tests {
     use tapbus_proto::event::Summary;
 
     fn event(json: &str) -> Event {
-        Event {
-            payload: Bytes::from(json.to_owned()),
-            summary: Summary {
-                identity: Bytes::new(),
+        Event::event(
+            Bytes::from(json.to_owned()),
+            Summary {
                 operation: 5,
-                protocol: None,
-                qtype: None,
-                rcode: None,
-                malformed_dns: false,
+                ..Summary::default()
             },
-        }
+        )
     }
 
     fn op(operation: &str) -> Event {

@@ -231,10 +231,7 @@ impl State {
                     self.json.reserve(JSON_CHUNK.max(self.out.len()));
                 }
                 self.json.extend_from_slice(&self.out);
-                Some(Event {
-                    payload: self.json.split().freeze(),
-                    summary,
-                })
+                Some(Event::event(self.json.split().freeze(), summary))
             }
             Err(e) => {
                 ctx.metrics.malformed(e.reason());

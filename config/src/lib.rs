@@ -562,7 +562,30 @@ fn validate_input(key: &str, i: &InputConfig) -> Result<InputSpec, ConfigError> 
 }
 
 fn validate_output(name: &str, o: &OutputConfig) -> Result<OutputSpec, ConfigError> {
-    let key = format!("outputs.{name}");
+    validate_output_at(&format!("outputs.{name}"), name, o)
+}
+
+impl OutputConfig {
+    /// Checks one output as a consumer's publishing side (`tapbus-reduce --output URL`):
+    /// errors name keys under `key` (e.g. `output.url`); `name` labels its metrics.
+    pub fn validate(&self, key: &str, name: &str) -> Result<OutputSpec, ConfigError> {
+        validate_output_at(key, name, self)
+    }
+
+    /// An output from a URL alone (the `--output URL` shorthand).
+    pub fn from_url(url: &str) -> OutputConfig {
+        OutputConfig {
+            connect: ConnectConfig {
+                url: url.to_string(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+}
+
+fn validate_output_at(key: &str, name: &str, o: &OutputConfig) -> Result<OutputSpec, ConfigError> {
+    let key = key.to_string();
     let url = o.connect.url.trim();
     let queue = o.queue.unwrap_or(16384);
     if queue == 0 {

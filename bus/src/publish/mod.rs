@@ -12,7 +12,10 @@
 pub mod mqtt;
 pub mod nats;
 pub mod redis;
+pub mod settle;
 pub mod stdout;
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tapbus_config::OutputKind;
@@ -28,6 +31,45 @@ use crate::metrics::PublishMetrics;
 pub struct Message {
     pub payload: Bytes,
     pub summary: Summary,
+    /// The exact subject (NATS), topic (MQTT) or channel (Redis `publish`) to use instead
+    /// of the output's template: consumers publishing records (`tapbus.reduced.client`,
+    /// `tapbus/reduced/client`). Redis list and stream modes keep their key.
+    pub subject: Option<Arc<str>>,
+    /// JetStream `Nats-Msg-Id` instead of the per-process one: a record's deterministic id,
+    /// so the stream drops a re-emission after a restart.
+    pub id: Option<Arc<str>>,
+    /// Told when the bus confirmed the message (or it was dropped): see [`settle`].
+    pub settle: Option<settle::Ticket>,
+}
+
+impl Message {
+    /// A broker event: subject from the output's template, no ticket.
+    pub fn event(payload: Bytes, summary: Summary) -> Message {
+        Message {
+            payload,
+            summary,
+            subject: None,
+            id: None,
+            settle: None,
+        }
+    }
+
+    /// A consumer's message to an exact subject, with an optional de-duplication id and a
+    /// ticket of a [`settle::Settlement`].
+    pub fn record(
+        subject: Arc<str>,
+        payload: Bytes,
+        id: Option<Arc<str>>,
+        settle: Option<settle::Ticket>,
+    ) -> Message {
+        Message {
+            payload,
+            summary: Summary::default(),
+            subject: Some(subject),
+            id,
+            settle,
+        }
+    }
 }
 
 /// The receiving side of one output's queue.

@@ -22,7 +22,7 @@
 //! is checked first: an event whose PUBLISH packet would exceed `max_packet_size` (or the
 //! smaller limit an MQTT 5 server announces) is dropped and counted as `too_large`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -35,6 +35,7 @@ use tapbus_proto::subject::Template;
 use tokio::time::Instant;
 
 use super::Queue;
+use super::settle::Ticket;
 use crate::backoff::Backoff;
 use crate::connect::mqtt as connect;
 use crate::metrics::PublishMetrics;
@@ -63,6 +64,8 @@ pub async fn run(name: String, spec: MqttSpec, mut rx: Queue, m: PublishMetrics)
         limit: AtomicUsize::new(c.max_packet_size),
         handed: AtomicU64::new(0),
         done: AtomicU64::new(0),
+        tickets: Default::default(),
+        ticketed: Default::default(),
     });
     let link = Link {
         name: name.clone(),
@@ -99,7 +102,10 @@ pub async fn run(name: String, spec: MqttSpec, mut rx: Queue, m: PublishMetrics)
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         for ev in batch.drain(..) {
-            let topic = topics.get(&ev.summary);
+            let topic = match &ev.subject {
+                Some(t) => t.to_string(),
+                None => topics.get(&ev.summary),
+            };
             let size = packet_size(overhead + topic.len() + ev.payload.len());
             let limit = shared.limit.load(Ordering::Relaxed);
             if size > limit {
@@ -110,12 +116,24 @@ pub async fn run(name: String, spec: MqttSpec, mut rx: Queue, m: PublishMetrics)
                 }
                 continue;
             }
+            if let Some(t) = ev.settle {
+                shared.ticketed.store(true, Ordering::Relaxed);
+                if let Ok(mut q) = shared.tickets.lock() {
+                    q.push_back((handed + 1, t));
+                }
+            }
             match client.publish(topic, qos, ev.payload).await {
                 Ok(()) => {
                     handed += 1;
                     shared.handed.store(handed, Ordering::Relaxed);
                 }
                 Err(e) => {
+                    // Not handed: its ticket has no completion to wait for (dropped).
+                    if let Ok(mut q) = shared.tickets.lock()
+                        && q.back().is_some_and(|(n, _)| *n == handed + 1)
+                    {
+                        q.pop_back();
+                    }
                     m.dropped_error.inc();
                     if !warned_error {
                         warned_error = true;
@@ -161,6 +179,33 @@ struct Shared {
     handed: AtomicU64,
     /// Publishes completed: written (QoS 0) or acknowledged (QoS 1).
     done: AtomicU64,
+    /// Consumers' settlement tickets with the hand-over number of their message. Publishes
+    /// complete in the order they were handed (the server sends PUBACKs in the order it
+    /// received the PUBLISHes, MQTT 3.1.1 4.6 / 5.0 4.6), so completion `n` settles the
+    /// ticket of message `n`. Only touched once a ticket was seen (`ticketed`): the broker
+    /// never takes this lock.
+    tickets: std::sync::Mutex<VecDeque<(u64, Ticket)>>,
+    ticketed: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    /// Completion `done` happened (`published` or refused): settles its ticket.
+    fn completed(&self, done: u64, published: bool) {
+        if !self.ticketed.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(mut q) = self.tickets.lock() else {
+            return;
+        };
+        while q.front().is_some_and(|(n, _)| *n <= done) {
+            if let Some((n, t)) = q.pop_front()
+                && n == done
+                && published
+            {
+                t.published();
+            }
+        }
+    }
 }
 
 enum Client {
@@ -235,13 +280,15 @@ impl Link {
     fn published(&self) {
         let done = self.shared.done.fetch_add(1, Ordering::Relaxed) + 1;
         self.m.published.inc();
+        self.shared.completed(done, true);
         let handed = self.shared.handed.load(Ordering::Relaxed);
         self.m.inflight.set(handed.saturating_sub(done) as i64);
     }
 
     /// An MQTT 5 server refused a publish (PUBACK with an error reason).
     fn refused(&mut self, reason: &str) {
-        self.shared.done.fetch_add(1, Ordering::Relaxed);
+        let done = self.shared.done.fetch_add(1, Ordering::Relaxed) + 1;
+        self.shared.completed(done, false);
         self.m.dropped_error.inc();
         if !self.warned_refused {
             self.warned_refused = true;

@@ -24,6 +24,7 @@ use tapbus_config::{RedisMode, RedisSpec};
 use tapbus_proto::event::Summary;
 use tapbus_proto::subject::Template;
 
+use super::settle::Ticket;
 use super::{Message as Event, Queue as EventRx};
 use crate::backoff::Backoff;
 use crate::metrics::PublishMetrics;
@@ -63,7 +64,7 @@ pub async fn run(name: String, spec: RedisSpec, mut rx: EventRx, m: PublishMetri
     // ones waiting for the backoff. Each is held until Redis replied to it: a failed
     // pipeline (its outcome unknown) is sent again, so nothing is lost.
     let mut inflight: FuturesOrdered<PipeFuture> = FuturesOrdered::new();
-    let mut failed: VecDeque<(Arc<Pipeline>, usize)> = VecDeque::new();
+    let mut failed: VecDeque<(Arc<Pipe>, usize)> = VecDeque::new();
     let mut held = 0usize;
     let mut retry_at = Instant::now();
     let mut closed = false;
@@ -94,6 +95,9 @@ pub async fn run(name: String, spec: RedisSpec, mut rx: EventRx, m: PublishMetri
                     Ok(()) => {
                         held -= n;
                         m.published.inc_by(n as u64);
+                        for t in &pipe.tickets {
+                            t.published();
+                        }
                     }
                     Err(wait) => {
                         failed.push_back((pipe, n));
@@ -124,7 +128,11 @@ pub async fn run(name: String, spec: RedisSpec, mut rx: EventRx, m: PublishMetri
                     closed = true;
                     continue;
                 }
-                let pipe = Arc::new(writer.pipeline(&batch));
+                let tickets = batch.iter_mut().filter_map(|e| e.settle.take()).collect();
+                let pipe = Arc::new(Pipe {
+                    cmds: writer.pipeline(&batch),
+                    tickets,
+                });
                 batch.clear();
                 held += n;
                 inflight.push_back(link.send(pipe, n));
@@ -152,7 +160,14 @@ fn refused(e: &RedisError) -> bool {
 }
 
 type PipeFuture =
-    std::pin::Pin<Box<dyn Future<Output = (Arc<Pipeline>, usize, Result<(), RedisError>)> + Send>>;
+    std::pin::Pin<Box<dyn Future<Output = (Arc<Pipe>, usize, Result<(), RedisError>)> + Send>>;
+
+/// One batch's commands, with the settlement tickets of the messages in it (dropped, so
+/// counted as dropped, unless Redis confirmed the batch).
+struct Pipe {
+    cmds: Pipeline,
+    tickets: Vec<Ticket>,
+}
 
 /// Pipelines awaiting replies at once: two keep Redis busy while the next batch is built;
 /// more make the batches smaller and cost more CPU per event (measured with bench/e2e.sh).
@@ -210,10 +225,10 @@ impl Link {
     }
 
     /// Sends a pipeline of `n` events on the (shared, multiplexed) connection.
-    fn send(&self, pipe: Arc<Pipeline>, n: usize) -> PipeFuture {
+    fn send(&self, pipe: Arc<Pipe>, n: usize) -> PipeFuture {
         let mut con = self.con.clone();
         Box::pin(async move {
-            let r = pipe.exec_async(&mut con).await;
+            let r = pipe.cmds.exec_async(&mut con).await;
             (pipe, n, r)
         })
     }
@@ -274,8 +289,12 @@ impl Writer {
         match self {
             Writer::Publish(channels) => {
                 for ev in batch {
-                    let ch = channels.get(&ev.summary);
-                    p.cmd("PUBLISH").arg(&*ch).arg(&ev.payload[..]).ignore();
+                    match &ev.subject {
+                        Some(ch) => p.cmd("PUBLISH").arg(&**ch),
+                        None => p.cmd("PUBLISH").arg(&*channels.get(&ev.summary)),
+                    }
+                    .arg(&ev.payload[..])
+                    .ignore();
                 }
             }
             Writer::List { key, max_len } => {

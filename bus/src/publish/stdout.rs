@@ -8,6 +8,7 @@ use crate::metrics::PublishMetrics;
 pub async fn run(mut rx: EventRx, m: PublishMetrics) {
     let mut out = BufWriter::with_capacity(256 * 1024, tokio::io::stdout());
     m.up.set(1);
+    let mut tickets = Vec::new();
     while let Some(ev) = rx.recv().await {
         let mut batch = 0u64;
         let mut next = Some(ev);
@@ -23,6 +24,9 @@ pub async fn run(mut rx: EventRx, m: PublishMetrics) {
                 return;
             }
             batch += 1;
+            if let Some(t) = ev.settle {
+                tickets.push(t);
+            }
             next = if batch < 4096 {
                 rx.try_recv().ok()
             } else {
@@ -33,6 +37,9 @@ pub async fn run(mut rx: EventRx, m: PublishMetrics) {
             m.up.set(0);
         }
         m.published.inc_by(batch);
+        for t in tickets.drain(..) {
+            t.published();
+        }
     }
     let _ = out.flush().await;
 }

@@ -8,6 +8,7 @@
 mod jetstream;
 mod mqtt;
 mod nats;
+mod publish;
 mod redis_sub;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -53,7 +53,7 @@ impl EventError {
 }
 
 /// What the fan-out needs to route and count an event without re-reading the JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Summary {
     /// Raw dnstap identity (empty if absent).
     pub identity: Bytes,

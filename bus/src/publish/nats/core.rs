@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::{BATCH, Conn, SubjectCache};
 use crate::metrics::PublishMetrics;
 use crate::publish::Queue;
+use crate::publish::settle::Ticket;
 
 /// Unconfirmed core publishes, kept for a re-send until the server has confirmed them.
 ///
@@ -30,7 +31,20 @@ struct Window {
     /// The connection the events went out on: `on.matches(now)` when the marker returns.
     on: Conn,
     opened: Instant,
-    events: Vec<(Subject, Bytes)>,
+    /// Each with its settlement ticket, if a consumer published it.
+    events: Vec<(Subject, Bytes, Option<Ticket>)>,
+}
+
+impl Window {
+    /// The marker came back on the window's connection: its events are published.
+    fn confirmed(&self, m: &PublishMetrics) {
+        m.published.inc_by(self.events.len() as u64);
+        for (_, _, t) in &self.events {
+            if let Some(t) = t {
+                t.published();
+            }
+        }
+    }
 }
 
 struct Core<'a> {
@@ -66,7 +80,7 @@ impl<'a> Core<'a> {
     }
 
     /// Publishes one event into the open window.
-    async fn publish(&mut self, subject: Subject, payload: Bytes) {
+    async fn publish(&mut self, subject: Subject, payload: Bytes, ticket: Option<Ticket>) {
         if self.open.is_none() {
             // The connection these events go out on: the current one, or while disconnected
             // (also before the first connect) the next one: the client buffers until then.
@@ -81,7 +95,7 @@ impl<'a> Core<'a> {
         match self.client.publish(subject.clone(), payload.clone()).await {
             Ok(()) => {
                 if let Some(w) = self.open.as_mut() {
-                    w.events.push((subject, payload));
+                    w.events.push((subject, payload, ticket));
                     self.held += 1;
                 }
             }
@@ -134,7 +148,7 @@ impl<'a> Core<'a> {
             };
             if w.marker == n && w.on.matches(now) {
                 self.held -= w.events.len();
-                self.m.published.inc_by(w.events.len() as u64);
+                w.confirmed(self.m);
             } else {
                 self.resend(w).await;
             }
@@ -177,7 +191,7 @@ impl<'a> Core<'a> {
                 }
                 if let Some(w) = self.sent.pop_front() {
                     self.held -= w.events.len();
-                    self.m.published.inc_by(w.events.len() as u64);
+                    w.confirmed(self.m);
                 }
             } else {
                 break;
@@ -191,8 +205,8 @@ impl<'a> Core<'a> {
         tracing::debug!(output = %self.name, events = w.events.len(), "NATS window not confirmed; publishing it again");
         // Publish what is open first, so the re-sent window keeps its own connection mark.
         self.close().await;
-        for (s, p) in w.events {
-            self.publish(s, p).await;
+        for (s, p, t) in w.events {
+            self.publish(s, p, t).await;
         }
         self.close().await;
     }
@@ -276,8 +290,11 @@ pub(super) async fn run(
                     break;
                 }
                 for ev in batch.drain(..) {
-                    let subj = subjects.get(&ev.summary);
-                    core.publish(subj, ev.payload).await;
+                    let subj = match &ev.subject {
+                        Some(s) => Subject::from(&**s),
+                        None => subjects.get(&ev.summary),
+                    };
+                    core.publish(subj, ev.payload, ev.settle).await;
                 }
             }
         }

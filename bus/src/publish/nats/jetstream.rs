@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::{BATCH, Conn, SubjectCache, msg_id_prefix};
 use crate::metrics::PublishMetrics;
 use crate::publish::Queue;
+use crate::publish::settle::Ticket;
 
 /// Gets or creates the stream, retrying with backoff. `false` if the queue closed first.
 async fn ensure_stream(
@@ -72,6 +73,8 @@ struct Pending {
     id: String,
     /// Times the server refused it (not counting lost connections and timeouts).
     rejects: u8,
+    /// A consumer's settlement ticket.
+    ticket: Option<Ticket>,
 }
 
 /// A refusal (no stream for the subject, a stream limit, a permission) is retried at once,
@@ -248,6 +251,11 @@ impl Js<'_> {
             }
             Ok(_) => {
                 self.m.published.inc_by(batch.events.len() as u64);
+                for e in &batch.events {
+                    if let Some(t) = &e.ticket {
+                        t.published();
+                    }
+                }
                 if let Some(last) = batch.events.last() {
                     if self.proven.len() >= SubjectCache::MAX {
                         self.proven.clear();
@@ -377,10 +385,17 @@ pub(super) async fn run(
                 let mut events = batch.drain(..).map(|ev| {
                     seq += 1;
                     Pending {
-                        subject: subjects.get(&ev.summary),
+                        subject: match &ev.subject {
+                            Some(s) => Subject::from(&**s),
+                            None => subjects.get(&ev.summary),
+                        },
                         payload: ev.payload,
-                        id: format!("{prefix}-{seq}"),
+                        id: match &ev.id {
+                            Some(id) => id.to_string(),
+                            None => format!("{prefix}-{seq}"),
+                        },
                         rejects: 0,
+                        ticket: ev.settle,
                     }
                 });
                 loop {
