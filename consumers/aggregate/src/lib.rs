@@ -1,0 +1,70 @@
+//! tapbus-aggregate's pure core: dnstap events to bounded, cumulative Prometheus metrics.
+//!
+//! ```text
+//! bus --JSON events--> aggregate --metrics--> /metrics scrape               (exposition)
+//!                                         \-> tapbus.metrics.<instance> batches (batch)
+//!                                              --> tapbus-mimir --> remote write
+//! ```
+//!
+//! This crate is the middle of that picture and nothing else: no sockets, no runtime, no
+//! clock. The binary (bus input, `/metrics` over HTTP, publishing, acks) owns one
+//! [`Aggregator`], calls [`Aggregator::push`] with every [`tapbus_event::EventView`], and
+//! [`Aggregator::exposition`] per scrape / [`Aggregator::batch`] per interval.
+//!
+//! # Families
+//!
+//! Every series has `instance` (`aggregate.instance`), so two copies never write the same
+//! series. Label values come from fixed tables or bounded interners ([`labels`]); an absent
+//! value is `none`, a value outside the table `other`.
+//!
+//! | family | type | labels | from |
+//! |---|---|---|---|
+//! | `dnstap_messages_total` | counter | identity, operation, protocol, family, qtype, rcode | every event |
+//! | `dnstap_latency_seconds` | histogram, [`LATENCY_BUCKETS`] | identity, operation | events with a latency |
+//! | `dnstap_message_size_bytes` | histogram, [`SIZE_BUCKETS`] | identity, operation, protocol | events with a DNS message |
+//! | `coredns_dns_requests_total` | counter | server, zone, proto, family, type | `*_QUERY` (profile `coredns`) |
+//! | `coredns_dns_responses_total` | counter | server, zone, rcode | `*_RESPONSE` |
+//! | `coredns_dns_request_duration_seconds` | histogram, [`LATENCY_BUCKETS`] | server, zone, type | `*_RESPONSE` with a latency |
+//! | `coredns_dns_request_size_bytes` | histogram, [`SIZE_BUCKETS`] | server, zone, proto | `*_QUERY` |
+//! | `coredns_dns_response_size_bytes` | histogram, [`SIZE_BUCKETS`] | server, zone, proto | `*_RESPONSE` |
+//! | `tapbus_aggregate_events_total` | counter | | every event |
+//! | `tapbus_aggregate_identity_overflow_total` | counter | | identities beyond `max_identities` |
+//! | `tapbus_aggregate_zone_overflow_total` | counter | | zones beyond `max_zones` |
+//! | `tapbus_aggregate_invalid_latency_total` | counter | | negative / non-finite latencies |
+//! | `tapbus_aggregate_series_dropped_total` | counter | metric | events a full family left out |
+//!
+//! * `qtype` / `type`: [`labels::QTYPES`] (A, AAAA, CNAME, MX, NS, PTR, SOA, SRV, TXT,
+//!   HTTPS, SVCB, DS, DNSKEY, RRSIG, NSEC, NSEC3, CAA, NAPTR, IXFR, AXFR, ANY), else
+//!   `other`; `rcode`: the named RCODEs of [`tapbus_event::names::RCODES`], else `other`
+//!   (`RCODE12`); `operation`: the 14 dnstap types, `other` for `UNKNOWN(n)`.
+//! * `rcode` is the event's `dns.rcode` for queries too (normally NOERROR); select
+//!   `operation=~".*_RESPONSE"` for response codes.
+//! * The CoreDNS profile follows the `prometheus` plugin's names, buckets and labels:
+//!   `server` is the dnstap identity; `zone` is `dnstap.query-zone` with CoreDNS's
+//!   trailing dot (`example.org.`), `.` when the event has none (dnstap carries it for
+//!   AUTH_* only); `proto` is `udp` (UDP, DNSCrypt/UDP, DoQ) or `tcp` (TCP, DoT, DoH,
+//!   DNSCrypt/TCP); `family` is `1` / `2`. CoreDNS's `view` and `plugin` labels are
+//!   empty for most servers and are left out (PromQL treats an empty label as absent,
+//!   so `view=""` selectors still match). CoreDNS times a request inside the server;
+//!   here the duration is dnstap's response - query time.
+//!
+//! # Bounds
+//!
+//! At most `max_identities` identities (beyond: `identity="other"` / `server="other"`,
+//! counted in `tapbus_aggregate_identity_overflow_total`) and `max_zones` zones, and at
+//! most `max_series` label sets per family: an event that would add one more is left out
+//! of that family only and counted in `tapbus_aggregate_series_dropped_total{metric}`.
+//! Memory is therefore bounded by 8 x `max_series` entries plus the interned strings.
+
+#![forbid(unsafe_code)]
+
+pub mod batch;
+pub mod config;
+pub mod exposition;
+pub mod labels;
+pub mod metrics;
+
+pub use batch::{Batch, Series};
+pub use config::{AggregateConfig, AggregateSpec, ConfigError};
+pub use exposition::CONTENT_TYPE;
+pub use metrics::{Aggregator, Histogram, LATENCY_BUCKETS, SIZE_BUCKETS};

@@ -1,0 +1,622 @@
+//! The state: cumulative counters and histograms kept in process, fed one [`EventView`] at
+//! a time by [`Aggregator::push`], read by the exporters through [`Aggregator::visit`].
+//!
+//! Every family is a hash map from a packed `u64` label key (indices into the fixed
+//! tables of [`crate::labels`] and the bounded [`Interner`]s) to a counter or a
+//! [`Histogram`]; an event for an existing series costs a few table lookups and one hash
+//! probe per family, and allocates nothing. A new identity or zone is copied once.
+//!
+//! Key layout: identity in bits 44..64 (20 bits, hence [`crate::config::MAX_INTERNED`]),
+//! the small table indices one byte each from bit 0; the CoreDNS families put the zone
+//! in bits 24..44 and use bytes 0-2 only.
+
+use rustc_hash::FxHashMap;
+use std::collections::hash_map::Entry;
+use tapbus_event::EventView;
+
+use crate::config::AggregateSpec;
+use crate::labels::{self, Interner};
+
+/// CoreDNS's request duration buckets: 0.00025 s doubling 16 times to 8.192 s.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024,
+    2.048, 4.096, 8.192,
+];
+
+/// CoreDNS's message size buckets in bytes.
+pub const SIZE_BUCKETS: [f64; 14] = [
+    0.0, 100.0, 200.0, 300.0, 400.0, 511.0, 1023.0, 2047.0, 4095.0, 8291.0, 16000.0, 32000.0,
+    48000.0, 64000.0,
+];
+
+/// The most finite buckets of any family, plus one for `+Inf`.
+const SLOTS: usize = LATENCY_BUCKETS.len() + 1;
+
+/// One histogram series: per-bucket (not cumulative) counts, the last slot `+Inf`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Histogram {
+    counts: [u64; SLOTS],
+    sum: f64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: [0; SLOTS],
+            sum: 0.0,
+        }
+    }
+}
+
+impl Histogram {
+    /// Adds `v` to the first bucket whose upper bound is `>= v` (Prometheus `le`).
+    #[inline]
+    pub fn observe(&mut self, bounds: &[f64], v: f64) {
+        let i = bounds.iter().position(|b| v <= *b).unwrap_or(bounds.len());
+        self.counts[i] += 1;
+        self.sum += v;
+    }
+
+    /// Observations.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Sum of the observed values.
+    pub fn sum(&self) -> f64 {
+        self.sum
+    }
+
+    /// Cumulative counts for `bounds` then `+Inf` (`bounds.len() + 1` values).
+    pub fn cumulative(&self, bounds: &[f64]) -> impl Iterator<Item = u64> + '_ {
+        let n = bounds.len();
+        let mut acc = 0;
+        self.counts[..n]
+            .iter()
+            .copied()
+            .chain(std::iter::once(self.counts[n..].iter().sum()))
+            .map(move |c| {
+                acc += c;
+                acc
+            })
+    }
+}
+
+/// Counter or histogram.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    Counter,
+    /// With its finite bucket bounds.
+    Histogram(&'static [f64]),
+}
+
+/// Where [`Aggregator::visit`] writes: one `family` call, then its `sample`s.
+pub(crate) trait Sink {
+    /// A metric family starts (its HELP and TYPE).
+    fn family(&mut self, name: &'static str, help: &'static str, kind: Kind);
+    /// One sample of the current family: `name` is the family name with `_bucket`,
+    /// `_sum`, `_count` for histograms; `le` is the bucket bound (`None`: `+Inf` when
+    /// `bucket`); `labels` start with `instance`.
+    fn sample(&mut self, name: &str, labels: &[(&'static str, &str)], le: Le, value: Value);
+}
+
+/// The `le` label of a sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Le {
+    /// Not a bucket.
+    No,
+    Bound(f64),
+    Inf,
+}
+
+/// A sample's value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Value {
+    Int(u64),
+    Float(f64),
+}
+
+impl Value {
+    pub(crate) fn as_f64(self) -> f64 {
+        match self {
+            Value::Int(n) => n as f64,
+            Value::Float(f) => f,
+        }
+    }
+}
+
+/// The families, in exposition order (index into `dropped`).
+#[derive(Debug, Clone, Copy)]
+enum Fam {
+    Messages,
+    Latency,
+    Size,
+    CdRequests,
+    CdResponses,
+    CdDuration,
+    CdRequestSize,
+    CdResponseSize,
+}
+
+const FAMILY_NAMES: [&str; 8] = [
+    "dnstap_messages_total",
+    "dnstap_latency_seconds",
+    "dnstap_message_size_bytes",
+    "coredns_dns_requests_total",
+    "coredns_dns_responses_total",
+    "coredns_dns_request_duration_seconds",
+    "coredns_dns_request_size_bytes",
+    "coredns_dns_response_size_bytes",
+];
+
+const ID_SHIFT: u32 = 44;
+const ZONE_SHIFT: u32 = 24;
+
+fn id_of(k: u64) -> u32 {
+    (k >> ID_SHIFT) as u32
+}
+fn zone_of(k: u64) -> u32 {
+    ((k >> ZONE_SHIFT) & 0xf_ffff) as u32
+}
+fn byte(k: u64, i: u32) -> u8 {
+    (k >> (8 * i)) as u8
+}
+
+/// Adds one to the counter at `k`, or counts a drop when the family is full.
+#[inline]
+fn bump(map: &mut FxHashMap<u64, u64>, k: u64, max: usize, dropped: &mut u64) {
+    let n = map.len();
+    match map.entry(k) {
+        Entry::Occupied(mut e) => *e.get_mut() += 1,
+        Entry::Vacant(e) if n < max => {
+            e.insert(1);
+        }
+        Entry::Vacant(_) => *dropped += 1,
+    }
+}
+
+/// Observes `v` in the histogram at `k`, or counts a drop when the family is full.
+#[inline]
+fn observe(
+    map: &mut FxHashMap<u64, Histogram>,
+    k: u64,
+    bounds: &[f64],
+    v: f64,
+    max: usize,
+    dropped: &mut u64,
+) {
+    let n = map.len();
+    match map.entry(k) {
+        Entry::Occupied(mut e) => e.get_mut().observe(bounds, v),
+        Entry::Vacant(e) if n < max => e.insert(Histogram::default()).observe(bounds, v),
+        Entry::Vacant(_) => *dropped += 1,
+    }
+}
+
+/// The in-process metric state of one aggregate instance (see the crate docs for the
+/// families and their labels). Not `Sync`-shared by itself: the binary owns it (or puts it
+/// behind a mutex) and calls [`push`](Self::push) per event and the exporters per scrape
+/// or batch.
+#[derive(Debug, Clone)]
+pub struct Aggregator {
+    spec: AggregateSpec,
+    identities: Interner,
+    zones: Interner,
+    messages: FxHashMap<u64, u64>,
+    latency: FxHashMap<u64, Histogram>,
+    size: FxHashMap<u64, Histogram>,
+    cd_requests: FxHashMap<u64, u64>,
+    cd_responses: FxHashMap<u64, u64>,
+    cd_duration: FxHashMap<u64, Histogram>,
+    cd_request_size: FxHashMap<u64, Histogram>,
+    cd_response_size: FxHashMap<u64, Histogram>,
+    events: u64,
+    invalid_latency: u64,
+    dropped: [u64; 8],
+}
+
+impl Aggregator {
+    /// Empty state for a validated spec.
+    pub fn new(spec: AggregateSpec) -> Self {
+        Aggregator {
+            identities: Interner::new(spec.max_identities),
+            zones: Interner::new(spec.max_zones),
+            spec,
+            messages: FxHashMap::default(),
+            latency: FxHashMap::default(),
+            size: FxHashMap::default(),
+            cd_requests: FxHashMap::default(),
+            cd_responses: FxHashMap::default(),
+            cd_duration: FxHashMap::default(),
+            cd_request_size: FxHashMap::default(),
+            cd_response_size: FxHashMap::default(),
+            events: 0,
+            invalid_latency: 0,
+            dropped: [0; 8],
+        }
+    }
+
+    /// The spec it was made with.
+    pub fn spec(&self) -> &AggregateSpec {
+        &self.spec
+    }
+
+    /// Events pushed so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Identities beyond `max_identities`, folded into `identity="other"`.
+    pub fn identity_overflow(&self) -> u64 {
+        self.identities.overflow()
+    }
+
+    /// Events left out of a family because it had `max_series` label sets, by family name.
+    pub fn series_dropped(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        FAMILY_NAMES
+            .iter()
+            .copied()
+            .zip(self.dropped.iter().copied())
+    }
+
+    /// Counts one event in every family it belongs to.
+    pub fn push(&mut self, ev: &EventView<'_>) {
+        self.events += 1;
+        let max = self.spec.max_series;
+        let id = u64::from(self.identities.get(ev.identity())) << ID_SHIFT;
+        let op = labels::operation(ev.operation());
+        let proto = labels::protocol(ev.protocol());
+        let fam = labels::family(ev.family());
+        let qtype = labels::qtype(ev.qtype());
+        let rcode = labels::rcode(ev.rcode());
+        let d = &mut self.dropped;
+
+        let k = id
+            | u64::from(op)
+            | u64::from(proto) << 8
+            | u64::from(fam) << 16
+            | u64::from(qtype) << 32
+            | u64::from(rcode) << 24;
+        bump(&mut self.messages, k, max, &mut d[Fam::Messages as usize]);
+
+        let latency = match ev.latency() {
+            Some(l) if l.is_finite() && l >= 0.0 => Some(l),
+            Some(_) => {
+                self.invalid_latency += 1;
+                None
+            }
+            None => None,
+        };
+        if let Some(l) = latency {
+            let k = id | u64::from(op);
+            let dr = &mut d[Fam::Latency as usize];
+            observe(&mut self.latency, k, &LATENCY_BUCKETS, l, max, dr);
+        }
+        let size = ev.size().map(f64::from);
+        if let Some(s) = size {
+            let k = id | u64::from(op) | u64::from(proto) << 8;
+            let dr = &mut d[Fam::Size as usize];
+            observe(&mut self.size, k, &SIZE_BUCKETS, s, max, dr);
+        }
+
+        if !self.spec.coredns {
+            return;
+        }
+        let zone = u64::from(
+            self.zones
+                .get(Some(ev.dnstap.query_zone.as_deref().unwrap_or("."))),
+        ) << ZONE_SHIFT;
+        let cproto = labels::coredns_proto(proto);
+        let base = id | zone;
+        if ev.is_query() {
+            let k = base | u64::from(cproto) | u64::from(fam) << 8 | u64::from(qtype) << 16;
+            bump(
+                &mut self.cd_requests,
+                k,
+                max,
+                &mut d[Fam::CdRequests as usize],
+            );
+            if let Some(s) = size {
+                let k = base | u64::from(cproto);
+                let dr = &mut d[Fam::CdRequestSize as usize];
+                observe(&mut self.cd_request_size, k, &SIZE_BUCKETS, s, max, dr);
+            }
+        } else if ev.is_response() {
+            let k = base | u64::from(rcode);
+            bump(
+                &mut self.cd_responses,
+                k,
+                max,
+                &mut d[Fam::CdResponses as usize],
+            );
+            if let Some(l) = latency {
+                let k = base | u64::from(qtype);
+                let dr = &mut d[Fam::CdDuration as usize];
+                observe(&mut self.cd_duration, k, &LATENCY_BUCKETS, l, max, dr);
+            }
+            if let Some(s) = size {
+                let k = base | u64::from(cproto);
+                let dr = &mut d[Fam::CdResponseSize as usize];
+                observe(&mut self.cd_response_size, k, &SIZE_BUCKETS, s, max, dr);
+            }
+        }
+    }
+
+    /// Every family and sample, in a fixed order (families as listed in the crate docs,
+    /// series sorted by their label key), so two exports of the same state are equal.
+    pub(crate) fn visit(&self, sink: &mut impl Sink) {
+        let inst = self.spec.instance.as_str();
+        let ident = |k: u64| self.identities.name(id_of(k));
+        let zone = |k: u64| self.zones.name(zone_of(k));
+
+        counters(
+            sink,
+            "dnstap_messages_total",
+            "dnstap messages by identity, operation, socket protocol and family, qtype and rcode.",
+            &self.messages,
+            |k| {
+                [
+                    ("instance", inst),
+                    ("identity", ident(k)),
+                    ("operation", labels::operation_name(byte(k, 0))),
+                    ("protocol", labels::protocol_name(byte(k, 1))),
+                    ("family", labels::family_name(byte(k, 2))),
+                    ("qtype", labels::qtype_name(byte(k, 4))),
+                    ("rcode", labels::rcode_name(byte(k, 3))),
+                ]
+            },
+        );
+        histograms(
+            sink,
+            "dnstap_latency_seconds",
+            "dnstap latency (response time - query time) in seconds, for events that carry it.",
+            &LATENCY_BUCKETS,
+            &self.latency,
+            |k| {
+                [
+                    ("instance", inst),
+                    ("identity", ident(k)),
+                    ("operation", labels::operation_name(byte(k, 0))),
+                ]
+            },
+        );
+        histograms(
+            sink,
+            "dnstap_message_size_bytes",
+            "Size of the DNS message in bytes.",
+            &SIZE_BUCKETS,
+            &self.size,
+            |k| {
+                [
+                    ("instance", inst),
+                    ("identity", ident(k)),
+                    ("operation", labels::operation_name(byte(k, 0))),
+                    ("protocol", labels::protocol_name(byte(k, 1))),
+                ]
+            },
+        );
+        if self.spec.coredns {
+            counters(
+                sink,
+                "coredns_dns_requests_total",
+                "Counter of DNS requests made per zone, protocol and family (from dnstap *_QUERY).",
+                &self.cd_requests,
+                |k| {
+                    [
+                        ("instance", inst),
+                        ("server", ident(k)),
+                        ("zone", zone(k)),
+                        ("proto", labels::coredns_proto_name(byte(k, 0))),
+                        ("family", labels::coredns_family_name(byte(k, 1))),
+                        ("type", labels::qtype_name(byte(k, 2))),
+                    ]
+                },
+            );
+            counters(
+                sink,
+                "coredns_dns_responses_total",
+                "Counter of response status codes (from dnstap *_RESPONSE).",
+                &self.cd_responses,
+                |k| {
+                    [
+                        ("instance", inst),
+                        ("server", ident(k)),
+                        ("zone", zone(k)),
+                        ("rcode", labels::rcode_name(byte(k, 0))),
+                    ]
+                },
+            );
+            histograms(
+                sink,
+                "coredns_dns_request_duration_seconds",
+                "Histogram of the time (in seconds) each request took (dnstap latency of *_RESPONSE).",
+                &LATENCY_BUCKETS,
+                &self.cd_duration,
+                |k| {
+                    [
+                        ("instance", inst),
+                        ("server", ident(k)),
+                        ("zone", zone(k)),
+                        ("type", labels::qtype_name(byte(k, 0))),
+                    ]
+                },
+            );
+            histograms(
+                sink,
+                "coredns_dns_request_size_bytes",
+                "Size of the EDNS0 UDP buffer in bytes (64K for TCP) (here: DNS message size of *_QUERY).",
+                &SIZE_BUCKETS,
+                &self.cd_request_size,
+                |k| {
+                    [
+                        ("instance", inst),
+                        ("server", ident(k)),
+                        ("zone", zone(k)),
+                        ("proto", labels::coredns_proto_name(byte(k, 0))),
+                    ]
+                },
+            );
+            histograms(
+                sink,
+                "coredns_dns_response_size_bytes",
+                "Size of the returned response in bytes (from dnstap *_RESPONSE).",
+                &SIZE_BUCKETS,
+                &self.cd_response_size,
+                |k| {
+                    [
+                        ("instance", inst),
+                        ("server", ident(k)),
+                        ("zone", zone(k)),
+                        ("proto", labels::coredns_proto_name(byte(k, 0))),
+                    ]
+                },
+            );
+        }
+
+        sink.family(
+            "tapbus_aggregate_events_total",
+            "Events aggregated.",
+            Kind::Counter,
+        );
+        sink.sample(
+            "tapbus_aggregate_events_total",
+            &[("instance", inst)],
+            Le::No,
+            Value::Int(self.events),
+        );
+        sink.family(
+            "tapbus_aggregate_identity_overflow_total",
+            "Events whose identity was beyond max_identities, counted as identity=\"other\".",
+            Kind::Counter,
+        );
+        sink.sample(
+            "tapbus_aggregate_identity_overflow_total",
+            &[("instance", inst)],
+            Le::No,
+            Value::Int(self.identities.overflow()),
+        );
+        sink.family(
+            "tapbus_aggregate_zone_overflow_total",
+            "Events whose zone was beyond max_zones, counted as zone=\"other\".",
+            Kind::Counter,
+        );
+        sink.sample(
+            "tapbus_aggregate_zone_overflow_total",
+            &[("instance", inst)],
+            Le::No,
+            Value::Int(self.zones.overflow()),
+        );
+        sink.family(
+            "tapbus_aggregate_invalid_latency_total",
+            "Events with a negative or non-finite latency, not observed.",
+            Kind::Counter,
+        );
+        sink.sample(
+            "tapbus_aggregate_invalid_latency_total",
+            &[("instance", inst)],
+            Le::No,
+            Value::Int(self.invalid_latency),
+        );
+        sink.family(
+            "tapbus_aggregate_series_dropped_total",
+            "Events left out of a metric family that had max_series label sets.",
+            Kind::Counter,
+        );
+        let n = if self.spec.coredns { 8 } else { 3 };
+        for (name, v) in self.series_dropped().take(n) {
+            sink.sample(
+                "tapbus_aggregate_series_dropped_total",
+                &[("instance", inst), ("metric", name)],
+                Le::No,
+                Value::Int(v),
+            );
+        }
+    }
+}
+
+fn sorted<V>(map: &FxHashMap<u64, V>) -> Vec<(u64, &V)> {
+    let mut v: Vec<(u64, &V)> = map.iter().map(|(k, v)| (*k, v)).collect();
+    v.sort_unstable_by_key(|(k, _)| *k);
+    v
+}
+
+fn counters<'a, const N: usize>(
+    sink: &mut impl Sink,
+    name: &'static str,
+    help: &'static str,
+    map: &FxHashMap<u64, u64>,
+    labels: impl Fn(u64) -> [(&'static str, &'a str); N],
+) {
+    sink.family(name, help, Kind::Counter);
+    for (k, v) in sorted(map) {
+        sink.sample(name, &labels(k), Le::No, Value::Int(*v));
+    }
+}
+
+fn histograms<'a, const N: usize>(
+    sink: &mut impl Sink,
+    name: &'static str,
+    help: &'static str,
+    bounds: &'static [f64],
+    map: &FxHashMap<u64, Histogram>,
+    labels: impl Fn(u64) -> [(&'static str, &'a str); N],
+) {
+    sink.family(name, help, Kind::Histogram(bounds));
+    let bucket = format!("{name}_bucket");
+    let sum = format!("{name}_sum");
+    let count = format!("{name}_count");
+    for (k, h) in sorted(map) {
+        let l = labels(k);
+        for (i, c) in h.cumulative(bounds).enumerate() {
+            let le = bounds.get(i).map_or(Le::Inf, |b| Le::Bound(*b));
+            sink.sample(&bucket, &l, le, Value::Int(c));
+        }
+        sink.sample(&sum, &l, Le::No, Value::Float(h.sum()));
+        sink.sample(&count, &l, Le::No, Value::Int(h.count()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_edges_are_inclusive() {
+        let mut h = Histogram::default();
+        for v in [0.0, 0.00025, 0.00025000001, 8.192, 8.2, 1e9] {
+            h.observe(&LATENCY_BUCKETS, v);
+        }
+        let c: Vec<u64> = h.cumulative(&LATENCY_BUCKETS).collect();
+        assert_eq!(c.len(), 17);
+        assert_eq!(c[0], 2, "0 and exactly 0.00025 are le=0.00025");
+        assert_eq!(c[1], 3);
+        assert_eq!(c[15], 4, "8.192 is le=8.192");
+        assert_eq!(c[16], 6, "+Inf has everything");
+        assert_eq!(h.count(), 6);
+
+        let mut s = Histogram::default();
+        for v in [0.0, 1.0, 100.0, 511.0, 512.0, 64000.0, 65535.0] {
+            s.observe(&SIZE_BUCKETS, v);
+        }
+        let c: Vec<u64> = s.cumulative(&SIZE_BUCKETS).collect();
+        assert_eq!(c.len(), 15);
+        assert_eq!(&c[..3], &[1, 3, 3]);
+        assert_eq!(c[5], 4, "511 is le=511");
+        assert_eq!(c[6], 5, "512 is le=1023");
+        assert_eq!(c[13], 6);
+        assert_eq!(c[14], 7);
+        assert_eq!(
+            s.sum(),
+            0.0 + 1.0 + 100.0 + 511.0 + 512.0 + 64000.0 + 65535.0
+        );
+    }
+
+    #[test]
+    fn buckets_are_corednss() {
+        for w in LATENCY_BUCKETS.windows(2) {
+            assert_eq!(w[1], w[0] * 2.0);
+        }
+        assert_eq!(LATENCY_BUCKETS[0], 0.00025);
+        assert_eq!(LATENCY_BUCKETS[15], 8.192);
+    }
+}
