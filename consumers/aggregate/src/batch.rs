@@ -114,3 +114,115 @@ impl Sink for Collect {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AggregateSpec;
+    use crate::testutil::Ev;
+
+    fn find<'a>(b: &'a Batch, name: &str, labels: &[(&str, &str)]) -> Vec<&'a Series> {
+        b.series
+            .iter()
+            .filter(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_counter_bucket_sum_and_count() {
+        let mut spec = AggregateSpec::with_instance("b-1");
+        spec.coredns = true;
+        let mut a = Aggregator::new(spec);
+        Ev::default().push(&mut a, 2);
+        Ev {
+            op: "CLIENT_RESPONSE",
+            latency: Some(0.001),
+            size: Some(100),
+            ..Default::default()
+        }
+        .push(&mut a, 1);
+        let b = a.batch(1_700_000_000_123, 7);
+        assert_eq!(
+            (b.instance.as_str(), b.seq, b.timestamp_ms),
+            ("b-1", 7, 1_700_000_000_123)
+        );
+        assert_eq!(b.message_id(), "tapbus-metrics:b-1:7");
+        assert!(b.series.iter().all(|s| s.labels["instance"] == "b-1"));
+
+        let q = find(
+            &b,
+            "dnstap_messages_total",
+            &[("operation", "CLIENT_QUERY")],
+        );
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0].value, 2.0);
+        assert_eq!(q[0].labels.len(), 7);
+        assert_eq!(q[0].labels["qtype"], "A");
+
+        let buckets = find(&b, "dnstap_latency_seconds_bucket", &[]);
+        assert_eq!(buckets.len(), LATENCY_BUCKETS_N + 1);
+        assert_eq!(buckets[1].labels["le"], "0.0005");
+        assert_eq!(buckets[1].value, 0.0);
+        assert_eq!(buckets[2].labels["le"], "0.001");
+        assert_eq!(buckets[2].value, 1.0);
+        assert_eq!(buckets[16].labels["le"], "+Inf");
+        assert_eq!(find(&b, "dnstap_latency_seconds_sum", &[])[0].value, 0.001);
+        assert_eq!(find(&b, "dnstap_latency_seconds_count", &[])[0].value, 1.0);
+        // 2 size series (query, response), 15 buckets each.
+        assert_eq!(find(&b, "dnstap_message_size_bytes_bucket", &[]).len(), 30);
+        assert_eq!(find(&b, "coredns_dns_requests_total", &[])[0].value, 2.0);
+        assert_eq!(find(&b, "coredns_dns_responses_total", &[])[0].value, 1.0);
+        assert_eq!(find(&b, "tapbus_aggregate_events_total", &[])[0].value, 3.0);
+        assert_eq!(
+            find(&b, "tapbus_aggregate_series_dropped_total", &[]).len(),
+            8
+        );
+
+        // Every sample of the text format is in the batch, with the same value.
+        let text = a.exposition();
+        let samples = text.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(samples, b.series.len());
+    }
+
+    const LATENCY_BUCKETS_N: usize = crate::LATENCY_BUCKETS.len();
+
+    #[test]
+    fn json_round_trips_and_validates() {
+        let mut a = Aggregator::new(AggregateSpec::with_instance("b1"));
+        Ev {
+            identity: Some("we\"ird\n"),
+            latency: Some(0.25),
+            op: "RESOLVER_RESPONSE",
+            ..Default::default()
+        }
+        .push(&mut a, 3);
+        let b = a.batch(42, 0);
+        let json = b.to_json();
+        let back: Batch = serde_json::from_slice(&json).expect("reads back");
+        assert_eq!(back, b);
+        assert_eq!(
+            a.batch(42, 0).to_json(),
+            json,
+            "the same batch twice is the same bytes"
+        );
+
+        let schema: serde_json::Value = serde_json::from_str(SCHEMA).expect("schema is JSON");
+        let v = jsonschema::draft202012::new(&schema).expect("schema compiles");
+        let doc: serde_json::Value = serde_json::from_slice(&json).expect("json");
+        let errors: Vec<String> = v.iter_errors(&doc).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        // And the schema does reject things.
+        let mut bad = doc.clone();
+        bad["series"][0]["labels"]
+            .as_object_mut()
+            .expect("labels")
+            .remove("instance");
+        assert!(!v.is_valid(&bad));
+        assert_eq!(subject("b1"), "tapbus.metrics.b1");
+    }
+}

@@ -165,6 +165,15 @@ fn label(table: &[&'static str], i: u8) -> &'static str {
     }
 }
 
+/// A zone as CoreDNS shows it: with the trailing dot (the event has none; root is `.`).
+pub(crate) fn dotted(zone: &str) -> Box<str> {
+    if zone.ends_with('.') {
+        zone.into()
+    } else {
+        format!("{zone}.").into()
+    }
+}
+
 /// Strings (identities, zones) to small indices, at most `max` distinct ones besides the
 /// two placeholders: index [`Interner::OTHER`] is `other` (where every value beyond the
 /// bound goes, counted in [`Interner::overflow`]), index [`Interner::NONE`] is `none`.
@@ -202,6 +211,12 @@ impl Interner {
     /// [`Interner::OTHER`] and counted.
     #[inline]
     pub fn get(&mut self, s: Option<&str>) -> u32 {
+        self.get_shown(s, |s| s.into())
+    }
+
+    /// The same, and a new value is shown (by [`Interner::name`]) as `show(s)`.
+    #[inline]
+    pub fn get_shown(&mut self, s: Option<&str>, show: impl FnOnce(&str) -> Box<str>) -> u32 {
         let Some(s) = s.filter(|s| !s.is_empty()) else {
             return Self::NONE;
         };
@@ -214,7 +229,7 @@ impl Interner {
         }
         let i = self.names.len() as u32;
         self.map.insert(s.into(), i);
-        self.names.push(s.into());
+        self.names.push(show(s));
         i
     }
 

@@ -68,3 +68,62 @@ pub use batch::{Batch, Series};
 pub use config::{AggregateConfig, AggregateSpec, ConfigError};
 pub use exposition::CONTENT_TYPE;
 pub use metrics::{Aggregator, Histogram, LATENCY_BUCKETS, SIZE_BUCKETS};
+
+/// Events for the unit tests, written as the JSON the broker publishes.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use serde_json::{Value, json};
+
+    /// An event's JSON; `null` for every `None`.
+    #[derive(Debug, Clone)]
+    pub struct Ev {
+        pub op: &'static str,
+        pub identity: Option<&'static str>,
+        pub protocol: Option<&'static str>,
+        pub family: Option<&'static str>,
+        pub qtype: Option<&'static str>,
+        pub rcode: Option<&'static str>,
+        pub size: Option<u32>,
+        pub latency: Option<f64>,
+        pub zone: Option<&'static str>,
+    }
+
+    impl Default for Ev {
+        fn default() -> Self {
+            Ev {
+                op: "CLIENT_QUERY",
+                identity: Some("ns1"),
+                protocol: Some("UDP"),
+                family: Some("INET"),
+                qtype: Some("A"),
+                rcode: Some("NOERROR"),
+                size: Some(40),
+                latency: None,
+                zone: None,
+            }
+        }
+    }
+
+    impl Ev {
+        pub fn json(&self) -> Vec<u8> {
+            let v: Value = json!({
+                "network": {"family": self.family, "protocol": self.protocol,
+                            "query-ip": "192.0.2.1", "query-port": 5353},
+                "dns": {"length": self.size, "qname": "example.com", "qtype": self.qtype,
+                        "rcode": self.rcode},
+                "dnstap": {"operation": self.op, "identity": self.identity,
+                           "latency": self.latency, "query-zone": self.zone},
+            });
+            serde_json::to_vec(&v).expect("json")
+        }
+
+        /// Pushes the event `n` times.
+        pub fn push(&self, agg: &mut crate::Aggregator, n: usize) {
+            let bytes = self.json();
+            let view = tapbus_event::EventView::parse(&bytes).expect("event parses");
+            for _ in 0..n {
+                agg.push(&view);
+            }
+        }
+    }
+}

@@ -302,10 +302,8 @@ impl Aggregator {
         if !self.spec.coredns {
             return;
         }
-        let zone = u64::from(
-            self.zones
-                .get(Some(ev.dnstap.query_zone.as_deref().unwrap_or("."))),
-        ) << ZONE_SHIFT;
+        let zone = ev.dnstap.query_zone.as_deref().unwrap_or(".");
+        let zone = u64::from(self.zones.get_shown(Some(zone), labels::dotted)) << ZONE_SHIFT;
         let cproto = labels::coredns_proto(proto);
         let base = id | zone;
         if ev.is_query() {
@@ -618,5 +616,256 @@ mod tests {
         }
         assert_eq!(LATENCY_BUCKETS[0], 0.00025);
         assert_eq!(LATENCY_BUCKETS[15], 8.192);
+    }
+}
+
+#[cfg(test)]
+mod aggregator_tests {
+    use super::*;
+    use crate::config::AggregateConfig;
+    use crate::testutil::Ev;
+
+    fn agg(f: impl FnOnce(&mut AggregateConfig)) -> Aggregator {
+        let mut c = AggregateConfig {
+            instance: "t1".into(),
+            ..Default::default()
+        };
+        f(&mut c);
+        Aggregator::new(c.validate("aggregate").expect("valid"))
+    }
+
+    fn text(a: &Aggregator) -> String {
+        a.exposition()
+    }
+
+    #[test]
+    fn counts_with_every_label_and_instance() {
+        let mut a = agg(|_| {});
+        Ev::default().push(&mut a, 3);
+        let t = text(&a);
+        assert!(
+            t.contains(
+                "dnstap_messages_total{instance=\"t1\",identity=\"ns1\",operation=\"CLIENT_QUERY\",\
+                 protocol=\"UDP\",family=\"INET\",qtype=\"A\",rcode=\"NOERROR\"} 3\n"
+            ),
+            "{t}"
+        );
+        for line in t.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.contains("{instance=\"t1\""), "{line}");
+        }
+        assert!(t.contains("tapbus_aggregate_events_total{instance=\"t1\"} 3\n"));
+        assert!(t.contains("# TYPE dnstap_messages_total counter\n"));
+        assert!(t.contains("# TYPE dnstap_message_size_bytes histogram\n"));
+        assert!(!t.contains("coredns_"), "profile off");
+    }
+
+    #[test]
+    fn absent_and_unlisted_values_are_placeholders() {
+        let mut a = agg(|_| {});
+        Ev {
+            op: "UNKNOWN(77)",
+            identity: None,
+            protocol: None,
+            family: None,
+            qtype: Some("TYPE65280"),
+            rcode: Some("RCODE12"),
+            size: None,
+            ..Default::default()
+        }
+        .push(&mut a, 1);
+        Ev {
+            qtype: None,
+            rcode: None,
+            protocol: Some("UNKNOWN(9)"),
+            family: Some("UNKNOWN(3)"),
+            ..Default::default()
+        }
+        .push(&mut a, 1);
+        let t = text(&a);
+        assert!(
+            t.contains(
+                "dnstap_messages_total{instance=\"t1\",identity=\"none\",operation=\"other\",\
+                 protocol=\"none\",family=\"none\",qtype=\"other\",rcode=\"other\"} 1\n"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "{instance=\"t1\",identity=\"ns1\",operation=\"CLIENT_QUERY\",protocol=\"other\",\
+                 family=\"other\",qtype=\"none\",rcode=\"none\"} 1\n"
+            ),
+            "{t}"
+        );
+        assert!(!t.contains("=\"\""), "no empty label values");
+    }
+
+    #[test]
+    fn histograms_in_text() {
+        let mut a = agg(|_| {});
+        let r = Ev {
+            op: "CLIENT_RESPONSE",
+            latency: Some(0.0005),
+            size: Some(511),
+            ..Default::default()
+        };
+        r.push(&mut a, 2);
+        Ev {
+            latency: Some(20.0),
+            size: Some(70000),
+            ..r.clone()
+        }
+        .push(&mut a, 1);
+        Ev {
+            latency: Some(-1.0),
+            ..r.clone()
+        }
+        .push(&mut a, 1);
+        let t = text(&a);
+        let l = "{instance=\"t1\",identity=\"ns1\",operation=\"CLIENT_RESPONSE\"";
+        for want in [
+            format!("dnstap_latency_seconds_bucket{l},le=\"0.00025\"}} 0\n"),
+            format!("dnstap_latency_seconds_bucket{l},le=\"0.0005\"}} 2\n"),
+            format!("dnstap_latency_seconds_bucket{l},le=\"8.192\"}} 2\n"),
+            format!("dnstap_latency_seconds_bucket{l},le=\"+Inf\"}} 3\n"),
+            format!("dnstap_latency_seconds_sum{l}}} 20.001\n"),
+            format!("dnstap_latency_seconds_count{l}}} 3\n"),
+            format!("dnstap_message_size_bytes_bucket{l},protocol=\"UDP\",le=\"400\"}} 0\n"),
+            format!("dnstap_message_size_bytes_bucket{l},protocol=\"UDP\",le=\"511\"}} 3\n"),
+            format!("dnstap_message_size_bytes_bucket{l},protocol=\"UDP\",le=\"64000\"}} 3\n"),
+            format!("dnstap_message_size_bytes_bucket{l},protocol=\"UDP\",le=\"+Inf\"}} 4\n"),
+            format!("dnstap_message_size_bytes_count{l},protocol=\"UDP\"}} 4\n"),
+            "tapbus_aggregate_invalid_latency_total{instance=\"t1\"} 1\n".to_string(),
+        ] {
+            assert!(t.contains(&want), "{want}\n---\n{t}");
+        }
+        // le comes after the other labels, buckets are cumulative and in order.
+        let buckets: Vec<&str> = t
+            .lines()
+            .filter(|x| x.starts_with("dnstap_latency_seconds_bucket"))
+            .collect();
+        assert_eq!(buckets.len(), 17);
+    }
+
+    #[test]
+    fn identities_are_bounded() {
+        let mut a = agg(|c| c.max_identities = 2);
+        for id in ["a", "b", "c", "d", "a"] {
+            let id: &'static str = id;
+            Ev {
+                identity: Some(id),
+                ..Default::default()
+            }
+            .push(&mut a, 1);
+        }
+        assert_eq!(a.identity_overflow(), 2);
+        let t = text(&a);
+        assert!(t.contains("identity=\"a\",operation=\"CLIENT_QUERY\",protocol=\"UDP\",family=\"INET\",qtype=\"A\",rcode=\"NOERROR\"} 2\n"), "{t}");
+        assert!(t.contains("identity=\"other\",operation=\"CLIENT_QUERY\",protocol=\"UDP\",family=\"INET\",qtype=\"A\",rcode=\"NOERROR\"} 2\n"), "{t}");
+        assert!(!t.contains("identity=\"c\""));
+        assert!(t.contains("tapbus_aggregate_identity_overflow_total{instance=\"t1\"} 2\n"));
+    }
+
+    #[test]
+    fn series_are_bounded_per_family() {
+        let mut a = agg(|c| c.max_series = 3);
+        for q in ["A", "AAAA", "MX", "TXT", "NS", "A"] {
+            let q: &'static str = q;
+            Ev {
+                qtype: Some(q),
+                ..Default::default()
+            }
+            .push(&mut a, 1);
+        }
+        let t = text(&a);
+        let series = t
+            .lines()
+            .filter(|l| l.starts_with("dnstap_messages_total{"))
+            .count();
+        assert_eq!(series, 3);
+        assert!(t.contains("qtype=\"A\",rcode=\"NOERROR\"} 2\n"), "{t}");
+        assert!(
+            t.contains(
+                "tapbus_aggregate_series_dropped_total{instance=\"t1\",metric=\"dnstap_messages_total\"} 2\n"
+            ),
+            "{t}"
+        );
+        // The size family has one label set, so it counted everything.
+        assert!(t.contains("dnstap_message_size_bytes_count{instance=\"t1\",identity=\"ns1\",operation=\"CLIENT_QUERY\",protocol=\"UDP\"} 6\n"));
+        assert_eq!(
+            a.series_dropped()
+                .find(|(n, _)| *n == "dnstap_messages_total"),
+            Some(("dnstap_messages_total", 2))
+        );
+    }
+
+    #[test]
+    fn escapes_identities() {
+        let mut a = agg(|_| {});
+        Ev {
+            identity: Some("ns\"1\\x\ny"),
+            ..Default::default()
+        }
+        .push(&mut a, 1);
+        let t = text(&a);
+        assert!(t.contains(r#"identity="ns\"1\\x\ny""#), "{t}");
+    }
+
+    #[test]
+    fn coredns_profile() {
+        let mut a = agg(|c| c.coredns = true);
+        Ev {
+            size: Some(30),
+            ..Default::default()
+        }
+        .push(&mut a, 2);
+        Ev {
+            op: "AUTH_QUERY",
+            protocol: Some("DOT"),
+            family: Some("INET6"),
+            qtype: Some("LOC"),
+            zone: Some("example.org"),
+            ..Default::default()
+        }
+        .push(&mut a, 1);
+        Ev {
+            op: "CLIENT_RESPONSE",
+            rcode: Some("NXDOMAIN"),
+            latency: Some(0.003),
+            size: Some(120),
+            ..Default::default()
+        }
+        .push(&mut a, 1);
+        let t = text(&a);
+        for want in [
+            "coredns_dns_requests_total{instance=\"t1\",server=\"ns1\",zone=\".\",proto=\"udp\",family=\"1\",type=\"A\"} 2\n",
+            "coredns_dns_requests_total{instance=\"t1\",server=\"ns1\",zone=\"example.org.\",proto=\"tcp\",family=\"2\",type=\"other\"} 1\n",
+            "coredns_dns_responses_total{instance=\"t1\",server=\"ns1\",zone=\".\",rcode=\"NXDOMAIN\"} 1\n",
+            "coredns_dns_request_duration_seconds_bucket{instance=\"t1\",server=\"ns1\",zone=\".\",type=\"A\",le=\"0.002\"} 0\n",
+            "coredns_dns_request_duration_seconds_bucket{instance=\"t1\",server=\"ns1\",zone=\".\",type=\"A\",le=\"0.004\"} 1\n",
+            "coredns_dns_request_size_bytes_count{instance=\"t1\",server=\"ns1\",zone=\".\",proto=\"udp\"} 2\n",
+            "coredns_dns_request_size_bytes_bucket{instance=\"t1\",server=\"ns1\",zone=\".\",proto=\"udp\",le=\"100\"} 2\n",
+            "coredns_dns_response_size_bytes_bucket{instance=\"t1\",server=\"ns1\",zone=\".\",proto=\"udp\",le=\"100\"} 0\n",
+            "coredns_dns_response_size_bytes_bucket{instance=\"t1\",server=\"ns1\",zone=\".\",proto=\"udp\",le=\"200\"} 1\n",
+            "# TYPE coredns_dns_request_duration_seconds histogram\n",
+        ] {
+            assert!(t.contains(want), "{want}\n---\n{t}");
+        }
+    }
+
+    #[test]
+    fn exposition_is_deterministic() {
+        let mut a = agg(|c| c.coredns = true);
+        let mut b = agg(|c| c.coredns = true);
+        for q in ["A", "MX", "AAAA", "TXT"] {
+            let q: &'static str = q;
+            let e = Ev {
+                qtype: Some(q),
+                ..Default::default()
+            };
+            e.push(&mut a, 1);
+            e.push(&mut b, 1);
+        }
+        assert_eq!(text(&a), text(&b));
+        assert_eq!(a.batch(5, 1), b.batch(5, 1));
     }
 }
