@@ -8,6 +8,8 @@
 //! max_series = 100000       # label sets per metric family, beyond: dropped and counted
 //! coredns = false           # also export the coredns_dns_* families
 //! interval = "15s"          # how often the binary publishes a batch
+//! top_n = 10                # ranks exported per identity for qnames and clients, 0: off
+//! top_capacity = 100        # keys the space-saving summary monitors per identity
 //! ```
 
 use std::time::Duration;
@@ -50,6 +52,12 @@ pub struct AggregateConfig {
     /// How often the binary makes and publishes a batch (default 15s, at least 1s).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// Ranks exported per identity in the top qnames / clients families (default 10,
+    /// at most 100; 0 turns them off).
+    pub top_n: usize,
+    /// Keys monitored per identity and family by the space-saving summary (default 100,
+    /// at least `top_n`, at most 10,000): more is more accurate for a long tail.
+    pub top_capacity: usize,
 }
 
 impl Default for AggregateConfig {
@@ -61,6 +69,8 @@ impl Default for AggregateConfig {
             max_series: 100_000,
             coredns: false,
             interval: Duration::from_secs(15),
+            top_n: 10,
+            top_capacity: 100,
         }
     }
 }
@@ -74,10 +84,13 @@ pub struct AggregateSpec {
     pub max_series: usize,
     pub coredns: bool,
     pub interval: Duration,
+    pub top_n: usize,
+    pub top_capacity: usize,
 }
 
 impl AggregateSpec {
-    /// A spec with the defaults and `instance` (tests, benches).
+    /// A spec with the defaults and `instance` (tests, benches); panics when `instance`
+    /// is not a valid instance.
     pub fn with_instance(instance: &str) -> Self {
         AggregateConfig {
             instance: instance.to_owned(),
@@ -129,6 +142,18 @@ impl AggregateConfig {
                 ),
             ));
         }
+        if self.top_n > 100 {
+            return Err(err("top_n", format!("{}: at most 100", self.top_n)));
+        }
+        if self.top_n > 0 && (self.top_capacity < self.top_n || self.top_capacity > 10_000) {
+            return Err(err(
+                "top_capacity",
+                format!(
+                    "{}: must be between top_n ({}) and 10000",
+                    self.top_capacity, self.top_n
+                ),
+            ));
+        }
         Ok(AggregateSpec {
             instance: inst.to_owned(),
             max_identities: self.max_identities,
@@ -136,6 +161,8 @@ impl AggregateConfig {
             max_series: self.max_series,
             coredns: self.coredns,
             interval: self.interval,
+            top_n: self.top_n,
+            top_capacity: self.top_capacity,
         })
     }
 }
@@ -185,6 +212,11 @@ mod tests {
                 .starts_with("aggregate.max_identities: ")
         );
         assert!(bad("instance = \"a\"\nmax_zones = 0").starts_with("aggregate.max_zones: "));
+        assert!(bad("instance = \"a\"\ntop_n = 101").starts_with("aggregate.top_n: 101"));
+        assert!(
+            bad("instance = \"a\"\ntop_n = 20\ntop_capacity = 10")
+                .starts_with("aggregate.top_capacity: 10")
+        );
         assert!(
             bad("instance = \"a\"\ninterval = \"10ms\"").starts_with("aggregate.interval: 10ms")
         );

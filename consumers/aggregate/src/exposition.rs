@@ -35,6 +35,7 @@ impl Sink for Text<'_> {
     fn family(&mut self, name: &'static str, help: &'static str, kind: Kind) {
         let t = match kind {
             Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
             Kind::Histogram(_) => "histogram",
         };
         self.out.push_str("# HELP ");

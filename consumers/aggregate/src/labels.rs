@@ -181,7 +181,13 @@ pub(crate) fn dotted(zone: &str) -> Box<str> {
 #[derive(Debug, Clone)]
 pub struct Interner {
     map: FxHashMap<Box<str>, u32>,
+    /// Shown form, by index.
     names: Vec<Box<str>>,
+    /// The value as looked up, by index.
+    raw: Vec<Box<str>>,
+    /// The index found last: a stream usually repeats one identity, and comparing with it
+    /// is cheaper than hashing.
+    last: u32,
     max: usize,
     overflow: u64,
 }
@@ -197,12 +203,15 @@ impl Interner {
         let mut i = Interner {
             map: FxHashMap::default(),
             names: Vec::new(),
+            raw: Vec::new(),
+            last: Self::NONE,
             max,
             overflow: 0,
         };
         for p in [OTHER, NONE] {
             i.map.insert(p.into(), i.names.len() as u32);
             i.names.push(p.into());
+            i.raw.push(p.into());
         }
         i
     }
@@ -220,7 +229,11 @@ impl Interner {
         let Some(s) = s.filter(|s| !s.is_empty()) else {
             return Self::NONE;
         };
+        if self.raw.get(self.last as usize).is_some_and(|r| **r == *s) {
+            return self.last;
+        }
         if let Some(&i) = self.map.get(s) {
+            self.last = i;
             return i;
         }
         if self.names.len() - 2 >= self.max {
@@ -230,6 +243,8 @@ impl Interner {
         let i = self.names.len() as u32;
         self.map.insert(s.into(), i);
         self.names.push(show(s));
+        self.raw.push(s.into());
+        self.last = i;
         i
     }
 
@@ -332,5 +347,19 @@ mod tests {
         assert_eq!(i.overflow(), 2, "placeholders are not overflow");
         assert_eq!(i.name(Interner::NONE), NONE);
         assert_eq!(i.name(999), OTHER);
+        // The last-value shortcut gives the same answers.
+        for v in ["a", "a", "b", "a", "zz", "b", "b"] {
+            let want = match v {
+                "a" => a,
+                "b" => b,
+                _ => Interner::OTHER,
+            };
+            assert_eq!(i.get(Some(v)), want, "{v}");
+        }
+        let mut z = Interner::new(3);
+        let root = z.get_shown(Some("."), dotted);
+        let org = z.get_shown(Some("example.org"), dotted);
+        assert_eq!(z.get_shown(Some("example.org"), dotted), org);
+        assert_eq!((z.name(root), z.name(org)), (".", "example.org."));
     }
 }

@@ -27,6 +27,10 @@
 //! | `coredns_dns_request_duration_seconds` | histogram, [`LATENCY_BUCKETS`] | server, zone, type | `*_RESPONSE` with a latency |
 //! | `coredns_dns_request_size_bytes` | histogram, [`SIZE_BUCKETS`] | server, zone, proto | `*_QUERY` |
 //! | `coredns_dns_response_size_bytes` | histogram, [`SIZE_BUCKETS`] | server, zone, proto | `*_RESPONSE` |
+//! | `dnstap_top_qname_count` | gauge | identity, rank | `*_QUERY` with a qname (`top_n > 0`) |
+//! | `dnstap_top_qname_info` | gauge (1) | identity, rank, qname | the same |
+//! | `dnstap_top_client_count` | gauge | identity, rank | `*_QUERY` with a query-ip |
+//! | `dnstap_top_client_info` | gauge (1) | identity, rank, client | the same |
 //! | `tapbus_aggregate_events_total` | counter | | every event |
 //! | `tapbus_aggregate_identity_overflow_total` | counter | | identities beyond `max_identities` |
 //! | `tapbus_aggregate_zone_overflow_total` | counter | | zones beyond `max_zones` |
@@ -48,13 +52,26 @@
 //!   so `view=""` selectors still match). CoreDNS times a request inside the server;
 //!   here the duration is dnstap's response - query time.
 //!
+//! # Top-N
+//!
+//! Per identity, the `top_n` (default 10) most queried qnames and most active clients
+//! since start, from a space-saving summary of `top_capacity` (default 100) keys
+//! ([`top`]); counts are upper bounds, exact while an identity has at most
+//! `top_capacity` distinct keys. The shape keeps series stable: `*_count` has exactly
+//! ranks `1..=top_n` for every identity that has queried (0 for an unfilled rank), so
+//! those series never churn; `*_info{rank, qname|client} 1` names the key holding each
+//! filled rank, and only those series change when the ranking does. Join them with
+//! `dnstap_top_qname_count * on (instance, identity, rank) group_left (qname)
+//! dnstap_top_qname_info`.
+//!
 //! # Bounds
 //!
 //! At most `max_identities` identities (beyond: `identity="other"` / `server="other"`,
 //! counted in `tapbus_aggregate_identity_overflow_total`) and `max_zones` zones, and at
 //! most `max_series` label sets per family: an event that would add one more is left out
 //! of that family only and counted in `tapbus_aggregate_series_dropped_total{metric}`.
-//! Memory is therefore bounded by 8 x `max_series` entries plus the interned strings.
+//! Memory is therefore bounded by 8 x `max_series` entries plus the interned strings,
+//! plus 2 x `top_capacity` keys per identity for top-N.
 
 #![forbid(unsafe_code)]
 
@@ -63,6 +80,7 @@ pub mod config;
 pub mod exposition;
 pub mod labels;
 pub mod metrics;
+pub mod top;
 
 pub use batch::{Batch, Series};
 pub use config::{AggregateConfig, AggregateSpec, ConfigError};

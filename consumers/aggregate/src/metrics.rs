@@ -10,12 +10,52 @@
 //! the small table indices one byte each from bit 0; the CoreDNS families put the zone
 //! in bits 24..44 and use bytes 0-2 only.
 
-use rustc_hash::FxHashMap;
+use std::borrow::Cow;
 use std::collections::hash_map::Entry;
+use std::net::IpAddr;
+
+use rustc_hash::FxHashMap;
 use tapbus_event::EventView;
 
 use crate::config::AggregateSpec;
 use crate::labels::{self, Interner};
+use crate::top::SpaceSaving;
+
+/// Per identity, its top keys with their counts, highest first.
+type Ranked<'a> = Vec<(&'a str, Vec<(Cow<'a, str>, u64)>)>;
+
+/// Names of one top-N pair of families.
+struct TopFamily {
+    count: &'static str,
+    count_help: &'static str,
+    info: &'static str,
+    info_help: &'static str,
+    /// The label naming the key in the info family.
+    key: &'static str,
+}
+
+const TOP_QNAME: &TopFamily = &TopFamily {
+    count: "dnstap_top_qname_count",
+    count_help: "Queries for the qname at each rank per identity (space-saving estimate, an upper bound); every rank always present, 0 when unfilled.",
+    info: "dnstap_top_qname_info",
+    info_help: "1 for the qname at each filled rank per identity (join on identity, rank).",
+    key: "qname",
+};
+
+const TOP_CLIENT: &TopFamily = &TopFamily {
+    count: "dnstap_top_client_count",
+    count_help: "Queries from the client (query-ip) at each rank per identity (space-saving estimate, an upper bound); every rank always present, 0 when unfilled.",
+    info: "dnstap_top_client_info",
+    info_help: "1 for the client at each filled rank per identity (join on identity, rank).",
+    key: "client",
+};
+
+/// The top-N summaries of one identity (from its `*_QUERY` events).
+#[derive(Debug, Clone)]
+struct Top {
+    qnames: SpaceSaving<String>,
+    clients: SpaceSaving<IpAddr>,
+}
 
 /// CoreDNS's request duration buckets: 0.00025 s doubling 16 times to 8.192 s.
 pub const LATENCY_BUCKETS: [f64; 16] = [
@@ -86,6 +126,7 @@ impl Histogram {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Kind {
     Counter,
+    Gauge,
     /// With its finite bucket bounds.
     Histogram(&'static [f64]),
 }
@@ -210,6 +251,10 @@ pub struct Aggregator {
     cd_duration: FxHashMap<u64, Histogram>,
     cd_request_size: FxHashMap<u64, Histogram>,
     cd_response_size: FxHashMap<u64, Histogram>,
+    /// By identity index, made at the identity's first query when `top_n > 0`.
+    top: Vec<Option<Box<Top>>>,
+    /// `"1"`, `"2"`, ... `top_n`: the `rank` label values.
+    ranks: Vec<String>,
     events: u64,
     invalid_latency: u64,
     dropped: [u64; 8],
@@ -218,6 +263,7 @@ pub struct Aggregator {
 impl Aggregator {
     /// Empty state for a validated spec.
     pub fn new(spec: AggregateSpec) -> Self {
+        let ranks = (1..=spec.top_n).map(|r| r.to_string()).collect();
         Aggregator {
             identities: Interner::new(spec.max_identities),
             zones: Interner::new(spec.max_zones),
@@ -230,6 +276,8 @@ impl Aggregator {
             cd_duration: FxHashMap::default(),
             cd_request_size: FxHashMap::default(),
             cd_response_size: FxHashMap::default(),
+            top: Vec::new(),
+            ranks,
             events: 0,
             invalid_latency: 0,
             dropped: [0; 8],
@@ -263,7 +311,11 @@ impl Aggregator {
     pub fn push(&mut self, ev: &EventView<'_>) {
         self.events += 1;
         let max = self.spec.max_series;
-        let id = u64::from(self.identities.get(ev.identity())) << ID_SHIFT;
+        let id_index = self.identities.get(ev.identity());
+        let id = u64::from(id_index) << ID_SHIFT;
+        if self.spec.top_n > 0 && ev.is_query() {
+            self.offer_top(id_index as usize, ev);
+        }
         let op = labels::operation(ev.operation());
         let proto = labels::protocol(ev.protocol());
         let fam = labels::family(ev.family());
@@ -336,6 +388,91 @@ impl Aggregator {
                 let k = base | u64::from(cproto);
                 let dr = &mut d[Fam::CdResponseSize as usize];
                 observe(&mut self.cd_response_size, k, &SIZE_BUCKETS, s, max, dr);
+            }
+        }
+    }
+
+    /// Feeds the top-N summaries of identity `i`.
+    fn offer_top(&mut self, i: usize, ev: &EventView<'_>) {
+        if self.top.len() <= i {
+            self.top.resize_with(i + 1, || None);
+        }
+        let cap = self.spec.top_capacity;
+        let t = self.top[i].get_or_insert_with(|| {
+            Box::new(Top {
+                qnames: SpaceSaving::new(cap),
+                clients: SpaceSaving::new(cap),
+            })
+        });
+        if let Some(q) = ev.qname() {
+            t.qnames.offer(q, |q, old| {
+                let mut b = old.unwrap_or_default();
+                b.clear();
+                b.push_str(q);
+                b
+            });
+        }
+        if let Some(ip) = ev.client_ip() {
+            t.clients.offer(&ip, |ip, _| *ip);
+        }
+    }
+
+    /// The top-N families: fixed `rank` series with the counts, and `_info` series naming
+    /// the key at each filled rank.
+    fn visit_top(&self, sink: &mut impl Sink) {
+        let n = self.spec.top_n;
+        let tops = || {
+            self.top
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| Some((self.identities.name(i as u32), t.as_deref()?)))
+        };
+        let qnames: Ranked<'_> = tops()
+            .map(|(id, t)| {
+                let v = t.qnames.top(n).into_iter();
+                (
+                    id,
+                    v.map(|(k, c, _)| (Cow::Borrowed(k.as_str()), c)).collect(),
+                )
+            })
+            .collect();
+        self.top_family(sink, TOP_QNAME, &qnames);
+        let clients: Ranked<'_> = tops()
+            .map(|(id, t)| {
+                let v = t.clients.top(n).into_iter();
+                (
+                    id,
+                    v.map(|(k, c, _)| (Cow::Owned(k.to_string()), c)).collect(),
+                )
+            })
+            .collect();
+        self.top_family(sink, TOP_CLIENT, &clients);
+    }
+
+    fn top_family(&self, sink: &mut impl Sink, f: &TopFamily, rows: &Ranked<'_>) {
+        let inst = self.spec.instance.as_str();
+        sink.family(f.count, f.count_help, Kind::Gauge);
+        for (id, top) in rows {
+            for (r, rank) in self.ranks.iter().enumerate() {
+                let v = top.get(r).map_or(0, |(_, c)| *c);
+                let l = [
+                    ("instance", inst),
+                    ("identity", *id),
+                    ("rank", rank.as_str()),
+                ];
+                sink.sample(f.count, &l, Le::No, Value::Int(v));
+            }
+        }
+        sink.family(f.info, f.info_help, Kind::Gauge);
+        for (id, top) in rows {
+            for ((k, _), rank) in top.iter().zip(&self.ranks) {
+                let l = [
+                    ("instance", inst),
+                    ("identity", *id),
+                    ("rank", rank.as_str()),
+                    (f.key, k.as_ref()),
+                ];
+                sink.sample(f.info, &l, Le::No, Value::Int(1));
             }
         }
     }
@@ -471,6 +608,9 @@ impl Aggregator {
             );
         }
 
+        if self.spec.top_n > 0 {
+            self.visit_top(sink);
+        }
         sink.family(
             "tapbus_aggregate_events_total",
             "Events aggregated.",
@@ -867,5 +1007,47 @@ mod aggregator_tests {
         }
         assert_eq!(text(&a), text(&b));
         assert_eq!(a.batch(5, 1), b.batch(5, 1));
+    }
+
+    #[test]
+    fn top_n_has_fixed_rank_series() {
+        let mut a = agg(|c| {
+            c.top_n = 3;
+            c.top_capacity = 10;
+        });
+        Ev::default().push(&mut a, 1);
+        let t = text(&a);
+        let l = "{instance=\"t1\",identity=\"ns1\"";
+        for want in [
+            "# TYPE dnstap_top_qname_count gauge\n".to_string(),
+            format!("dnstap_top_qname_count{l},rank=\"1\"}} 1\n"),
+            format!("dnstap_top_qname_count{l},rank=\"2\"}} 0\n"),
+            format!("dnstap_top_qname_count{l},rank=\"3\"}} 0\n"),
+            format!("dnstap_top_qname_info{l},rank=\"1\",qname=\"example.com\"}} 1\n"),
+            format!("dnstap_top_client_count{l},rank=\"1\"}} 1\n"),
+            format!("dnstap_top_client_info{l},rank=\"1\",client=\"192.0.2.1\"}} 1\n"),
+        ] {
+            assert!(t.contains(&want), "{want}\n---\n{t}");
+        }
+        assert!(!t.contains("rank=\"4\""));
+        assert_eq!(
+            t.matches("dnstap_top_qname_info{").count(),
+            1,
+            "filled ranks only"
+        );
+        // Responses are not counted.
+        Ev {
+            op: "CLIENT_RESPONSE",
+            ..Default::default()
+        }
+        .push(&mut a, 5);
+        assert!(
+            a.exposition()
+                .contains(&format!("dnstap_top_qname_count{l},rank=\"1\"}} 1\n"))
+        );
+
+        let mut off = agg(|c| c.top_n = 0);
+        Ev::default().push(&mut off, 1);
+        assert!(!off.exposition().contains("dnstap_top_"));
     }
 }

@@ -47,7 +47,7 @@ fn parse_text(text: &str) -> Vec<Sample> {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, t) = rest.split_once(' ').expect("TYPE name type");
-            assert!(matches!(t, "counter" | "histogram"), "{line}");
+            assert!(matches!(t, "counter" | "gauge" | "histogram"), "{line}");
             typed.insert(name.to_owned());
             continue;
         }
@@ -172,6 +172,8 @@ fn captures_match_their_summaries() {
     for name in captures {
         let mut spec = AggregateSpec::with_instance("it");
         spec.coredns = true;
+        // Above the distinct names of every small capture: their top-N is exact.
+        spec.top_capacity = 1000;
         let mut agg = Aggregator::new(spec);
         let evs = events(&testdata::path(&name));
         for e in &evs {
@@ -227,5 +229,60 @@ fn captures_match_their_summaries() {
             testdata::expected_count(&name),
             "{name}: coredns"
         );
+
+        check_top(&name, &evs, &parsed, 1000);
+    }
+}
+
+/// The top qnames per identity against exact counts: equal when the capture has no more
+/// distinct query names than the summary's capacity (space-saving is exact then), else
+/// every reported count is an upper bound of the true one.
+fn check_top(name: &str, evs: &[Vec<u8>], parsed: &[Sample], capacity: usize) {
+    let top_n = AggregateSpec::with_instance("it").top_n;
+    let mut exact: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for e in evs {
+        let v = EventView::parse(e).expect("parses");
+        if let (true, Some(q)) = (v.is_query(), v.qname()) {
+            let id = v.identity().unwrap_or("none").to_owned();
+            *exact
+                .entry(id)
+                .or_default()
+                .entry(q.to_owned())
+                .or_insert(0) += 1;
+        }
+    }
+    for (id, names) in &exact {
+        let ranks: BTreeMap<u64, f64> = parsed
+            .iter()
+            .filter(|s| s.name == "dnstap_top_qname_count" && s.labels["identity"] == *id)
+            .map(|s| (s.labels["rank"].parse().expect("rank"), s.value))
+            .collect();
+        assert_eq!(ranks.len(), top_n, "{name} {id}: every rank");
+        let info: BTreeMap<u64, &str> = parsed
+            .iter()
+            .filter(|s| s.name == "dnstap_top_qname_info" && s.labels["identity"] == *id)
+            .map(|s| {
+                (
+                    s.labels["rank"].parse().expect("rank"),
+                    s.labels["qname"].as_str(),
+                )
+            })
+            .collect();
+        let mut want: Vec<u64> = names.values().copied().collect();
+        want.sort_unstable_by(|a, b| b.cmp(a));
+        want.resize(top_n, 0);
+        let got: Vec<u64> = ranks.values().map(|v| *v as u64).collect();
+        if names.len() <= capacity {
+            assert_eq!(got, want, "{name} {id}: exact below capacity");
+            for (r, q) in &info {
+                assert_eq!(names[*q], got[(*r - 1) as usize], "{name} {id}: {q}");
+            }
+        } else {
+            for (r, q) in &info {
+                let real = names.get(*q).copied().unwrap_or(0);
+                assert!(got[(*r - 1) as usize] >= real, "{name} {id}: {q}");
+            }
+        }
+        eprintln!("{name} {id}: {} qnames, top {:?}", names.len(), &got[..3]);
     }
 }
