@@ -1,5 +1,5 @@
 //! The state: cumulative counters and histograms kept in process, fed one [`EventView`] at
-//! a time by [`Aggregator::push`], read by the exporters through [`Aggregator::visit`].
+//! a time by [`Aggregator::push`], read by the exporters through `Aggregator::visit` (crate-private).
 //!
 //! Every family is a hash map from a packed `u64` label key (indices into the fixed
 //! tables of [`crate::labels`] and the bounded [`Interner`]s) to a counter or a
@@ -68,6 +68,10 @@ pub const SIZE_BUCKETS: [f64; 14] = [
     0.0, 100.0, 200.0, 300.0, 400.0, 511.0, 1023.0, 2047.0, 4095.0, 8291.0, 16000.0, 32000.0,
     48000.0, 64000.0,
 ];
+
+/// Latencies above this (a year, in seconds) are counted as invalid, not observed, so a
+/// histogram sum stays finite (and JSON-representable) whatever the events say.
+pub const MAX_LATENCY: f64 = 365.0 * 86400.0;
 
 /// The most finite buckets of any family, plus one for `+Inf`.
 const SLOTS: usize = LATENCY_BUCKETS.len() + 1;
@@ -332,7 +336,7 @@ impl Aggregator {
         bump(&mut self.messages, k, max, &mut d[Fam::Messages as usize]);
 
         let latency = match ev.latency() {
-            Some(l) if l.is_finite() && l >= 0.0 => Some(l),
+            Some(l) if (0.0..=MAX_LATENCY).contains(&l) => Some(l),
             Some(_) => {
                 self.invalid_latency += 1;
                 None
@@ -646,7 +650,7 @@ impl Aggregator {
         );
         sink.family(
             "tapbus_aggregate_invalid_latency_total",
-            "Events with a negative or non-finite latency, not observed.",
+            "Events with a negative, non-finite or over a year latency, not observed.",
             Kind::Counter,
         );
         sink.sample(
@@ -855,11 +859,13 @@ mod aggregator_tests {
             ..r.clone()
         }
         .push(&mut a, 1);
-        Ev {
-            latency: Some(-1.0),
-            ..r.clone()
+        for bad in [-1.0, 1e300] {
+            Ev {
+                latency: Some(bad),
+                ..r.clone()
+            }
+            .push(&mut a, 1);
         }
-        .push(&mut a, 1);
         let t = text(&a);
         let l = "{instance=\"t1\",identity=\"ns1\",operation=\"CLIENT_RESPONSE\"";
         for want in [
@@ -870,11 +876,11 @@ mod aggregator_tests {
             format!("dnstap_latency_seconds_sum{l}}} 20.001\n"),
             format!("dnstap_latency_seconds_count{l}}} 3\n"),
             format!("dnstap_message_size_bytes_bucket{l},protocol=\"UDP\",le=\"400\"}} 0\n"),
-            format!("dnstap_message_size_bytes_bucket{l},protocol=\"UDP\",le=\"511\"}} 3\n"),
-            format!("dnstap_message_size_bytes_bucket{l},protocol=\"UDP\",le=\"64000\"}} 3\n"),
-            format!("dnstap_message_size_bytes_bucket{l},protocol=\"UDP\",le=\"+Inf\"}} 4\n"),
-            format!("dnstap_message_size_bytes_count{l},protocol=\"UDP\"}} 4\n"),
-            "tapbus_aggregate_invalid_latency_total{instance=\"t1\"} 1\n".to_string(),
+            format!("dnstap_message_size_bytes_bucket{l},protocol=\"UDP\",le=\"511\"}} 4\n"),
+            format!("dnstap_message_size_bytes_bucket{l},protocol=\"UDP\",le=\"64000\"}} 4\n"),
+            format!("dnstap_message_size_bytes_bucket{l},protocol=\"UDP\",le=\"+Inf\"}} 5\n"),
+            format!("dnstap_message_size_bytes_count{l},protocol=\"UDP\"}} 5\n"),
+            "tapbus_aggregate_invalid_latency_total{instance=\"t1\"} 2\n".to_string(),
         ] {
             assert!(t.contains(&want), "{want}\n---\n{t}");
         }
