@@ -141,6 +141,14 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("batch+json{p}"), |b| {
             b.iter(|| black_box(agg.batch(1, 1).to_json().len()))
         });
+        let mut json = Vec::with_capacity(2 * text.len());
+        g.bench_function(format!("write_batch_json{p}"), |b| {
+            b.iter(|| {
+                json.clear();
+                agg.write_batch_json(1, 1, &mut json);
+                black_box(json.len())
+            })
+        });
     }
     g.finish();
 }

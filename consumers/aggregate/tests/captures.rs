@@ -202,6 +202,12 @@ fn captures_match_their_summaries() {
             .collect();
         assert!(errors.is_empty(), "{name}: {errors:?}");
         let b: Batch = serde_json::from_slice(&json).expect("reads back");
+        let mut direct = Vec::new();
+        agg.write_batch_json(1_795_315_298_535, 3, &mut direct);
+        let doc: Value = serde_json::from_slice(&direct).expect("direct batch JSON");
+        assert!(v.is_valid(&doc), "{name}: write_batch_json is valid");
+        let d: Batch = serde_json::from_slice(&direct).expect("reads back");
+        assert_eq!(d, b, "{name}: write_batch_json == batch");
         assert_eq!(b.message_id(), "tapbus-metrics:it:3");
         let from_batch: Vec<_> = b
             .series
