@@ -1,31 +1,32 @@
 //! Aggregating the events of the bulk capture (`bulk-100k.fstrm`, 100,002 events: one
 //! identity, CLIENT_QUERY + CLIENT_RESPONSE, 9,270 distinct qnames).
 //!
-//! Measured 2026-12-02 on this 2-core machine (load ~3 from other builds during the run,
-//! so the spread is wide), `cargo bench -p tapbus-aggregate --bench aggregate --
-//! --warm-up-time 1 --measurement-time 3`, 20,000 events per iteration, series already
-//! present (steady state), medians:
+//! Measured 2026-12-02 on this 2-core machine, two runs (load 2.5 and 4.3 from other
+//! builds, so the spread is wide; the range is over both runs' medians), `cargo bench -p
+//! tapbus-aggregate --bench aggregate -- --warm-up-time 1 --measurement-time 3`, 20,000
+//! events per iteration, series already present (steady state):
 //!
 //! | what | per event | events/s (one core) |
 //! | --- | --- | --- |
-//! | `push`, top-N off (the 3 `dnstap_*` families) | 57 ns | 17.5 M |
-//! | `push`, defaults (top-N on: 10 of 100 qnames and clients) | 160 ns | 6.2 M |
+//! | `push`, top-N off (the 3 `dnstap_*` families) | 57-90 ns | 11-17 M |
+//! | `push`, defaults (top-N on: 10 ranks of 100 monitored qnames and clients) | 160-250 ns | 4.0-6.2 M |
 //! | `push`, CoreDNS profile + top-N | 280 ns | 3.6 M |
-//! | `EventView::parse` + `push` (defaults) | 1.07 us | 0.93 M |
+//! | `EventView::parse` + `push` (defaults) | 1.07-1.36 us | 0.74-0.93 M |
 //!
-//! So aggregation itself is far inside the 1 M events/s per core budget; the JSON parse
-//! (~0.8 us, `event/benches/view.rs`) is most of the cost of a consumer.
+//! Aggregation is far inside the 1 M events/s per core budget; the JSON parse (~0.8 us,
+//! `event/benches/view.rs`) is most of a consumer's cost. Top-N is the dearest part here:
+//! the bulk capture has 9,270 distinct qnames for 100 slots, so most queries evict.
 //!
-//! Exports of the state after all 100,002 events:
+//! Exports of the state after all 100,002 events (second run):
 //!
-//! | state | samples | text | `write_exposition` | `batch` + `to_json` |
-//! | --- | --- | --- | --- | --- |
-//! | defaults | 91 | 12 KB | 14 us | 73 us |
-//! | CoreDNS profile | 141 | 19 KB | 24 us | 147 us |
-//! | CoreDNS profile, events spread over 1000 identities | 117,606 | 12.4 MB | 26 ms | 224 ms |
+//! | state | samples | text | `write_exposition` | `batch` + `to_json` | `write_batch_json` |
+//! | --- | --- | --- | --- | --- | --- |
+//! | defaults | 91 | 12 KB | 15 us | 80 us | 18 us |
+//! | CoreDNS profile | 141 | 19 KB | 19 us | 116 us | 28 us |
+//! | CoreDNS profile, events spread over 1000 identities | 117,606 | 12.4 MB | 19 ms | 141 ms | 18 ms |
 //!
-//! The batch costs ~8x the text because every series owns its label map (`BTreeMap` of
-//! `String`s); at one batch per 15 s that is ~1.5 % of a core for 1000 identities.
+//! `batch()` builds a label map of `String`s per series; the binary should publish with
+//! `write_batch_json` (same content, ~8x cheaper).
 
 use std::borrow::Cow;
 use std::hint::black_box;
