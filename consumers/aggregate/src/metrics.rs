@@ -126,9 +126,9 @@ impl Histogram {
     }
 }
 
-/// Counter or histogram.
+/// Counter, gauge or histogram.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Counter,
     Gauge,
     /// With its finite bucket bounds.
@@ -1055,5 +1055,36 @@ mod aggregator_tests {
         let mut off = agg(|c| c.top_n = 0);
         Ev::default().push(&mut off, 1);
         assert!(!off.exposition().contains("dnstap_top_"));
+    }
+
+    #[test]
+    fn zones_are_bounded_and_dotted() {
+        let mut a = agg(|c| {
+            c.coredns = true;
+            c.max_zones = 2;
+        });
+        for z in [None, Some("a.test"), Some("b.test"), Some("c.test.")] {
+            Ev {
+                op: "AUTH_QUERY",
+                zone: z,
+                ..Default::default()
+            }
+            .push(&mut a, 1);
+        }
+        let t = text(&a);
+        for z in [".", "a.test.", "other"] {
+            assert!(
+                t.contains(&format!("zone=\"{z}\",proto=\"udp\"")),
+                "{z}\n{t}"
+            );
+        }
+        assert!(!t.contains("b.test"));
+        assert!(t.contains("tapbus_aggregate_zone_overflow_total{instance=\"t1\"} 2\n"));
+    }
+
+    #[test]
+    fn aggregator_is_send() {
+        fn send<T: Send + 'static>() {}
+        send::<Aggregator>();
     }
 }
