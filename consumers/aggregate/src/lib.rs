@@ -9,7 +9,34 @@
 //! This crate is the middle of that picture and nothing else: no sockets, no runtime, no
 //! clock. The binary (bus input, `/metrics` over HTTP, publishing, acks) owns one
 //! [`Aggregator`], calls [`Aggregator::push`] with every [`tapbus_event::EventView`], and
-//! [`Aggregator::exposition`] per scrape / [`Aggregator::batch`] per interval.
+//! [`Aggregator::exposition`] per scrape / [`Aggregator::write_batch_json`] per interval:
+//!
+//! ```
+//! use tapbus_aggregate::{AggregateConfig, Aggregator, CONTENT_TYPE, batch};
+//! use tapbus_event::EventView;
+//!
+//! let config = AggregateConfig { instance: "agg-1".into(), ..Default::default() };
+//! let spec = config.validate("aggregate")?; // errors name the key: aggregate.max_series: ...
+//! let mut agg = Aggregator::new(spec);
+//!
+//! // bus --JSON--> aggregate
+//! let json = br#"{"network":{"family":"INET","protocol":"UDP"},"dns":{"length":40,"qtype":"A","rcode":"NOERROR"},"dnstap":{"operation":"CLIENT_QUERY","identity":"ns1"}}"#;
+//! agg.push(&EventView::parse(json)?);
+//!
+//! // GET /metrics, served with Content-Type CONTENT_TYPE
+//! let text = agg.exposition();
+//! assert!(text.contains(r#"dnstap_messages_total{instance="agg-1",identity="ns1",operation="CLIENT_QUERY",protocol="UDP",family="INET",qtype="A",rcode="NOERROR"} 1"#));
+//! # let _ = CONTENT_TYPE;
+//!
+//! // Every interval: the whole state, stamped by the caller's clock and numbered.
+//! let (now_ms, seq) = (1_795_315_298_535, 1);
+//! let mut body = Vec::new();
+//! agg.write_batch_json(now_ms, seq, &mut body);
+//! let subject = batch::subject("agg-1"); // tapbus.metrics.agg-1
+//! let msg_id = batch::message_id("agg-1", seq); // the same when re-sent
+//! assert_eq!((subject.as_str(), msg_id.as_str()), ("tapbus.metrics.agg-1", "tapbus-metrics:agg-1:1"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! # Families
 //!
