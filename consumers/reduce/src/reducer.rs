@@ -1,0 +1,651 @@
+//! [`Reducer`]: events in, records out — the middle of
+//! bus --JSON events--> **reduce** --records--> `tapbus.reduced.<reduction>`.
+//!
+//! # Time
+//!
+//! Windows are tumbling, in **event time** ([`EventView::timestamp_ns`], the dnstap
+//! time), aligned to multiples of the window since the epoch: an event at `t` belongs to
+//! `[s, s + w)` with `s = t - t % w`. The **watermark** is the latest event time seen
+//! minus the allowed lateness; window `[s, s + w)` closes once `watermark >= s + w`. The
+//! reducer never reads the clock, so a capture replayed at any speed, in batches of any
+//! size, with [`Reducer::advance`] called at any points, gives the same records in the same
+//! order. When input stops, the binary calls [`Reducer::close_all`].
+//!
+//! The state is summed up by one number, the **closed boundary** `c` (a multiple of the
+//! window): every window starting before `c` is closed. It only grows. [`push`] moves it
+//! (from the watermark), [`advance`] emits what it closed and returns it.
+//!
+//! # Late events
+//!
+//! An event whose window is already closed (`s < c`) is **late**. It is never dropped: it
+//! is counted into a late record for its own window, reduction, identity and key
+//! (`"late": true`), one per close boundary it arrived under, emitted with the next close
+//! (the next time `c` grows, or [`Reducer::close_all`]). So the counts of all records of a
+//! window, late or not, sum to its events. Two late records of the same window that
+//! arrived under different boundaries get different ids (the boundary is hashed in), so
+//! JetStream's de-duplication never drops the second one.
+//!
+//! # Bounds
+//!
+//! * **Groups**: at most `max_groups` keyed groups across everything held. A new group
+//!   beyond that goes into the **overflow record** of its (reduction, window, identity,
+//!   late) with key fields `null` and `"overflow": true` ([`Stats::overflow`] counts the
+//!   events). Overflow groups themselves are bounded by `max_groups` too; past both bounds
+//!   (only with as many distinct windows x identities as groups) the event is refused for
+//!   that reduction and counted in [`Stats::rejected_full`]. Memory is at most
+//!   2 x `max_groups` groups.
+//! * **Future**: an event more than `max_future` ahead of the watermark is **rejected**
+//!   ([`Stats::rejected_future`]) and does not move the watermark, so one wild timestamp
+//!   neither opens thousands of windows nor makes everything after it late. Accepted events
+//!   lie below `watermark + max_future`, so at most `(max_future + lateness) / window + 2`
+//!   windows are open. If [`JUMP_AFTER`] events in a row are all that far ahead, the time
+//!   really jumped (a sender's clock was fixed, a newer capture is replayed): the next one
+//!   is accepted and the watermark follows it (the open windows close).
+//! * The first event anchors the watermark; there is no "past" bound: an event from long
+//!   ago is a late record for its own window.
+//!
+//! # Acks
+//!
+//! [`push`] returns a [`Placed`]: [`Placed::settles_with`] is `None` when the event can be
+//! acked at once (filtered, no timestamp, rejected) and `Some(b)` otherwise: the event is
+//! in a record published once [`advance`] / [`close_all`] returned a boundary `> b`.
+//!
+//! [`push`]: Reducer::push
+//! [`advance`]: Reducer::advance
+//! [`close_all`]: Reducer::close_all
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use hashbrown::HashMap;
+use hashbrown::hash_map::EntryRef;
+use tapbus_event::{EventView, Filter, Operation, Protocol};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::config::{KeyField, ReduceSpec};
+use crate::record::{Key, KeyValue, Record, rfc3339_ns};
+
+/// Consecutive events beyond `max_future` after which the next one is accepted as a real
+/// jump in time (see the [module docs](self)).
+pub const JUMP_AFTER: u64 = 1000;
+
+/// Where [`Reducer::push`] put an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// In the open window starting at `start_ns`: settled once that window closes
+    /// (a boundary `> start_ns`).
+    Window {
+        /// The window's start, ns.
+        start_ns: u64,
+    },
+    /// Late, into a late record of the (closed) window at `window_start_ns`, emitted with
+    /// the next close: settled by a boundary `> settles_with_ns` (the boundary it arrived
+    /// under).
+    Late {
+        /// The event's own window.
+        window_start_ns: u64,
+        /// The closed boundary at arrival.
+        settles_with_ns: u64,
+    },
+    /// No reduction's filter matched: ack at once.
+    Filtered,
+    /// The event has no `dnstap.timestamp` (counted): ack at once.
+    NoTimestamp,
+    /// Refused and counted (see [`Rejected`]): ack at once.
+    Rejected(Rejected),
+}
+
+/// Why an event was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// More than `max_future` ahead of the watermark.
+    Future,
+    /// Both the group and the overflow bounds were full for every reduction it matched.
+    Full,
+}
+
+impl Placed {
+    /// `None`: ack now. `Some(b)`: ack once a close returned a boundary `> b`.
+    pub fn settles_with(&self) -> Option<u64> {
+        match *self {
+            Placed::Window { start_ns } => Some(start_ns),
+            Placed::Late {
+                settles_with_ns, ..
+            } => Some(settles_with_ns),
+            Placed::Filtered | Placed::NoTimestamp | Placed::Rejected(_) => None,
+        }
+    }
+
+    /// Whether a close that returned `boundary` settled this event.
+    pub fn settled_by(&self, boundary: u64) -> bool {
+        self.settles_with().is_none_or(|b| boundary > b)
+    }
+}
+
+/// Counters for /metrics. `events = filtered + no_timestamp + rejected_future +
+/// (events placed)`; `grouped`, `overflow` and `rejected_full` count (event, reduction)
+/// placements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events pushed.
+    pub events: u64,
+    /// Events no reduction wanted.
+    pub filtered: u64,
+    /// (event, reduction) placements into a keyed group.
+    pub grouped: u64,
+    /// Events that were late (counted once per event).
+    pub late: u64,
+    /// (event, reduction) placements into an overflow group.
+    pub overflow: u64,
+    /// (event, reduction) placements refused: group and overflow bounds full.
+    pub rejected_full: u64,
+    /// Events without a timestamp.
+    pub no_timestamp: u64,
+    /// Events too far ahead of the watermark.
+    pub rejected_future: u64,
+    /// Times the watermark followed a sustained jump ([`JUMP_AFTER`]).
+    pub jumps: u64,
+    /// Groups held now (keyed + overflow).
+    pub open_groups: u64,
+    /// Windows held now (on-time windows and pending late ones).
+    pub open_windows: u64,
+    /// Records emitted.
+    pub records: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Agg {
+    count: u64,
+    first: u64,
+    last: u64,
+    bytes: u64,
+}
+
+/// What is held per window. Ordered by when it is due: an on-time window `s` is due at
+/// boundary `> s`, a late bucket that arrived under boundary `c` at `> c`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct BucketId {
+    due: u64,
+    late: bool,
+    start: u64,
+}
+
+#[derive(Default)]
+struct Bucket {
+    /// Encoded group key (see `encode_key`) -> aggregate.
+    groups: HashMap<Box<[u8]>, Agg>,
+}
+
+struct Reduction {
+    name: String,
+    subject: String,
+    filter: Filter,
+    keys: Vec<KeyField>,
+}
+
+/// The reduce state machine (see the [module docs](self)).
+pub struct Reducer {
+    window: u64,
+    lateness: u64,
+    max_future: u64,
+    max_groups: u64,
+    reductions: Vec<Reduction>,
+    buckets: BTreeMap<BucketId, Bucket>,
+    /// Latest accepted event time.
+    max_ts: Option<u64>,
+    /// Every window starting before this is closed.
+    closed: u64,
+    /// The boundary the last `advance`/`close_all` returned.
+    emitted: u64,
+    keyed_groups: u64,
+    overflow_groups: u64,
+    future_run: u64,
+    scratch: Vec<u8>,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Reducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reducer")
+            .field("window", &self.window)
+            .field("closed", &self.closed)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reducer {
+    /// A reducer for a validated configuration.
+    pub fn new(spec: ReduceSpec) -> Reducer {
+        Reducer {
+            window: spec.window_ns.max(1),
+            lateness: spec.lateness_ns,
+            max_future: spec.max_future_ns,
+            max_groups: spec.max_groups as u64,
+            reductions: spec
+                .reductions
+                .into_iter()
+                .take(64)
+                .map(|r| Reduction {
+                    name: r.name,
+                    subject: r.subject,
+                    filter: r.filter,
+                    keys: r.keys,
+                })
+                .collect(),
+            buckets: BTreeMap::new(),
+            max_ts: None,
+            closed: 0,
+            emitted: 0,
+            keyed_groups: 0,
+            overflow_groups: 0,
+            future_run: 0,
+            scratch: Vec::with_capacity(256),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats;
+        s.open_groups = self.keyed_groups + self.overflow_groups;
+        s.open_windows = self.buckets.len() as u64;
+        s
+    }
+
+    /// Latest accepted event time minus the lateness (`None` before the first event).
+    pub fn watermark(&self) -> Option<u64> {
+        self.max_ts.map(|m| m.saturating_sub(self.lateness))
+    }
+
+    /// The closed boundary: every window starting before it is closed (0 before the
+    /// first event).
+    pub fn closed_boundary(&self) -> u64 {
+        self.closed
+    }
+
+    fn align(&self, t: u64) -> u64 {
+        t - t % self.window
+    }
+
+    /// Takes one event. Call [`advance`](Self::advance) after each event or batch to get
+    /// the records of the windows it closed.
+    pub fn push(&mut self, ev: &EventView<'_>) -> Placed {
+        self.stats.events += 1;
+        let mut mask = 0u64;
+        for (i, r) in self.reductions.iter().enumerate() {
+            if r.filter.matches(ev) {
+                mask |= 1 << i;
+            }
+        }
+        if mask == 0 {
+            self.stats.filtered += 1;
+            return Placed::Filtered;
+        }
+        let Some(ts) = ev.timestamp_ns() else {
+            self.stats.no_timestamp += 1;
+            return Placed::NoTimestamp;
+        };
+        if let Some(wm) = self.watermark()
+            && ts > wm.saturating_add(self.max_future)
+        {
+            self.future_run += 1;
+            if self.future_run <= JUMP_AFTER {
+                self.stats.rejected_future += 1;
+                return Placed::Rejected(Rejected::Future);
+            }
+            self.stats.jumps += 1;
+        }
+        self.future_run = 0;
+        let max = self.max_ts.map_or(ts, |m| m.max(ts));
+        self.max_ts = Some(max);
+        let wm_window = self.align(max.saturating_sub(self.lateness));
+        self.closed = self.closed.max(wm_window);
+
+        let start = self.align(ts);
+        let late = start < self.closed;
+        let id = if late {
+            self.stats.late += 1;
+            BucketId {
+                due: self.closed,
+                late: true,
+                start,
+            }
+        } else {
+            BucketId {
+                due: start,
+                late: false,
+                start,
+            }
+        };
+        let bytes = u64::from(ev.size().unwrap_or(0));
+        let bucket = self.buckets.entry(id).or_default();
+        let mut placed_any = false;
+        for (i, r) in self.reductions.iter().enumerate() {
+            if mask & (1 << i) == 0 {
+                continue;
+            }
+            encode_key(&mut self.scratch, i, false, ev, &r.keys);
+            let fits = self.keyed_groups < self.max_groups;
+            let placed = match bucket.groups.entry_ref(&self.scratch[..]) {
+                EntryRef::Occupied(mut o) => {
+                    o.get_mut().add(ts, bytes);
+                    self.stats.grouped += 1;
+                    true
+                }
+                EntryRef::Vacant(v) if fits => {
+                    v.insert(Agg::new(ts, bytes));
+                    self.keyed_groups += 1;
+                    self.stats.grouped += 1;
+                    true
+                }
+                EntryRef::Vacant(_) => {
+                    encode_key(&mut self.scratch, i, true, ev, &[]);
+                    let fits = self.overflow_groups < self.max_groups;
+                    match bucket.groups.entry_ref(&self.scratch[..]) {
+                        EntryRef::Occupied(mut o) => {
+                            o.get_mut().add(ts, bytes);
+                            self.stats.overflow += 1;
+                            true
+                        }
+                        EntryRef::Vacant(v) if fits => {
+                            v.insert(Agg::new(ts, bytes));
+                            self.overflow_groups += 1;
+                            self.stats.overflow += 1;
+                            true
+                        }
+                        EntryRef::Vacant(_) => {
+                            self.stats.rejected_full += 1;
+                            false
+                        }
+                    }
+                }
+            };
+            placed_any |= placed;
+        }
+        if bucket.groups.is_empty() {
+            self.buckets.remove(&id);
+        }
+        if !placed_any {
+            if late {
+                self.stats.late -= 1;
+            }
+            return Placed::Rejected(Rejected::Full);
+        }
+        if late {
+            Placed::Late {
+                window_start_ns: start,
+                settles_with_ns: id.due,
+            }
+        } else {
+            Placed::Window { start_ns: start }
+        }
+    }
+
+    /// Appends the records of every window closed since the last call (and the pending
+    /// late records) to `out`, in a deterministic order, and returns the new closed
+    /// boundary; `None` if it did not move (nothing to emit).
+    pub fn advance(&mut self, out: &mut Vec<Record>) -> Option<u64> {
+        if self.closed == self.emitted {
+            return None;
+        }
+        self.emit_due(out);
+        self.emitted = self.closed;
+        Some(self.closed)
+    }
+
+    /// Input stopped (idle, shutdown): closes every window, emits every record held and
+    /// returns the boundary (`None` if no event was ever placed). The boundary becomes the
+    /// end of the latest event's window, or one window past the previous boundary if
+    /// late records arrived under it; later events before it are late.
+    pub fn close_all(&mut self, out: &mut Vec<Record>) -> Option<u64> {
+        let max = self.max_ts?;
+        let mut target = self.align(max).saturating_add(self.window).max(self.closed);
+        if self.buckets.keys().any(|b| b.due >= target) {
+            target = self.closed.saturating_add(self.window).max(target);
+        }
+        self.closed = target;
+        self.emit_due(out);
+        // Only a bucket due at u64::MAX (timestamps at the very end of the range) can
+        // remain; emit it too so nothing is held.
+        self.emit_all(out);
+        self.emitted = self.closed;
+        Some(self.closed)
+    }
+
+    fn emit_due(&mut self, out: &mut Vec<Record>) {
+        while let Some(e) = self.buckets.first_entry() {
+            if e.key().due >= self.closed {
+                break;
+            }
+            let (id, bucket) = e.remove_entry();
+            self.emit_bucket(id, bucket, out);
+        }
+    }
+
+    fn emit_all(&mut self, out: &mut Vec<Record>) {
+        while let Some((id, bucket)) = self.buckets.pop_first() {
+            self.emit_bucket(id, bucket, out);
+        }
+    }
+
+    fn emit_bucket(&mut self, id: BucketId, bucket: Bucket, out: &mut Vec<Record>) {
+        let mut groups: Vec<(Box<[u8]>, Agg)> = bucket.groups.into_iter().collect();
+        groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let end = id.start.saturating_add(self.window);
+        let (start_s, end_s) = (rfc3339_ns(id.start), rfc3339_ns(end));
+        out.reserve(groups.len());
+        for (key, agg) in groups {
+            let Some(rec) = self.record(&id, &key, agg, &start_s, end, &end_s) else {
+                debug_assert!(false, "undecodable group key");
+                continue;
+            };
+            if rec.overflow {
+                self.overflow_groups = self.overflow_groups.saturating_sub(1);
+            } else {
+                self.keyed_groups = self.keyed_groups.saturating_sub(1);
+            }
+            self.stats.records += 1;
+            out.push(rec);
+        }
+    }
+
+    fn record(
+        &self,
+        id: &BucketId,
+        key: &[u8],
+        agg: Agg,
+        start_s: &str,
+        end: u64,
+        end_s: &str,
+    ) -> Option<Record> {
+        let mut c = Cursor(key);
+        let r = self.reductions.get(usize::from(c.byte()?))?;
+        let overflow = c.byte()? == 1;
+        let identity = c.opt_str()?.map(str::to_owned);
+        let mut fields = Vec::with_capacity(r.keys.len());
+        for &f in &r.keys {
+            let v = if overflow { None } else { c.value(f)? };
+            fields.push((f, v));
+        }
+        let mut h = Xxh3::new();
+        h.update(&(r.name.len() as u64).to_le_bytes());
+        h.update(r.name.as_bytes());
+        h.update(&id.start.to_le_bytes());
+        h.update(&[u8::from(id.late)]);
+        if id.late {
+            h.update(&id.due.to_le_bytes());
+        }
+        h.update(&key[1..]);
+        let hash = h.digest128();
+        Some(Record {
+            id: format!("{}.{}.{hash:032x}", r.name, id.start),
+            reduction: r.name.clone(),
+            window_start: start_s.to_owned(),
+            window_start_ns: id.start,
+            window_end: end_s.to_owned(),
+            window_end_ns: end,
+            identity,
+            key: Key(fields),
+            count: agg.count,
+            first_ns: agg.first,
+            last_ns: agg.last,
+            bytes: agg.bytes,
+            late: id.late,
+            overflow,
+            subject: r.subject.clone(),
+        })
+    }
+}
+
+impl Agg {
+    fn new(ts: u64, bytes: u64) -> Agg {
+        Agg {
+            count: 1,
+            first: ts,
+            last: ts,
+            bytes,
+        }
+    }
+
+    fn add(&mut self, ts: u64, bytes: u64) {
+        self.count += 1;
+        self.first = self.first.min(ts);
+        self.last = self.last.max(ts);
+        self.bytes = self.bytes.saturating_add(bytes);
+    }
+}
+
+// Group key encoding: [reduction][overflow 0/1][identity][field...], each optional string
+// as 0 | 1 len:u32le bytes, addresses as 0 | 4 a.b.c.d | 6 16 bytes, enums as 0 | 1 code.
+// Prefix-free, so equal bytes mean equal keys; the sort order of the bytes is the record
+// order within a window.
+
+const NONE: u8 = 0;
+const SOME: u8 = 1;
+
+fn put_str(out: &mut Vec<u8>, s: Option<&str>, lower: bool) {
+    match s {
+        None => out.push(NONE),
+        Some(s) => {
+            out.push(SOME);
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            if lower {
+                out.extend(s.bytes().map(|b| b.to_ascii_lowercase()));
+            } else {
+                out.extend_from_slice(s.as_bytes());
+            }
+        }
+    }
+}
+
+fn put_ip(out: &mut Vec<u8>, ip: Option<IpAddr>) {
+    match ip {
+        None => out.push(NONE),
+        Some(IpAddr::V4(a)) => {
+            out.push(4);
+            out.extend_from_slice(&a.octets());
+        }
+        Some(IpAddr::V6(a)) => {
+            out.push(6);
+            out.extend_from_slice(&a.octets());
+        }
+    }
+}
+
+fn put_code(out: &mut Vec<u8>, code: Option<u32>) {
+    match code {
+        None => out.push(NONE),
+        Some(c) => {
+            out.push(SOME);
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+}
+
+fn encode_key(
+    out: &mut Vec<u8>,
+    reduction: usize,
+    overflow: bool,
+    ev: &EventView<'_>,
+    keys: &[KeyField],
+) {
+    out.clear();
+    out.push(reduction as u8);
+    out.push(u8::from(overflow));
+    put_str(out, ev.identity(), false);
+    for k in keys {
+        match k {
+            KeyField::Identity => {}
+            KeyField::QueryIp => put_ip(out, ev.client_ip()),
+            KeyField::ResponseIp => put_ip(out, ev.server_ip()),
+            KeyField::Qname => put_str(out, ev.qname(), true),
+            KeyField::Qtype => put_str(out, ev.qtype(), false),
+            KeyField::Rcode => put_str(out, ev.rcode(), false),
+            KeyField::Operation => put_code(out, Some(ev.operation().code())),
+            KeyField::Protocol => put_code(out, ev.protocol().map(|p| p.code())),
+        }
+    }
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (a, b) = self.0.split_at_checked(n)?;
+        self.0 = b;
+        Some(a)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn opt_str(&mut self) -> Option<Option<&'a str>> {
+        match self.byte()? {
+            NONE => Some(None),
+            _ => {
+                let n = self.u32()? as usize;
+                Some(Some(std::str::from_utf8(self.take(n)?).ok()?))
+            }
+        }
+    }
+
+    fn opt_code(&mut self) -> Option<Option<u32>> {
+        match self.byte()? {
+            NONE => Some(None),
+            _ => Some(Some(self.u32()?)),
+        }
+    }
+
+    /// `Some(value)` as decoded; `None` only for bytes `encode_key` never writes.
+    fn value(&mut self, f: KeyField) -> Option<Option<KeyValue>> {
+        Some(match f {
+            KeyField::Identity => None,
+            KeyField::QueryIp | KeyField::ResponseIp => match self.byte()? {
+                NONE => None,
+                4 => {
+                    let o: [u8; 4] = self.take(4)?.try_into().ok()?;
+                    Some(KeyValue::Ip(IpAddr::V4(Ipv4Addr::from(o))))
+                }
+                _ => {
+                    let o: [u8; 16] = self.take(16)?.try_into().ok()?;
+                    Some(KeyValue::Ip(IpAddr::V6(Ipv6Addr::from(o))))
+                }
+            },
+            KeyField::Qname | KeyField::Qtype | KeyField::Rcode => {
+                self.opt_str()?.map(|s| KeyValue::Str(s.to_owned()))
+            }
+            KeyField::Operation => self
+                .opt_code()?
+                .map(|c| KeyValue::Operation(Operation::from_code(c))),
+            KeyField::Protocol => self
+                .opt_code()?
+                .map(|c| KeyValue::Protocol(Protocol::from_code(c))),
+        })
+    }
+}
