@@ -174,6 +174,10 @@ struct BucketId {
 struct Bucket {
     /// Encoded group key (see `encode_key`) -> aggregate.
     groups: HashMap<Box<[u8]>, Agg>,
+    /// Keyed groups in `groups`.
+    keyed: u64,
+    /// Overflow groups in `groups`.
+    overflow: u64,
 }
 
 struct Reduction {
@@ -197,8 +201,14 @@ pub struct Reducer {
     closed: u64,
     /// The boundary the last `advance`/`close_all` returned.
     emitted: u64,
+    /// Groups held (keyed, overflow), until emitted.
     keyed_groups: u64,
     overflow_groups: u64,
+    /// Groups of the buckets still open (due at or after `closed`): what the bounds are
+    /// checked against. A bucket leaves them when `closed` passes it in `push`, not when
+    /// `advance` emits it, so whether an event fits never depends on when `advance` runs.
+    live_keyed: u64,
+    live_overflow: u64,
     future_run: u64,
     scratch: Vec<u8>,
     stats: Stats,
@@ -239,6 +249,8 @@ impl Reducer {
             emitted: 0,
             keyed_groups: 0,
             overflow_groups: 0,
+            live_keyed: 0,
+            live_overflow: 0,
             future_run: 0,
             scratch: Vec::with_capacity(256),
             stats: Stats::default(),
@@ -300,7 +312,7 @@ impl Reducer {
         let max = self.max_ts.map_or(ts, |m| m.max(ts));
         self.max_ts = Some(max);
         let wm_window = self.align(max.saturating_sub(self.lateness));
-        self.closed = self.closed.max(wm_window);
+        self.close_to(wm_window);
 
         let start = self.align(ts);
         let late = start < self.closed;
@@ -326,7 +338,7 @@ impl Reducer {
                 continue;
             }
             encode_key(&mut self.scratch, i, false, ev, &r.keys);
-            let fits = self.keyed_groups < self.max_groups;
+            let fits = self.live_keyed < self.max_groups;
             let placed = match bucket.groups.entry_ref(&self.scratch[..]) {
                 EntryRef::Occupied(mut o) => {
                     o.get_mut().add(ts, bytes);
@@ -335,13 +347,15 @@ impl Reducer {
                 }
                 EntryRef::Vacant(v) if fits => {
                     v.insert(Agg::new(ts, bytes));
+                    bucket.keyed += 1;
                     self.keyed_groups += 1;
+                    self.live_keyed += 1;
                     self.stats.grouped += 1;
                     true
                 }
                 EntryRef::Vacant(_) => {
                     encode_key(&mut self.scratch, i, true, ev, &[]);
-                    let fits = self.overflow_groups < self.max_groups;
+                    let fits = self.live_overflow < self.max_groups;
                     match bucket.groups.entry_ref(&self.scratch[..]) {
                         EntryRef::Occupied(mut o) => {
                             o.get_mut().add(ts, bytes);
@@ -350,7 +364,9 @@ impl Reducer {
                         }
                         EntryRef::Vacant(v) if fits => {
                             v.insert(Agg::new(ts, bytes));
+                            bucket.overflow += 1;
                             self.overflow_groups += 1;
+                            self.live_overflow += 1;
                             self.stats.overflow += 1;
                             true
                         }
@@ -404,13 +420,37 @@ impl Reducer {
         if self.buckets.keys().any(|b| b.due >= target) {
             target = self.closed.saturating_add(self.window).max(target);
         }
-        self.closed = target;
+        self.close_to(target);
         self.emit_due(out);
         // Only a bucket due at u64::MAX (timestamps at the very end of the range) can
         // remain; emit it too so nothing is held.
         self.emit_all(out);
         self.emitted = self.closed;
         Some(self.closed)
+    }
+
+    /// Moves the closed boundary up to `to` (never down); the buckets it passes stop
+    /// counting against the bounds.
+    fn close_to(&mut self, to: u64) {
+        if to <= self.closed {
+            return;
+        }
+        let lo = BucketId {
+            due: self.closed,
+            late: false,
+            start: 0,
+        };
+        let hi = BucketId {
+            due: to,
+            late: false,
+            start: 0,
+        };
+        for b in self.buckets.range(lo..hi).map(|(_, b)| b) {
+            debug_assert!(self.live_keyed >= b.keyed && self.live_overflow >= b.overflow);
+            self.live_keyed = self.live_keyed.saturating_sub(b.keyed);
+            self.live_overflow = self.live_overflow.saturating_sub(b.overflow);
+        }
+        self.closed = to;
     }
 
     fn emit_due(&mut self, out: &mut Vec<Record>) {
@@ -430,6 +470,11 @@ impl Reducer {
     }
 
     fn emit_bucket(&mut self, id: BucketId, bucket: Bucket, out: &mut Vec<Record>) {
+        if id.due >= self.closed {
+            // Still open (only from `close_all`'s last sweep).
+            self.live_keyed = self.live_keyed.saturating_sub(bucket.keyed);
+            self.live_overflow = self.live_overflow.saturating_sub(bucket.overflow);
+        }
         let mut groups: Vec<(Box<[u8]>, Agg)> = bucket.groups.into_iter().collect();
         groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let end = id.start.saturating_add(self.window);
@@ -647,5 +692,471 @@ impl<'a> Cursor<'a> {
                 .opt_code()?
                 .map(|c| KeyValue::Protocol(Protocol::from_code(c))),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ReduceConfig, ReductionConfig};
+
+    const S: u64 = 1_000_000_000;
+    /// A round base time (a multiple of 10 s): 2026-11-22T02:41:30Z.
+    const T0: u64 = 1_795_315_290 * S;
+
+    fn event(ts: Option<u64>, qname: &str, client: &str, op: &str) -> Vec<u8> {
+        let ts = ts.map_or("null".to_owned(), |t| t.to_string());
+        format!(
+            r#"{{"network":{{"protocol":"UDP","query-ip":"{client}","response-ip":"192.0.2.53"}},"dns":{{"length":50,"qname":"{qname}","qtype":"A","rcode":"NOERROR"}},"dnstap":{{"operation":"{op}","identity":"ns1","timestamp":{ts}}}}}"#
+        )
+        .into_bytes()
+    }
+
+    fn resp(ts: u64, qname: &str) -> Vec<u8> {
+        event(Some(ts), qname, "198.51.100.7", "CLIENT_RESPONSE")
+    }
+
+    fn qname_only(max_groups: usize) -> Reducer {
+        let c = ReduceConfig {
+            max_groups,
+            reductions: vec![ReductionConfig {
+                name: "qname".into(),
+                filter: "operation=CLIENT_RESPONSE".into(),
+                keys: vec![KeyField::Qname],
+            }],
+            ..ReduceConfig::default()
+        };
+        Reducer::new(c.validate().expect("valid"))
+    }
+
+    fn push(r: &mut Reducer, json: &[u8]) -> Placed {
+        r.push(&EventView::parse(json).expect("event"))
+    }
+
+    fn qname_of(rec: &Record) -> Option<&str> {
+        match rec.key.get(KeyField::Qname) {
+            Some(KeyValue::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn windows_align_and_close_on_the_watermark() {
+        let mut r = qname_only(100);
+        let mut out = Vec::new();
+        assert_eq!(
+            push(&mut r, &resp(T0 + 3 * S, "a.example")),
+            Placed::Window { start_ns: T0 }
+        );
+        // The first event anchors: watermark T0-2s, windows before T0-10s closed.
+        assert_eq!(r.advance(&mut out), Some(T0 - 10 * S));
+        assert!(out.is_empty());
+        assert_eq!(
+            push(&mut r, &resp(T0 + 9 * S + 999_999_999, "A.Example")),
+            Placed::Window { start_ns: T0 }
+        );
+        assert_eq!(
+            push(&mut r, &resp(T0 + 14 * S, "b.example")),
+            Placed::Window {
+                start_ns: T0 + 10 * S
+            }
+        );
+        // Watermark T0+9s: window [T0, T0+10s) still open.
+        assert_eq!(r.advance(&mut out), Some(T0));
+        assert!(out.is_empty());
+        // Watermark exactly T0+10s closes it.
+        push(&mut r, &resp(T0 + 15 * S, "b.example"));
+        assert_eq!(r.advance(&mut out), Some(T0 + 10 * S));
+        assert_eq!(r.advance(&mut out), None);
+        assert_eq!(out.len(), 1);
+        let rec = &out[0];
+        assert_eq!(qname_of(rec), Some("a.example"));
+        assert_eq!(rec.count, 2);
+        assert_eq!(rec.bytes, 100);
+        assert_eq!(rec.first_ns, T0 + 3 * S);
+        assert_eq!(rec.last_ns, T0 + 9 * S + 999_999_999);
+        assert_eq!(rec.window_start_ns, T0);
+        assert_eq!(rec.window_end_ns, T0 + 10 * S);
+        assert_eq!(rec.window_start, "2026-11-22T02:41:30.000000000Z");
+        assert_eq!(rec.window_end, "2026-11-22T02:41:40.000000000Z");
+        assert_eq!(rec.identity.as_deref(), Some("ns1"));
+        assert!(!rec.late && !rec.overflow);
+        assert_eq!(rec.subject, "tapbus.reduced.qname");
+        let s = r.stats();
+        assert_eq!((s.events, s.grouped, s.records), (4, 4, 1));
+        assert_eq!((s.open_groups, s.open_windows), (1, 1));
+    }
+
+    #[test]
+    fn late_events_become_late_records_with_the_next_close() {
+        let mut r = qname_only(100);
+        let mut out = Vec::new();
+        push(&mut r, &resp(T0 + S, "a"));
+        push(&mut r, &resp(T0 + 25 * S, "b")); // watermark T0+20s: closes T0 and T0+10s
+        assert_eq!(r.advance(&mut out), Some(T0 + 20 * S));
+        assert_eq!(out.len(), 1);
+        let late = push(&mut r, &resp(T0 + 2 * S, "a"));
+        assert_eq!(
+            late,
+            Placed::Late {
+                window_start_ns: T0,
+                settles_with_ns: T0 + 20 * S
+            }
+        );
+        assert!(!late.settled_by(T0 + 20 * S));
+        assert!(late.settled_by(T0 + 30 * S));
+        // Nothing closes: the late record waits.
+        assert_eq!(r.advance(&mut out), None);
+        assert_eq!(out.len(), 1);
+        push(&mut r, &resp(T0 + 35 * S, "c")); // closes T0+20s
+        assert_eq!(r.advance(&mut out), Some(T0 + 30 * S));
+        assert_eq!(out.len(), 3);
+        assert_eq!((qname_of(&out[1]), out[1].late), (Some("b"), false));
+        let l = &out[2];
+        assert_eq!((qname_of(l), l.late, l.count), (Some("a"), true, 1));
+        assert_eq!(l.window_start_ns, T0);
+        assert_ne!(l.id, out[0].id, "a late record has its own id");
+        assert_eq!(r.stats().late, 1);
+        // A second late record for the same window and key, under a later boundary,
+        // gets yet another id (JetStream would drop a repeated one).
+        push(&mut r, &resp(T0 + 3 * S, "a"));
+        push(&mut r, &resp(T0 + 45 * S, "d"));
+        r.advance(&mut out);
+        let again: Vec<&Record> = out
+            .iter()
+            .filter(|x| x.late && x.window_start_ns == T0)
+            .collect();
+        assert_eq!(again.len(), 2);
+        assert_ne!(again[0].id, again[1].id);
+        // The sum over all records of window T0 equals its events.
+        let sum: u64 = out
+            .iter()
+            .filter(|x| x.window_start_ns == T0)
+            .map(|x| x.count)
+            .sum();
+        assert_eq!(sum, 3);
+    }
+
+    #[test]
+    fn overflow_record_when_groups_are_full() {
+        let mut r = qname_only(2);
+        let mut out = Vec::new();
+        for q in ["a", "b", "c", "d", "a", "c"] {
+            assert!(matches!(
+                push(&mut r, &resp(T0 + S, q)),
+                Placed::Window { .. }
+            ));
+        }
+        let s = r.stats();
+        assert_eq!((s.grouped, s.overflow, s.open_groups), (3, 3, 3));
+        r.close_all(&mut out);
+        assert_eq!(out.len(), 3);
+        let counts: Vec<(Option<&str>, u64, bool)> = out
+            .iter()
+            .map(|x| (qname_of(x), x.count, x.overflow))
+            .collect();
+        assert_eq!(
+            counts,
+            vec![
+                (Some("a"), 2, false),
+                (Some("b"), 1, false),
+                (None, 3, true)
+            ]
+        );
+        let json: serde_json::Value =
+            serde_json::from_slice(&out[2].to_json()).expect("record JSON");
+        assert_eq!(json["key"], serde_json::json!({"qname": null}));
+        assert_eq!(json["overflow"], true);
+        assert_eq!(r.stats().open_groups, 0);
+        // Both bounds full: refused and counted, not held.
+        let mut r = qname_only(1);
+        push(&mut r, &resp(T0 + S, "a"));
+        push(&mut r, &resp(T0 + S, "b")); // overflow group 1 of 1
+        assert_eq!(
+            push(
+                &mut r,
+                &event(Some(T0 + S), "c", "198.51.100.7", "CLIENT_RESPONSE")
+            ),
+            Placed::Window { start_ns: T0 }
+        );
+        let other_id = br#"{"network":{},"dns":{"qname":"z"},"dnstap":{"operation":"CLIENT_RESPONSE","identity":"ns2","timestamp":1795315291000000000}}"#;
+        assert_eq!(push(&mut r, other_id), Placed::Rejected(Rejected::Full));
+        assert_eq!(r.stats().rejected_full, 1);
+        assert_eq!(r.stats().open_groups, 2);
+    }
+
+    #[test]
+    fn far_future_is_rejected_and_does_not_move_the_watermark() {
+        let mut r = qname_only(100);
+        let mut out = Vec::new();
+        push(&mut r, &resp(T0, "a"));
+        let wm = r.watermark();
+        let wild = T0 + 2 * 3600 * S;
+        assert_eq!(
+            push(&mut r, &resp(wild, "x")),
+            Placed::Rejected(Rejected::Future)
+        );
+        assert_eq!(r.watermark(), wm);
+        // Just inside the bound is accepted.
+        assert!(matches!(
+            push(&mut r, &resp(T0 - 5 * S + 3600 * S, "y")),
+            Placed::Window { .. }
+        ));
+        // Huge timestamps: rejected, no panic.
+        assert_eq!(
+            push(&mut r, &resp(u64::MAX, "x")),
+            Placed::Rejected(Rejected::Future)
+        );
+        assert_eq!(r.stats().rejected_future, 2);
+        r.advance(&mut out);
+        assert!(r.stats().open_windows <= 3600 / 10 + 2);
+        // A sustained jump is followed after JUMP_AFTER events in a row.
+        let mut r = qname_only(100);
+        push(&mut r, &resp(T0, "a"));
+        for _ in 0..JUMP_AFTER {
+            assert_eq!(
+                push(&mut r, &resp(wild, "x")),
+                Placed::Rejected(Rejected::Future)
+            );
+        }
+        assert!(matches!(
+            push(&mut r, &resp(wild, "x")),
+            Placed::Window { .. }
+        ));
+        assert_eq!(r.stats().jumps, 1);
+        out.clear();
+        r.advance(&mut out);
+        assert_eq!(out.len(), 1, "the old window closed");
+        assert_eq!(qname_of(&out[0]), Some("a"));
+    }
+
+    #[test]
+    fn close_all_emits_everything_and_later_events_are_late() {
+        let mut r = qname_only(100);
+        let mut out = Vec::new();
+        assert_eq!(r.close_all(&mut out), None);
+        push(&mut r, &resp(T0 + S, "a"));
+        push(&mut r, &resp(T0 + 12 * S, "b"));
+        assert_eq!(r.close_all(&mut out), Some(T0 + 20 * S));
+        assert_eq!(out.len(), 2);
+        assert_eq!(r.stats().open_groups, 0);
+        assert_eq!(r.stats().open_windows, 0);
+        // Input resumes with an event for a window close_all closed: late.
+        let p = push(&mut r, &resp(T0 + 15 * S, "b"));
+        assert_eq!(
+            p,
+            Placed::Late {
+                window_start_ns: T0 + 10 * S,
+                settles_with_ns: T0 + 20 * S
+            }
+        );
+        let b = r.close_all(&mut out).expect("boundary");
+        assert!(p.settled_by(b));
+        assert_eq!(out.len(), 3);
+        assert!(out[2].late);
+        assert_eq!(r.close_all(&mut out), Some(b));
+        assert_eq!(out.len(), 3);
+        // Nothing pending: advance has nothing to say.
+        assert_eq!(r.advance(&mut out), None);
+    }
+
+    #[test]
+    fn filtered_and_no_timestamp() {
+        let mut r = qname_only(100);
+        assert_eq!(
+            push(&mut r, &event(Some(T0), "a", "192.0.2.1", "CLIENT_QUERY")),
+            Placed::Filtered
+        );
+        assert_eq!(
+            push(&mut r, &event(None, "a", "192.0.2.1", "CLIENT_RESPONSE")),
+            Placed::NoTimestamp
+        );
+        assert_eq!(Placed::NoTimestamp.settles_with(), None);
+        assert!(Placed::Filtered.settled_by(0));
+        let s = r.stats();
+        assert_eq!((s.events, s.filtered, s.no_timestamp), (2, 1, 1));
+        assert_eq!(r.watermark(), None);
+    }
+
+    #[test]
+    fn ids_are_deterministic_and_distinct() {
+        let run = |qnames: &[&str]| {
+            let mut r = Reducer::new(ReduceConfig::default().validate().expect("defaults"));
+            for q in qnames {
+                push(&mut r, &resp(T0 + S, q));
+            }
+            let mut out = Vec::new();
+            r.close_all(&mut out);
+            out
+        };
+        let a = run(&["a", "b"]);
+        let b = run(&["b", "a"]);
+        assert_eq!(a, b, "same events, same records and ids");
+        let ids: std::collections::HashSet<&str> = a.iter().map(|x| x.id.as_str()).collect();
+        assert_eq!(ids.len(), a.len());
+        for rec in &a {
+            assert!(rec.id.starts_with(&format!("{}.{}.", rec.reduction, T0)));
+        }
+        let c = run(&["c"]);
+        assert!(c.iter().all(|x| !ids.contains(x.id.as_str())));
+        // Keyed group with all fields null vs. the overflow record: different ids.
+        let mut r = qname_only(1);
+        let noname = br#"{"network":{},"dns":{},"dnstap":{"operation":"CLIENT_RESPONSE","identity":"ns1","timestamp":1795315291000000000}}"#;
+        push(&mut r, &resp(T0 + S, "a"));
+        push(&mut r, noname);
+        let mut r2 = qname_only(5);
+        push(&mut r2, noname);
+        let (mut o1, mut o2) = (Vec::new(), Vec::new());
+        r.close_all(&mut o1);
+        r2.close_all(&mut o2);
+        assert!(o1[1].overflow && !o2[0].overflow);
+        assert_eq!(o1[1].key, o2[0].key);
+        assert_ne!(o1[1].id, o2[0].id);
+    }
+
+    /// A deterministic scramble of events: in-order, slightly late, very late, future.
+    fn scrambled() -> Vec<Vec<u8>> {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        (0..3000u64)
+            .map(|i| {
+                let n = next();
+                let base = T0 + i * S / 10;
+                let ts = match n % 20 {
+                    0 => base.saturating_sub((n >> 8) % (60 * S)),
+                    1 => base + 2 * 3600 * S,
+                    2 => base.saturating_sub(8 * S),
+                    _ => base + (n >> 16) % (3 * S),
+                };
+                let q = format!("n{}.Example", (n >> 24) % 40);
+                let client = format!("10.0.0.{}", (n >> 32) % 7);
+                let op = if n % 5 == 0 {
+                    "CLIENT_QUERY"
+                } else {
+                    "CLIENT_RESPONSE"
+                };
+                let ts = if n % 97 == 0 { None } else { Some(ts) };
+                event(ts, &q, &client, op)
+            })
+            .collect()
+    }
+
+    fn run_with(events: &[Vec<u8>], every: usize, max_groups: usize) -> (Vec<Record>, Stats) {
+        let c = ReduceConfig {
+            max_groups,
+            ..ReduceConfig::default()
+        };
+        let mut r = Reducer::new(c.validate().expect("valid"));
+        let mut out = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            push(&mut r, e);
+            if every > 0 && i % every == 0 {
+                r.advance(&mut out);
+            }
+        }
+        r.close_all(&mut out);
+        (out, r.stats())
+    }
+
+    #[test]
+    fn same_records_whenever_advance_is_called() {
+        let events = scrambled();
+        for max_groups in [200_000, 50] {
+            let (one, s1) = run_with(&events, 1, max_groups);
+            assert!(one.iter().any(|x| x.late));
+            if max_groups == 50 {
+                assert!(one.iter().any(|x| x.overflow));
+            }
+            for every in [0, 7, 100, 1001] {
+                let (other, s2) = run_with(&events, every, max_groups);
+                assert!(one == other, "advance every {every}: records differ");
+                assert_eq!(s1, s2);
+            }
+            let placed = s1.events - s1.filtered - s1.no_timestamp - s1.rejected_future;
+            let sum: u64 = one.iter().map(|x| x.count).sum();
+            // Two reductions; nothing refused as full with these bounds.
+            assert_eq!(s1.rejected_full, 0);
+            assert_eq!(sum, 2 * placed);
+            assert_eq!(s1.grouped + s1.overflow, 2 * placed);
+        }
+    }
+
+    #[test]
+    fn records_are_out_exactly_when_their_events_are_settled() {
+        let events = scrambled();
+        let mut r = qname_only(200_000);
+        let mut pending: Vec<Placed> = Vec::new();
+        let mut emitted = 0u64;
+        let mut out = Vec::new();
+        for e in &events {
+            let p = push(&mut r, e);
+            if p.settles_with().is_some() {
+                pending.push(p);
+            }
+            if let Some(b) = r.advance(&mut out) {
+                emitted += out.drain(..).map(|x| x.count).sum::<u64>();
+                pending.retain(|p| !p.settled_by(b));
+                let placed_total = r.stats().grouped + r.stats().overflow;
+                assert_eq!(emitted, placed_total - pending.len() as u64);
+            }
+        }
+        let b = r.close_all(&mut out).expect("boundary");
+        assert!(pending.iter().all(|p| p.settled_by(b)));
+    }
+
+    #[test]
+    fn odd_events_never_panic() {
+        let odd: &[&[u8]] = &[
+            br#"{"network":{},"dns":{},"dnstap":{"operation":"CLIENT_RESPONSE"}}"#,
+            br#"{"network":{},"dns":{},"dnstap":{"operation":"CLIENT_RESPONSE","timestamp":0}}"#,
+            br#"{"network":{},"dns":{},"dnstap":{"operation":"CLIENT_RESPONSE","timestamp":18446744073709551615}}"#,
+            br#"{"network":{},"dns":{"length":4294967295},"dnstap":{"operation":"CLIENT_RESPONSE","timestamp":18446744073709551615}}"#,
+            br#"{"network":{"query-ip":"::1"},"dns":{"qname":"\u00e9X"},"dnstap":{"operation":"UNKNOWN(98)","timestamp":5}}"#,
+            br#"{"network":{},"dns":{"qname":""},"dnstap":{"operation":"CLIENT_RESPONSE","identity":"","timestamp":1}}"#,
+        ];
+        let keys = vec![
+            KeyField::Identity,
+            KeyField::QueryIp,
+            KeyField::ResponseIp,
+            KeyField::Qname,
+            KeyField::Qtype,
+            KeyField::Rcode,
+            KeyField::Operation,
+            KeyField::Protocol,
+        ];
+        let c = ReduceConfig {
+            reductions: vec![ReductionConfig {
+                name: "all".into(),
+                filter: String::new(),
+                keys,
+            }],
+            ..ReduceConfig::default()
+        };
+        for order in [false, true] {
+            let mut r = Reducer::new(c.validate().expect("valid"));
+            let mut out = Vec::new();
+            let it: Vec<&&[u8]> = if order {
+                odd.iter().rev().collect()
+            } else {
+                odd.iter().collect()
+            };
+            for e in it {
+                push(&mut r, e);
+                r.advance(&mut out);
+            }
+            r.close_all(&mut out);
+            r.close_all(&mut out);
+            let placed = r.stats().grouped + r.stats().overflow;
+            assert_eq!(out.iter().map(|x| x.count).sum::<u64>(), placed);
+            for rec in &out {
+                let v: serde_json::Value = serde_json::from_slice(&rec.to_json()).expect("JSON");
+                assert_eq!(v["key"].as_object().map(|m| m.len()), Some(7));
+            }
+        }
     }
 }
