@@ -85,6 +85,13 @@ fn bench(c: &mut Criterion) {
             (r, out)
         })
     });
+    g.bench_function("parse only (reference)", |b| {
+        b.iter(|| {
+            for e in &events {
+                black_box(EventView::parse(black_box(e)).expect("parses"));
+            }
+        })
+    });
     g.bench_function("parse + push + advance + close_all", |b| {
         b.iter_with_large_drop(|| {
             let mut r = reducer();
