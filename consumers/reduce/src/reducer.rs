@@ -116,15 +116,19 @@ impl Placed {
         }
     }
 
-    /// Whether a close that returned `boundary` settled this event.
+    /// Whether a close that returned `boundary` settled this event. `u64::MAX` (what
+    /// [`Reducer::close_all`] returns for timestamps at the very end of the range) settles
+    /// everything.
     pub fn settled_by(&self, boundary: u64) -> bool {
-        self.settles_with().is_none_or(|b| boundary > b)
+        self.settles_with()
+            .is_none_or(|b| boundary > b || boundary == u64::MAX)
     }
 }
 
 /// Counters for /metrics. `events = filtered + no_timestamp + rejected_future +
-/// (events placed)`; `grouped`, `overflow` and `rejected_full` count (event, reduction)
-/// placements.
+/// rejected_full_events + (events placed)`, where placed events are `Window` or `Late`;
+/// `grouped`, `overflow` and `rejected_full` count (event, reduction) placements, so
+/// with every bound respected `grouped + overflow` is the sum of all record counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Events pushed.
@@ -139,6 +143,8 @@ pub struct Stats {
     pub overflow: u64,
     /// (event, reduction) placements refused: group and overflow bounds full.
     pub rejected_full: u64,
+    /// Events refused for every reduction they matched ([`Rejected::Full`]).
+    pub rejected_full_events: u64,
     /// Events without a timestamp.
     pub no_timestamp: u64,
     /// Events too far ahead of the watermark.
@@ -386,6 +392,7 @@ impl Reducer {
             if late {
                 self.stats.late -= 1;
             }
+            self.stats.rejected_full_events += 1;
             return Placed::Rejected(Rejected::Full);
         }
         if late {
@@ -904,6 +911,7 @@ mod tests {
         let other_id = br#"{"network":{},"dns":{"qname":"z"},"dnstap":{"operation":"CLIENT_RESPONSE","identity":"ns2","timestamp":1795315291000000000}}"#;
         assert_eq!(push(&mut r, other_id), Placed::Rejected(Rejected::Full));
         assert_eq!(r.stats().rejected_full, 1);
+        assert_eq!(r.stats().rejected_full_events, 1);
         assert_eq!(r.stats().open_groups, 2);
     }
 
