@@ -38,9 +38,11 @@
 //!   ([`Stats::rejected_future`]) and does not move the watermark, so one wild timestamp
 //!   neither opens thousands of windows nor makes everything after it late. Accepted events
 //!   lie below `watermark + max_future`, so at most `(max_future + lateness) / window + 2`
-//!   windows are open. If [`JUMP_AFTER`] events in a row are all that far ahead, the time
-//!   really jumped (a sender's clock was fixed, a newer capture is replayed): the next one
-//!   is accepted and the watermark follows it (the open windows close).
+//!   windows are open. If [`JUMP_AFTER`] events were rejected so while the watermark stood
+//!   still, the time really jumped (a sender's clock was fixed, a newer capture is
+//!   replayed, the first event was a wild one from the past): the next one is accepted
+//!   and the watermark follows it (the open windows close). Any event that moves the
+//!   watermark starts the count again, so a wild sender among good ones stays rejected.
 //! * The first event anchors the watermark; there is no "past" bound: an event from long
 //!   ago is a late record for its own window.
 //!
@@ -65,8 +67,8 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::config::{KeyField, ReduceSpec};
 use crate::record::{Key, KeyValue, Record, rfc3339_ns};
 
-/// Consecutive events beyond `max_future` after which the next one is accepted as a real
-/// jump in time (see the [module docs](self)).
+/// Events rejected beyond `max_future` while the watermark stands still, after which the
+/// next one is accepted as a real jump in time (see the [module docs](self)).
 pub const JUMP_AFTER: u64 = 1000;
 
 /// Where [`Reducer::push`] put an event.
@@ -314,7 +316,9 @@ impl Reducer {
             }
             self.stats.jumps += 1;
         }
-        self.future_run = 0;
+        if self.max_ts.is_none_or(|m| ts > m) {
+            self.future_run = 0;
+        }
         let max = self.max_ts.map_or(ts, |m| m.max(ts));
         self.max_ts = Some(max);
         let wm_window = self.align(max.saturating_sub(self.lateness));
@@ -940,7 +944,8 @@ mod tests {
         assert_eq!(r.stats().rejected_future, 2);
         r.advance(&mut out);
         assert!(r.stats().open_windows <= 3600 / 10 + 2);
-        // A sustained jump is followed after JUMP_AFTER events in a row.
+        // A sustained jump is followed after JUMP_AFTER rejections, even with events at the
+        // watermark in between (they do not move it).
         let mut r = qname_only(100);
         push(&mut r, &resp(T0, "a"));
         for _ in 0..JUMP_AFTER {
@@ -948,6 +953,10 @@ mod tests {
                 push(&mut r, &resp(wild, "x")),
                 Placed::Rejected(Rejected::Future)
             );
+            assert!(matches!(
+                push(&mut r, &resp(T0, "a")),
+                Placed::Window { .. }
+            ));
         }
         assert!(matches!(
             push(&mut r, &resp(wild, "x")),
