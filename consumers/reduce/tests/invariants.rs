@@ -61,7 +61,7 @@ fn event(rng: &mut Rng, now: &mut u64) -> String {
         1 => format!(r#""10.0.0.{}""#, (n >> 30) % 20),
         _ => r#""2001:db8::1""#.to_owned(),
     };
-    let len = if n % 7 == 0 {
+    let len = if n.is_multiple_of(7) {
         "null".to_owned()
     } else {
         ((n >> 50) % 1500).to_string()
