@@ -6,7 +6,7 @@
 //! Windows are tumbling, in **event time** ([`EventView::timestamp_ns`], the dnstap
 //! time), aligned to multiples of the window since the epoch: an event at `t` belongs to
 //! `[s, s + w)` with `s = t - t % w`. The **watermark** is the latest event time seen
-//! minus the allowed lateness; window `[s, s + w)` closes once `watermark >= s + w`. The
+//! (of the accepted events) minus the allowed lateness; window `[s, s + w)` closes once `watermark >= s + w`. The
 //! reducer never reads the clock, so a capture replayed at any speed, in batches of any
 //! size, with [`Reducer::advance`] called at any points, gives the same records in the same
 //! order. When input stops, the binary calls [`Reducer::close_all`].
@@ -27,13 +27,15 @@
 //!
 //! # Bounds
 //!
-//! * **Groups**: at most `max_groups` keyed groups across everything held. A new group
-//!   beyond that goes into the **overflow record** of its (reduction, window, identity,
-//!   late) with key fields `null` and `"overflow": true` ([`Stats::overflow`] counts the
-//!   events). Overflow groups themselves are bounded by `max_groups` too; past both bounds
-//!   (only with as many distinct windows x identities as groups) the event is refused for
-//!   that reduction and counted in [`Stats::rejected_full`]. Memory is at most
-//!   2 x `max_groups` groups.
+//! * **Groups**: at most `max_groups` keyed groups across the open windows (on-time and
+//!   pending late ones; a window stops counting when the boundary passes it, not when
+//!   [`advance`] emits it, so the result never depends on when `advance` runs). A new
+//!   group beyond that goes into the **overflow record** of its (reduction, window,
+//!   identity, late) with key fields `null` and `"overflow": true` ([`Stats::overflow`]
+//!   counts them). Overflow groups are bounded by `max_groups` too; past both bounds (only
+//!   with as many distinct windows x identities as groups) the event is refused for that
+//!   reduction, counted in [`Stats::rejected_full`] (and [`Stats::rejected_full_events`]
+//!   when no reduction took it). Open memory is at most 2 x `max_groups` groups.
 //! * **Future**: an event more than `max_future` ahead of the watermark is **rejected**
 //!   ([`Stats::rejected_future`]) and does not move the watermark, so one wild timestamp
 //!   neither opens thousands of windows nor makes everything after it late. Accepted events
@@ -45,6 +47,9 @@
 //!   watermark starts the count again, so a wild sender among good ones stays rejected.
 //! * The first event anchors the watermark; there is no "past" bound: an event from long
 //!   ago is a late record for its own window.
+//! * Closed windows are held until [`advance`] takes their records: the binary calls it
+//!   after every push or batch. Nothing is added to a closed window, so between two
+//!   calls the held closed windows only shrink.
 //!
 //! # Acks
 //!
@@ -590,7 +595,9 @@ impl Agg {
 // Group key encoding: [reduction][overflow 0/1][identity][field...], each optional string
 // as 0 | 1 len:u32le bytes, addresses as 0 | 4 a.b.c.d | 6 16 bytes, enums as 0 | 1 code.
 // Prefix-free, so equal bytes mean equal keys; the sort order of the bytes is the record
-// order within a window.
+// order within a window. The bytes after the reduction index are hashed into the record
+// id: changing this encoding changes every id (harmless except across a restart inside
+// JetStream's duplicate window, where a re-emitted record would not be recognised).
 
 const NONE: u8 = 0;
 const SOME: u8 = 1;
