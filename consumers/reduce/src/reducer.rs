@@ -278,6 +278,17 @@ impl Reducer {
         s
     }
 
+    /// Every subject records go to (`tapbus.reduced.<reduction>`), in configured order,
+    /// e.g. for the binary to check its stream covers them.
+    pub fn subjects(&self) -> impl Iterator<Item = &str> {
+        self.reductions.iter().map(|r| r.subject.as_str())
+    }
+
+    /// The window length in ns.
+    pub fn window_ns(&self) -> u64 {
+        self.window
+    }
+
     /// Latest accepted event time minus the lateness (`None` before the first event).
     pub fn watermark(&self) -> Option<u64> {
         self.max_ts.map(|m| m.saturating_sub(self.lateness))
@@ -824,6 +835,8 @@ mod tests {
         assert_eq!(rec.subject, "tapbus.reduced.qname");
         let s = r.stats();
         assert_eq!((s.events, s.grouped, s.records), (4, 4, 1));
+        assert_eq!(r.subjects().collect::<Vec<_>>(), ["tapbus.reduced.qname"]);
+        assert_eq!(r.window_ns(), 10 * S);
         assert_eq!((s.open_groups, s.open_windows), (1, 1));
     }
 
