@@ -120,6 +120,22 @@ pub(crate) fn read_text(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
+/// A binary of this workspace beside `exe` (a test's own `CARGO_BIN_EXE_*` binary): built
+/// by `cargo test --workspace`, built here with cargo when only one package's tests run.
+pub fn sibling_bin(exe: &Path, package: &str, bin: &str) -> PathBuf {
+    let path = exe.parent().map(|d| d.join(bin)).expect("target dir");
+    if !path.exists() {
+        let cargo = option_env!("CARGO").unwrap_or("cargo");
+        let st = std::process::Command::new(cargo)
+            .args(["build", "-p", package, "--bin", bin])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap_or_else(|e| panic!("cargo build {package}: {e}"));
+        assert!(st.success(), "building {bin} failed");
+    }
+    path
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@
 //! max_zones = 1000          # distinct CoreDNS `zone` values, beyond: zone="other"
 //! max_series = 100000       # label sets per metric family, beyond: dropped and counted
 //! coredns = false           # also export the coredns_dns_* families
-//! interval = "15s"          # how often the binary publishes a batch
+//! interval = "10s"          # how often the binary publishes a batch
 //! top_n = 10                # ranks exported per identity for qnames and clients, 0: off
 //! top_capacity = 100        # keys the space-saving summary monitors per identity
 //! ```
@@ -49,7 +49,7 @@ pub struct AggregateConfig {
     pub max_series: usize,
     /// Also export the CoreDNS-named families (`coredns_dns_requests_total`, ...).
     pub coredns: bool,
-    /// How often the binary makes and publishes a batch (default 15s, at least 1s).
+    /// How often the binary makes and publishes a batch (default 10s, at least 1s).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     /// Ranks exported per identity in the top qnames / clients families (default 10,
@@ -68,7 +68,7 @@ impl Default for AggregateConfig {
             max_zones: 1000,
             max_series: 100_000,
             coredns: false,
-            interval: Duration::from_secs(15),
+            interval: Duration::from_secs(10),
             top_n: 10,
             top_capacity: 100,
         }

@@ -19,24 +19,9 @@ fn tail_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tapbus-tail"))
 }
 
-/// The broker binary of this workspace (built by `cargo test --workspace`; built here when
-/// only this package's tests run).
+/// The broker binary of this workspace.
 fn broker_bin() -> PathBuf {
-    let exe = tail_bin();
-    let bin = exe
-        .parent()
-        .map(|d| d.join("tapbus-broker"))
-        .expect("target dir");
-    if !bin.exists() {
-        let cargo = option_env!("CARGO").unwrap_or("cargo");
-        let st = Command::new(cargo)
-            .args(["build", "-p", "tapbus-broker", "--bin", "tapbus-broker"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo build tapbus-broker");
-        assert!(st.success(), "building tapbus-broker failed");
-    }
-    bin
+    tapbus_testsupport::sibling_bin(&tail_bin(), "tapbus-broker", "tapbus-broker")
 }
 
 /// A running tapbus-tail with its standard output and error in files.

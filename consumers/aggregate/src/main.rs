@@ -1,0 +1,598 @@
+//! `tapbus-aggregate`: the arrows bus --JSON events--> aggregate --metrics--> `/metrics` and
+//! `tapbus.metrics.<instance>`. Subscribes on any bus URL, keeps the metrics of
+//! [`tapbus_aggregate::Aggregator`], serves them for a Prometheus scrape and, with an
+//! `--output`, publishes the whole state as a batch every `interval`.
+//!
+//! Acknowledgements: with an output, the events counted since the last batch are acked
+//! only once a batch holding them was confirmed by the bus (`bus::publish::settle`); while
+//! the output is down they stay unacked (at most `max_pending`, then reading pauses) and the
+//! next interval tries again with a fresh, cumulative batch. Without an output the scrape is
+//! the downstream: events are acked once counted. Batches carry the state since this
+//! process started; counters restart from zero with the process (Prometheus handles the
+//! reset), and what was counted but not yet acked when a process dies is delivered again
+//! and counted by the next one (README "tapbus-aggregate").
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use tapbus_aggregate::{AggregateConfig, Aggregator, CONTENT_TYPE, batch};
+use tapbus_bus::metrics::PublishMetrics;
+use tapbus_bus::publish::settle::Settlement;
+use tapbus_bus::publish::{self, Message};
+use tapbus_bus::subscribe::Delivery;
+use tapbus_config::{ConfigError, ConsumerInputConfig, OutputConfig};
+use tapbus_event::EventView;
+use tokio::sync::mpsc;
+
+const PROGRAM: &str = "tapbus-aggregate";
+
+/// Count dnstap events from the bus into Prometheus metrics: /metrics for a scrape, and
+/// metric batches on tapbus.metrics.<instance> for tapbus-mimir.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Bus URL to read events from (the URLs of tapbus-tail, README "Bus URLs"), e.g.
+    /// 'jetstream://127.0.0.1:4222/DNSTAP?durable=aggregate'.
+    #[arg(short, long, value_name = "URL")]
+    input: Option<String>,
+    /// Bus URL to publish metric batches to, e.g. nats://127.0.0.1:4222 (none: scrape only).
+    #[arg(short, long, value_name = "URL")]
+    output: Option<String>,
+    /// TOML configuration file ([input], [output], [aggregate]; see config/aggregate.toml).
+    #[arg(short, long, env = "TAPBUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address for /metrics and /health; "" disables.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+    /// The `instance` label of every series (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    instance: Option<String>,
+    /// Log format on standard error.
+    #[arg(long, env = "TAPBUS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+/// The configuration file (`--config`, then `TAPBUS_*`, then the flags).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Config {
+    input: ConsumerInputConfig,
+    /// Where batches go; absent: no batches, the scrape only.
+    output: Option<OutputConfig>,
+    aggregate: AggregateConfig,
+    /// `/metrics` and `/health`; "" disables.
+    metrics_listen: String,
+    /// Events counted and not yet acknowledged, at most; reading pauses at the bound
+    /// while the output cannot confirm a batch. A batch is also made when it is reached.
+    max_pending: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            input: ConsumerInputConfig::default(),
+            output: None,
+            aggregate: AggregateConfig {
+                instance: String::new(),
+                ..AggregateConfig::default()
+            },
+            metrics_listen: "127.0.0.1:9635".into(),
+            max_pending: 20_000,
+        }
+    }
+}
+
+struct Settings {
+    input: tapbus_config::ConsumerInputSpec,
+    output: Option<tapbus_config::OutputSpec>,
+    aggregate: tapbus_aggregate::AggregateSpec,
+    instance: String,
+    interval: Duration,
+    listen: Option<std::net::SocketAddr>,
+    max_pending: usize,
+}
+
+fn invalid(key: &str, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        msg: msg.into(),
+    }
+}
+
+fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
+    let mut cfg: Config = tapbus_config::load(cli.config.as_deref(), Config::default())?;
+    if let Some(url) = &cli.input {
+        cfg.input = ConsumerInputConfig::from_url(url);
+    }
+    if let Some(url) = &cli.output {
+        cfg.output = Some(OutputConfig::from_url(url));
+    }
+    if let Some(l) = &cli.metrics_listen {
+        cfg.metrics_listen = l.clone();
+    }
+    if let Some(i) = &cli.instance {
+        cfg.aggregate.instance = i.clone();
+    }
+    if cfg.aggregate.instance.is_empty() {
+        cfg.aggregate.instance = host_name();
+    }
+    if cfg.input.connect.url.is_empty() {
+        return Err(invalid(
+            "input.url",
+            "missing: give --input URL or an [input] table with a url",
+        ));
+    }
+    let input = cfg.input.validate("input", PROGRAM)?;
+    let output = match &cfg.output {
+        Some(o) => Some(o.validate("output", "batches")?),
+        None => None,
+    };
+    let instance = cfg.aggregate.instance.clone();
+    let interval = cfg.aggregate.interval;
+    let aggregate = cfg
+        .aggregate
+        .validate("aggregate")
+        .map_err(|e| invalid("aggregate", e.to_string()))?;
+    let listen = match cfg.metrics_listen.trim() {
+        "" => None,
+        a => Some(a.parse().map_err(|_| {
+            invalid(
+                "metrics_listen",
+                format!("{a:?} is not an address like 127.0.0.1:9635"),
+            )
+        })?),
+    };
+    if !(1..=10_000_000).contains(&cfg.max_pending) {
+        return Err(invalid("max_pending", "must be between 1 and 10000000"));
+    }
+    Ok(Settings {
+        input,
+        output,
+        aggregate,
+        instance,
+        interval,
+        listen,
+        max_pending: cfg.max_pending,
+    })
+}
+
+/// The host name as an `instance` (letters, digits, `-`, `_`).
+fn host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "tapbus-aggregate".into()
+    } else {
+        name
+    }
+}
+
+/// This process's own counters, on `/metrics` beside the aggregated families.
+#[derive(Default)]
+struct Own {
+    received: AtomicU64,
+    bad: AtomicU64,
+    acked: AtomicU64,
+    ack_errors: AtomicU64,
+    redelivered: AtomicU64,
+    batches: AtomicU64,
+    batches_failed: AtomicU64,
+    pending: AtomicU64,
+    up: AtomicU64,
+}
+
+impl Own {
+    fn write(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let rows: [(&str, &str, &str, &AtomicU64); 9] = [
+            (
+                "tapbus_consumer_messages_total",
+                "counter",
+                "messages received from the bus",
+                &self.received,
+            ),
+            (
+                "tapbus_consumer_bad_total",
+                "counter",
+                "messages that are not tapbus events (counted, acked, skipped)",
+                &self.bad,
+            ),
+            (
+                "tapbus_consumer_acked_total",
+                "counter",
+                "messages acknowledged",
+                &self.acked,
+            ),
+            (
+                "tapbus_consumer_ack_errors_total",
+                "counter",
+                "acks the bus did not take (the message comes again)",
+                &self.ack_errors,
+            ),
+            (
+                "tapbus_consumer_redelivered_total",
+                "counter",
+                "messages the bus delivered more than once",
+                &self.redelivered,
+            ),
+            (
+                "tapbus_consumer_batches_total",
+                "counter",
+                "metric batches the output confirmed",
+                &self.batches,
+            ),
+            (
+                "tapbus_consumer_batches_failed_total",
+                "counter",
+                "metric batches the output dropped (tried again next interval)",
+                &self.batches_failed,
+            ),
+            (
+                "tapbus_consumer_pending",
+                "gauge",
+                "messages counted and not yet acknowledged",
+                &self.pending,
+            ),
+            (
+                "tapbus_consumer_input_up",
+                "gauge",
+                "1 while the input is connected",
+                &self.up,
+            ),
+        ];
+        for (name, kind, help, v) in rows {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(
+                out,
+                "{name}{{consumer=\"aggregate\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+struct Shared {
+    agg: Mutex<Aggregator>,
+    own: Own,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let s = match settings(&cli) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{PROGRAM}: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{PROGRAM}: cannot start the runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match rt.block_on(run(s)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{PROGRAM}: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+async fn run(s: Settings) -> anyhow::Result<()> {
+    let shared = Arc::new(Shared {
+        agg: Mutex::new(Aggregator::new(s.aggregate.clone())),
+        own: Own::default(),
+    });
+    if let Some(addr) = s.listen {
+        serve(addr, shared.clone()).await?;
+    }
+    let mut sub = tapbus_bus::input::subscribe(PROGRAM, &s.input)
+        .await
+        .context("cannot subscribe")?;
+    tracing::info!(semantics = ?sub.semantics(), instance = %s.instance, "subscribed");
+    {
+        let mut up = sub.connected();
+        let sh = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                sh.own
+                    .up
+                    .store(u64::from(*up.borrow_and_update()), Ordering::Relaxed);
+                if up.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let mut out = s.output.map(|o| {
+        let (tx, rx) = mpsc::channel(16);
+        let task = publish::spawn(o.name.clone(), o.kind, rx, PublishMetrics::unregistered());
+        Batches {
+            tx,
+            task,
+            subject: batch::subject(&s.instance).into(),
+            instance: s.instance.clone(),
+            seq: 0,
+        }
+    });
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(s.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending: Vec<Delivery> = Vec::new();
+    let result = loop {
+        let full = pending.len() >= s.max_pending;
+        tokio::select! {
+            biased;
+            _ = &mut stop => break Ok(()),
+            _ = tick.tick() => {
+                if let Some(b) = out.as_mut() {
+                    flush(b, &shared, &mut pending).await;
+                }
+            }
+            d = sub.next(), if !full => {
+                let d = match d {
+                    Ok(d) => d,
+                    Err(e) => break Err(anyhow::anyhow!("subscription ended: {e}")),
+                };
+                let own = &shared.own;
+                own.received.fetch_add(1, Ordering::Relaxed);
+                if d.delivered > 1 {
+                    own.redelivered.fetch_add(1, Ordering::Relaxed);
+                }
+                match EventView::parse(&d.payload) {
+                    Ok(v) => {
+                        if let Ok(mut a) = shared.agg.lock() {
+                            a.push(&v);
+                        }
+                    }
+                    Err(e) => {
+                        if own.bad.fetch_add(1, Ordering::Relaxed) == 0 {
+                            tracing::warn!(subject = %d.subject, "not a tapbus event, skipped: {e} (further ones are counted)");
+                        }
+                    }
+                }
+                match out.as_mut() {
+                    // The scrape is the downstream: counted is done.
+                    None => ack(d, own).await,
+                    Some(b) => {
+                        pending.push(d);
+                        own.pending.store(pending.len() as u64, Ordering::Relaxed);
+                        if pending.len() >= s.max_pending {
+                            flush(b, &shared, &mut pending).await;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    // Stopping: one last batch, then the acks it confirms, then exit.
+    if let Some(mut b) = out {
+        flush(&mut b, &shared, &mut pending).await;
+        drop(b.tx);
+        let _ = tokio::time::timeout(Duration::from_secs(20), b.task).await;
+    }
+    if !pending.is_empty() {
+        tracing::warn!(
+            pending = pending.len(),
+            "stopping with events whose batch was not confirmed: not acked, the bus delivers them again"
+        );
+    }
+    result
+}
+
+/// The publishing side of the batches.
+struct Batches {
+    tx: mpsc::Sender<Message>,
+    task: tokio::task::JoinHandle<()>,
+    subject: Arc<str>,
+    instance: String,
+    seq: u64,
+}
+
+/// Publishes the whole state as one batch; once the bus confirmed it, acks every pending
+/// delivery (the batch counts them all).
+async fn flush(b: &mut Batches, shared: &Shared, pending: &mut Vec<Delivery>) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    // Never repeats across restarts (a stream de-duplicates by id): the clock, kept
+    // increasing.
+    b.seq = (b.seq + 1).max(u64::try_from(now_ms).unwrap_or(0));
+    let mut body = Vec::with_capacity(64 * 1024);
+    let covered = pending.len();
+    match shared.agg.lock() {
+        Ok(a) => a.write_batch_json(now_ms, b.seq, &mut body),
+        Err(_) => return,
+    }
+    let mut settlement = Settlement::new();
+    let msg = Message::record(
+        b.subject.clone(),
+        Bytes::from(body),
+        Some(batch::message_id(&b.instance, b.seq).into()),
+        Some(settlement.ticket()),
+    );
+    if b.tx.send(msg).await.is_err() {
+        return;
+    }
+    let own = &shared.own;
+    if settlement.settled().await.all_published() {
+        own.batches.fetch_add(1, Ordering::Relaxed);
+        for d in pending.drain(..covered) {
+            ack(d, own).await;
+        }
+    } else {
+        own.batches_failed.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "metric batch not confirmed by the bus; {covered} events stay unacked, tried again next interval"
+        );
+    }
+    own.pending.store(pending.len() as u64, Ordering::Relaxed);
+}
+
+async fn ack(d: Delivery, own: &Own) {
+    match d.ack().await {
+        Ok(()) => own.acked.fetch_add(1, Ordering::Relaxed),
+        Err(e) => {
+            if own.ack_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!("ack failed (the bus may deliver the message again): {e}");
+            }
+            0
+        }
+    };
+}
+
+/// `/metrics` (the aggregated families and this process's counters) and `/health`.
+async fn serve(addr: std::net::SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> {
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+    let metrics = {
+        let shared = shared.clone();
+        move || {
+            let shared = shared.clone();
+            async move {
+                let mut text = match shared.agg.lock() {
+                    Ok(a) => a.exposition(),
+                    Err(_) => String::new(),
+                };
+                shared.own.write(&mut text);
+                ([(header::CONTENT_TYPE, CONTENT_TYPE)], text)
+            }
+        }
+    };
+    let health = move || {
+        let shared = shared.clone();
+        async move {
+            if shared.own.up.load(Ordering::Relaxed) == 1 {
+                (StatusCode::OK, "ok\n")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "input not connected\n")
+            }
+        }
+    };
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("metrics_listen {addr}"))?;
+    tracing::info!(%addr, "serving /metrics and /health");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metrics endpoint stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut i), Ok(mut t)) => {
+            tokio::select! {
+                _ = i.recv() => {}
+                _ = t.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TAPBUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from(std::iter::once(PROGRAM).chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_example_config_loads() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/aggregate.toml");
+        let s = settings(&cli(&["--config", path])).expect("config/aggregate.toml");
+        assert_eq!(s.instance, "agg-1");
+        assert_eq!(s.interval, Duration::from_secs(10));
+        assert_eq!(s.max_pending, 20_000);
+        assert!(s.output.is_some());
+        assert_eq!(s.listen, Some("127.0.0.1:9635".parse().expect("addr")));
+        // Flags win over the file.
+        let s = settings(&cli(&[
+            "--config",
+            path,
+            "--metrics-listen",
+            "",
+            "--instance",
+            "x",
+        ]))
+        .expect("overridden");
+        assert_eq!((s.listen, s.instance.as_str()), (None, "x"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = |args: &[&str]| {
+            settings(&cli(args))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(e(&[]).starts_with("input.url"));
+        assert!(e(&["--input", "kafka://x:1"]).starts_with("input.url"));
+        assert!(
+            e(&[
+                "--input",
+                "nats://127.0.0.1:4222",
+                "--output",
+                "jetstream://127.0.0.1:4222"
+            ])
+            .starts_with("output")
+        );
+        assert!(
+            e(&["--input", "nats://127.0.0.1:4222", "--metrics-listen", "x"])
+                .starts_with("metrics_listen")
+        );
+    }
+}

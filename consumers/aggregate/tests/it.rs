@@ -1,0 +1,210 @@
+//! tapbus-aggregate against real servers: the broker replays a capture into JetStream,
+//! aggregate reads it through a durable consumer and publishes batches to NATS; its
+//! /metrics then count exactly the capture's messages per operation (the summary's
+//! independent count), every event was acked only after a confirmed batch, and the last
+//! batch on `tapbus.metrics.<instance>` says the same.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use serde_json::Value;
+use tapbus_testsupport::proc::Proc;
+use tapbus_testsupport::servers::Nats;
+use tapbus_testsupport::{free_port, http_get, testdata, wait_until};
+
+const CAPTURE: &str = "unbound.fstrm";
+
+fn aggregate_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tapbus-aggregate"))
+}
+
+fn broker_bin() -> PathBuf {
+    tapbus_testsupport::sibling_bin(&aggregate_bin(), "tapbus-broker", "tapbus-broker")
+}
+
+/// The broker replays the capture into JetStream (stream DNSTAP) and exits.
+fn replay_into_jetstream(nats_url: &str) {
+    let file = testdata::path(CAPTURE);
+    let st = Command::new(broker_bin())
+        .env(
+            "TAPBUS_INPUTS__FILE__URL",
+            format!("file://{}", file.display()),
+        )
+        .env("TAPBUS_METRICS_LISTEN", "")
+        .env("TAPBUS_OUTPUTS__BUS__URL", nats_url)
+        .env("TAPBUS_OUTPUTS__BUS__JETSTREAM", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("broker");
+    assert!(st.success(), "broker: {st}");
+}
+
+/// `metric{labels} value` lines of the exposition: the value of `name` with
+/// `consumer="aggregate"` (this process's own counters).
+fn own(text: &str, name: &str) -> Option<u64> {
+    let prefix = format!("{name}{{consumer=\"aggregate\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `sum by (operation) (dnstap_messages_total)` from the exposition text.
+fn by_operation_text(text: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with("dnstap_messages_total{"))
+    {
+        let op = l
+            .split("operation=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .expect("operation label");
+        let v: f64 = l
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("value");
+        *out.entry(op.to_string()).or_insert(0) += v as u64;
+    }
+    out
+}
+
+/// The same from a batch.
+fn by_operation_batch(batch: &Value) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for s in batch["series"].as_array().expect("series") {
+        if s["name"] == "dnstap_messages_total" {
+            let op = s["labels"]["operation"].as_str().expect("operation");
+            *out.entry(op.to_string()).or_insert(0) += s["value"].as_f64().expect("value") as u64;
+        }
+    }
+    out
+}
+
+fn summary_per_type() -> BTreeMap<String, u64> {
+    let p = testdata::path(&format!("{CAPTURE}.summary.json"));
+    let v: Value = serde_json::from_slice(&std::fs::read(p).expect("summary")).expect("json");
+    v["counts"]["per_type"]
+        .as_object()
+        .expect("per_type")
+        .iter()
+        .map(|(k, n)| (k.clone(), n.as_u64().expect("count")))
+        .collect()
+}
+
+#[test]
+fn jetstream_to_metrics_and_batches_exactly_with_acks_after_each_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start_jetstream(&dir.path().join("js"));
+    replay_into_jetstream(nats.url());
+    let expected = testdata::expected_count(CAPTURE) as u64;
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = rt
+        .block_on(async_nats::connect(nats.url()))
+        .expect("connect");
+    let mut batches = rt
+        .block_on(client.subscribe("tapbus.metrics.>"))
+        .expect("subscribe");
+    rt.block_on(client.flush()).expect("flush");
+
+    let port = free_port();
+    let input = format!(
+        "{}/DNSTAP?durable=agg",
+        nats.url().replace("nats://", "jetstream://")
+    );
+    let mut agg = Proc::spawn(
+        Command::new(aggregate_bin())
+            .args([
+                "--input",
+                &input,
+                "--output",
+                nats.url(),
+                "--metrics-listen",
+                &format!("127.0.0.1:{port}"),
+                "--instance",
+                "it1",
+            ])
+            .env("TAPBUS_AGGREGATE__INTERVAL", "1s")
+            .env("TAPBUS_MAX_PENDING", "500")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let metrics = || http_get(&addr, "/metrics").unwrap_or_default();
+    wait_until(
+        "every event counted and acked",
+        Duration::from_secs(60),
+        || {
+            let t = metrics();
+            own(&t, "tapbus_consumer_acked_total") == Some(expected)
+        },
+    );
+    let text = metrics();
+    assert_eq!(by_operation_text(&text), summary_per_type());
+    assert_eq!(own(&text, "tapbus_consumer_messages_total"), Some(expected));
+    assert_eq!(own(&text, "tapbus_consumer_bad_total"), Some(0));
+    assert_eq!(own(&text, "tapbus_consumer_pending"), Some(0));
+    // Acks went out with batches: more than one (max_pending 500 < the capture).
+    assert!(
+        own(&text, "tapbus_consumer_batches_total").is_some_and(|n| n >= 4),
+        "{text}"
+    );
+    assert!(http_get(&addr, "/health").is_some_and(|b| b.contains("ok")));
+
+    // The durable holds nothing unacked.
+    let info = rt.block_on(async {
+        let js = async_nats::jetstream::new(client.clone());
+        let stream = js.get_stream("DNSTAP").await.expect("stream");
+        let mut c: async_nats::jetstream::consumer::PullConsumer =
+            stream.get_consumer("agg").await.expect("consumer");
+        c.info().await.expect("info").clone()
+    });
+    assert_eq!((info.num_ack_pending, info.num_pending), (0, 0));
+
+    // SIGTERM: a last batch, then exit 0.
+    let st = agg.terminate();
+    assert!(st.success(), "aggregate exit: {st}");
+    let mut last = None;
+    rt.block_on(async {
+        while let Ok(Some(m)) =
+            tokio::time::timeout(Duration::from_millis(500), batches.next()).await
+        {
+            assert_eq!(m.subject.as_str(), "tapbus.metrics.it1");
+            last = Some(m.payload);
+        }
+    });
+    let last: Value = serde_json::from_slice(&last.expect("a batch")).expect("batch json");
+    assert_eq!(last["instance"], "it1");
+    assert_eq!(by_operation_batch(&last), summary_per_type());
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_the_key() {
+    let out = Command::new(aggregate_bin())
+        .args([
+            "--input",
+            "nats://127.0.0.1:1",
+            "--metrics-listen",
+            "nowhere",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("metrics_listen"), "{err}");
+    let out = Command::new(aggregate_bin())
+        .args(["--input", "nats://127.0.0.1:1", "--instance", "a.b"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("aggregate"));
+    let out = Command::new(aggregate_bin()).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("input.url"));
+}
