@@ -14,7 +14,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use tapbus_bus::publish::settle::Settlement;
 use tapbus_bus::publish::{self, Message};
 use tapbus_bus::subscribe::Delivery;
 use tapbus_config::{ConfigError, ConsumerInputConfig, OutputConfig};
+use tapbus_consumer::{Own, ack, init_logging, listen_addr, now_ms, serve, stop_signal};
 use tapbus_event::EventView;
 use tokio::sync::mpsc;
 
@@ -140,15 +141,7 @@ fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
         .aggregate
         .validate("aggregate")
         .map_err(|e| invalid("aggregate", e.to_string()))?;
-    let listen = match cfg.metrics_listen.trim() {
-        "" => None,
-        a => Some(a.parse().map_err(|_| {
-            invalid(
-                "metrics_listen",
-                format!("{a:?} is not an address like 127.0.0.1:9635"),
-            )
-        })?),
-    };
+    let listen = listen_addr(&cfg.metrics_listen).map_err(|e| invalid("metrics_listen", e))?;
     if !(1..=10_000_000).contains(&cfg.max_pending) {
         return Err(invalid("max_pending", "must be between 1 and 10000000"));
     }
@@ -184,94 +177,9 @@ fn host_name() -> String {
     }
 }
 
-/// This process's own counters, on `/metrics` beside the aggregated families.
-#[derive(Default)]
-struct Own {
-    received: AtomicU64,
-    bad: AtomicU64,
-    acked: AtomicU64,
-    ack_errors: AtomicU64,
-    redelivered: AtomicU64,
-    batches: AtomicU64,
-    batches_failed: AtomicU64,
-    pending: AtomicU64,
-    up: AtomicU64,
-}
-
-impl Own {
-    fn write(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let rows: [(&str, &str, &str, &AtomicU64); 9] = [
-            (
-                "tapbus_consumer_messages_total",
-                "counter",
-                "messages received from the bus",
-                &self.received,
-            ),
-            (
-                "tapbus_consumer_bad_total",
-                "counter",
-                "messages that are not tapbus events (counted, acked, skipped)",
-                &self.bad,
-            ),
-            (
-                "tapbus_consumer_acked_total",
-                "counter",
-                "messages acknowledged",
-                &self.acked,
-            ),
-            (
-                "tapbus_consumer_ack_errors_total",
-                "counter",
-                "acks the bus did not take (the message comes again)",
-                &self.ack_errors,
-            ),
-            (
-                "tapbus_consumer_redelivered_total",
-                "counter",
-                "messages the bus delivered more than once",
-                &self.redelivered,
-            ),
-            (
-                "tapbus_consumer_batches_total",
-                "counter",
-                "metric batches the output confirmed",
-                &self.batches,
-            ),
-            (
-                "tapbus_consumer_batches_failed_total",
-                "counter",
-                "metric batches the output dropped (tried again next interval)",
-                &self.batches_failed,
-            ),
-            (
-                "tapbus_consumer_pending",
-                "gauge",
-                "messages counted and not yet acknowledged",
-                &self.pending,
-            ),
-            (
-                "tapbus_consumer_input_up",
-                "gauge",
-                "1 while the input is connected",
-                &self.up,
-            ),
-        ];
-        for (name, kind, help, v) in rows {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            let _ = writeln!(
-                out,
-                "{name}{{consumer=\"aggregate\"}} {}",
-                v.load(Ordering::Relaxed)
-            );
-        }
-    }
-}
-
 struct Shared {
     agg: Mutex<Aggregator>,
-    own: Own,
+    own: Arc<Own>,
 }
 
 fn main() -> ExitCode {
@@ -307,29 +215,25 @@ fn main() -> ExitCode {
 async fn run(s: Settings) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         agg: Mutex::new(Aggregator::new(s.aggregate.clone())),
-        own: Own::default(),
+        own: Arc::new(Own::default()),
     });
     if let Some(addr) = s.listen {
-        serve(addr, shared.clone()).await?;
+        let sh = shared.clone();
+        let render = move || {
+            let mut text = match sh.agg.lock() {
+                Ok(a) => a.exposition(),
+                Err(_) => String::new(),
+            };
+            sh.own.write("aggregate", &mut text);
+            text
+        };
+        serve(addr, CONTENT_TYPE, render, shared.own.clone()).await?;
     }
     let mut sub = tapbus_bus::input::subscribe(PROGRAM, &s.input)
         .await
         .context("cannot subscribe")?;
     tracing::info!(semantics = ?sub.semantics(), instance = %s.instance, "subscribed");
-    {
-        let mut up = sub.connected();
-        let sh = shared.clone();
-        tokio::spawn(async move {
-            loop {
-                sh.own
-                    .up
-                    .store(u64::from(*up.borrow_and_update()), Ordering::Relaxed);
-                if up.changed().await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
+    shared.own.watch_input(&sub);
     let mut out = s.output.map(|o| {
         let (tx, rx) = mpsc::channel(16);
         let task = publish::spawn(o.name.clone(), o.kind, rx, PublishMetrics::unregistered());
@@ -362,10 +266,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
                     Err(e) => break Err(anyhow::anyhow!("subscription ended: {e}")),
                 };
                 let own = &shared.own;
-                own.received.fetch_add(1, Ordering::Relaxed);
-                if d.delivered > 1 {
-                    own.redelivered.fetch_add(1, Ordering::Relaxed);
-                }
+                own.received(&d);
                 match EventView::parse(&d.payload) {
                     Ok(v) => {
                         if let Ok(mut a) = shared.agg.lock() {
@@ -373,7 +274,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
                         }
                     }
                     Err(e) => {
-                        if own.bad.fetch_add(1, Ordering::Relaxed) == 0 {
+                        if own.bad() {
                             tracing::warn!(subject = %d.subject, "not a tapbus event, skipped: {e} (further ones are counted)");
                         }
                     }
@@ -383,7 +284,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
                     None => ack(d, own).await,
                     Some(b) => {
                         pending.push(d);
-                        own.pending.store(pending.len() as u64, Ordering::Relaxed);
+                        own.set_pending(pending.len());
                         if pending.len() >= s.max_pending {
                             flush(b, &shared, &mut pending).await;
                         }
@@ -419,10 +320,7 @@ struct Batches {
 /// Publishes the whole state as one batch; once the bus confirmed it, acks every pending
 /// delivery (the batch counts them all).
 async fn flush(b: &mut Batches, shared: &Shared, pending: &mut Vec<Delivery>) {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now_ms = now_ms();
     // Never repeats across restarts (a stream de-duplicates by id): the clock, kept
     // increasing.
     b.seq = (b.seq + 1).max(u64::try_from(now_ms).unwrap_or(0));
@@ -454,91 +352,7 @@ async fn flush(b: &mut Batches, shared: &Shared, pending: &mut Vec<Delivery>) {
             "metric batch not confirmed by the bus; {covered} events stay unacked, tried again next interval"
         );
     }
-    own.pending.store(pending.len() as u64, Ordering::Relaxed);
-}
-
-async fn ack(d: Delivery, own: &Own) {
-    match d.ack().await {
-        Ok(()) => own.acked.fetch_add(1, Ordering::Relaxed),
-        Err(e) => {
-            if own.ack_errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                tracing::warn!("ack failed (the bus may deliver the message again): {e}");
-            }
-            0
-        }
-    };
-}
-
-/// `/metrics` (the aggregated families and this process's counters) and `/health`.
-async fn serve(addr: std::net::SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> {
-    use axum::http::{StatusCode, header};
-    use axum::routing::get;
-    let metrics = {
-        let shared = shared.clone();
-        move || {
-            let shared = shared.clone();
-            async move {
-                let mut text = match shared.agg.lock() {
-                    Ok(a) => a.exposition(),
-                    Err(_) => String::new(),
-                };
-                shared.own.write(&mut text);
-                ([(header::CONTENT_TYPE, CONTENT_TYPE)], text)
-            }
-        }
-    };
-    let health = move || {
-        let shared = shared.clone();
-        async move {
-            if shared.own.up.load(Ordering::Relaxed) == 1 {
-                (StatusCode::OK, "ok\n")
-            } else {
-                (StatusCode::SERVICE_UNAVAILABLE, "input not connected\n")
-            }
-        }
-    };
-    let app = axum::Router::new()
-        .route("/metrics", get(metrics))
-        .route("/health", get(health));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("metrics_listen {addr}"))?;
-    tracing::info!(%addr, "serving /metrics and /health");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("metrics endpoint stopped: {e}");
-        }
-    });
-    Ok(())
-}
-
-async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut i), Ok(mut t)) => {
-            tokio::select! {
-                _ = i.recv() => {}
-                _ = t.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
-    }
-}
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TAPBUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        b.json().init();
-    } else {
-        b.init();
-    }
+    own.set_pending(pending.len());
 }
 
 #[cfg(test)]

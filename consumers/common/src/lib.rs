@@ -1,0 +1,235 @@
+//! What every consumer binary shares, around the arrow bus --JSON--> consumer: the
+//! consumer's own counters (`tapbus_consumer_*`), the `/metrics` and `/health` endpoint,
+//! acks that count their failures, the stop signals and the log setup.
+
+#![forbid(unsafe_code)]
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context as _;
+use tapbus_bus::subscribe::{Delivery, Subscriber};
+
+/// A consumer's own counters, on its `/metrics` as `tapbus_consumer_*{consumer="NAME"}`.
+#[derive(Debug, Default)]
+pub struct Own {
+    pub received: AtomicU64,
+    pub bad: AtomicU64,
+    pub acked: AtomicU64,
+    pub ack_errors: AtomicU64,
+    pub redelivered: AtomicU64,
+    pub batches: AtomicU64,
+    pub batches_failed: AtomicU64,
+    pub pending: AtomicU64,
+    pub up: AtomicU64,
+}
+
+impl Own {
+    /// Counts a delivery as received (and redelivered when the bus says so).
+    pub fn received(&self, d: &Delivery) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        if d.delivered > 1 {
+            self.redelivered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a message that is not a tapbus event; true for the first (log it once).
+    pub fn bad(&self) -> bool {
+        self.bad.fetch_add(1, Ordering::Relaxed) == 0
+    }
+
+    pub fn set_pending(&self, n: usize) {
+        self.pending.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Prometheus text (0.0.4) of the counters, labelled `consumer="{consumer}"`.
+    pub fn write(&self, consumer: &str, out: &mut String) {
+        let rows: [(&str, &str, &str, &AtomicU64); 9] = [
+            (
+                "tapbus_consumer_messages_total",
+                "counter",
+                "messages received from the bus",
+                &self.received,
+            ),
+            (
+                "tapbus_consumer_bad_total",
+                "counter",
+                "messages that are not tapbus events (counted, acked, skipped)",
+                &self.bad,
+            ),
+            (
+                "tapbus_consumer_acked_total",
+                "counter",
+                "messages acknowledged",
+                &self.acked,
+            ),
+            (
+                "tapbus_consumer_ack_errors_total",
+                "counter",
+                "acks the bus did not take (the message comes again)",
+                &self.ack_errors,
+            ),
+            (
+                "tapbus_consumer_redelivered_total",
+                "counter",
+                "messages the bus delivered more than once",
+                &self.redelivered,
+            ),
+            (
+                "tapbus_consumer_batches_total",
+                "counter",
+                "batches of output the bus confirmed",
+                &self.batches,
+            ),
+            (
+                "tapbus_consumer_batches_failed_total",
+                "counter",
+                "batches of output the bus dropped (tried again)",
+                &self.batches_failed,
+            ),
+            (
+                "tapbus_consumer_pending",
+                "gauge",
+                "messages taken and not yet acknowledged",
+                &self.pending,
+            ),
+            (
+                "tapbus_consumer_input_up",
+                "gauge",
+                "1 while the input is connected",
+                &self.up,
+            ),
+        ];
+        for (name, kind, help, v) in rows {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(
+                out,
+                "{name}{{consumer=\"{consumer}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+    }
+
+    /// Follows the subscriber's connection state into `tapbus_consumer_input_up`.
+    pub fn watch_input(self: &Arc<Self>, sub: &Subscriber) {
+        let mut up = sub.connected();
+        let own = self.clone();
+        tokio::spawn(async move {
+            loop {
+                own.up
+                    .store(u64::from(*up.borrow_and_update()), Ordering::Relaxed);
+                if up.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// Acks a delivery, counting the ack or its failure (logged once).
+pub async fn ack(d: Delivery, own: &Own) {
+    match d.ack().await {
+        Ok(()) => {
+            own.acked.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            if own.ack_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!("ack failed (the bus may deliver the message again): {e}");
+            }
+        }
+    }
+}
+
+/// Serves `GET /metrics` (`render()`, with `content_type`) and `GET /health` (200 while
+/// `own.up` is 1, else 503) on `addr`, in a task of its own.
+pub async fn serve<F>(
+    addr: std::net::SocketAddr,
+    content_type: &'static str,
+    render: F,
+    own: Arc<Own>,
+) -> anyhow::Result<()>
+where
+    F: Fn() -> String + Clone + Send + Sync + 'static,
+{
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+    let metrics = move || {
+        let render = render.clone();
+        async move { ([(header::CONTENT_TYPE, content_type)], render()) }
+    };
+    let health = move || {
+        let own = own.clone();
+        async move {
+            if own.up.load(Ordering::Relaxed) == 1 {
+                (StatusCode::OK, "ok\n")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "input not connected\n")
+            }
+        }
+    };
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("metrics_listen {addr}"))?;
+    tracing::info!(%addr, "serving /metrics and /health");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metrics endpoint stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut i), Ok(mut t)) => {
+            tokio::select! {
+                _ = i.recv() => {}
+                _ = t.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// Logs to standard error, filtered by `TAPBUS_LOG` (default `warn`), as text or JSON.
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TAPBUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+/// Parses a `metrics_listen` value: `""` disables.
+pub fn listen_addr(v: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    match v.trim() {
+        "" => Ok(None),
+        a => a
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{a:?} is not an address like 127.0.0.1:9635")),
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
