@@ -653,3 +653,75 @@ pub fn wait_port_closed(port: u16, timeout: Duration) {
         !port_open(port)
     });
 }
+
+// --- Prometheus ------------------------------------------------------------------------
+
+/// Debian's prometheus on 127.0.0.1 with the remote-write receiver on
+/// (`POST /api/v1/write`), its TSDB in a temporary directory, scraping nothing.
+#[derive(Debug)]
+pub struct Prometheus {
+    proc: Proc,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub fn start() -> Prometheus {
+        let dir = tempdir();
+        let port = free_port();
+        let log = dir.path().join("prometheus.log");
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(&config, "global:\n  scrape_interval: 1h\n").expect("prometheus.yml");
+        let mut proc = Proc::spawn(
+            Command::new(need("prometheus"))
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg("--web.enable-remote-write-receiver")
+                .stdout(log_file(&log))
+                .stderr(log_file(&log)),
+        );
+        wait_listening("prometheus", &mut proc, port, &log, || {
+            crate::http_get(&format!("127.0.0.1:{port}"), "/-/ready")
+                .is_some_and(|b| b.contains("Ready"))
+        });
+        Prometheus {
+            proc,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT/api/v1/write`.
+    pub fn write_url(&self) -> String {
+        format!("http://127.0.0.1:{}/api/v1/write", self.port)
+    }
+
+    /// An instant query's JSON answer (`/api/v1/query?query=...`), `None` if it failed.
+    pub fn query(&self, promql: &str) -> Option<String> {
+        let q: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        crate::http_get(
+            &format!("127.0.0.1:{}", self.port),
+            &format!("/api/v1/query?query={q}"),
+        )
+    }
+}
+
+server_common!(Prometheus);

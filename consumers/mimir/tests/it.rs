@@ -1,0 +1,132 @@
+//! The metrics path end to end against real servers: broker -> JetStream -> tapbus-aggregate
+//! -> NATS (`tapbus.metrics.>`) -> tapbus-mimir -> a real Prometheus (remote-write
+//! receiver). The query API's `sum by (operation) (dnstap_messages_total)` equals the
+//! capture's summary counts, exactly.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tapbus_testsupport::proc::Proc;
+use tapbus_testsupport::servers::{Nats, Prometheus};
+use tapbus_testsupport::{free_port, http_get, testdata, wait_until};
+
+const CAPTURE: &str = "unbound.fstrm";
+
+fn mimir_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tapbus-mimir"))
+}
+
+fn bin(package: &str) -> PathBuf {
+    tapbus_testsupport::sibling_bin(&mimir_bin(), package, package)
+}
+
+fn summary_per_type() -> BTreeMap<String, u64> {
+    let p = testdata::path(&format!("{CAPTURE}.summary.json"));
+    let v: Value = serde_json::from_slice(&std::fs::read(p).expect("summary")).expect("json");
+    v["counts"]["per_type"]
+        .as_object()
+        .expect("per_type")
+        .iter()
+        .map(|(k, n)| (k.clone(), n.as_u64().expect("count")))
+        .collect()
+}
+
+/// `sum by (operation)` from a Prometheus query answer.
+fn by_operation(answer: &str) -> BTreeMap<String, u64> {
+    let v: Value = serde_json::from_str(answer).unwrap_or(Value::Null);
+    v["data"]["result"]
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .filter_map(|r| {
+                    let op = r["metric"]["operation"].as_str()?.to_string();
+                    let n: f64 = r["value"][1].as_str()?.parse().ok()?;
+                    Some((op, n as u64))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn capture_counts_arrive_in_prometheus_exactly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start_jetstream(&dir.path().join("js"));
+    let prom = Prometheus::start();
+
+    let mport = free_port();
+    let mut mimir = Proc::spawn(
+        Command::new(mimir_bin())
+            .args([
+                "--input",
+                &format!("{}/tapbus.metrics.>", nats.url()),
+                "--url",
+                &prom.write_url(),
+                "--metrics-listen",
+                &format!("127.0.0.1:{mport}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_until("mimir subscribed", Duration::from_secs(20), || {
+        http_get(&format!("127.0.0.1:{mport}"), "/health").is_some()
+    });
+
+    let file = testdata::path(CAPTURE);
+    let st = Command::new(bin("tapbus-broker"))
+        .env(
+            "TAPBUS_INPUTS__FILE__URL",
+            format!("file://{}", file.display()),
+        )
+        .env("TAPBUS_METRICS_LISTEN", "")
+        .env("TAPBUS_OUTPUTS__BUS__URL", nats.url())
+        .env("TAPBUS_OUTPUTS__BUS__JETSTREAM", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("broker");
+    assert!(st.success());
+
+    let input = format!(
+        "{}/DNSTAP?durable=aggregate",
+        nats.url().replace("nats://", "jetstream://")
+    );
+    let mut agg = Proc::spawn(
+        Command::new(bin("tapbus-aggregate"))
+            .args([
+                "--input",
+                &input,
+                "--output",
+                nats.url(),
+                "--metrics-listen",
+                "",
+                "--instance",
+                "e2e",
+            ])
+            .env("TAPBUS_AGGREGATE__INTERVAL", "1s")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let want = summary_per_type();
+    wait_until(
+        "Prometheus has the capture's counts",
+        Duration::from_secs(90),
+        || {
+            prom.query("sum by (operation) (dnstap_messages_total)")
+                .map(|a| by_operation(&a))
+                == Some(want.clone())
+        },
+    );
+    // Every series carries the instance.
+    let answer = prom
+        .query("count(dnstap_messages_total{instance=\"e2e\"}) == count(dnstap_messages_total)")
+        .expect("query");
+    assert!(answer.contains("\"result\":[{"), "{answer}");
+    let text = http_get(&format!("127.0.0.1:{mport}"), "/metrics").expect("mimir metrics");
+    assert!(!text.contains("tapbus_mimir_dropped_total{"), "{text}");
+    assert!(agg.terminate().success());
+    assert!(mimir.terminate().success());
+}
