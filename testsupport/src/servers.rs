@@ -664,22 +664,30 @@ pub struct Prometheus {
     port: u16,
     log: PathBuf,
     _dir: tempfile::TempDir,
+    _data: Option<tempfile::TempDir>,
 }
 
 impl Prometheus {
+    /// On a free port, its TSDB in a temporary directory.
     pub fn start() -> Prometheus {
         let dir = tempdir();
-        let port = free_port();
+        let data = dir.path().join("data");
+        let mut p = Self::start_on(free_port(), &data);
+        p._data = Some(dir);
+        p
+    }
+
+    /// On `port` with its TSDB in `data`: starting again with the same `data` keeps what
+    /// was written (a restart after an outage).
+    pub fn start_on(port: u16, data: &Path) -> Prometheus {
+        let dir = tempdir();
         let log = dir.path().join("prometheus.log");
         let config = dir.path().join("prometheus.yml");
         std::fs::write(&config, "global:\n  scrape_interval: 1h\n").expect("prometheus.yml");
         let mut proc = Proc::spawn(
             Command::new(need("prometheus"))
                 .arg(format!("--config.file={}", config.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.path().join("data").display()
-                ))
+                .arg(format!("--storage.tsdb.path={}", data.display()))
                 .arg(format!("--web.listen-address=127.0.0.1:{port}"))
                 .arg("--web.enable-remote-write-receiver")
                 .stdout(log_file(&log))
@@ -694,6 +702,7 @@ impl Prometheus {
             port,
             log,
             _dir: dir,
+            _data: None,
         }
     }
 

@@ -130,3 +130,117 @@ fn capture_counts_arrive_in_prometheus_exactly() {
     assert!(agg.terminate().success());
     assert!(mimir.terminate().success());
 }
+
+/// Sums of the per-type counts of several captures.
+fn summaries(names: &[&str]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for name in names {
+        let p = testdata::path(&format!("{name}.summary.json"));
+        let v: Value = serde_json::from_slice(&std::fs::read(p).expect("summary")).expect("json");
+        for (k, n) in v["counts"]["per_type"].as_object().expect("per_type") {
+            *out.entry(k.clone()).or_insert(0) += n.as_u64().expect("count");
+        }
+    }
+    out
+}
+
+fn replay(nats_url: &str, capture: &str) {
+    let file = testdata::path(capture);
+    let st = Command::new(bin("tapbus-broker"))
+        .env(
+            "TAPBUS_INPUTS__FILE__URL",
+            format!("file://{}", file.display()),
+        )
+        .env("TAPBUS_METRICS_LISTEN", "")
+        .env("TAPBUS_OUTPUTS__BUS__URL", nats_url)
+        .env("TAPBUS_OUTPUTS__BUS__JETSTREAM", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("broker");
+    assert!(st.success());
+}
+
+/// Prometheus stopped for 30 s while events keep coming: mimir retries (nothing dropped)
+/// and once Prometheus is back the counts are exact again.
+#[test]
+fn prometheus_down_for_30s_then_exact_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start_jetstream(&dir.path().join("js"));
+    let data = dir.path().join("tsdb");
+    let port = free_port();
+    let prom = Prometheus::start_on(port, &data);
+    let mport = free_port();
+    let mut mimir = Proc::spawn(
+        Command::new(mimir_bin())
+            .args([
+                "--input",
+                &format!("{}/tapbus.metrics.>", nats.url()),
+                "--url",
+                &prom.write_url(),
+                "--metrics-listen",
+                &format!("127.0.0.1:{mport}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_until("mimir subscribed", Duration::from_secs(20), || {
+        http_get(&format!("127.0.0.1:{mport}"), "/health").is_some()
+    });
+    // The broker makes the stream; aggregate binds to it.
+    replay(nats.url(), "unbound.fstrm");
+    let input = format!(
+        "{}/DNSTAP?durable=aggregate",
+        nats.url().replace("nats://", "jetstream://")
+    );
+    let mut agg = Proc::spawn(
+        Command::new(bin("tapbus-aggregate"))
+            .args([
+                "--input",
+                &input,
+                "--output",
+                nats.url(),
+                "--metrics-listen",
+                "",
+                "--instance",
+                "outage",
+            ])
+            .env("TAPBUS_AGGREGATE__INTERVAL", "1s")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let counts = |p: &Prometheus| {
+        p.query("sum by (operation) (dnstap_messages_total)")
+            .map(|a| by_operation(&a))
+    };
+    let first = summaries(&["unbound.fstrm"]);
+    wait_until(
+        "the first capture in Prometheus",
+        Duration::from_secs(60),
+        || counts(&prom) == Some(first.clone()),
+    );
+    prom.terminate();
+    replay(nats.url(), "kresd.fstrm");
+    std::thread::sleep(Duration::from_secs(30));
+    let metrics = http_get(&format!("127.0.0.1:{mport}"), "/metrics").expect("mimir metrics");
+    let retries = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tapbus_mimir_retries_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .expect("retries");
+    assert!(retries > 0, "{metrics}");
+    let prom = Prometheus::start_on(port, &data);
+    let both = summaries(&["unbound.fstrm", "kresd.fstrm"]);
+    wait_until(
+        "both captures in Prometheus",
+        Duration::from_secs(90),
+        || counts(&prom) == Some(both.clone()),
+    );
+    let metrics = http_get(&format!("127.0.0.1:{mport}"), "/metrics").expect("mimir metrics");
+    assert!(
+        !metrics.contains("tapbus_mimir_dropped_total{"),
+        "{metrics}"
+    );
+    assert!(agg.terminate().success());
+    assert!(mimir.terminate().success());
+}
