@@ -244,3 +244,76 @@ fn prometheus_down_for_30s_then_exact_again() {
     assert!(agg.terminate().success());
     assert!(mimir.terminate().success());
 }
+
+/// Two copies of aggregate on one JetStream durable share the events: every event is
+/// counted once, so the sum over both instances equals the summary.
+#[test]
+fn two_aggregates_on_one_durable_count_every_event_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start_jetstream(&dir.path().join("js"));
+    let prom = Prometheus::start();
+    let mport = free_port();
+    let mut mimir = Proc::spawn(
+        Command::new(mimir_bin())
+            .args([
+                "--input",
+                &format!("{}/tapbus.metrics.>", nats.url()),
+                "--url",
+                &prom.write_url(),
+                "--metrics-listen",
+                &format!("127.0.0.1:{mport}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_until("mimir subscribed", Duration::from_secs(20), || {
+        http_get(&format!("127.0.0.1:{mport}"), "/health").is_some()
+    });
+    replay(nats.url(), "bulk-100k.fstrm");
+    let input = format!(
+        "{}/DNSTAP?durable=shared",
+        nats.url().replace("nats://", "jetstream://")
+    );
+    let start = |instance: &str| {
+        Proc::spawn(
+            Command::new(bin("tapbus-aggregate"))
+                .args([
+                    "--input",
+                    &input,
+                    "--output",
+                    nats.url(),
+                    "--metrics-listen",
+                    "",
+                    "--instance",
+                    instance,
+                ])
+                .env("TAPBUS_AGGREGATE__INTERVAL", "1s")
+                .env("TAPBUS_AGGREGATE__TOP_N", "0")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+    };
+    let (mut a, mut b) = (start("a"), start("b"));
+    let want = summaries(&["bulk-100k.fstrm"]);
+    wait_until(
+        "the capture's counts over both instances",
+        Duration::from_secs(120),
+        || {
+            prom.query("sum by (operation) (dnstap_messages_total)")
+                .map(|a| by_operation(&a))
+                == Some(want.clone())
+        },
+    );
+    // Both took a share.
+    for instance in ["a", "b"] {
+        let answer = prom
+            .query(&format!(
+                "sum(dnstap_messages_total{{instance=\"{instance}\"}}) > 0"
+            ))
+            .expect("query");
+        assert!(answer.contains("\"result\":[{"), "{instance}: {answer}");
+    }
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+    assert!(mimir.terminate().success());
+}
