@@ -572,6 +572,12 @@ impl OutputConfig {
         validate_output_at(key, name, self)
     }
 
+    /// Applies a `--output URL` flag on top of the file and environment: the URL replaces
+    /// `url`; the other keys stay.
+    pub fn set_url(&mut self, url: &str) {
+        self.connect.url = url.to_string();
+    }
+
     /// An output from a URL alone (the `--output URL` shorthand).
     pub fn from_url(url: &str) -> OutputConfig {
         OutputConfig {

@@ -175,6 +175,14 @@ impl InputConfig {
         }
     }
 
+    /// Applies a `--input URL` flag on top of the file and environment: the URL replaces
+    /// `url` and the subscribe table (its scheme, path and query say what to subscribe);
+    /// the connection keys (credentials, TLS, `client_id`) stay.
+    pub fn set_url(&mut self, url: &str) {
+        self.connect.url = url.to_string();
+        self.subscribe = None;
+    }
+
     /// Checks everything. `key` names the table (`input`); `program` is the binary's name,
     /// used for default client ids and consumer names.
     pub fn validate(&self, key: &str, program: &str) -> Result<InputSpec, ConfigError> {

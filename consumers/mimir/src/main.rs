@@ -100,7 +100,7 @@ fn invalid(key: &str, msg: impl Into<String>) -> ConfigError {
 fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
     let mut cfg: Config = tapbus_config::load(cli.config.as_deref(), Config::default())?;
     if let Some(u) = &cli.input {
-        cfg.input = ConsumerInputConfig::from_url(u);
+        cfg.input.set_url(u);
     }
     if let Some(u) = &cli.url {
         cfg.url = u.clone();

@@ -107,10 +107,10 @@ fn invalid(key: &str, msg: impl Into<String>) -> ConfigError {
 fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
     let mut cfg: Config = tapbus_config::load(cli.config.as_deref(), Config::default())?;
     if let Some(url) = &cli.input {
-        cfg.input = ConsumerInputConfig::from_url(url);
+        cfg.input.set_url(url);
     }
     if let Some(url) = &cli.output {
-        cfg.output = OutputConfig::from_url(url);
+        cfg.output.set_url(url);
     }
     if let Some(l) = &cli.metrics_listen {
         cfg.metrics_listen = l.clone();

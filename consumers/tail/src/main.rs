@@ -94,7 +94,7 @@ fn main() -> ExitCode {
 fn settings(cli: &Cli) -> Result<(tapbus_config::ConsumerInputSpec, Tail), ConfigError> {
     let mut cfg: TailConfig = tapbus_config::load(cli.config.as_deref(), TailConfig::default())?;
     if let Some(url) = &cli.input {
-        cfg.input = ConsumerInputConfig::from_url(url);
+        cfg.input.set_url(url);
     }
     if cfg.input.connect.url.is_empty() {
         return Err(ConfigError::Invalid {

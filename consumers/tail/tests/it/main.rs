@@ -414,6 +414,63 @@ fn redis_stream_sigkilled_consumer_entries_are_claimed_by_its_peer() {
     killed_consumer_hands_over(&input, &published);
 }
 
+/// MQTT has no peer hand-over on mosquitto (a shared subscription keeps a dead member's
+/// share queued, README "Ack semantics per bus"): a persistent session is resumed instead.
+/// A (persistent session, fixed client id) blocks on an unread pipe and is SIGKILLed; B,
+/// started under the same client id, gets every message A had not acked.
+#[test]
+fn mqtt_sigkilled_consumer_resumes_under_its_persistent_session() {
+    let d = dir();
+    let m = Mosquitto::start_with(
+        tapbus_testsupport::free_port(),
+        "max_queued_messages 100000\n",
+    );
+    let input = format!("{}/dnstap/#?persistent=true", m.url());
+    let a_err = d.path().join("a.err");
+    let mut a = Proc::spawn(
+        Command::new(tail_bin())
+            .args(["--input", &input, "--json"])
+            .env("TAPBUS_INPUT__CLIENT_ID", "tail-resume")
+            .env("TAPBUS_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&a_err).expect("err file")),
+    );
+    let mut pipe = a.child.stdout.take().expect("pipe");
+    wait_until("A subscribed", Duration::from_secs(20), || {
+        std::fs::read_to_string(&a_err).is_ok_and(|t| t.contains("subscribed"))
+    });
+    let published = publish(&m.url(), &[("TAPBUS_OUTPUTS__BUS__QOS", "1")]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(a.is_running(), "the blocked consumer is still running");
+    a.kill();
+    let mut a_text = String::new();
+    pipe.read_to_string(&mut a_text)
+        .expect("read what A printed");
+    let b_out = d.path().join("b.out");
+    let mut b = Proc::spawn(
+        Command::new(tail_bin())
+            .args(["--input", &input, "--json", "--timeout", "15s"])
+            .env("TAPBUS_INPUT__CLIENT_ID", "tail-resume")
+            .stdout(std::fs::File::create(&b_out).expect("out file"))
+            .stderr(Stdio::null()),
+    );
+    let st = b.wait_within(Duration::from_secs(30)).expect("B exits");
+    assert_eq!(st.code(), Some(0));
+    let b_text = std::fs::read_to_string(&b_out).expect("B output");
+    let a_lines: BTreeSet<&str> = a_text.lines().collect();
+    assert!(
+        a_lines.len() < published.len(),
+        "A was meant to block before the end"
+    );
+    let got: BTreeSet<&str> = a_lines.iter().copied().chain(b_text.lines()).collect();
+    let want: BTreeSet<&str> = published.iter().map(String::as_str).collect();
+    assert_eq!(
+        want.difference(&got).count(),
+        0,
+        "messages lost with the killed consumer"
+    );
+}
+
 /// A 3-node JetStream cluster (routes on loopback, stream R3): the broker publishes the bulk
 /// capture through the URL list, one node is killed mid-replay, and a durable consumer on
 /// the survivors gets exactly what the broker counted as published, every event once.
