@@ -208,3 +208,124 @@ fn bad_configuration_exits_2_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("input.url"));
 }
+
+/// The last batch of each instance seen on `tapbus.metrics.>`: instance -> (seq, counts
+/// by operation).
+type Last = BTreeMap<String, (u64, BTreeMap<String, u64>)>;
+
+/// A SIGKILLed aggregate loses nothing: what it had not acked (never more than
+/// `max_pending` past its last confirmed batch) is delivered to its successor, so the last
+/// batches of the two instances together count every event, at most `max_pending` twice.
+#[test]
+fn sigkilled_aggregate_loses_nothing_and_double_counts_at_most_max_pending() {
+    const BULK: &str = "bulk-100k.fstrm";
+    const MAX_PENDING: u64 = 2000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start_jetstream(&dir.path().join("js"));
+    let file = testdata::path(BULK);
+    let st = Command::new(broker_bin())
+        .env(
+            "TAPBUS_INPUTS__FILE__URL",
+            format!("file://{}", file.display()),
+        )
+        .env("TAPBUS_METRICS_LISTEN", "")
+        .env("TAPBUS_OUTPUTS__BUS__URL", nats.url())
+        .env("TAPBUS_OUTPUTS__BUS__JETSTREAM", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("broker");
+    assert!(st.success());
+    let expected = testdata::expected_count(BULK) as u64;
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = rt
+        .block_on(async_nats::connect(nats.url()))
+        .expect("connect");
+    let mut batches = rt
+        .block_on(client.subscribe("tapbus.metrics.>"))
+        .expect("subscribe");
+    rt.block_on(client.flush()).expect("flush");
+    let last = std::sync::Arc::new(std::sync::Mutex::new(Last::new()));
+    {
+        let last = last.clone();
+        rt.spawn(async move {
+            while let Some(m) = batches.next().await {
+                let b: Value = match serde_json::from_slice(&m.payload) {
+                    Ok(b) => b,
+                    Err(_) => continue,
+                };
+                let inst = b["instance"].as_str().unwrap_or("").to_string();
+                let seq = b["seq"].as_u64().unwrap_or(0);
+                if let Ok(mut l) = last.lock() {
+                    let e = l.entry(inst).or_insert((0, BTreeMap::new()));
+                    if seq >= e.0 {
+                        *e = (seq, by_operation_batch(&b));
+                    }
+                }
+            }
+        });
+    }
+    let input = format!(
+        "{}/DNSTAP?durable=agg&ack_wait=2s",
+        nats.url().replace("nats://", "jetstream://")
+    );
+    let start = |instance: &str| {
+        Proc::spawn(
+            Command::new(aggregate_bin())
+                .args([
+                    "--input",
+                    &input,
+                    "--output",
+                    nats.url(),
+                    "--metrics-listen",
+                    "",
+                    "--instance",
+                    instance,
+                ])
+                .env("TAPBUS_AGGREGATE__INTERVAL", "1s")
+                .env("TAPBUS_MAX_PENDING", MAX_PENDING.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+    };
+    let total = |l: &Last, inst: &str| l.get(inst).map_or(0, |(_, c)| c.values().sum::<u64>());
+    let mut a = start("a");
+    wait_until("A counted some", Duration::from_secs(30), || {
+        last.lock().is_ok_and(|l| total(&l, "a") > 0)
+    });
+    a.kill();
+    let a_total = last.lock().map(|l| total(&l, "a")).unwrap_or(0);
+    assert!(
+        a_total < expected,
+        "A was meant to die mid-stream ({a_total})"
+    );
+    let mut b = start("b");
+    let durable_empty = || {
+        rt.block_on(async {
+            let js = async_nats::jetstream::new(client.clone());
+            let stream = js.get_stream("DNSTAP").await.ok()?;
+            let mut c: async_nats::jetstream::consumer::PullConsumer =
+                stream.get_consumer("agg").await.ok()?;
+            let i = c.info().await.ok()?;
+            Some(i.num_pending == 0 && i.num_ack_pending == 0)
+        }) == Some(true)
+    };
+    wait_until(
+        "B took the rest and acked it",
+        Duration::from_secs(120),
+        durable_empty,
+    );
+    assert!(b.terminate().success());
+    std::thread::sleep(Duration::from_millis(500));
+    let l = last.lock().expect("last").clone();
+    let (a_total, b_total) = (total(&l, "a"), total(&l, "b"));
+    assert!(
+        a_total + b_total >= expected,
+        "lost: {a_total} + {b_total} < {expected}"
+    );
+    assert!(
+        a_total + b_total <= expected + MAX_PENDING,
+        "counted twice more than max_pending: {a_total} + {b_total} vs {expected}"
+    );
+}
