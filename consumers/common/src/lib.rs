@@ -128,6 +128,44 @@ impl Own {
     }
 }
 
+/// The body of a consumer's `main`: a configuration error exits 2 (the message names the
+/// key), otherwise `run` goes on a two-worker runtime; its error exits 3, its end 0.
+pub fn main<S, F>(
+    program: &str,
+    settings: Result<S, impl std::fmt::Display>,
+    run: impl FnOnce(S) -> F,
+) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use std::process::ExitCode;
+    let s = match settings {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{program}: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{program}: cannot start the runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match rt.block_on(run(s)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
 /// Acks a delivery, counting the ack or its failure (logged once).
 pub async fn ack(d: Delivery, own: &Own) {
     match d.ack().await {

@@ -22,6 +22,51 @@ fn bin(package: &str) -> PathBuf {
     tapbus_testsupport::sibling_bin(&mimir_bin(), package, package)
 }
 
+/// tapbus-mimir from `tapbus.metrics.>` into `prom`, once its input is connected; returns
+/// it and its metrics port.
+fn start_mimir(nats: &Nats, prom: &Prometheus) -> (Proc, u16) {
+    let port = free_port();
+    let p = Proc::spawn(
+        Command::new(mimir_bin())
+            .args([
+                "--input",
+                &format!("{}/tapbus.metrics.>", nats.url()),
+                "--url",
+                &prom.write_url(),
+                "--metrics-listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_until("mimir subscribed", Duration::from_secs(20), || {
+        http_get(&format!("127.0.0.1:{port}"), "/health").is_some()
+    });
+    (p, port)
+}
+
+/// tapbus-aggregate from `input` publishing batches every second to `nats`.
+fn start_aggregate(nats: &Nats, input: &str, instance: &str, env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(bin("tapbus-aggregate"));
+    cmd.args([
+        "--input",
+        input,
+        "--output",
+        nats.url(),
+        "--metrics-listen",
+        "",
+        "--instance",
+        instance,
+    ])
+    .env("TAPBUS_AGGREGATE__INTERVAL", "1s")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Proc::spawn(&mut cmd)
+}
+
 /// A summary count (`per_type`, `per_rcode`, ...) summed over every capture.
 fn summary_key(key: &str) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
@@ -63,23 +108,7 @@ fn every_capture_counts_arrive_in_prometheus_exactly() {
     let nats = Nats::start_jetstream(&dir.path().join("js"));
     let prom = Prometheus::start();
 
-    let mport = free_port();
-    let mut mimir = Proc::spawn(
-        Command::new(mimir_bin())
-            .args([
-                "--input",
-                &format!("{}/tapbus.metrics.>", nats.url()),
-                "--url",
-                &prom.write_url(),
-                "--metrics-listen",
-                &format!("127.0.0.1:{mport}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_until("mimir subscribed", Duration::from_secs(20), || {
-        http_get(&format!("127.0.0.1:{mport}"), "/health").is_some()
-    });
+    let (mut mimir, mport) = start_mimir(&nats, &prom);
 
     // Every capture of the test data, one replay each.
     for name in testdata::captures() {
@@ -90,22 +119,7 @@ fn every_capture_counts_arrive_in_prometheus_exactly() {
         "{}/DNSTAP?durable=aggregate",
         nats.url().replace("nats://", "jetstream://")
     );
-    let mut agg = Proc::spawn(
-        Command::new(bin("tapbus-aggregate"))
-            .args([
-                "--input",
-                &input,
-                "--output",
-                nats.url(),
-                "--metrics-listen",
-                "",
-                "--instance",
-                "e2e",
-            ])
-            .env("TAPBUS_AGGREGATE__INTERVAL", "1s")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
+    let mut agg = start_aggregate(&nats, &input, "e2e", &[]);
     let want = summary_key("per_type");
     wait_until(
         "Prometheus has the capture's counts",
@@ -187,45 +201,14 @@ fn prometheus_down_for_30s_then_exact_again() {
     let data = dir.path().join("tsdb");
     let port = free_port();
     let prom = Prometheus::start_on(port, &data);
-    let mport = free_port();
-    let mut mimir = Proc::spawn(
-        Command::new(mimir_bin())
-            .args([
-                "--input",
-                &format!("{}/tapbus.metrics.>", nats.url()),
-                "--url",
-                &prom.write_url(),
-                "--metrics-listen",
-                &format!("127.0.0.1:{mport}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_until("mimir subscribed", Duration::from_secs(20), || {
-        http_get(&format!("127.0.0.1:{mport}"), "/health").is_some()
-    });
+    let (mut mimir, mport) = start_mimir(&nats, &prom);
     // The broker makes the stream; aggregate binds to it.
     replay(nats.url(), "unbound.fstrm");
     let input = format!(
         "{}/DNSTAP?durable=aggregate",
         nats.url().replace("nats://", "jetstream://")
     );
-    let mut agg = Proc::spawn(
-        Command::new(bin("tapbus-aggregate"))
-            .args([
-                "--input",
-                &input,
-                "--output",
-                nats.url(),
-                "--metrics-listen",
-                "",
-                "--instance",
-                "outage",
-            ])
-            .env("TAPBUS_AGGREGATE__INTERVAL", "1s")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
+    let mut agg = start_aggregate(&nats, &input, "outage", &[]);
     let counts = |p: &Prometheus| {
         p.query("sum by (operation) (dnstap_messages_total)")
             .map(|a| by_operation(&a))
@@ -269,46 +252,14 @@ fn two_aggregates_on_one_durable_count_every_event_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = Nats::start_jetstream(&dir.path().join("js"));
     let prom = Prometheus::start();
-    let mport = free_port();
-    let mut mimir = Proc::spawn(
-        Command::new(mimir_bin())
-            .args([
-                "--input",
-                &format!("{}/tapbus.metrics.>", nats.url()),
-                "--url",
-                &prom.write_url(),
-                "--metrics-listen",
-                &format!("127.0.0.1:{mport}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_until("mimir subscribed", Duration::from_secs(20), || {
-        http_get(&format!("127.0.0.1:{mport}"), "/health").is_some()
-    });
+    let (mut mimir, _) = start_mimir(&nats, &prom);
     replay(nats.url(), "bulk-100k.fstrm");
     let input = format!(
         "{}/DNSTAP?durable=shared",
         nats.url().replace("nats://", "jetstream://")
     );
     let start = |instance: &str| {
-        Proc::spawn(
-            Command::new(bin("tapbus-aggregate"))
-                .args([
-                    "--input",
-                    &input,
-                    "--output",
-                    nats.url(),
-                    "--metrics-listen",
-                    "",
-                    "--instance",
-                    instance,
-                ])
-                .env("TAPBUS_AGGREGATE__INTERVAL", "1s")
-                .env("TAPBUS_AGGREGATE__TOP_N", "0")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )
+        start_aggregate(&nats, &input, instance, &[("TAPBUS_AGGREGATE__TOP_N", "0")])
     };
     let (mut a, mut b) = (start("a"), start("b"));
     let want = summaries(&["bulk-100k.fstrm"]);

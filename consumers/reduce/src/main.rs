@@ -153,31 +153,7 @@ fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
-    let s = match settings(&cli) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{PROGRAM}: configuration error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("{PROGRAM}: cannot start the runtime: {e}");
-            return ExitCode::from(3);
-        }
-    };
-    match rt.block_on(run(s)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{PROGRAM}: {e:#}");
-            ExitCode::from(3)
-        }
-    }
+    tapbus_consumer::main(PROGRAM, settings(&cli), run)
 }
 
 /// The reducer's counters in Prometheus text.
