@@ -81,6 +81,10 @@ impl NatsCoreSubscriber {
                     .await?
             }
         };
+        // Once `new` returns the server has the SUB (a PING after it came back), so what is
+        // published from then on reaches this subscriber. While disconnected it waits at
+        // most 5 s; the client sends the SUB when it reconnects.
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
         let what = match &spec.queue_group {
             None => format!("NATS subscription {}", spec.subject),
             Some(g) => format!("NATS subscription {} (queue group {g})", spec.subject),
