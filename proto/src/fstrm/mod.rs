@@ -72,7 +72,7 @@ mod replay;
 pub use codec::{FrameDecoder, FrameError, FramePart};
 pub use frame::{ControlFrame, ControlType, Frame, encode_data};
 pub use handshake::{HandshakeError, Mode, ReaderHandshake, Step};
-pub use replay::{StreamError, decode_all};
+pub use replay::{Outcome, StreamError, decode_all, run_stream};
 
 /// The Frame Streams content type of dnstap payloads.
 pub const DNSTAP_CONTENT_TYPE: &[u8] = b"protobuf:dnstap.Dnstap";

@@ -21,15 +21,15 @@ pub enum StreamError {
     Handshake(#[from] HandshakeError),
 }
 
-/// Result of running decoder and handshake over an in-memory stream.
+/// Result of running decoder and handshake over an in-memory stream ([`run_stream`]).
 #[derive(Debug, Default)]
-struct Outcome {
+pub struct Outcome {
     /// Every frame accepted by the handshake, in order.
-    frames: Vec<Frame>,
+    pub frames: Vec<Frame>,
     /// The handshake step of every accepted control frame.
-    steps: Vec<Step>,
+    pub steps: Vec<Step>,
     /// The first error, which ended decoding.
-    error: Option<StreamError>,
+    pub error: Option<StreamError>,
 }
 
 impl Outcome {
@@ -47,8 +47,9 @@ impl Outcome {
 }
 
 /// Runs a decoder and a handshake over `bytes`, fed `chunk` bytes at a time, as a file reader
-/// would (the stream continues after a unidirectional STOP).
-fn run_stream(bytes: &[u8], chunk: usize, max_data_frame: usize) -> Outcome {
+/// would (the stream continues after a unidirectional STOP). For tools and tests that need
+/// the handshake steps or a chunk size; [`decode_all`] is the whole stream at once.
+pub fn run_stream(bytes: &[u8], chunk: usize, max_data_frame: usize) -> Outcome {
     let mut out = Outcome::default();
     let mut decoder = FrameDecoder::new(max_data_frame);
     let mut hs = ReaderHandshake::new(DNSTAP_CONTENT_TYPE);

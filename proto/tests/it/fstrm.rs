@@ -6,65 +6,13 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use bytes::BytesMut;
 use tapbus_proto::fstrm::{
     ControlFrame, ControlType, DEFAULT_MAX_DATA_FRAME, DNSTAP_CONTENT_TYPE, Frame, FrameDecoder,
-    FrameError, FramePart, HandshakeError, ReaderHandshake, Step, StreamError, decode_all,
+    FrameError, FramePart, HandshakeError, Outcome, Step, StreamError, decode_all, run_stream,
 };
 use tapbus_testsupport::testdata;
-use tokio_util::codec::Decoder;
 
 // ---- the reader, fed in chunks ------------------------------------------------------------
-
-/// Result of running decoder and handshake over an in-memory stream (as the crate's private
-/// `fstrm::run_stream` does for `decode_all`, but with the handshake steps kept and any chunk
-/// size).
-#[derive(Debug, Default)]
-struct Outcome {
-    /// Every frame accepted by the handshake, in order.
-    frames: Vec<Frame>,
-    /// The handshake step of every accepted control frame.
-    steps: Vec<Step>,
-    /// The first error, which ended decoding.
-    error: Option<StreamError>,
-}
-
-impl Outcome {
-    fn accept(&mut self, hs: &mut ReaderHandshake, frame: Frame) -> Result<(), StreamError> {
-        match &frame {
-            Frame::Data(_) | Frame::Oversize { .. } => hs.on_data()?,
-            Frame::Control(control) => {
-                let step = hs.on_control(control)?;
-                self.steps.push(step);
-            }
-        }
-        self.frames.push(frame);
-        Ok(())
-    }
-}
-
-/// Runs a decoder and a handshake over `bytes`, fed `chunk` bytes at a time, as a file reader
-/// would (the stream continues after a unidirectional STOP).
-fn run_stream(bytes: &[u8], chunk: usize, max_data_frame: usize) -> Outcome {
-    let mut out = Outcome::default();
-    let mut decoder = FrameDecoder::new(max_data_frame);
-    let mut hs = ReaderHandshake::new(DNSTAP_CONTENT_TYPE);
-    let mut buf = BytesMut::new();
-    let result = (|| -> Result<(), StreamError> {
-        for piece in bytes.chunks(chunk.max(1)) {
-            buf.extend_from_slice(piece);
-            while let Some(frame) = decoder.decode(&mut buf)? {
-                out.accept(&mut hs, frame)?;
-            }
-        }
-        while let Some(frame) = decoder.decode_eof(&mut buf)? {
-            out.accept(&mut hs, frame)?;
-        }
-        Ok(())
-    })();
-    out.error = result.err();
-    out
-}
 
 fn read(path: impl AsRef<Path>) -> Vec<u8> {
     let path = path.as_ref();
