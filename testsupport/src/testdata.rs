@@ -127,4 +127,83 @@ mod tests {
     fn missing_data_fails_loudly() {
         path("no-such-capture.fstrm");
     }
+
+    #[test]
+    fn question_names_as_events_spell_them() {
+        let t = ";; opcode: QUERY\n\n;; QUESTION SECTION:\n;WWW.Test.\tIN\t A\n\n;; ANSWER";
+        assert_eq!(question_name(t).as_deref(), Some("www.test"));
+        assert_eq!(
+            question_name(";; QUESTION SECTION:\n;.\tIN\t NS\n").as_deref(),
+            Some(".")
+        );
+        assert_eq!(
+            question_name(";; QUESTION SECTION:\n;with\\ space.test.\tIN\t A\n").as_deref(),
+            Some("with\\032space.test")
+        );
+        assert_eq!(question_name(";; opcode: QUERY\n"), None);
+    }
+
+    #[test]
+    fn per_qname_counts_add_up_to_the_summary() {
+        let counts = client_responses_per_qname("unbound.fstrm");
+        let p = path("unbound.fstrm.summary.json");
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(p).expect("summary")).expect("json");
+        let want = v["counts"]["per_type"]["CLIENT_RESPONSE"]
+            .as_u64()
+            .expect("CLIENT_RESPONSE count");
+        assert_eq!(counts.values().sum::<u64>(), want);
+        assert!(counts.len() > 10, "{counts:?}");
+    }
+}
+
+/// The independent decoder's messages of a capture: `X.expected.jsonl` (the golang
+/// dnstap CLI's `-j` output, one object per message), parsed. Panics on a missing file or
+/// a line that is not JSON.
+pub fn expected_messages(name: &str) -> Vec<serde_json::Value> {
+    let p = path(&format!("{name}.expected.jsonl"));
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("{}:{}: {e}", p.display(), i + 1))
+        })
+        .collect()
+}
+
+/// The qname of the first question in a message as the golang dnstap CLI prints it
+/// (miekg/dns text: `;; QUESTION SECTION:\n;www.test.\tIN\t A`), lowercased, without
+/// the trailing dot of a non-root name, a space written `\032` (as tapbus events spell
+/// it; miekg writes `\ `, both are RFC 1035 presentation format).
+pub fn question_name(text: &str) -> Option<String> {
+    let after = text.split(";; QUESTION SECTION:\n;").nth(1)?;
+    let name = after
+        .split(['\t', '\n'])
+        .next()?
+        .to_ascii_lowercase()
+        .replace("\\ ", "\\032");
+    Some(match name.strip_suffix('.') {
+        Some(n) if !n.is_empty() => n.to_string(),
+        _ => name,
+    })
+}
+
+/// Per qname, the number of `CLIENT_RESPONSE` messages with a response time in the
+/// capture, counted from `X.expected.jsonl` (the independent decoder), for checking
+/// reduced records. Responses whose message has no question count under `""`.
+pub fn client_responses_per_qname(name: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for m in expected_messages(name) {
+        let msg = &m["message"];
+        if msg["type"] != "CLIENT_RESPONSE" || msg["response_time"].is_null() {
+            continue;
+        }
+        let q = msg["response_message"]
+            .as_str()
+            .and_then(question_name)
+            .unwrap_or_default();
+        *out.entry(q).or_insert(0) += 1;
+    }
+    out
 }

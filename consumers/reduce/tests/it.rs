@@ -1,8 +1,9 @@
-//! tapbus-reduce against real servers: the broker replays a capture into JetStream, reduce
-//! reads it through a durable consumer and publishes records to NATS. The `qname` records
-//! sum, per qname, to the CLIENT_RESPONSE events of the capture (counted here with
-//! serde_json from the broker's own stdout copy, not with the reducer), every event is
-//! acked only after its records were confirmed, and the durable is left empty.
+//! tapbus-reduce against real servers: the broker replays every capture of the test data
+//! into JetStream, reduce reads them through a durable consumer and publishes records to
+//! NATS. The `qname` records sum, per qname, to the CLIENT_RESPONSE messages of the
+//! captures as the independent decoder saw them (`X.expected.jsonl`, the golang dnstap
+//! CLI), and to the broker's own stdout copy; every event is acked only after its records
+//! were confirmed, and the durable is left empty.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
@@ -16,17 +17,15 @@ use tapbus_testsupport::proc::Proc;
 use tapbus_testsupport::servers::Nats;
 use tapbus_testsupport::{free_port, http_get, testdata, wait_until};
 
-const CAPTURE: &str = "unbound.fstrm";
-
 fn reduce_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tapbus-reduce"))
 }
 
-/// The broker replays the capture into JetStream (stream DNSTAP) and to its stdout;
+/// The broker replays `capture` into JetStream (stream DNSTAP) and to its stdout;
 /// returns the stdout copy (the events as published).
-fn replay_into_jetstream(nats_url: &str) -> Vec<Value> {
+fn replay_into_jetstream(nats_url: &str, capture: &str) -> Vec<Value> {
     let broker = tapbus_testsupport::sibling_bin(&reduce_bin(), "tapbus-broker", "tapbus-broker");
-    let file = testdata::path(CAPTURE);
+    let file = testdata::path(capture);
     let mut child = Command::new(broker)
         .env(
             "TAPBUS_INPUTS__FILE__URL",
@@ -53,6 +52,18 @@ fn replay_into_jetstream(nats_url: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Equal maps, or a failure listing only the keys that differ.
+fn assert_same(got: &BTreeMap<String, u64>, want: &BTreeMap<String, u64>, what: &str) {
+    let keys: BTreeSet<&String> = got.keys().chain(want.keys()).collect();
+    let diff: Vec<String> = keys
+        .into_iter()
+        .filter(|k| got.get(*k) != want.get(*k))
+        .take(40)
+        .map(|k| format!("{k:?}: {:?} != {:?}", got.get(k), want.get(k)))
+        .collect();
+    assert!(diff.is_empty(), "{what}: {}", diff.join(", "));
+}
+
 fn own(text: &str, name: &str) -> Option<u64> {
     let prefix = format!("{name}{{consumer=\"reduce\"}} ");
     text.lines()
@@ -64,8 +75,22 @@ fn own(text: &str, name: &str) -> Option<u64> {
 fn jetstream_to_records_sum_to_the_events_with_acks_after_publishing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = Nats::start_jetstream(&dir.path().join("js"));
-    let events = replay_into_jetstream(nats.url());
-    assert_eq!(events.len(), testdata::expected_count(CAPTURE));
+    let mut events = Vec::new();
+    let mut independent: BTreeMap<String, u64> = BTreeMap::new();
+    let captures = testdata::captures();
+    assert!(captures.len() >= 8, "{captures:?}");
+    for capture in &captures {
+        let published = replay_into_jetstream(nats.url(), capture);
+        assert_eq!(
+            published.len(),
+            testdata::expected_count(capture),
+            "{capture}"
+        );
+        events.extend(published);
+        for (q, n) in testdata::client_responses_per_qname(capture) {
+            *independent.entry(q).or_insert(0) += n;
+        }
+    }
     let mut want: BTreeMap<String, u64> = BTreeMap::new();
     for e in &events {
         if e["dnstap"]["operation"] == "CLIENT_RESPONSE" && e["dnstap"]["timestamp"].is_u64() {
@@ -77,6 +102,11 @@ fn jetstream_to_records_sum_to_the_events_with_acks_after_publishing() {
         }
     }
     assert!(want.len() > 10, "{want:?}");
+    assert_same(
+        &want,
+        &independent,
+        "the broker's events against the independent decoder",
+    );
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let client = rt
@@ -86,6 +116,17 @@ fn jetstream_to_records_sum_to_the_events_with_acks_after_publishing() {
         .block_on(client.subscribe("tapbus.reduced.>"))
         .expect("subscribe");
     rt.block_on(client.flush()).expect("flush");
+    // Read the records while they come (the bulk capture gives more of them than the
+    // client's buffer holds).
+    let collected = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = collected.clone();
+    rt.spawn(async move {
+        while let Some(m) = records.next().await {
+            if let Ok(mut v) = sink.lock() {
+                v.push((m.subject.to_string(), m.payload.to_vec()));
+            }
+        }
+    });
 
     let port = free_port();
     let input = format!(
@@ -108,7 +149,7 @@ fn jetstream_to_records_sum_to_the_events_with_acks_after_publishing() {
     );
     let addr = format!("127.0.0.1:{port}");
     let expected = events.len() as u64;
-    wait_until("every event acked", Duration::from_secs(60), || {
+    wait_until("every event acked", Duration::from_secs(180), || {
         own(
             &http_get(&addr, "/metrics").unwrap_or_default(),
             "tapbus_consumer_acked_total",
@@ -134,26 +175,37 @@ fn jetstream_to_records_sum_to_the_events_with_acks_after_publishing() {
     let mut got: BTreeMap<String, u64> = BTreeMap::new();
     let mut ids = BTreeSet::new();
     let mut client_total = 0;
-    rt.block_on(async {
-        while let Ok(Some(m)) =
-            tokio::time::timeout(Duration::from_millis(500), records.next()).await
-        {
-            let r: Value = serde_json::from_slice(&m.payload).expect("record json");
-            assert!(
-                ids.insert(r["id"].as_str().expect("id").to_string()),
-                "id twice: {r}"
-            );
-            let count = r["count"].as_u64().expect("count");
-            match m.subject.as_str() {
-                "tapbus.reduced.qname" => {
-                    let q = r["key"]["qname"].as_str().unwrap_or("").to_string();
-                    *got.entry(q).or_insert(0) += count;
-                }
-                "tapbus.reduced.client" => client_total += count,
-                s => panic!("unexpected subject {s}"),
-            }
+    let count_now = || collected.lock().map(|v| v.len()).unwrap_or(0);
+    let mut seen = count_now();
+    loop {
+        tapbus_testsupport::pause(Duration::from_millis(700));
+        let n = count_now();
+        if n == seen {
+            break;
         }
-    });
-    assert_eq!(got, want);
+        seen = n;
+    }
+    let records = std::mem::take(&mut *collected.lock().expect("records"));
+    for (subject, payload) in records {
+        let r: Value = serde_json::from_slice(&payload).expect("record json");
+        assert!(
+            ids.insert(r["id"].as_str().expect("id").to_string()),
+            "id twice: {r}"
+        );
+        let count = r["count"].as_u64().expect("count");
+        match subject.as_str() {
+            "tapbus.reduced.qname" => {
+                let q = r["key"]["qname"].as_str().unwrap_or("").to_string();
+                *got.entry(q).or_insert(0) += count;
+            }
+            "tapbus.reduced.client" => client_total += count,
+            s => panic!("unexpected subject {s}"),
+        }
+    }
+    assert_same(
+        &got,
+        &independent,
+        "records against the independent decoder",
+    );
     assert_eq!(client_total, want.values().sum::<u64>());
 }
