@@ -105,6 +105,57 @@ fn unpack(gz: &Path, name: &str) -> PathBuf {
     out
 }
 
+/// The independent decoder's messages of a capture: `X.expected.jsonl` (the golang
+/// dnstap CLI's `-j` output, one object per message), parsed. Panics on a missing file or
+/// a line that is not JSON.
+pub fn expected_messages(name: &str) -> Vec<serde_json::Value> {
+    let p = path(&format!("{name}.expected.jsonl"));
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("{}:{}: {e}", p.display(), i + 1))
+        })
+        .collect()
+}
+
+/// The qname of the first question in a message as the golang dnstap CLI prints it
+/// (miekg/dns text: `;; QUESTION SECTION:\n;www.test.\tIN\t A`), lowercased, without
+/// the trailing dot of a non-root name, a space written `\032` (as tapbus events spell
+/// it; miekg writes `\ `, both are RFC 1035 presentation format).
+pub fn question_name(text: &str) -> Option<String> {
+    let after = text.split(";; QUESTION SECTION:\n;").nth(1)?;
+    let name = after
+        .split(['\t', '\n'])
+        .next()?
+        .to_ascii_lowercase()
+        .replace("\\ ", "\\032");
+    Some(match name.strip_suffix('.') {
+        Some(n) if !n.is_empty() => n.to_string(),
+        _ => name,
+    })
+}
+
+/// Per qname, the number of `CLIENT_RESPONSE` messages with a response time in the
+/// capture, counted from `X.expected.jsonl` (the independent decoder), for checking
+/// reduced records. Responses whose message has no question count under `""`.
+pub fn client_responses_per_qname(name: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for m in expected_messages(name) {
+        let msg = &m["message"];
+        if msg["type"] != "CLIENT_RESPONSE" || msg["response_time"].is_null() {
+            continue;
+        }
+        let q = msg["response_message"]
+            .as_str()
+            .and_then(question_name)
+            .unwrap_or_default();
+        *out.entry(q).or_insert(0) += 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,55 +206,4 @@ mod tests {
         assert_eq!(counts.values().sum::<u64>(), want);
         assert!(counts.len() > 10, "{counts:?}");
     }
-}
-
-/// The independent decoder's messages of a capture: `X.expected.jsonl` (the golang
-/// dnstap CLI's `-j` output, one object per message), parsed. Panics on a missing file or
-/// a line that is not JSON.
-pub fn expected_messages(name: &str) -> Vec<serde_json::Value> {
-    let p = path(&format!("{name}.expected.jsonl"));
-    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l).unwrap_or_else(|e| panic!("{}:{}: {e}", p.display(), i + 1))
-        })
-        .collect()
-}
-
-/// The qname of the first question in a message as the golang dnstap CLI prints it
-/// (miekg/dns text: `;; QUESTION SECTION:\n;www.test.\tIN\t A`), lowercased, without
-/// the trailing dot of a non-root name, a space written `\032` (as tapbus events spell
-/// it; miekg writes `\ `, both are RFC 1035 presentation format).
-pub fn question_name(text: &str) -> Option<String> {
-    let after = text.split(";; QUESTION SECTION:\n;").nth(1)?;
-    let name = after
-        .split(['\t', '\n'])
-        .next()?
-        .to_ascii_lowercase()
-        .replace("\\ ", "\\032");
-    Some(match name.strip_suffix('.') {
-        Some(n) if !n.is_empty() => n.to_string(),
-        _ => name,
-    })
-}
-
-/// Per qname, the number of `CLIENT_RESPONSE` messages with a response time in the
-/// capture, counted from `X.expected.jsonl` (the independent decoder), for checking
-/// reduced records. Responses whose message has no question count under `""`.
-pub fn client_responses_per_qname(name: &str) -> std::collections::BTreeMap<String, u64> {
-    let mut out = std::collections::BTreeMap::new();
-    for m in expected_messages(name) {
-        let msg = &m["message"];
-        if msg["type"] != "CLIENT_RESPONSE" || msg["response_time"].is_null() {
-            continue;
-        }
-        let q = msg["response_message"]
-            .as_str()
-            .and_then(question_name)
-            .unwrap_or_default();
-        *out.entry(q).or_insert(0) += 1;
-    }
-    out
 }
