@@ -117,6 +117,31 @@ pub struct InputSpec {
     pub mode: SubscribeMode,
 }
 
+impl InputSpec {
+    /// A consumer that holds each message up to `hold` before it can ack it (a reduce
+    /// window, an aggregate interval) needs a JetStream `ack_wait` of at least twice that
+    /// (the rest covers its publish and confirmation), or the server redelivers messages
+    /// that are only waiting, and they are counted twice. Other buses have no such timer.
+    pub fn check_hold(&self, key: &str, hold: Duration, why: &str) -> Result<(), ConfigError> {
+        if let SubscribeMode::JetStream { ack_wait, .. } = self.mode {
+            let need = hold.saturating_mul(2);
+            if ack_wait < need {
+                return Err(invalid(
+                    format!("{key}.subscribe.ack_wait"),
+                    format!(
+                        "{}s is shorter than twice {why} ({}s): the server would redeliver \
+                         messages that are only waiting for it; set ack_wait to at least {}s",
+                        ack_wait.as_secs_f64(),
+                        hold.as_secs_f64(),
+                        need.as_secs_f64()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A validated subscribe mode.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SubscribeMode {

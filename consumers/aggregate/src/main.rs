@@ -147,6 +147,10 @@ fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
     if !(1..=10_000_000).contains(&cfg.max_pending) {
         return Err(invalid("max_pending", "must be between 1 and 10000000"));
     }
+    if output.is_some() {
+        // An event is acked after the next batch that counts it: up to one interval.
+        input.check_hold("input", interval, "aggregate.interval")?;
+    }
     Ok(Settings {
         input,
         output,
@@ -386,5 +390,10 @@ mod tests {
             e(&["--input", "nats://127.0.0.1:4222", "--metrics-listen", "x"])
                 .starts_with("metrics_listen")
         );
+        // With an output, events wait up to one interval (10s) for their batch.
+        let js = "jetstream://127.0.0.1:4222/DNSTAP?durable=a&ack_wait=15s";
+        let err = e(&["--input", js, "--output", "nats://127.0.0.1:4222"]);
+        assert!(err.starts_with("input.subscribe.ack_wait"), "{err}");
+        assert_eq!(e(&["--input", js]), "", "without an output nothing waits");
     }
 }

@@ -140,6 +140,15 @@ fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
     if cfg.idle_flush < Duration::from_secs(1) {
         return Err(invalid("idle_flush", "must be at least 1s"));
     }
+    // A live event waits for its window to close (the window plus the lateness, in event
+    // time, which is wall time for live traffic) or, when traffic stops, for idle_flush.
+    let hold = Duration::from_nanos(reduce.window_ns.saturating_add(reduce.lateness_ns))
+        .max(cfg.idle_flush);
+    input.check_hold(
+        "input",
+        hold,
+        "the longest wait for a window to close (reduce.window + reduce.lateness, or idle_flush)",
+    )?;
     Ok(Settings {
         input,
         output,
@@ -438,5 +447,14 @@ mod tests {
             ])
             .starts_with("metrics_listen")
         );
+        // An ack_wait the windows outlast: refused, naming the key.
+        let js = |q: &str| format!("jetstream://127.0.0.1:4222/DNSTAP?durable=r{q}");
+        let out = ["--output", "nats://127.0.0.1:4222"];
+        let short = js("&ack_wait=20s");
+        let err = e(&[&["--input", short.as_str()][..], &out[..]].concat());
+        assert!(err.starts_with("input.subscribe.ack_wait"), "{err}");
+        assert!(err.contains("at least 30s"), "{err}");
+        let ok = js("");
+        assert_eq!(e(&[&["--input", ok.as_str()][..], &out[..]].concat()), "");
     }
 }

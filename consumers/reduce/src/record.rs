@@ -85,7 +85,10 @@ impl Serialize for Key {
 pub struct Record {
     /// Deterministic message id (also the JetStream `Nats-Msg-Id`): the reduction, the
     /// window start in ns and the hex xxh3-128 of (reduction, window start, late flag and
-    /// the close it was late for, overflow flag, identity, key).
+    /// the close it was late for, overflow flag, identity, key, count, first, last,
+    /// bytes). The same events give the same id, so a re-sent record is dropped by a
+    /// JetStream stream; a record rebuilt from other events gets another id, never
+    /// dropped as a copy.
     pub id: String,
     /// The reduction's name.
     pub reduction: String,

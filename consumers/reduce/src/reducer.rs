@@ -549,6 +549,13 @@ impl Reducer {
             h.update(&id.due.to_le_bytes());
         }
         h.update(&key[1..]);
+        // The content too: a record rebuilt after a restart from another subset of the
+        // window's events (some acked by the dead process, others new to this one) must
+        // not share the id of the stored one, or the bus would drop it as a copy and its
+        // events would be lost. An exact re-emission (same events) keeps its id.
+        for v in [agg.count, agg.first, agg.last, agg.bytes] {
+            h.update(&v.to_le_bytes());
+        }
         let hash = h.digest128();
         Some(Record {
             id: record_id(&r.name, id.start, hash),
@@ -1058,6 +1065,20 @@ mod tests {
         }
         let c = run(&["c"]);
         assert!(c.iter().all(|x| !ids.contains(x.id.as_str())));
+        // Same window and key, other events (a restart's partial rebuild): another id.
+        let twice = run(&["a", "a", "b"]);
+        let qa = |v: &[Record]| {
+            v.iter()
+                .find(|x| x.reduction == "qname" && qname_of(x) == Some("a"))
+                .map(|x| (x.id.clone(), x.count))
+        };
+        let (id1, n1) = qa(&a).expect("a");
+        let (id2, n2) = qa(&twice).expect("a twice");
+        assert_eq!((n1, n2), (1, 2));
+        assert_ne!(
+            id1, id2,
+            "a record with other content must not pass for a copy"
+        );
         // Keyed group with all fields null vs. the overflow record: different ids.
         let mut r = qname_only(1);
         let noname = br#"{"network":{},"dns":{},"dnstap":{"operation":"CLIENT_RESPONSE","identity":"ns1","timestamp":1795315291000000000}}"#;

@@ -209,3 +209,127 @@ fn jetstream_to_records_sum_to_the_events_with_acks_after_publishing() {
     );
     assert_eq!(client_total, want.values().sum::<u64>());
 }
+
+/// tapbus-reduce on `durable`, publishing records into the JetStream stream REDUCED
+/// (over `tapbus.reduced.>`, created by the first process), with `env` on top. Windows
+/// of 1s with 1s lateness let a 5s `ack_wait` pass the start-up check, so what a killed
+/// process held comes back within seconds.
+fn reduce_into_jetstream(nats_url: &str, durable: &str, env: &[(&str, &str)]) -> Proc {
+    let input = format!(
+        "{}/DNSTAP?durable={durable}&ack_wait=5s",
+        nats_url.replace("nats://", "jetstream://")
+    );
+    let mut cmd = Command::new(reduce_bin());
+    cmd.args([
+        "--input",
+        &input,
+        "--output",
+        nats_url,
+        "--metrics-listen",
+        "",
+    ])
+    .env("TAPBUS_IDLE_FLUSH", "1s")
+    .env("TAPBUS_REDUCE__WINDOW", "1s")
+    .env("TAPBUS_REDUCE__LATENESS", "1s")
+    .env("TAPBUS_OUTPUT__JETSTREAM", "true")
+    .env("TAPBUS_OUTPUT__STREAM", "REDUCED")
+    .env("TAPBUS_OUTPUT__STREAM_SUBJECTS", "[\"tapbus.reduced.>\"]")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Proc::spawn(&mut cmd)
+}
+
+/// Sum of `count` per qname of the `qname` records, and the ids, of what REDUCED stores.
+fn stored_qname_sums(nats_url: &str) -> (BTreeMap<String, u64>, usize) {
+    let mut sums = BTreeMap::new();
+    let mut ids = BTreeSet::new();
+    let msgs = tapbus_testsupport::jetstream::stream_messages(nats_url, "REDUCED");
+    for (subject, payload) in &msgs {
+        let r: Value = serde_json::from_slice(payload).expect("record json");
+        ids.insert(r["id"].as_str().expect("id").to_string());
+        if subject == "tapbus.reduced.qname" {
+            let q = r["key"]["qname"].as_str().unwrap_or("").to_string();
+            *sums.entry(q).or_insert(0) += r["count"].as_u64().expect("count");
+        }
+    }
+    assert_eq!(ids.len(), msgs.len(), "REDUCED stores an id twice");
+    (sums, msgs.len())
+}
+
+/// The same events reduced twice (a second durable reads the whole stream again, as a
+/// restart that lost every ack would) give the same records under the same ids, and
+/// JetStream keeps one copy of each: the stored records still sum to the capture.
+#[test]
+fn records_reduced_again_are_dropped_by_jetstream_by_their_id() {
+    const CAPTURE: &str = "unbound.fstrm";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start_jetstream(&dir.path().join("js"));
+    replay_into_jetstream(nats.url(), CAPTURE);
+    let want = testdata::client_responses_per_qname(CAPTURE);
+    for (i, durable) in ["first", "again"].into_iter().enumerate() {
+        let mut reduce = reduce_into_jetstream(nats.url(), durable, &[]);
+        wait_until(
+            &format!("reduce #{i} acked every event"),
+            Duration::from_secs(60),
+            || tapbus_testsupport::jetstream::consumer_drained(nats.url(), "DNSTAP", durable),
+        );
+        assert!(reduce.terminate().success());
+        let (sums, stored) = stored_qname_sums(nats.url());
+        assert!(stored > want.len(), "{stored} records");
+        assert_same(&sums, &want, &format!("after reduce #{i}"));
+    }
+}
+
+/// A SIGKILLed reduce loses nothing: what it had not acked goes to its successor on the
+/// same durable. What the successor reduces again either repeats a stored record exactly
+/// (same id: JetStream drops it) or makes a record of its own (a window rebuilt from part
+/// of its events, or a late record): those events are counted twice, never more than the
+/// killed process held unacked when it died.
+#[test]
+fn sigkilled_reduce_loses_nothing_and_repeats_at_most_what_it_held() {
+    const BULK: &str = "bulk-100k.fstrm";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start_jetstream(&dir.path().join("js"));
+    replay_into_jetstream(nats.url(), BULK);
+    let want = testdata::client_responses_per_qname(BULK);
+    let env = [("TAPBUS_MAX_PENDING", "5000")];
+    let mut a = reduce_into_jetstream(nats.url(), "reduce", &env);
+    let js_msgs = |url: &str| {
+        tapbus_testsupport::jetstream::stream_info_messages(url, "REDUCED").unwrap_or(0)
+    };
+    wait_until("A stored some records", Duration::from_secs(60), || {
+        js_msgs(nats.url()) > 0
+    });
+    a.kill();
+    let backlog = tapbus_testsupport::jetstream::consumer_backlog(nats.url(), "DNSTAP", "reduce")
+        .expect("backlog");
+    assert_ne!(backlog, (0, 0), "A was meant to die mid-stream");
+    let held = backlog.1;
+    let mut b = reduce_into_jetstream(nats.url(), "reduce", &env);
+    wait_until(
+        "B took the rest and acked it",
+        Duration::from_secs(180),
+        || tapbus_testsupport::jetstream::consumer_drained(nats.url(), "DNSTAP", "reduce"),
+    );
+    assert!(b.terminate().success());
+    let (got, _) = stored_qname_sums(nats.url());
+    let lost: Vec<String> = want
+        .iter()
+        .filter(|(q, n)| got.get(*q).copied().unwrap_or(0) < **n)
+        .take(20)
+        .map(|(q, n)| format!("{q}: {:?} < {n}", got.get(q)))
+        .collect();
+    assert!(lost.is_empty(), "lost: {}", lost.join(", "));
+    let (g, w): (u64, u64) = (got.values().sum(), want.values().sum());
+    assert!(
+        g <= w + held,
+        "counted twice more than A held unacked ({held}): {g} vs {w}"
+    );
+    assert!(
+        got.keys().all(|q| want.contains_key(q)),
+        "a qname the capture does not have"
+    );
+}
