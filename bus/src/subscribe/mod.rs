@@ -14,7 +14,9 @@
 //!
 //! Every subscriber reports whether its connection is up through a
 //! [`tokio::sync::watch::Receiver<bool>`] ([`Subscriber::connected`]) and logs each change
-//! of that state once (tracing, target `tapbus_bus::subscribe`). [`Subscriber::next`]
+//! of that state once (tracing, target `tapbus_bus::subscribe`). The modes that keep
+//! messages for a consumer (JetStream durables, Redis stream groups) also report its
+//! [`Backlog`] every few seconds ([`Subscriber::backlog`]). [`Subscriber::next`]
 //! handles what can be retried (reconnects with backoff, resubscribes) by itself and
 //! returns an error only when the subscription cannot go on.
 
@@ -34,6 +36,21 @@ pub use mqtt::{MqttSpec, MqttSubscriber};
 pub use nats::{DeliverFrom, JetStreamSpec, JetStreamSubscriber, NatsCoreSpec, NatsCoreSubscriber};
 pub use redis_pubsub::{RedisPubSubSpec, RedisPubSubSubscriber};
 pub use redis_stream::{RedisStreamSpec, RedisStreamSubscriber, StreamStart};
+
+/// How far a consumer is behind, as the bus keeps it (JetStream: the consumer's
+/// `num_pending` and `num_ack_pending`; Redis stream group: `lag` and `pending` of
+/// `XINFO GROUPS`). Shared by every process on the same durable or group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backlog {
+    /// Messages stored and not yet delivered to the consumer (`None`: the bus cannot
+    /// tell, e.g. Redis after entries were deleted from the stream).
+    pub waiting: Option<u64>,
+    /// Messages delivered and not yet acknowledged.
+    pub unacked: u64,
+}
+
+/// How often a subscriber asks the bus for its [`Backlog`].
+pub const BACKLOG_POLL: Duration = Duration::from_secs(5);
 
 /// What a subscriber promises about each message published to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,6 +225,19 @@ impl Subscriber {
             Subscriber::NatsCore(_) | Subscriber::RedisPubSub(_) => Semantics::AtMostOnce,
             Subscriber::JetStream(_) | Subscriber::RedisStream(_) => Semantics::AtLeastOnce,
             Subscriber::Mqtt(s) => s.semantics(),
+        }
+    }
+
+    /// The consumer's backlog, asked of the bus every [`BACKLOG_POLL`]; always `None` for
+    /// the modes that keep nothing for a consumer (NATS core, MQTT, Redis pub/sub), and
+    /// `None` until the first answer.
+    pub fn backlog(&self) -> watch::Receiver<Option<Backlog>> {
+        match self {
+            Subscriber::JetStream(s) => s.backlog(),
+            Subscriber::RedisStream(s) => s.backlog(),
+            Subscriber::NatsCore(_) | Subscriber::Mqtt(_) | Subscriber::RedisPubSub(_) => {
+                watch::channel(None).1
+            }
         }
     }
 

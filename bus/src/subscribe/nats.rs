@@ -19,7 +19,9 @@ use async_nats::jetstream::{
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use super::{Ack, AckError, Delivery, LinkState, SpecError, SubscribeError, backoff};
+use super::{
+    Ack, AckError, BACKLOG_POLL, Backlog, Delivery, LinkState, SpecError, SubscribeError, backoff,
+};
 
 /// How often the connection state is sampled.
 const STATE_POLL: Duration = Duration::from_millis(100);
@@ -215,6 +217,8 @@ pub struct JetStreamSubscriber {
     what: String,
     connected: watch::Receiver<bool>,
     _watcher: AbortOnDrop,
+    backlog: watch::Receiver<Option<Backlog>>,
+    _backlog_poll: AbortOnDrop,
     delays: crate::backoff::Backoff,
 }
 
@@ -277,6 +281,7 @@ impl JetStreamSubscriber {
         let batch = spec
             .batch
             .min(usize::try_from(have.max_ack_pending.max(1)).unwrap_or(usize::MAX));
+        let (backlog, backlog_poll) = poll_backlog(consumer.clone());
         let messages = consumer
             .stream()
             .max_messages_per_batch(batch)
@@ -292,8 +297,15 @@ impl JetStreamSubscriber {
             what,
             connected,
             _watcher: watcher,
+            backlog,
+            _backlog_poll: backlog_poll,
             delays: backoff(),
         })
+    }
+
+    /// The durable's backlog (shared by every process bound to it).
+    pub fn backlog(&self) -> watch::Receiver<Option<Backlog>> {
+        self.backlog.clone()
     }
 
     /// The next message; cancel-safe. Missed heartbeats and failed pull requests (for
@@ -380,6 +392,29 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Asks the server for the consumer's info every [`BACKLOG_POLL`]; a failed request
+/// (server away) keeps the last answer.
+fn poll_backlog(mut consumer: PullConsumer) -> (watch::Receiver<Option<Backlog>>, AbortOnDrop) {
+    let (tx, rx) = watch::channel(None);
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(BACKLOG_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Ok(i) = consumer.info().await {
+                let b = Backlog {
+                    waiting: Some(i.num_pending),
+                    unacked: u64::try_from(i.num_ack_pending).unwrap_or(0),
+                };
+                if tx.send(Some(b)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (rx, AbortOnDrop(task))
 }
 
 /// Samples the client's connection state into a watch channel (logged once per change).

@@ -196,6 +196,29 @@ pub(super) fn parse_pending(v: &Value) -> Result<Vec<Pending>, String> {
         .collect()
 }
 
+/// `XINFO GROUPS key` reply: `(lag, pending)` of `group`. `lag` is `None` where Redis
+/// cannot tell (it answers nil after entries were deleted, and Redis before 7.0 has no
+/// `lag`); `None` overall when the group is not in the reply.
+pub(super) fn parse_group_backlog(v: &Value, group: &str) -> Option<(Option<u64>, u64)> {
+    for g in list(v)? {
+        let pairs: Vec<(String, &Value)> = match g {
+            Value::Map(m) => m.iter().filter_map(|(k, v)| Some((text(k)?, v))).collect(),
+            other => list(other)?
+                .chunks(2)
+                .filter(|kv| kv.len() == 2)
+                .filter_map(|kv| Some((text(&kv[0])?, &kv[1])))
+                .collect(),
+        };
+        let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+        if get("name").and_then(text).as_deref() != Some(group) {
+            continue;
+        }
+        let pending = get("pending").and_then(int)?;
+        return Some((get("lag").and_then(int), pending));
+    }
+    None
+}
+
 /// Orders stream ids (`ms-seq`) numerically; `None` for a malformed id.
 pub(super) fn id_key(id: &str) -> Option<(u64, u64)> {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
@@ -336,6 +359,41 @@ mod tests {
         );
         assert_eq!(parse_pending(&arr(vec![])).unwrap(), vec![]);
         assert!(parse_pending(&arr(vec![arr(vec![bulk("1-0")])])).is_err());
+    }
+
+    #[test]
+    fn group_backlog_resp2_resp3_and_unknown_lag() {
+        let group = |name: &str, pending: i64, lag: Value| {
+            arr(vec![
+                bulk("name"),
+                bulk(name),
+                bulk("consumers"),
+                Value::Int(1),
+                bulk("pending"),
+                Value::Int(pending),
+                bulk("last-delivered-id"),
+                bulk("5-0"),
+                bulk("entries-read"),
+                Value::Int(5),
+                bulk("lag"),
+                lag,
+            ])
+        };
+        let reply = arr(vec![
+            group("other", 9, Value::Int(9)),
+            group("loki", 3, Value::Int(12)),
+        ]);
+        assert_eq!(parse_group_backlog(&reply, "loki"), Some((Some(12), 3)));
+        assert_eq!(parse_group_backlog(&reply, "none"), None);
+        let nil = arr(vec![group("loki", 2, Value::Nil)]);
+        assert_eq!(parse_group_backlog(&nil, "loki"), Some((None, 2)));
+        let resp3 = arr(vec![Value::Map(vec![
+            (bulk("name"), bulk("loki")),
+            (bulk("pending"), Value::Int(1)),
+            (bulk("lag"), Value::Int(0)),
+        ])]);
+        assert_eq!(parse_group_backlog(&resp3, "loki"), Some((Some(0), 1)));
+        assert_eq!(parse_group_backlog(&Value::Nil, "loki"), None);
     }
 
     #[test]

@@ -26,8 +26,13 @@ use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
-use super::redis_reply::{Entry, id_key, parse_autoclaim, parse_pending, parse_read};
-use super::{Ack, AckError, Delivery, LinkState, SpecError, SubscribeError, backoff};
+use super::nats::AbortOnDrop;
+use super::redis_reply::{
+    Entry, id_key, parse_autoclaim, parse_group_backlog, parse_pending, parse_read,
+};
+use super::{
+    Ack, AckError, BACKLOG_POLL, Backlog, Delivery, LinkState, SpecError, SubscribeError, backoff,
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const ACK_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -147,6 +152,8 @@ pub struct RedisStreamSubscriber {
     link: LinkState,
     delays: crate::backoff::Backoff,
     wait: Option<Duration>,
+    backlog: watch::Receiver<Option<Backlog>>,
+    _backlog_poll: AbortOnDrop,
 }
 
 impl std::fmt::Debug for RedisStreamSubscriber {
@@ -180,6 +187,7 @@ impl RedisStreamSubscriber {
                 .set_response_timeout(Some(ACK_RESPONSE_TIMEOUT))
                 .set_number_of_retries(2),
         )?;
+        let (backlog, backlog_poll) = poll_backlog(acker.clone(), spec);
         let mut s = RedisStreamSubscriber {
             client,
             spec: spec.clone(),
@@ -193,9 +201,16 @@ impl RedisStreamSubscriber {
             link: LinkState::new(what),
             delays: backoff(),
             wait: None,
+            backlog,
+            _backlog_poll: backlog_poll,
         };
         s.connect().await?;
         Ok(s)
+    }
+
+    /// The group's backlog (shared by every consumer of the group).
+    pub fn backlog(&self) -> watch::Receiver<Option<Backlog>> {
+        self.backlog.clone()
     }
 
     async fn connect(&mut self) -> Result<(), redis::RedisError> {
@@ -513,6 +528,33 @@ impl StreamAck {
             }
         }
     }
+}
+
+/// Asks `XINFO GROUPS` every [`BACKLOG_POLL`]; a failed request keeps the last answer.
+fn poll_backlog(
+    mut con: ConnectionManager,
+    spec: &RedisStreamSpec,
+) -> (watch::Receiver<Option<Backlog>>, AbortOnDrop) {
+    let (tx, rx) = watch::channel(None);
+    let (key, group) = (spec.key.clone(), spec.group.clone());
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(BACKLOG_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let r: Result<Value, _> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&key)
+                .query_async(&mut con)
+                .await;
+            if let Some((waiting, unacked)) = r.ok().and_then(|v| parse_group_backlog(&v, &group))
+                && tx.send(Some(Backlog { waiting, unacked })).is_err()
+            {
+                return;
+            }
+        }
+    });
+    (rx, AbortOnDrop(task))
 }
 
 #[cfg(test)]

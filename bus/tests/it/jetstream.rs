@@ -244,3 +244,54 @@ async fn goes_on_after_server_restart() {
     );
     assert_quiet(&mut s, Duration::from_millis(500)).await;
 }
+
+/// The durable's backlog as the server keeps it: what is stored and not delivered plus
+/// what is delivered and unacked is everything published, and nothing once all is acked.
+#[tokio::test]
+async fn backlog_follows_the_server() {
+    let js = server().await;
+    publish(js.nats.url(), "b", 0..50).await;
+    let mut s = JetStreamSpec::new("EV", "lag");
+    s.ack_wait = Duration::from_secs(60);
+    let (_c, mut sub) = subscriber(js.nats.url(), &s).await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(sub.next().await.expect("delivery"));
+    }
+    let mut backlog = sub.backlog();
+    let b = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if let Some(b) = *backlog.borrow_and_update()
+                && b.unacked >= 5
+            {
+                return b;
+            }
+            backlog.changed().await.expect("backlog watch");
+        }
+    })
+    .await
+    .expect("a backlog with the held messages within three polls");
+    assert_eq!(b.waiting.expect("known") + b.unacked, 50, "{b:?}");
+    for d in held.drain(..) {
+        d.ack().await.expect("ack");
+    }
+    for _ in 5..50 {
+        sub.next()
+            .await
+            .expect("delivery")
+            .ack()
+            .await
+            .expect("ack");
+    }
+    let done = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            backlog.changed().await.expect("backlog watch");
+            let b = *backlog.borrow_and_update();
+            if b.is_some_and(|b| b.waiting == Some(0) && b.unacked == 0) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "still {:?}", *backlog.borrow());
+}

@@ -291,3 +291,53 @@ async fn stream_consumer_rereads_own_pending_after_reconnect() {
     assert_eq!(pending(&mut c, "ev", "g").await, 0);
     assert_quiet(&mut sub, Duration::from_millis(500)).await;
 }
+
+/// The group's backlog from `XINFO GROUPS`: lag (entries the group has not read) plus
+/// pending (read, not acked) is everything added, and nothing once all is acked.
+#[tokio::test]
+async fn stream_backlog_follows_the_server() {
+    init_tracing();
+    let r = blocking(Redis::start).await;
+    let mut c = con(&r.url()).await;
+    let mut spec = RedisStreamSpec::new("lagged", "g", "a");
+    spec.count = 5;
+    spec.block = Duration::from_millis(200);
+    let mut sub = stream_sub(&r.url(), &spec).await;
+    xadd(&mut c, "lagged", "e", 50).await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(sub.next().await.expect("delivery"));
+    }
+    let mut backlog = sub.backlog();
+    let wait_for = |want: fn(&tapbus_bus::subscribe::Backlog) -> bool| {
+        let mut backlog = backlog.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(15), async {
+                loop {
+                    if let Some(b) = *backlog.borrow_and_update()
+                        && want(&b)
+                    {
+                        return b;
+                    }
+                    backlog.changed().await.expect("backlog watch");
+                }
+            })
+            .await
+        }
+    };
+    let b = wait_for(|b| b.unacked >= 5).await.expect("a backlog");
+    assert_eq!(b.waiting.expect("known lag") + b.unacked, 50, "{b:?}");
+    for d in held.drain(..) {
+        d.ack().await.expect("ack");
+    }
+    for _ in 5..50 {
+        sub.next()
+            .await
+            .expect("delivery")
+            .ack()
+            .await
+            .expect("ack");
+    }
+    let done = wait_for(|b| b.waiting == Some(0) && b.unacked == 0).await;
+    assert!(done.is_ok(), "still {:?}", *backlog.borrow_and_update());
+}

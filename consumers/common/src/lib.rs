@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use tapbus_bus::subscribe::{Delivery, Subscriber};
 
 /// A consumer's own counters, on its `/metrics` as `tapbus_consumer_*{consumer="NAME"}`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Own {
     pub received: AtomicU64,
     pub bad: AtomicU64,
@@ -23,7 +23,31 @@ pub struct Own {
     pub batches_failed: AtomicU64,
     pub pending: AtomicU64,
     pub up: AtomicU64,
+    /// The bus's backlog for this consumer ([`tapbus_bus::subscribe::Backlog`]); `u64::MAX`
+    /// while unknown (then the series are left out).
+    pub lag: AtomicU64,
+    pub bus_unacked: AtomicU64,
 }
+
+impl Default for Own {
+    fn default() -> Self {
+        Own {
+            received: AtomicU64::new(0),
+            bad: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            ack_errors: AtomicU64::new(0),
+            redelivered: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            batches_failed: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            up: AtomicU64::new(0),
+            lag: AtomicU64::new(UNKNOWN),
+            bus_unacked: AtomicU64::new(UNKNOWN),
+        }
+    }
+}
+
+const UNKNOWN: u64 = u64::MAX;
 
 impl Own {
     /// Counts a delivery as received (and redelivered when the bus says so).
@@ -101,7 +125,22 @@ impl Own {
                 &self.up,
             ),
         ];
-        for (name, kind, help, v) in rows {
+        let known = [
+            (
+                "tapbus_consumer_lag_messages",
+                "messages the bus stores for this consumer's durable or group and has not delivered yet (JetStream num_pending, Redis stream lag)",
+                &self.lag,
+            ),
+            (
+                "tapbus_consumer_bus_unacked_messages",
+                "messages the bus delivered to this consumer's durable or group, not yet acknowledged by any of its processes",
+                &self.bus_unacked,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, _, v)| v.load(Ordering::Relaxed) != UNKNOWN)
+        .map(|(n, h, v)| (n, "gauge", h, v));
+        for (name, kind, help, v) in rows.into_iter().chain(known) {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(
@@ -112,8 +151,24 @@ impl Own {
         }
     }
 
-    /// Follows the subscriber's connection state into `tapbus_consumer_input_up`.
+    /// Follows the subscriber's connection state into `tapbus_consumer_input_up`, and its
+    /// backlog (where the bus keeps one) into `tapbus_consumer_lag_messages` and
+    /// `tapbus_consumer_bus_unacked_messages`.
     pub fn watch_input(self: &Arc<Self>, sub: &Subscriber) {
+        let mut backlog = sub.backlog();
+        let own = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(b) = *backlog.borrow_and_update() {
+                    own.lag
+                        .store(b.waiting.unwrap_or(UNKNOWN), Ordering::Relaxed);
+                    own.bus_unacked.store(b.unacked, Ordering::Relaxed);
+                }
+                if backlog.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
         let mut up = sub.connected();
         let own = self.clone();
         tokio::spawn(async move {

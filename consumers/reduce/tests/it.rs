@@ -155,6 +155,12 @@ fn jetstream_to_records_sum_to_the_events_with_acks_after_publishing() {
             "tapbus_consumer_acked_total",
         ) == Some(expected)
     });
+    // The bus's own view of the durable, on /metrics: nothing left (polled every 5s).
+    wait_until("lag 0 on /metrics", Duration::from_secs(20), || {
+        let t = http_get(&addr, "/metrics").unwrap_or_default();
+        own(&t, "tapbus_consumer_lag_messages") == Some(0)
+            && own(&t, "tapbus_consumer_bus_unacked_messages") == Some(0)
+    });
     let text = http_get(&addr, "/metrics").unwrap_or_default();
     assert_eq!(own(&text, "tapbus_consumer_pending"), Some(0), "{text}");
     assert!(
