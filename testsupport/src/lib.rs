@@ -10,6 +10,8 @@
 //!   certificate.
 //! * [`fstrm`]: a Frame Streams *writer* (what a DNS server does), bidirectional and
 //!   unidirectional.
+//! * [`loki`]: a Grafana Loki push receiver ([`loki::LokiReceiver`]) that decodes the real
+//!   push bodies, enforces Loki's rules with Loki's texts, stores, and injects faults.
 //! * [`testdata`]: the dnstap captures the repository carries (`testdata/dnstap`), read
 //!   through one path helper so a fresh clone tests itself.
 
@@ -19,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub mod fstrm;
+pub mod loki;
 pub mod pki;
 pub mod proc;
 pub mod servers;
