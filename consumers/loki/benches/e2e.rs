@@ -109,7 +109,14 @@ fn main() {
     let t0 = Instant::now();
     let mut loki = Proc::spawn(
         Command::new(&loki_bin)
-            .args(["--input", &input, "--url", &r.push_url(), "--metrics-listen", &addr])
+            .args([
+                "--input",
+                &input,
+                "--url",
+                &r.push_url(),
+                "--metrics-listen",
+                &addr,
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );

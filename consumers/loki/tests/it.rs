@@ -105,7 +105,14 @@ impl Loki {
 
 /// Starts tapbus-loki from `input` to `url` with extra args and environment; waits for
 /// its /health.
-fn start_loki(dir: &Path, name: &str, input: &str, url: &str, args: &[&str], env: &[(&str, &str)]) -> Loki {
+fn start_loki(
+    dir: &Path,
+    name: &str,
+    input: &str,
+    url: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Loki {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let log = dir.join(format!("{name}.log"));
@@ -168,7 +175,10 @@ fn wait(what: &str, timeout: Duration, lokis: &[&Loki], mut f: impl FnMut() -> b
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 })
                 .collect();
-            panic!("timed out after {timeout:?} waiting for {what}\n{}", logs.join("\n---\n"));
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                logs.join("\n---\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -255,17 +265,30 @@ fn every_capture_arrives_exactly_once_with_its_labels_and_event_time() {
         "loki",
         &js_input(&nats, "loki"),
         &r.push_url(),
-        &["--config", &config.display().to_string(), "--tenant", "tapbus-it"],
+        &[
+            "--config",
+            &config.display().to_string(),
+            "--tenant",
+            "tapbus-it",
+        ],
         &[],
     );
-    wait("every line in the receiver", Duration::from_secs(240), &[&loki], || {
-        r.len() >= want.len()
-    });
+    wait(
+        "every line in the receiver",
+        Duration::from_secs(240),
+        &[&loki],
+        || r.len() >= want.len(),
+    );
     let entries = assert_exactly(&r, &want);
     for e in &entries {
         let ev: Value = serde_json::from_str(&e.line).expect("line is the event JSON");
         assert_eq!(e.labels, event_labels(&ev), "{}", e.line);
-        assert_eq!(Some(e.ts_ns), ev["dnstap"]["timestamp"].as_i64(), "{}", e.line);
+        assert_eq!(
+            Some(e.ts_ns),
+            ev["dnstap"]["timestamp"].as_i64(),
+            "{}",
+            e.line
+        );
         assert_eq!(e.tenant, "tapbus-it");
         assert!(e.structured_metadata.is_empty());
     }
@@ -284,13 +307,27 @@ fn every_capture_arrives_exactly_once_with_its_labels_and_event_time() {
         published.len(),
         "{text}"
     );
-    assert_eq!(metric(&text, "tapbus_loki_pushed_lines_total", &[]) as usize, published.len());
-    assert_eq!(metric(&text, "tapbus_loki_dropped_lines_total", &[]), 0.0, "{text}");
-    assert_eq!(metric(&text, "tapbus_loki_retries_total", &[]), 0.0, "{text}");
+    assert_eq!(
+        metric(&text, "tapbus_loki_pushed_lines_total", &[]) as usize,
+        published.len()
+    );
+    assert_eq!(
+        metric(&text, "tapbus_loki_dropped_lines_total", &[]),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "tapbus_loki_retries_total", &[]),
+        0.0,
+        "{text}"
+    );
     assert!(metric(&text, "tapbus_loki_requests_total", &[("status", "204")]) >= 1.0);
-    wait("the durable drained", Duration::from_secs(30), &[&loki], || {
-        durable_state(&nats, "loki") == (0, 0)
-    });
+    wait(
+        "the durable drained",
+        Duration::from_secs(30),
+        &[&loki],
+        || durable_state(&nats, "loki") == (0, 0),
+    );
     assert!(loki.proc.terminate().success(), "{}", loki.log());
 }
 
@@ -310,14 +347,33 @@ fn old_event_times_are_refused_by_the_7_day_rule_counted_and_acked_and_received_
         newest < now_ns() - 7 * DAY.as_nanos() as i64,
         "the capture is not older than 7 days: this test needs it to be"
     );
-    let mut loki = start_loki(dir.path(), "event", &js_input(&nats, "event"), &r.push_url(), &[], &[]);
+    let mut loki = start_loki(
+        dir.path(),
+        "event",
+        &js_input(&nats, "event"),
+        &r.push_url(),
+        &[],
+        &[],
+    );
     let n = published.len() as f64;
-    wait("every line refused and counted", Duration::from_secs(60), &[&loki], || {
-        metric(&loki.metrics(), "tapbus_loki_dropped_lines_total", &[("reason", "greater_than_max_sample_age")]) == n
-    });
-    wait("the durable drained", Duration::from_secs(30), &[&loki], || {
-        durable_state(&nats, "event") == (0, 0)
-    });
+    wait(
+        "every line refused and counted",
+        Duration::from_secs(60),
+        &[&loki],
+        || {
+            metric(
+                &loki.metrics(),
+                "tapbus_loki_dropped_lines_total",
+                &[("reason", "greater_than_max_sample_age")],
+            ) == n
+        },
+    );
+    wait(
+        "the durable drained",
+        Duration::from_secs(30),
+        &[&loki],
+        || durable_state(&nats, "event") == (0, 0),
+    );
     assert!(r.is_empty());
     let s = r.stats();
     assert_eq!(s.refused("greater_than_max_sample_age") as f64, n);
@@ -327,9 +383,20 @@ fn old_event_times_are_refused_by_the_7_day_rule_counted_and_acked_and_received_
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(r.stats().total_requests(), before);
     let text = loki.metrics();
-    assert_eq!(metric(&text, "tapbus_loki_retries_total", &[]), 0.0, "{text}");
-    assert_eq!(metric(&text, "tapbus_loki_pushed_lines_total", &[]), 0.0, "{text}");
-    assert_eq!(metric(&text, "tapbus_loki_requests_total", &[("status", "400")]), before as f64);
+    assert_eq!(
+        metric(&text, "tapbus_loki_retries_total", &[]),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "tapbus_loki_pushed_lines_total", &[]),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "tapbus_loki_requests_total", &[("status", "400")]),
+        before as f64
+    );
     assert!(loki.proc.terminate().success(), "{}", loki.log());
 
     // The same capture stamped with the time received: all stored (JSON this time).
@@ -340,26 +407,42 @@ fn old_event_times_are_refused_by_the_7_day_rule_counted_and_acked_and_received_
         &js_input(&nats, "received"),
         &r.push_url(),
         &[],
-        &[("TAPBUS_TIMESTAMP", "received"), ("TAPBUS_ENCODING", "json")],
+        &[
+            ("TAPBUS_TIMESTAMP", "received"),
+            ("TAPBUS_ENCODING", "json"),
+        ],
     );
     let want: BTreeSet<&str> = published.iter().map(String::as_str).collect();
-    wait("every line stored", Duration::from_secs(60), &[&recv], || r.len() >= want.len());
+    wait(
+        "every line stored",
+        Duration::from_secs(60),
+        &[&recv],
+        || r.len() >= want.len(),
+    );
     let entries = assert_exactly(&r, &want);
     let t1 = now_ns();
     for e in &entries {
-        assert!((t0..=t1).contains(&e.ts_ns), "received time {} not in [{t0}, {t1}]", e.ts_ns);
+        assert!(
+            (t0..=t1).contains(&e.ts_ns),
+            "received time {} not in [{t0}, {t1}]",
+            e.ts_ns
+        );
     }
     assert_time_order_per_request(&entries);
     let reqs = r.requests();
     assert!(
-        reqs.iter()
-            .filter(|q| q.status == 204)
-            .all(|q| q.content_type.as_deref().is_some_and(|c| c.starts_with("application/json"))),
+        reqs.iter().filter(|q| q.status == 204).all(|q| q
+            .content_type
+            .as_deref()
+            .is_some_and(|c| c.starts_with("application/json"))),
         "{reqs:?}"
     );
-    wait("the durable drained", Duration::from_secs(30), &[&recv], || {
-        durable_state(&nats, "received") == (0, 0)
-    });
+    wait(
+        "the durable drained",
+        Duration::from_secs(30),
+        &[&recv],
+        || durable_state(&nats, "received") == (0, 0),
+    );
     assert!(recv.proc.terminate().success(), "{}", recv.log());
 }
 
@@ -378,14 +461,22 @@ fn outage_refused_then_5xx_then_429_loses_nothing() {
         &[],
         &[("TAPBUS_MAX_BACKOFF", "2s")],
     );
-    wait("the first capture", Duration::from_secs(60), &[&loki], || r.len() >= published.len());
+    wait(
+        "the first capture",
+        Duration::from_secs(60),
+        &[&loki],
+        || r.len() >= published.len(),
+    );
     // The bulk capture in the background; Loki goes down in the middle of it.
     let url = nats.url().to_string();
     let bulk = std::thread::spawn(move || replay(&url, "bulk-100k.fstrm"));
     let first = published.len();
-    wait("part of the bulk capture", Duration::from_secs(120), &[&loki], || {
-        r.len() >= first + 5000
-    });
+    wait(
+        "part of the bulk capture",
+        Duration::from_secs(120),
+        &[&loki],
+        || r.len() >= first + 5000,
+    );
     r.down();
     let at_down = r.len();
     // More events arrive while Loki is down.
@@ -393,16 +484,23 @@ fn outage_refused_then_5xx_then_429_loses_nothing() {
     std::thread::sleep(Duration::from_secs(30));
     assert_eq!(r.len(), at_down, "stored while down");
     let retries_down = metric(&loki.metrics(), "tapbus_loki_retries_total", &[]);
-    assert!(retries_down > 0.0, "no retry while refused: {}", loki.metrics());
+    assert!(
+        retries_down > 0.0,
+        "no retry while refused: {}",
+        loki.metrics()
+    );
     // Up, but 503 for 8 s, then three 429s with Retry-After: 1.
     r.fail_for(Duration::from_secs(8), 503, None);
     r.fail_next(3, 429, Some(1));
     r.up();
     published.extend(bulk.join().expect("bulk replay"));
     let want: BTreeSet<&str> = published.iter().map(String::as_str).collect();
-    wait("every line after the outage", Duration::from_secs(300), &[&loki], || {
-        r.len() >= want.len()
-    });
+    wait(
+        "every line after the outage",
+        Duration::from_secs(300),
+        &[&loki],
+        || r.len() >= want.len(),
+    );
     // Exactly the published lines, none twice: re-pushed entries (same stream, event time
     // and line) are Loki's duplicates and dropped by it.
     let entries = assert_exactly(&r, &want);
@@ -412,13 +510,26 @@ fn outage_refused_then_5xx_then_429_loses_nothing() {
     assert_eq!(s.status(429), 3, "{s:?}");
     assert!(s.refused.is_empty(), "{s:?}");
     let text = loki.metrics();
-    assert!(metric(&text, "tapbus_loki_retries_total", &[]) >= retries_down + 4.0, "{text}");
-    assert_eq!(metric(&text, "tapbus_loki_dropped_lines_total", &[]), 0.0, "{text}");
+    assert!(
+        metric(&text, "tapbus_loki_retries_total", &[]) >= retries_down + 4.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "tapbus_loki_dropped_lines_total", &[]),
+        0.0,
+        "{text}"
+    );
     // Lines taken from the bus: every event, plus redeliveries if any.
-    assert!(metric(&text, "tapbus_loki_lines_total", &[]) as usize >= want.len(), "{text}");
-    wait("the durable drained", Duration::from_secs(30), &[&loki], || {
-        durable_state(&nats, "loki") == (0, 0)
-    });
+    assert!(
+        metric(&text, "tapbus_loki_lines_total", &[]) as usize >= want.len(),
+        "{text}"
+    );
+    wait(
+        "the durable drained",
+        Duration::from_secs(30),
+        &[&loki],
+        || durable_state(&nats, "loki") == (0, 0),
+    );
     assert!(loki.proc.terminate().success(), "{}", loki.log());
 }
 
@@ -444,16 +555,31 @@ fn partial_400_counts_the_refused_by_reason_stores_the_rest_and_is_not_retried()
         max_chunk_age: 100 * 365 * DAY,
         ..Limits::default()
     });
-    let mut loki = start_loki(dir.path(), "loki", &js_input(&nats, "loki"), &r.push_url(), &[], &[]);
+    let mut loki = start_loki(
+        dir.path(),
+        "loki",
+        &js_input(&nats, "loki"),
+        &r.push_url(),
+        &[],
+        &[],
+    );
     let n = published.len() as u64;
     let settled = |r: &LokiReceiver| {
         let s = r.stats();
         s.entries_accepted + s.refused.values().sum::<u64>() >= n
     };
-    wait("every line stored or refused", Duration::from_secs(60), &[&loki], || settled(&r));
-    wait("the durable drained", Duration::from_secs(30), &[&loki], || {
-        durable_state(&nats, "loki") == (0, 0)
-    });
+    wait(
+        "every line stored or refused",
+        Duration::from_secs(60),
+        &[&loki],
+        || settled(&r),
+    );
+    wait(
+        "the durable drained",
+        Duration::from_secs(30),
+        &[&loki],
+        || durable_state(&nats, "loki") == (0, 0),
+    );
     let s = r.stats();
     let old = s.refused("greater_than_max_sample_age");
     let long = s.refused("line_too_long");
@@ -462,7 +588,11 @@ fn partial_400_counts_the_refused_by_reason_stores_the_rest_and_is_not_retried()
     assert!(s.status(400) >= 1, "{s:?}");
     // Not retried: as many requests as tapbus-loki made, no more later.
     let text = loki.metrics();
-    assert_eq!(metric(&text, "tapbus_loki_retries_total", &[]), 0.0, "{text}");
+    assert_eq!(
+        metric(&text, "tapbus_loki_retries_total", &[]),
+        0.0,
+        "{text}"
+    );
     assert_eq!(
         metric(&text, "tapbus_loki_requests_total", &[]) as u64,
         s.total_requests(),
@@ -471,15 +601,30 @@ fn partial_400_counts_the_refused_by_reason_stores_the_rest_and_is_not_retried()
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(r.stats().total_requests(), s.total_requests());
     // Counted by Loki's reason names, exactly as the receiver refused them.
-    for (reason, want) in [("greater_than_max_sample_age", old), ("line_too_long", long)] {
+    for (reason, want) in [
+        ("greater_than_max_sample_age", old),
+        ("line_too_long", long),
+    ] {
         assert_eq!(
-            metric(&text, "tapbus_loki_dropped_lines_total", &[("reason", reason)]) as u64,
+            metric(
+                &text,
+                "tapbus_loki_dropped_lines_total",
+                &[("reason", reason)]
+            ) as u64,
             want,
             "{reason}: {text}"
         );
     }
-    assert_eq!(metric(&text, "tapbus_loki_dropped_lines_total", &[]) as u64, old + long, "{text}");
-    assert_eq!(metric(&text, "tapbus_loki_pushed_lines_total", &[]) as u64, s.entries_accepted, "{text}");
+    assert_eq!(
+        metric(&text, "tapbus_loki_dropped_lines_total", &[]) as u64,
+        old + long,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "tapbus_loki_pushed_lines_total", &[]) as u64,
+        s.entries_accepted,
+        "{text}"
+    );
     // What was stored is what should have been.
     let all: BTreeSet<&str> = published.iter().map(String::as_str).collect();
     let entries = r.entries();
@@ -510,12 +655,17 @@ fn two_processes_on_one_durable_share_the_work_and_lose_nothing() {
     );
     published.extend(replay(nats.url(), "bulk-100k.fstrm"));
     let want: BTreeSet<&str> = published.iter().map(String::as_str).collect();
-    wait("every line", Duration::from_secs(300), &[&a, &b], || r.len() >= want.len());
+    wait("every line", Duration::from_secs(300), &[&a, &b], || {
+        r.len() >= want.len()
+    });
     let entries = assert_exactly(&r, &want);
     assert_time_order_per_request(&entries);
-    wait("the durable drained", Duration::from_secs(30), &[&a, &b], || {
-        durable_state(&nats, "shared") == (0, 0)
-    });
+    wait(
+        "the durable drained",
+        Duration::from_secs(30),
+        &[&a, &b],
+        || durable_state(&nats, "shared") == (0, 0),
+    );
     let (pa, pb) = (
         metric(&a.metrics(), "tapbus_loki_pushed_lines_total", &[]) as usize,
         metric(&b.metrics(), "tapbus_loki_pushed_lines_total", &[]) as usize,
@@ -529,7 +679,10 @@ fn two_processes_on_one_durable_share_the_work_and_lose_nothing() {
         .filter_map(|q| q.content_type)
         .map(|c| c.split(';').next().unwrap_or("").to_string())
         .collect();
-    assert!(types.contains("application/x-protobuf") && types.contains("application/json"), "{types:?}");
+    assert!(
+        types.contains("application/x-protobuf") && types.contains("application/json"),
+        "{types:?}"
+    );
     assert!(a.proc.terminate().success(), "{}", a.log());
     assert!(b.proc.terminate().success(), "{}", b.log());
 }
@@ -550,7 +703,9 @@ fn reduced_records_arrive_with_kind_reduced_and_their_reduction() {
     );
     // The test's own subscription sees every record reduce publishes.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let client = rt.block_on(async_nats::connect(nats.url())).expect("connect");
+    let client = rt
+        .block_on(async_nats::connect(nats.url()))
+        .expect("connect");
     let mut sub = rt
         .block_on(client.subscribe("tapbus.reduced.>"))
         .expect("subscribe");
@@ -586,13 +741,24 @@ fn reduced_records_arrive_with_kind_reduced_and_their_reduction() {
     });
     assert!(!records.is_empty(), "reduce published nothing");
     let want: BTreeSet<&str> = records.iter().map(|(_, p)| p.as_str()).collect();
-    wait("every record in the receiver", Duration::from_secs(60), &[&loki], || r.len() >= want.len());
+    wait(
+        "every record in the receiver",
+        Duration::from_secs(60),
+        &[&loki],
+        || r.len() >= want.len(),
+    );
     let entries = assert_exactly(&r, &want);
-    let subject_of: HashMap<&str, &str> = records.iter().map(|(s, p)| (p.as_str(), s.as_str())).collect();
+    let subject_of: HashMap<&str, &str> = records
+        .iter()
+        .map(|(s, p)| (p.as_str(), s.as_str()))
+        .collect();
     for e in &entries {
         let rec: Value = serde_json::from_str(&e.line).expect("record json");
         let reduction = rec["reduction"].as_str().expect("reduction");
-        assert_eq!(subject_of[e.line.as_str()], format!("tapbus.reduced.{reduction}"));
+        assert_eq!(
+            subject_of[e.line.as_str()],
+            format!("tapbus.reduced.{reduction}")
+        );
         let mut labels = BTreeMap::new();
         labels.insert("job".to_string(), "tapbus".to_string());
         labels.insert("kind".to_string(), "reduced".to_string());
@@ -618,14 +784,26 @@ fn bad_configuration_exits_2_naming_the_key() {
     )
     .expect("write config");
     let out = Command::new(loki_bin())
-        .args(["--config", &cfg.display().to_string(), "--metrics-listen", ""])
+        .args([
+            "--config",
+            &cfg.display().to_string(),
+            "--metrics-listen",
+            "",
+        ])
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("labels.fields"), "{err}");
     let out = Command::new(loki_bin())
-        .args(["--input", "nats://127.0.0.1:1", "--url", "http://127.0.0.1:1/", "--metrics-listen", ""])
+        .args([
+            "--input",
+            "nats://127.0.0.1:1",
+            "--url",
+            "http://127.0.0.1:1/",
+            "--metrics-listen",
+            "",
+        ])
         .env("TAPBUS_ENCODING", "xml")
         .output()
         .expect("run");
