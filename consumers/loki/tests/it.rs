@@ -808,5 +808,9 @@ fn bad_configuration_exits_2_naming_the_key() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("encoding"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .to_lowercase()
+            .contains("encoding")
+    );
 }
