@@ -12,6 +12,8 @@
 //!   unidirectional.
 //! * [`jetstream`]: what a test asks a JetStream server: a durable's backlog, every message
 //!   a stream stores.
+//! * [`loki`]: a Grafana Loki push receiver ([`loki::LokiReceiver`]) that decodes the real
+//!   push bodies, enforces Loki's rules with Loki's texts, stores, and injects faults.
 //! * [`testdata`]: the dnstap captures the repository carries (`testdata/dnstap`), read
 //!   through one path helper so a fresh clone tests itself.
 
@@ -22,6 +24,7 @@ use std::time::{Duration, Instant};
 
 pub mod fstrm;
 pub mod jetstream;
+pub mod loki;
 pub mod pki;
 pub mod proc;
 pub mod servers;
