@@ -10,3 +10,5 @@
 #![forbid(unsafe_code)]
 
 pub mod stats;
+pub mod prom;
+pub mod ui;
