@@ -303,11 +303,11 @@ fn rate(r: f64) -> String {
     }
 }
 
-/// A count, exact below ten million.
+/// A count, exact below a million.
 fn count(n: u64) -> String {
-    if n < 10_000_000 {
+    if n < 1_000_000 {
         n.to_string()
-    } else if n < 10_000_000_000 {
+    } else if n < 1_000_000_000 {
         format!("{:.1}M", n as f64 / 1e6)
     } else {
         format!("{:.1}G", n as f64 / 1e9)
@@ -353,9 +353,9 @@ fn counts_table<'a>(title: String, first: &'static str, rows: &[Row], max: usize
         body,
         [
             Constraint::Fill(1),
-            Constraint::Length(7),
             Constraint::Length(6),
-            Constraint::Length(7),
+            Constraint::Length(6),
+            Constraint::Length(6),
         ],
     )
     .header(header(&[first, "count", "%", "/s"]))
