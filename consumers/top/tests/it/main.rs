@@ -107,10 +107,11 @@ fn once_prints_every_view_of_a_capture() {
     }
 }
 
-/// A private tmux server (its own socket name), killed on drop: no other session is
-/// touched.
+/// A private tmux server (its own socket name), killed on drop and its socket file
+/// removed: no other session is touched.
 struct Tmux {
     socket: String,
+    socket_path: Option<PathBuf>,
 }
 
 impl Tmux {
@@ -121,8 +122,9 @@ impl Tmux {
     }
 
     fn start(shell_cmd: &str) -> Tmux {
-        let t = Tmux {
+        let mut t = Tmux {
             socket: format!("tapbus-top-test-{}-{}", std::process::id(), free_port()),
+            socket_path: None,
         };
         let st = t
             .cmd()
@@ -131,6 +133,13 @@ impl Tmux {
             .status()
             .expect("tmux new-session");
         assert!(st.success(), "tmux new-session failed");
+        let o = t
+            .cmd()
+            .args(["display-message", "-p", "#{socket_path}"])
+            .output()
+            .expect("tmux display-message");
+        let p = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        t.socket_path = (!p.is_empty()).then(|| PathBuf::from(p));
         t
     }
 
@@ -169,6 +178,9 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.cmd().arg("kill-server").status();
+        if let Some(p) = &self.socket_path {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
@@ -216,7 +228,7 @@ fn live_under_tmux_80x24() {
     assert!(f.contains("events 1757 "), "the status line counts everything: {f}");
     // q quits; the shell behind it is back, in canonical mode, off the alternate screen.
     tmux.keys("q");
-    let end = tmux.wait_for("the exit", |s| s.contains("EXITED:"));
+    let end = tmux.wait_for("the exit and the tty mode", |s| s.contains("MODE:"));
     assert!(end.contains("EXITED:0"), "{end}");
     assert!(end.contains("MODE:icanon"), "terminal left in raw mode:\n{end}");
     assert!(!end.contains("1:Overview"), "the alternate screen was not left:\n{end}");
