@@ -9,6 +9,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod stats;
 pub mod prom;
+pub mod stats;
 pub mod ui;

@@ -140,8 +140,7 @@ fn main() -> ExitCode {
         }),
     }));
     let stop = Arc::new(AtomicBool::new(false));
-    let reader = match start_background(spec, broker, shared.clone(), clock.clone(), stop.clone())
-    {
+    let reader = match start_background(spec, broker, shared.clone(), clock.clone(), stop.clone()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{PROGRAM}: cannot start the runtime: {e}");
@@ -468,7 +467,9 @@ fn ui_loop(
                         return Ok(());
                     }
                     if app.filter != before {
-                        lock(shared).stats.set_filter(app.filter.clone(), clock.ms());
+                        lock(shared)
+                            .stats
+                            .set_filter(app.filter.clone(), clock.ms());
                         shown = take(false, None);
                     } else if was_paused && !app.paused {
                         shown = take(false, None);
@@ -544,13 +545,58 @@ fn init_logging(file: Option<&std::path::Path>, stderr_ok: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let b = tracing_subscriber::fmt().with_env_filter(filter);
     if let Some(path) = file {
-        match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
             Ok(f) => {
                 b.with_ansi(false).with_writer(Mutex::new(f)).init();
             }
-            Err(e) => eprintln!("{PROGRAM}: cannot open the log file {}: {e}", path.display()),
+            Err(e) => eprintln!(
+                "{PROGRAM}: cannot open the log file {}: {e}",
+                path.display()
+            ),
         }
     } else if stderr_ok {
         b.with_writer(std::io::stderr).init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once(PROGRAM).chain(args.iter().copied()))
+            .expect("arguments parse")
+    }
+
+    #[test]
+    fn the_example_configuration_loads() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/top.toml");
+        let (spec, url, broker) = settings(&cli(&["--config", path])).expect("config/top.toml");
+        assert_eq!(url, "nats://127.0.0.1:4222");
+        assert_eq!(broker.as_deref(), Some("http://127.0.0.1:9634/metrics"));
+        let _ = spec;
+    }
+
+    #[test]
+    fn defaults_and_bad_values() {
+        let (_, url, broker) = settings(&cli(&[])).expect("defaults");
+        assert_eq!((url.as_str(), broker), (DEFAULT_INPUT, None));
+        let (_, url, _) =
+            settings(&cli(&["--input", "nats://u:secret@127.0.0.1:4222"])).expect("password url");
+        assert!(!url.contains("secret"), "{url}");
+        for bad in [
+            &["--once", "0"][..],
+            &["--refresh", "1ms"],
+            &["--broker-metrics", "127.0.0.1:9634"],
+            &["--input", "gopher://x"],
+        ] {
+            assert!(settings(&cli(bad)).is_err(), "{bad:?}");
+        }
+        assert!(Cli::try_parse_from([PROGRAM, "--size", "10x10"]).is_err());
+        assert_eq!(cli(&["--size", "120x40"]).size, (120, 40));
     }
 }

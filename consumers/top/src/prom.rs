@@ -191,7 +191,14 @@ tapbus_inflight{output=\"nats\"} 256
         let h = BrokerHealth::parse(BROKER_METRICS);
         let i = &h.inputs["unix"];
         assert_eq!(
-            (i.connections, i.active, i.frames, i.oversize, i.events, i.malformed),
+            (
+                i.connections,
+                i.active,
+                i.frames,
+                i.oversize,
+                i.events,
+                i.malformed
+            ),
             (3.0, 2.0, 1500.0, 1.0, 1499.0, 3.0)
         );
         let n = &h.outputs["nats"];
@@ -199,14 +206,22 @@ tapbus_inflight{output=\"nats\"} 256
         assert_eq!(n.published, 1400.0);
         assert_eq!(n.dropped["queue_full"], 90.0);
         assert_eq!(n.dropped_total(), 99.0);
-        assert_eq!((n.queue_depth, n.queue_capacity, n.inflight), (12.0, 16384.0, 256.0));
+        assert_eq!(
+            (n.queue_depth, n.queue_capacity, n.inflight),
+            (12.0, 16384.0, 256.0)
+        );
         assert_eq!(h.outputs["stdout"].up, Some(1.0));
         assert_eq!(h.overflow, 0);
     }
 
     #[test]
     fn junk_is_empty_not_an_error() {
-        for t in ["", "garbage {{{ 1", "<html>nope</html>", "x 1\ny{a=\"b\"} 2"] {
+        for t in [
+            "",
+            "garbage {{{ 1",
+            "<html>nope</html>",
+            "x 1\ny{a=\"b\"} 2",
+        ] {
             assert!(BrokerHealth::parse(t).is_empty(), "{t:?}");
         }
         let h = BrokerHealth::parse("tapbus_published_total{output=\"a\"} NaN\n");

@@ -170,7 +170,9 @@ impl App {
             KeyCode::BackTab | KeyCode::Left => {
                 self.set_view(View::ALL[(self.current().index() + n - 1) % n]);
             }
-            KeyCode::Char('/') => self.editing = Some(self.filter.qname.clone().unwrap_or_default()),
+            KeyCode::Char('/') => {
+                self.editing = Some(self.filter.qname.clone().unwrap_or_default())
+            }
             KeyCode::Char('i') => self.filter.identity = cycle(&self.filter.identity, identities),
             KeyCode::Char('o') => self.filter.operation = cycle(&self.filter.operation, operations),
             KeyCode::Char('c') => self.filter = Filter::default(),
@@ -218,8 +220,24 @@ pub fn render(f: &mut Frame, app: &App, snap: &Snapshot, status: &Status) {
     f.render_widget(Paragraph::new(summary_line(snap)), summary);
     match app.current() {
         View::Overview => overview(f, body, snap),
-        View::Qnames => top_table(f, body, "Top qnames", &snap.qnames, snap.evicted.0, app.scroll, snap),
-        View::Clients => top_table(f, body, "Top clients", &snap.clients, snap.evicted.1, app.scroll, snap),
+        View::Qnames => top_table(
+            f,
+            body,
+            "Top qnames",
+            &snap.qnames,
+            snap.evicted.0,
+            app.scroll,
+            snap,
+        ),
+        View::Clients => top_table(
+            f,
+            body,
+            "Top clients",
+            &snap.clients,
+            snap.evicted.1,
+            app.scroll,
+            snap,
+        ),
         View::Domains => top_table(
             f,
             body,
@@ -373,7 +391,7 @@ fn overview(f: &mut Frame, area: Rect, s: &Snapshot) {
     let [servers, ops] =
         Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(left);
     f.render_widget(
-        counts_table(format!("Servers ({})", s.by_identity.len()), "identity", &s.by_identity, fit(servers)),
+        counts_table(servers_title(s), "identity", &s.by_identity, fit(servers)),
         servers,
     );
     f.render_widget(
@@ -382,7 +400,10 @@ fn overview(f: &mut Frame, area: Rect, s: &Snapshot) {
     );
     let [rcodes, facts] =
         Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(right);
-    f.render_widget(counts_table("Rcodes".into(), "rcode", &s.rcodes, fit(rcodes)), rcodes);
+    f.render_widget(
+        counts_table("Rcodes".into(), "rcode", &s.rcodes, fit(rcodes)),
+        rcodes,
+    );
     let w = &s.served.window;
     let u = &s.upstream.window;
     let transports: Vec<String> = s
@@ -423,6 +444,19 @@ fn overview(f: &mut Frame, area: Rect, s: &Snapshot) {
         Paragraph::new(lines).block(Block::bordered().title("Last 10 s")),
         facts,
     );
+}
+
+/// `Servers (3)`, with the events of identities beyond the table's capacity if any.
+fn servers_title(s: &Snapshot) -> String {
+    if s.identities_overflow > 0 {
+        format!(
+            "Servers ({}, {} events of more not kept)",
+            s.by_identity.len(),
+            count(s.identities_overflow)
+        )
+    } else {
+        format!("Servers ({})", s.by_identity.len())
+    }
 }
 
 fn share(n: u64, all: u64) -> f64 {
@@ -488,11 +522,21 @@ fn codes(f: &mut Frame, area: Rect, s: &Snapshot) {
     let [l, r] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(area);
     f.render_widget(
-        counts_table(format!("Rcodes ({} responses)", count(s.responses.0)), "rcode", &s.rcodes, fit(l)),
+        counts_table(
+            format!("Rcodes ({} responses)", count(s.responses.0)),
+            "rcode",
+            &s.rcodes,
+            fit(l),
+        ),
         l,
     );
     f.render_widget(
-        counts_table(format!("Qtypes ({} queries)", count(s.queries.0)), "qtype", &s.qtypes, fit(r)),
+        counts_table(
+            format!("Qtypes ({} queries)", count(s.queries.0)),
+            "qtype",
+            &s.qtypes,
+            fit(r),
+        ),
         r,
     );
 }
@@ -538,9 +582,16 @@ fn latency(f: &mut Frame, area: Rect, s: &Snapshot) {
     f.render_widget(t, top);
     let [ab, c] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(bottom);
-    let [a, b] = Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(ab);
-    f.render_widget(counts_table("Transports".into(), "proto", &s.protocols, fit(a)), a);
-    f.render_widget(counts_table("Families".into(), "family", &s.families, fit(b)), b);
+    let [a, b] =
+        Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(ab);
+    f.render_widget(
+        counts_table("Transports".into(), "proto", &s.protocols, fit(a)),
+        a,
+    );
+    f.render_widget(
+        counts_table("Families".into(), "family", &s.families, fit(b)),
+        b,
+    );
     let lines = vec![
         Line::from(format!("EDNS {}", pct(share(s.edns, s.queries.0)))),
         Line::from(format!("DO bit {}", pct(share(s.dnssec_ok, s.queries.0)))),
@@ -549,7 +600,10 @@ fn latency(f: &mut Frame, area: Rect, s: &Snapshot) {
         Line::from(format!("bad DNS {}", count(s.malformed_dns))),
         Line::from(format!("unmatched q {}", count(s.pending_forgotten))),
     ];
-    f.render_widget(Paragraph::new(lines).block(Block::bordered().title("Messages")), c);
+    f.render_widget(
+        Paragraph::new(lines).block(Block::bordered().title("Messages")),
+        c,
+    );
 }
 
 fn broker(f: &mut Frame, area: Rect, b: Option<&BrokerStatus>) {
@@ -570,7 +624,8 @@ fn broker(f: &mut Frame, area: Rect, b: Option<&BrokerStatus>) {
         (Some(_), None) => format!("{} scrapes", b.scrapes),
         (None, None) => "waiting for the first scrape".into(),
     };
-    let [ins, outs] = Layout::vertical([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(area);
+    let [ins, outs] =
+        Layout::vertical([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(area);
     let empty = BrokerHealth::default();
     let h = b.health.as_ref().unwrap_or(&empty);
     let num = |v: f64| count(v.max(0.0) as u64);
@@ -600,7 +655,9 @@ fn broker(f: &mut Frame, area: Rect, b: Option<&BrokerStatus>) {
                 Constraint::Length(6),
             ],
         )
-        .header(header(&["input", "open", "conns", "frames", "events", "bad"]))
+        .header(header(&[
+            "input", "open", "conns", "frames", "events", "bad",
+        ]))
         .block(Block::bordered().title(format!("Broker inputs: {state}"))),
         ins,
     );
@@ -641,7 +698,14 @@ fn broker(f: &mut Frame, area: Rect, b: Option<&BrokerStatus>) {
                 Constraint::Fill(1),
             ],
         )
-        .header(header(&["output", "bus", "published", "dropped", "queue", "drops by reason"]))
+        .header(header(&[
+            "output",
+            "bus",
+            "published",
+            "dropped",
+            "queue",
+            "drops by reason",
+        ]))
         .block(Block::bordered().title(format!("Broker outputs ({})", b.url))),
         outs,
     );
@@ -676,7 +740,10 @@ fn help(f: &mut Frame, area: Rect) {
         height: h,
     };
     f.render_widget(Clear, r);
-    f.render_widget(Paragraph::new(lines).block(Block::bordered().title("Keys")), r);
+    f.render_widget(
+        Paragraph::new(lines).block(Block::bordered().title("Keys")),
+        r,
+    );
 }
 
 #[cfg(test)]
@@ -729,16 +796,70 @@ mod tests {
         };
         let ms = 1_000_000u64;
         for i in 0..20u16 {
-            feed(event("CLIENT_QUERY", "ns1", "www.example.com", "A", "NOERROR", "192.0.2.7", i, 1_000 * ms, None));
-            feed(event("CLIENT_RESPONSE", "ns1", "www.example.com", "A", "NOERROR", "192.0.2.7", i, 1_003 * ms, None));
+            feed(event(
+                "CLIENT_QUERY",
+                "ns1",
+                "www.example.com",
+                "A",
+                "NOERROR",
+                "192.0.2.7",
+                i,
+                1_000 * ms,
+                None,
+            ));
+            feed(event(
+                "CLIENT_RESPONSE",
+                "ns1",
+                "www.example.com",
+                "A",
+                "NOERROR",
+                "192.0.2.7",
+                i,
+                1_003 * ms,
+                None,
+            ));
         }
         for i in 0..10u16 {
-            let (q, rc) = if i < 2 { ("nope.example.com", "NXDOMAIN") } else { ("api.example.net", "NOERROR") };
-            feed(event("CLIENT_QUERY", "ns1", q, "AAAA", "NOERROR", "198.51.100.3", 100 + i, 1_000 * ms, None));
-            feed(event("CLIENT_RESPONSE", "ns1", q, "AAAA", rc, "198.51.100.3", 100 + i, 1_001 * ms, None));
+            let (q, rc) = if i < 2 {
+                ("nope.example.com", "NXDOMAIN")
+            } else {
+                ("api.example.net", "NOERROR")
+            };
+            feed(event(
+                "CLIENT_QUERY",
+                "ns1",
+                q,
+                "AAAA",
+                "NOERROR",
+                "198.51.100.3",
+                100 + i,
+                1_000 * ms,
+                None,
+            ));
+            feed(event(
+                "CLIENT_RESPONSE",
+                "ns1",
+                q,
+                "AAAA",
+                rc,
+                "198.51.100.3",
+                100 + i,
+                1_001 * ms,
+                None,
+            ));
         }
         for i in 0..5u16 {
-            feed(event("CLIENT_RESPONSE", "ns2", "mail.example.org", "MX", "SERVFAIL", "2001:db8::5", i, 1_000 * ms, Some(0.25)));
+            feed(event(
+                "CLIENT_RESPONSE",
+                "ns2",
+                "mail.example.org",
+                "MX",
+                "SERVFAIL",
+                "2001:db8::5",
+                i,
+                1_000 * ms,
+                Some(0.25),
+            ));
         }
         s
     }
@@ -752,7 +873,11 @@ mod tests {
     }
 
     fn key(app: &mut App, code: KeyCode, s: &Stats) {
-        app.key(KeyEvent::new(code, KeyModifiers::NONE), &s.identities(), &s.operations());
+        app.key(
+            KeyEvent::new(code, KeyModifiers::NONE),
+            &s.identities(),
+            &s.operations(),
+        );
     }
 
     #[test]
@@ -762,20 +887,37 @@ mod tests {
         let snap = s.snapshot(1_500, 100);
         let app = App::default();
         let sc = screen(&app, &snap, &status(), 80, 24);
-        assert!(sc[0].starts_with("tapbus-top 1:Overview 2:Qnames"), "{}", sc[0]);
+        assert!(
+            sc[0].starts_with("tapbus-top 1:Overview 2:Qnames"),
+            "{}",
+            sc[0]
+        );
         assert!(has(&sc, "7:Broker"), "every view is named in 80 columns");
         // 35 exchanges in 2 s; 2 NXDOMAIN and 5 SERVFAIL of 35 responses.
-        assert!(sc[1].starts_with("q/s 17.5  ev/s 32.5  NXDOMAIN 5.7%  SERVFAIL 14.3%"), "{}", sc[1]);
+        assert!(
+            sc[1].starts_with("q/s 17.5  ev/s 32.5  NXDOMAIN 5.7%  SERVFAIL 14.3%"),
+            "{}",
+            sc[1]
+        );
         let ns1 = row_of(&sc, "ns1");
-        assert!(ns1.contains("30") && ns1.contains("85.7%") && ns1.contains("15.0"), "{ns1}");
+        assert!(
+            ns1.contains("30") && ns1.contains("85.7%") && ns1.contains("15.0"),
+            "{ns1}"
+        );
         let ns2 = row_of(&sc, "ns2 ");
-        assert!(ns2.contains("5") && ns2.contains("14.3%") && ns2.contains("2.5"), "{ns2}");
+        assert!(
+            ns2.contains("5") && ns2.contains("14.3%") && ns2.contains("2.5"),
+            "{ns2}"
+        );
         assert!(row_of(&sc, "CLIENT_RESPONSE").contains("35"));
         assert!(row_of(&sc, "CLIENT_QUERY").contains("30"));
         assert!(row_of(&sc, "NOERROR").contains("28"));
         assert!(has(&sc, "transport UDP 100%"));
         let last = &sc[23];
-        assert!(last.starts_with("nats://127.0.0.1:4222 up | 32.5 ev/s | events 65 | bad 0"), "{last}");
+        assert!(
+            last.starts_with("nats://127.0.0.1:4222 up | 32.5 ev/s | events 65 | bad 0"),
+            "{last}"
+        );
         assert!(last.contains("q:quit"));
     }
 
@@ -788,7 +930,10 @@ mod tests {
         assert_eq!(app.current(), View::Qnames);
         let sc = screen(&app, &snap, &status(), 80, 24);
         let first = row_of(&sc, "www.example.com");
-        assert!(first.starts_with("│1 ") && first.contains("20") && first.contains("57.1%"), "{first}");
+        assert!(
+            first.starts_with("│1 ") && first.contains("20") && first.contains("57.1%"),
+            "{first}"
+        );
         assert!(row_of(&sc, "api.example.net").contains("8"));
         assert!(has(&sc, "Top qnames (4 shown, 0 evicted"));
         key(&mut app, KeyCode::Tab, &s);
@@ -809,7 +954,10 @@ mod tests {
         let sc = screen(&app, &snap, &status(), 80, 24);
         // served: 20 x 3 ms, 10 x 1 ms, 5 x 250 ms.
         let row = row_of(&sc, "served all");
-        assert!(row.contains("35") && row.contains("3.0ms") && row.contains("250.0ms"), "{row}");
+        assert!(
+            row.contains("35") && row.contains("3.0ms") && row.contains("250.0ms"),
+            "{row}"
+        );
         assert!(has(&sc, "event 5, matched 30, none 0"));
         assert!(row_of(&sc, "INET6").contains("14.3%"));
         key(&mut app, KeyCode::Char('7'), &s);
@@ -858,7 +1006,11 @@ mod tests {
         key(&mut app, KeyCode::Char('x'), &s);
         key(&mut app, KeyCode::Backspace, &s);
         let sc = screen(&app, &s.snapshot(1_500, 100), &status(), 80, 24);
-        assert!(sc[23].contains("qname contains:") && sc[23].contains("NOPE_"), "{}", sc[23]);
+        assert!(
+            sc[23].contains("qname contains:") && sc[23].contains("NOPE_"),
+            "{}",
+            sc[23]
+        );
         key(&mut app, KeyCode::Char('q'), &s);
         assert!(!app.quit, "q is text while typing");
         key(&mut app, KeyCode::Backspace, &s);
@@ -867,8 +1019,28 @@ mod tests {
         // The binary hands the filter to the model, which counts only what matches.
         let mut s2 = Stats::new(0);
         s2.set_filter(app.filter.clone(), 0);
-        let json = event("CLIENT_QUERY", "ns1", "nope.example.com", "A", "NOERROR", "192.0.2.1", 1, 1, None);
-        let other = event("CLIENT_QUERY", "ns1", "www.example.com", "A", "NOERROR", "192.0.2.1", 2, 1, None);
+        let json = event(
+            "CLIENT_QUERY",
+            "ns1",
+            "nope.example.com",
+            "A",
+            "NOERROR",
+            "192.0.2.1",
+            1,
+            1,
+            None,
+        );
+        let other = event(
+            "CLIENT_QUERY",
+            "ns1",
+            "www.example.com",
+            "A",
+            "NOERROR",
+            "192.0.2.1",
+            2,
+            1,
+            None,
+        );
         for j in [&json, &other, &json] {
             s2.record(&EventView::parse(j.as_bytes()).expect("event"), 500);
         }
@@ -886,7 +1058,17 @@ mod tests {
         for i in 0..40u16 {
             let q = format!("host{i:02}.example.com");
             for _ in 0..=(40 - i) {
-                let j = event("CLIENT_QUERY", "ns1", &q, "A", "NOERROR", "192.0.2.1", i, 1, None);
+                let j = event(
+                    "CLIENT_QUERY",
+                    "ns1",
+                    &q,
+                    "A",
+                    "NOERROR",
+                    "192.0.2.1",
+                    i,
+                    1,
+                    None,
+                );
                 s.record(&EventView::parse(j.as_bytes()).expect("event"), 100);
             }
         }
@@ -918,8 +1100,14 @@ mod tests {
             let unix = row_of(&sc, "unix");
             assert!(unix.contains("1500") && unix.contains("1499"), "{unix}");
             let nats = row_of(&sc, "nats ");
-            assert!(nats.contains("DOWN") && nats.contains("1400") && nats.contains("99"), "{nats}");
-            assert!(nats.contains("12/16384") && nats.contains("queue_full=90"), "{nats}");
+            assert!(
+                nats.contains("DOWN") && nats.contains("1400") && nats.contains("99"),
+                "{nats}"
+            );
+            assert!(
+                nats.contains("12/16384") && nats.contains("queue_full=90"),
+                "{nats}"
+            );
             assert!(row_of(&sc, "stdout").contains(" up "));
         }
         st.broker = Some(BrokerStatus {

@@ -26,7 +26,10 @@ fn broker_bin() -> PathBuf {
 fn publish(nats_url: &str) {
     let file = testdata::path(CAPTURE);
     let st = Command::new(broker_bin())
-        .env("TAPBUS_INPUTS__FILE__URL", format!("file://{}", file.display()))
+        .env(
+            "TAPBUS_INPUTS__FILE__URL",
+            format!("file://{}", file.display()),
+        )
         .env("TAPBUS_METRICS_LISTEN", "")
         .env("TAPBUS_OUTPUTS__BUS__URL", nats_url)
         .stdout(Stdio::null())
@@ -65,9 +68,17 @@ fn assert_capture_numbers(text: &str) {
             .unwrap_or_else(|| panic!("{want:?} not shown:\n{text}"))
             .to_string()
     };
-    assert!(line("events 1757 ").contains("bad 1"), "{}", line("events 1757 "));
+    assert!(
+        line("events 1757 ").contains("bad 1"),
+        "{}",
+        line("events 1757 ")
+    );
     assert!(line("unbound-resolver").contains("100.0%"));
-    assert!(line("CLIENT_QUERY").contains(" 609 "), "{}", line("CLIENT_QUERY"));
+    assert!(
+        line("CLIENT_QUERY").contains(" 609 "),
+        "{}",
+        line("CLIENT_QUERY")
+    );
     assert!(line("CLIENT_RESPONSE").contains(" 606 "));
     assert!(line("RESOLVER_QUERY").contains(" 263 "));
     assert!(line("NOERROR").contains(" 716 "), "{}", line("NOERROR"));
@@ -102,7 +113,14 @@ fn once_prints_every_view_of_a_capture() {
     assert_eq!(text.lines().count(), 7 * 24);
     assert!(text.lines().all(|l| l.chars().count() <= 80));
     assert_capture_numbers(&text);
-    for title in ["Top qnames", "Top clients", "Top registered domains", "Qtypes", "Latency", "Broker"] {
+    for title in [
+        "Top qnames",
+        "Top clients",
+        "Top registered domains",
+        "Qtypes",
+        "Latency",
+        "Broker",
+    ] {
         assert!(text.contains(title), "{title} missing");
     }
 }
@@ -128,7 +146,17 @@ impl Tmux {
         };
         let st = t
             .cmd()
-            .args(["new-session", "-d", "-x", "80", "-y", "24", "-s", "top", shell_cmd])
+            .args([
+                "new-session",
+                "-d",
+                "-x",
+                "80",
+                "-y",
+                "24",
+                "-s",
+                "top",
+                shell_cmd,
+            ])
             .env("TERM", "xterm-256color")
             .status()
             .expect("tmux new-session");
@@ -199,9 +227,13 @@ fn live_under_tmux_80x24() {
         log.display()
     );
     let tmux = Tmux::start(&shell);
-    let first = tmux.wait_for("the overview", |s| s.contains("1:Overview") && s.contains(" up |"));
+    let first = tmux.wait_for("the overview", |s| {
+        s.contains("1:Overview") && s.contains(" up |")
+    });
     assert!(first.lines().all(|l| l.chars().count() <= 80));
-    wait_until("subscribed", Duration::from_secs(20), || read(&log).contains("subscribed"));
+    wait_until("subscribed", Duration::from_secs(20), || {
+        read(&log).contains("subscribed")
+    });
     publish_garbage(nats.url());
     publish(nats.url());
     let shown = tmux.wait_for("every event counted", |s| s.contains("events 1757 "));
@@ -225,11 +257,20 @@ fn live_under_tmux_80x24() {
         s.contains("filter: qname~no-such") && s.contains("Servers (")
     });
     assert!(f.contains("Servers (0)"), "{f}");
-    assert!(f.contains("events 1757 "), "the status line counts everything: {f}");
+    assert!(
+        f.contains("events 1757 "),
+        "the status line counts everything: {f}"
+    );
     // q quits; the shell behind it is back, in canonical mode, off the alternate screen.
     tmux.keys("q");
     let end = tmux.wait_for("the exit and the tty mode", |s| s.contains("MODE:"));
     assert!(end.contains("EXITED:0"), "{end}");
-    assert!(end.contains("MODE:icanon"), "terminal left in raw mode:\n{end}");
-    assert!(!end.contains("1:Overview"), "the alternate screen was not left:\n{end}");
+    assert!(
+        end.contains("MODE:icanon"),
+        "terminal left in raw mode:\n{end}"
+    );
+    assert!(
+        !end.contains("1:Overview"),
+        "the alternate screen was not left:\n{end}"
+    );
 }
