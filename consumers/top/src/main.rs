@@ -237,16 +237,24 @@ fn start_background(
     std::thread::Builder::new()
         .name("bus".into())
         .spawn(move || {
-            rt.block_on(async move {
-                if let Some(url) = broker {
-                    tokio::spawn(scrape(url, shared.clone(), stop.clone()));
-                }
-                tokio::spawn(signals(stop.clone()));
-                tokio::select! {
-                    _ = read(spec, shared, clock) => {}
-                    _ = stopped(&stop) => {}
-                }
+            let body = std::panic::AssertUnwindSafe(|| {
+                rt.block_on(async {
+                    if let Some(url) = broker {
+                        tokio::spawn(scrape(url, shared.clone(), stop.clone()));
+                    }
+                    tokio::spawn(signals(stop.clone()));
+                    tokio::select! {
+                        _ = read(spec, shared.clone(), clock) => {}
+                        _ = stopped(&stop) => {}
+                    }
+                })
             });
+            if std::panic::catch_unwind(body).is_err() {
+                // A bug in the reader: say so and end the program (the panic hook has
+                // restored the terminal already).
+                lock(&shared).conn = Conn::Ended("internal error in the bus reader".into());
+                stop.store(true, Ordering::SeqCst);
+            }
             let _ = done_tx.send(());
         })?;
     Ok(done_rx)
