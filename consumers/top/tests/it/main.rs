@@ -39,6 +39,27 @@ fn publish(nats_url: &str) {
     assert!(st.success(), "broker exited with {st}");
 }
 
+/// The broker replaying the capture onto `nats_url` and staying up (a TCP input keeps it
+/// running) with its /metrics on `metrics_port`.
+fn broker_running(nats_url: &str, metrics_port: u16) -> Proc {
+    let file = testdata::path(CAPTURE);
+    Proc::spawn(
+        Command::new(broker_bin())
+            .env(
+                "TAPBUS_INPUTS__FILE__URL",
+                format!("file://{}", file.display()),
+            )
+            .env(
+                "TAPBUS_INPUTS__TCP__URL",
+                format!("tcp://127.0.0.1:{}", free_port()),
+            )
+            .env("TAPBUS_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
+            .env("TAPBUS_OUTPUTS__BUS__URL", nats_url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+}
+
 /// One message that is not an event, on the subject tapbus-top reads.
 fn publish_garbage(nats_url: &str) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -217,10 +238,11 @@ fn live_under_tmux_80x24() {
     let nats = Nats::start();
     let d = tempfile::tempdir().expect("tempdir");
     let log = d.path().join("top.log");
-    let dead_metrics = format!("http://127.0.0.1:{}/metrics", free_port());
+    let metrics_port = free_port();
+    let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
     // After tapbus-top: its exit code, and whether the tty is back in canonical mode.
     let shell = format!(
-        "TAPBUS_LOG=info {} --input {} --refresh 200ms --broker-metrics {dead_metrics} --log-file {}; \
+        "TAPBUS_LOG=info {} --input {} --refresh 200ms --broker-metrics {metrics} --log-file {}; \
          echo EXITED:$?; stty -a | tr ' ' '\\n' | grep -x -- '-*icanon' | sed 's/^/MODE:/'; sleep 60",
         top_bin().display(),
         nats.url(),
@@ -234,9 +256,15 @@ fn live_under_tmux_80x24() {
     wait_until("subscribed", Duration::from_secs(20), || {
         read(&log).contains("subscribed")
     });
+    // The broker is not up yet: its view says so.
+    tmux.keys("7");
+    tmux.wait_for("a failed scrape", |s| s.contains("scrape failed"));
+    tmux.keys("1");
     publish_garbage(nats.url());
-    publish(nats.url());
-    let shown = tmux.wait_for("every event counted", |s| s.contains("events 1757 "));
+    let _broker = broker_running(nats.url(), metrics_port);
+    let shown = tmux.wait_for("every event counted", |s| {
+        s.contains("events 1757 ") && s.contains("Servers (")
+    });
     assert_capture_numbers(&shown);
     // Views by key.
     tmux.keys("2");
@@ -244,8 +272,17 @@ fn live_under_tmux_80x24() {
     assert!(q.contains("#    name"), "{q}");
     tmux.keys("5");
     tmux.wait_for("the rcode/qtype view", |s| s.contains("Qtypes ("));
+    // The broker's own numbers: the capture read from the file input and confirmed by NATS.
     tmux.keys("7");
-    tmux.wait_for("the broker view", |s| s.contains("scrape failed"));
+    let b = tmux.wait_for("the broker's counters", |s| {
+        s.lines()
+            .any(|l| l.starts_with("│bus ") && l.contains(" up ") && l.contains(" 1757 "))
+    });
+    let file_row = b
+        .lines()
+        .find(|l| l.starts_with("│file "))
+        .unwrap_or_else(|| panic!("no file input row:\n{b}"));
+    assert!(file_row.contains(" 1757 "), "{file_row}");
     // A filter typed after '/': no event matches, the tables start afresh.
     tmux.keys("/");
     tmux.wait_for("the filter prompt", |s| s.contains("qname contains:"));
