@@ -621,6 +621,9 @@ pub struct Snapshot {
     /// Messages that were not tapbus events.
     pub bad: u64,
     pub filter: Filter,
+    /// Filtered: events and exchanges per second since the filter was set (at least 1 s).
+    pub events_avg: f64,
+    pub queries_avg: f64,
     /// Filtered: events, exchanges (queries), responses; totals and rates.
     pub events: (u64, f64),
     pub queries: (u64, f64),
@@ -768,6 +771,7 @@ impl Stats {
         let c = Clock::at(self.agg.start_ms, now_ms);
         let a = &self.agg;
         let avg = |(sum, n): (u64, u64)| if n == 0 { 0.0 } else { sum as f64 / n as f64 };
+        let age = (now_ms.saturating_sub(a.start_ms) as f64 / 1000.0).max(1.0);
         Snapshot {
             uptime_s: now_ms.saturating_sub(self.start_ms) / 1000,
             since_s: now_ms.saturating_sub(a.start_ms) / 1000,
@@ -775,6 +779,8 @@ impl Stats {
             events_rate: all.per_sec(&self.events),
             bad: self.bad,
             filter: self.filter.clone(),
+            events_avg: a.events.total() as f64 / age,
+            queries_avg: a.exchanges.total() as f64 / age,
             events: (a.events.total(), c.per_sec(&a.events)),
             queries: (a.exchanges.total(), c.per_sec(&a.exchanges)),
             responses: (a.responses.total(), c.per_sec(&a.responses)),
@@ -1124,6 +1130,7 @@ pub(crate) mod tests {
         assert_eq!(snap.events_total, 10);
         assert_eq!(snap.events, (10, 2.0));
         assert_eq!(snap.queries, (6, 6.0 / 5.0));
+        assert_eq!((snap.queries_avg, snap.events_avg), (6.0 / 4.5, 10.0 / 4.5));
         assert_eq!(snap.responses.0, 6);
         let ids: Vec<(&str, u64)> = snap
             .by_identity
@@ -1196,6 +1203,7 @@ pub(crate) mod tests {
         // Later the window empties but the totals stay.
         let later = s.snapshot(60_000, 10);
         assert_eq!(later.events, (10, 0.0));
+        assert_eq!(later.events_avg, 10.0 / 60.0);
         assert_eq!(later.served.window.count, 0);
         assert_eq!(later.served.total.count, 6);
     }

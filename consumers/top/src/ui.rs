@@ -439,9 +439,14 @@ fn overview(f: &mut Frame, area: Rect, s: &Snapshot) {
             pct(share(s.dnssec_ok, s.queries.0)),
             s.since_s
         )),
+        Line::from(format!(
+            "avg since: {} q/s {} ev/s",
+            rate(s.queries_avg),
+            rate(s.events_avg)
+        )),
     ];
     f.render_widget(
-        Paragraph::new(lines).block(Block::bordered().title("Last 10 s")),
+        Paragraph::new(lines).block(Block::bordered().title("Summary (rates: last 10 s)")),
         facts,
     );
 }
@@ -913,6 +918,8 @@ mod tests {
         assert!(row_of(&sc, "CLIENT_QUERY").contains("30"));
         assert!(row_of(&sc, "NOERROR").contains("28"));
         assert!(has(&sc, "transport UDP 100%"));
+        // Since the start (1.5 s, counted as at least 1 s): 35 / 1.5 and 65 / 1.5.
+        assert!(has(&sc, "avg since: 23.3 q/s 43.3 ev/s"));
         let last = &sc[23];
         assert!(
             last.starts_with("nats://127.0.0.1:4222 up | 32.5 ev/s | events 65 | bad 0"),
