@@ -416,7 +416,18 @@ fn interactive(
     status: &dyn Fn(&Shared) -> Status,
 ) -> anyhow::Result<()> {
     // Raw mode, the alternate screen, and a panic hook that restores the terminal.
-    let mut term = ratatui::try_init().context("cannot set up the terminal")?;
+    use std::io::IsTerminal as _;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        anyhow::bail!("standard input and output must be a terminal (use --once N for scripts)");
+    }
+    let mut term = match ratatui::try_init() {
+        Ok(t) => t,
+        Err(e) => {
+            // Undo whatever part of the setup succeeded (raw mode, alternate screen).
+            ratatui::restore();
+            return Err(anyhow::Error::new(e).context("cannot set up the terminal"));
+        }
+    };
     let r = ui_loop(&mut term, cli, deadline, shared, clock, stop, status);
     ratatui::restore();
     r

@@ -311,3 +311,28 @@ fn live_under_tmux_80x24() {
         "the alternate screen was not left:\n{end}"
     );
 }
+
+/// Without a terminal (and without --once) it says so and exits 3, writing no escape
+/// sequences; bad flags exit 2.
+#[test]
+fn no_terminal_and_bad_usage() {
+    let o = Command::new(top_bin())
+        .args(["--input", "nats://127.0.0.1:1"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tapbus-top");
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        o.stdout.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("must be a terminal"), "{err}");
+    let o = Command::new(top_bin())
+        .args(["--broker-metrics", "localhost:9634"])
+        .output()
+        .expect("run tapbus-top");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("broker_metrics"));
+}
