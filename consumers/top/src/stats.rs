@@ -1002,7 +1002,7 @@ pub(crate) mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let key = if x % 3 == 0 {
+            let key = if x.is_multiple_of(3) {
                 format!("h{}", x % 8)
             } else {
                 format!("t{}", x % 5000)
