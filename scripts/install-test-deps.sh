@@ -7,6 +7,7 @@
 #   redis-server the Redis output's integration tests
 #   mosquitto, mosquitto-clients  the MQTT output's integration tests (server, mosquitto_sub)
 #   redis-tools  redis-cli, for examples/shell/redis_sub.sh
+#   tmux         a real terminal for tapbus-top's integration test
 #   python3-venv a venv at target/py-venv with examples/python/requirements.txt (from PyPI),
 #                for the Python subscribers in examples/python that the tests run
 # Nothing is started here; every test starts its own servers on free loopback ports.
@@ -21,6 +22,7 @@ command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
 command -v prometheus >/dev/null 2>&1 || [ -x /usr/bin/prometheus ] || need+=(prometheus)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 # Debian's python3 has no venv/ensurepip without python3-venv.
