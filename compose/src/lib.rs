@@ -173,7 +173,9 @@ impl<'a> Service<'a> {
                         .unwrap_or("tcp")
                         .to_string(),
                 }),
-                other => parse_port(&scalar(other)).ok_or_else(|| self.shape(&format!("port {other}"))),
+                other => {
+                    parse_port(&scalar(other)).ok_or_else(|| self.shape(&format!("port {other}")))
+                }
             })
             .collect()
     }
@@ -301,7 +303,11 @@ services:
         let b = s.iter().find(|s| s.name == "b").expect("b");
         assert_eq!(a.str("image"), Some("app"));
         assert_eq!(a.command(), ["run", "--config", "/etc/app/app.toml"]);
-        assert_eq!(b.command(), ["sh", "-c", "true"], "the service's own key wins");
+        assert_eq!(
+            b.command(),
+            ["sh", "-c", "true"],
+            "the service's own key wins"
+        );
         assert_eq!(
             a.environment(),
             [("A".into(), Some("1".into())), ("B".into(), None)]
@@ -334,7 +340,11 @@ services:
             a.host_path(dir, "/etc/zones/db.test"),
             Some(dir.join("../zones").join("db.test"))
         );
-        assert_eq!(a.host_path(dir, "/etc/zonesx"), None, "prefix on a path boundary");
+        assert_eq!(
+            a.host_path(dir, "/etc/zonesx"),
+            None,
+            "prefix on a path boundary"
+        );
         assert_eq!(a.host_path(dir, "/data/x"), None, "named volume");
     }
 

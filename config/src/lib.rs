@@ -125,12 +125,10 @@ fn name_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Strin
         Name(String),
         Number(u64),
     }
-    Ok(
-        Option::<NameOrNumber>::deserialize(d)?.map(|v| match v {
-            NameOrNumber::Name(s) => s,
-            NameOrNumber::Number(n) => n.to_string(),
-        }),
-    )
+    Ok(Option::<NameOrNumber>::deserialize(d)?.map(|v| match v {
+        NameOrNumber::Name(s) => s,
+        NameOrNumber::Number(n) => n.to_string(),
+    }))
 }
 
 /// One output.

@@ -157,9 +157,7 @@ pub enum SubscribeMode {
 impl std::fmt::Display for SubscribeMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let opt = |k: &str, v: &Option<String>| {
-            v.as_ref()
-                .map(|v| format!(" {k}={v}"))
-                .unwrap_or_default()
+            v.as_ref().map(|v| format!(" {k}={v}")).unwrap_or_default()
         };
         match self {
             SubscribeMode::Nats {

@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use serde_json::Value;
 use tapbus_deploy_tests::{Service, host_port, load, services};
@@ -89,9 +88,8 @@ fn in_net(ip: &str, (net, len): (Ipv4Addr, u8)) -> bool {
 // ------------------------------------------------------------------- schema ----
 
 fn schema() -> jsonschema::Validator {
-    let mut s: Value =
-        serde_json::from_str(&read(&compose_dir().join("schema/compose-spec.json")))
-            .expect("compose-spec.json");
+    let mut s: Value = serde_json::from_str(&read(&compose_dir().join("schema/compose-spec.json")))
+        .expect("compose-spec.json");
     // It names its meta-schema "https://json-schema.org/draft-07/schema", which is not the
     // draft-07 identifier the validator knows (http://...#) and would be fetched: say
     // draft 7 directly instead (the file stays as published).
@@ -160,7 +158,12 @@ fn every_bind_mount_and_build_context_exists() {
                     continue;
                 }
                 let p = compose_dir().join(&m.source);
-                assert!(p.exists(), "{file}: {}: {} does not exist", s.name, m.source);
+                assert!(
+                    p.exists(),
+                    "{file}: {}: {} does not exist",
+                    s.name,
+                    m.source
+                );
                 assert!(
                     m.read_only,
                     "{file}: {}: {} should be mounted read-only",
@@ -169,7 +172,10 @@ fn every_bind_mount_and_build_context_exists() {
             }
             if let Some(b) = s.v.get("build") {
                 let ctx = compose_dir().join(b["context"].as_str().expect("context"));
-                let df = b.get("dockerfile").and_then(Value::as_str).unwrap_or("Dockerfile");
+                let df = b
+                    .get("dockerfile")
+                    .and_then(Value::as_str)
+                    .unwrap_or("Dockerfile");
                 assert!(ctx.join(df).is_file(), "{}: no {}", s.name, df);
             }
         }
@@ -261,13 +267,18 @@ fn coredns_sends_where_the_broker_listens() {
     assert_eq!(host, "broker", "CoreDNS sends to the broker service");
     let (_, url) = broker_input("tcp");
     let (listen, lport) = host_port(&url).expect("tcp input HOST:PORT");
-    assert_eq!(listen, "0.0.0.0", "the broker listens on every interface of its container");
+    assert_eq!(
+        listen, "0.0.0.0",
+        "the broker listens on every interface of its container"
+    );
     assert_eq!(lport, port, "CoreDNS's port is the broker's tcp input");
 
     // CoreDNS forwards to named-caching's static address, port 53.
     let fwd = corefile_directive(&read(&corefile), "forward");
     assert_eq!(fwd[0], ".");
-    let ip = service("named-caching").ipv4("dns").expect("static address");
+    let ip = service("named-caching")
+        .ipv4("dns")
+        .expect("static address");
     assert_eq!(fwd[1..], [format!("{ip}:53")]);
 }
 
@@ -321,7 +332,8 @@ fn named_writes_to_the_socket_the_broker_reads() {
             .filter(|m| !m.bind)
             .find_map(|m| {
                 let rest = path.strip_prefix(&m.target)?;
-                rest.starts_with('/').then(|| (m.source.clone(), rest.to_string()))
+                rest.starts_with('/')
+                    .then(|| (m.source.clone(), rest.to_string()))
             })
             .unwrap_or_else(|| panic!("{}: {path} is not on a volume", s.name))
     };
@@ -363,7 +375,9 @@ fn named_writes_to_the_socket_the_broker_reads() {
 fn the_caching_server_forwards_only_to_the_authoritative_one() {
     let d = main_doc();
     let net = ipv4_network(d, "dns");
-    let auth_ip = service("named-auth").ipv4("dns").expect("named-auth address");
+    let auth_ip = service("named-auth")
+        .ipv4("dns")
+        .expect("named-auth address");
     let conf = read(&compose_dir().join("../named/named.caching.conf"));
     let fwd = named_forwarders(&conf);
     assert!(fwd.len() >= 3, "global and per-zone forwarders: {fwd:?}");
@@ -374,7 +388,10 @@ fn the_caching_server_forwards_only_to_the_authoritative_one() {
     assert!(named_forwarders(&auth).is_empty());
     // The caching server recurses for the compose network (CoreDNS's address).
     let (n, l) = net;
-    assert!(conf.contains(&format!("{n}/{l}")), "allow-recursion covers {n}/{l}");
+    assert!(
+        conf.contains(&format!("{n}/{l}")),
+        "allow-recursion covers {n}/{l}"
+    );
     // Every static address is inside the network, and none is used twice.
     let mut seen = BTreeSet::new();
     for s in services(d).expect("services") {
@@ -390,7 +407,9 @@ fn the_caching_server_forwards_only_to_the_authoritative_one() {
     while let Some(i) = rest.find(" file \"") {
         let f = &rest[i + 7..];
         let path = &f[..f.find('"').expect("quote")];
-        let host = s.host_path(&compose_dir(), path).expect("zone file mounted");
+        let host = s
+            .host_path(&compose_dir(), path)
+            .expect("zone file mounted");
         assert!(host.is_file(), "{path} -> {}", host.display());
         zones += 1;
         rest = f;
@@ -431,7 +450,10 @@ fn every_consumer_reads_what_is_published() {
     // Every bus URL of every tapbus service points at the nats service, port 4222.
     let mut configs = BTreeMap::new();
     for s in services(main_doc()).expect("services") {
-        if s.command().first().is_some_and(|c| c.starts_with("tapbus-")) {
+        if s.command()
+            .first()
+            .is_some_and(|c| c.starts_with("tapbus-"))
+        {
             configs.insert(s.name.to_string(), toml_file(&config_of(&s)));
         }
     }
@@ -458,7 +480,10 @@ fn every_consumer_reads_what_is_published() {
             .split('&')
             .find_map(|kv| kv.strip_prefix("durable="))
             .expect("durable");
-        assert!(durables.insert(durable.to_string()), "{name}: durable {durable} shared");
+        assert!(
+            durables.insert(durable.to_string()),
+            "{name}: durable {durable} shared"
+        );
     }
     // tapbus-mimir reads the batches aggregate publishes (tapbus.metrics.<instance>).
     let instance = tstr(&configs["aggregate"], &["aggregate", "instance"]);
@@ -477,10 +502,22 @@ fn yaml_file(p: &Path) -> Value {
 
 #[test]
 fn the_writers_point_at_loki_and_mimir() {
-    let mimir_yaml = yaml_file(&service("mimir").host_path(&compose_dir(), "/etc/mimir/mimir.yaml").expect("mounted"));
-    let loki_yaml = yaml_file(&service("loki").host_path(&compose_dir(), "/etc/loki/loki.yaml").expect("mounted"));
-    let mimir_port = mimir_yaml["server"]["http_listen_port"].as_u64().expect("mimir port");
-    let loki_port = loki_yaml["server"]["http_listen_port"].as_u64().expect("loki port");
+    let mimir_yaml = yaml_file(
+        &service("mimir")
+            .host_path(&compose_dir(), "/etc/mimir/mimir.yaml")
+            .expect("mounted"),
+    );
+    let loki_yaml = yaml_file(
+        &service("loki")
+            .host_path(&compose_dir(), "/etc/loki/loki.yaml")
+            .expect("mounted"),
+    );
+    let mimir_port = mimir_yaml["server"]["http_listen_port"]
+        .as_u64()
+        .expect("mimir port");
+    let loki_port = loki_yaml["server"]["http_listen_port"]
+        .as_u64()
+        .expect("loki port");
     assert_eq!(mimir_yaml["multitenancy_enabled"], true);
     assert_eq!(loki_yaml["auth_enabled"], true);
 
@@ -509,10 +546,16 @@ fn the_writers_point_at_loki_and_mimir() {
         host_port(rw["url"].as_str().expect("url")),
         Some(("mimir".into(), mimir_port as u16))
     );
-    assert_eq!(rw["headers"]["X-Scope-OrgID"].as_str(), Some(tstr(&m, &["tenant"])));
+    assert_eq!(
+        rw["headers"]["X-Scope-OrgID"].as_str(),
+        Some(tstr(&m, &["tenant"]))
+    );
     let listens = metrics_ports();
     for job in prom["scrape_configs"].as_array().expect("scrape_configs") {
-        for t in job["static_configs"][0]["targets"].as_array().expect("targets") {
+        for t in job["static_configs"][0]["targets"]
+            .as_array()
+            .expect("targets")
+        {
             let (host, port) = host_port(t.as_str().expect("target")).expect("HOST:PORT");
             assert_eq!(
                 listens.get(&host),
@@ -527,7 +570,10 @@ fn the_writers_point_at_loki_and_mimir() {
 fn metrics_ports() -> BTreeMap<String, u16> {
     let mut out = BTreeMap::new();
     for s in services(main_doc()).expect("services") {
-        if s.command().first().is_some_and(|c| c.starts_with("tapbus-")) {
+        if s.command()
+            .first()
+            .is_some_and(|c| c.starts_with("tapbus-"))
+        {
             let t = toml_file(&config_of(&s));
             if let Some(l) = t.get("metrics_listen").and_then(toml::Value::as_str) {
                 let (h, p) = host_port(l).expect("metrics_listen HOST:PORT");
@@ -540,7 +586,9 @@ fn metrics_ports() -> BTreeMap<String, u16> {
     let p = corefile_directive(&corefile, "prometheus");
     out.insert(
         "coredns".into(),
-        p[0].trim_start_matches(':').parse().expect("prometheus :PORT"),
+        p[0].trim_start_matches(':')
+            .parse()
+            .expect("prometheus :PORT"),
     );
     out
 }
@@ -552,8 +600,16 @@ fn published_metrics_ports_are_the_listening_ones() {
         if let Ok(ports) = service(name).ports() {
             for p in ports {
                 if p.target >= 9000 {
-                    assert_eq!(p.target, *port, "{name} publishes {} but listens on {port}", p.target);
-                    assert_eq!(p.host_ip.as_deref(), Some("127.0.0.1"), "{name}: loopback only");
+                    assert_eq!(
+                        p.target, *port,
+                        "{name} publishes {} but listens on {port}",
+                        p.target
+                    );
+                    assert_eq!(
+                        p.host_ip.as_deref(),
+                        Some("127.0.0.1"),
+                        "{name}: loopback only"
+                    );
                 }
             }
         }
@@ -591,14 +647,21 @@ fn grafana_datasources_point_at_loki_and_mimir() {
                 }
                 "prometheus" => {
                     assert_eq!(host_port(url), Some(("mimir".into(), mimir_port)), "{url}");
-                    assert!(url.ends_with("/prometheus"), "Mimir's Prometheus API: {url}");
+                    assert!(
+                        url.ends_with("/prometheus"),
+                        "Mimir's Prometheus API: {url}"
+                    );
                 }
                 _ => continue,
             }
             kinds.insert(kind.to_string());
         }
     }
-    assert_eq!(kinds.len(), 2, "a Loki and a Prometheus (Mimir) datasource: {kinds:?}");
+    assert_eq!(
+        kinds.len(),
+        2,
+        "a Loki and a Prometheus (Mimir) datasource: {kinds:?}"
+    );
 }
 
 // ------------------------------------------------------- the real binaries ----
@@ -650,7 +713,10 @@ fn every_mounted_tapbus_config_loads_with_the_real_binary() {
             continue;
         }
         let Some(r) = check(&s, &[]) else {
-            eprintln!("note: {bin} ({}) is not a package of this workspace yet: its config is checked by the agreement tests only", s.name);
+            eprintln!(
+                "note: {bin} ({}) is not a package of this workspace yet: its config is checked by the agreement tests only",
+                s.name
+            );
             continue;
         };
         assert_eq!(
@@ -662,7 +728,8 @@ fn every_mounted_tapbus_config_loads_with_the_real_binary() {
             r.stderr
         );
         assert!(
-            r.stdout.starts_with(&format!("{bin}: configuration ok: ")) && r.stdout.lines().count() == 1,
+            r.stdout.starts_with(&format!("{bin}: configuration ok: "))
+                && r.stdout.lines().count() == 1,
             "{}: {}",
             s.name,
             r.stdout
@@ -677,7 +744,11 @@ fn every_mounted_tapbus_config_loads_with_the_real_binary() {
             .1
     };
     // What the binaries read from the files is what the agreement tests assume.
-    assert!(line("broker").contains("named=unix:/run/dnstap/dnstap.sock"), "{}", line("broker"));
+    assert!(
+        line("broker").contains("named=unix:/run/dnstap/dnstap.sock"),
+        "{}",
+        line("broker")
+    );
     assert!(line("broker").contains("coredns=tcp:0.0.0.0:6000"));
     assert!(line("broker").contains("nats=nats jetstream stream=DNSTAP"));
     assert!(line("reduce").contains("jetstream stream=DNSTAP durable=reduce"));
@@ -698,25 +769,40 @@ fn every_mounted_tapbus_config_loads_with_the_real_binary() {
         .environment();
     let r = check(&service("broker"), &env).expect("broker");
     assert_eq!(r.code, Some(0), "{}", r.stderr);
-    assert!(r.stdout.contains("coredns=dial+tcp:coredns:6053"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("coredns=dial+tcp:coredns:6053"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
 fn check_refuses_a_bad_config_naming_the_key() {
-    let bad = [("TAPBUS_OUTPUTS__NATS__SUBJECT".to_string(), Some("dnstap.>".to_string()))];
+    let bad = [(
+        "TAPBUS_OUTPUTS__NATS__SUBJECT".to_string(),
+        Some("dnstap.>".to_string()),
+    )];
     let r = check(&service("broker"), &bad).expect("broker");
     assert_eq!(r.code, Some(2), "{}{}", r.stdout, r.stderr);
     assert!(r.stderr.contains("outputs.nats.subject"), "{}", r.stderr);
     assert!(r.stdout.is_empty());
     for (svc, key, val) in [
         ("reduce", "TAPBUS_REDUCE__WINDOW", "0s"),
-        ("aggregate", "TAPBUS_INPUT__URL", "nats://nats:4222?durable=x"),
+        (
+            "aggregate",
+            "TAPBUS_INPUT__URL",
+            "nats://nats:4222?durable=x",
+        ),
         ("tapbus-mimir", "TAPBUS_URL", ""),
         ("tail", "TAPBUS_FILTER", "rcode=NOPE"),
     ] {
         let r = check(&service(svc), &[(key.to_string(), Some(val.to_string()))]).expect(svc);
         assert_eq!(r.code, Some(2), "{svc}: {}{}", r.stdout, r.stderr);
-        assert!(r.stderr.contains("configuration error"), "{svc}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("configuration error"),
+            "{svc}: {}",
+            r.stderr
+        );
     }
 }
 

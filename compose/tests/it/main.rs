@@ -88,6 +88,13 @@ pub fn binaries() -> &'static BTreeMap<String, PathBuf> {
         let target_dir = profile_dir.parent().expect("target dir");
         let mut cmd = Command::new(option_env!("CARGO").unwrap_or("cargo"));
         cmd.arg("build").arg("--target-dir").arg(target_dir);
+        // The variables cargo sets for this test (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...)
+        // are build-script inputs (ring's): inherited, they would make every build dirty.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CARGO_") && k != "CARGO_HOME" {
+                cmd.env_remove(k);
+            }
+        }
         for b in &wanted {
             cmd.args(["-p", b, "--bin", b]);
         }
@@ -102,4 +109,3 @@ pub fn binaries() -> &'static BTreeMap<String, PathBuf> {
             .collect()
     })
 }
-

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use tapbus_testsupport::proc::Proc;
 use tapbus_testsupport::servers::Nats;
-use tapbus_testsupport::{free_ports, http_get, need, wait_until};
+use tapbus_testsupport::{free_ports, http_get, need};
 
 use crate::{binaries, compose_dir, read, root};
 
@@ -107,7 +107,10 @@ fn named_configs_check() {
             .output()
             .expect("named-checkzone");
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && text.contains("OK"), "{zone}: {text}");
+        assert!(
+            out.status.success() && text.contains("OK"),
+            "{zone}: {text}"
+        );
     }
     let out = Command::new("sh")
         .arg("-n")
@@ -149,10 +152,16 @@ async fn named_auth_and_caching_send_dnstap_through_the_broker() {
     broker
         .arg("--config")
         .arg(compose_dir().join("config/broker.toml"))
-        .env("TAPBUS_INPUTS__NAMED__URL", format!("unix://{}", sock.display()))
+        .env(
+            "TAPBUS_INPUTS__NAMED__URL",
+            format!("unix://{}", sock.display()),
+        )
         // The test runs as root; any group will do, and root's always exists.
         .env("TAPBUS_INPUTS__NAMED__SOCKET_GROUP", "0")
-        .env("TAPBUS_INPUTS__COREDNS__URL", format!("tcp://127.0.0.1:{broker_tcp}"))
+        .env(
+            "TAPBUS_INPUTS__COREDNS__URL",
+            format!("tcp://127.0.0.1:{broker_tcp}"),
+        )
         .env("TAPBUS_OUTPUTS__NATS__URL", nats.url())
         // A test server's JetStream has little room; the stream limit is the only change.
         .env("TAPBUS_OUTPUTS__NATS__STREAM_MAX_BYTES", "67108864")
@@ -160,9 +169,15 @@ async fn named_auth_and_caching_send_dnstap_through_the_broker() {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&broker_log).expect("broker log"));
     let _broker = Proc::spawn(&mut broker);
-    wait_until("the broker's socket", Duration::from_secs(20), || {
-        sock.exists()
-    });
+    let t0 = Instant::now();
+    while !sock.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no broker socket\n{}",
+            read(&broker_log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let client = async_nats::connect(nats.url()).await.expect("nats connect");
     let mut sub = client.subscribe("dnstap.>").await.expect("subscribe");
@@ -200,7 +215,12 @@ async fn named_auth_and_caching_send_dnstap_through_the_broker() {
                 .then(|| format!("forwarders {{ 127.0.0.1 port {auth_port}; }};"))
         })
     });
-    assert!(!cache_conf.contains("172.28.53."), "{cache_conf}");
+    assert!(
+        !cache_conf
+            .lines()
+            .any(|l| l.contains("forwarders") && l.contains("172.28.53.")),
+        "{cache_conf}"
+    );
     let cache_file = cache_dir.join("named.conf");
     std::fs::write(&cache_file, &cache_conf).expect("write caching conf");
     let _caching = Proc::spawn(
@@ -282,10 +302,42 @@ async fn named_auth_and_caching_send_dnstap_through_the_broker() {
                     && rcode.is_none_or(|r| e["dns"]["rcode"] == r)
             })
         };
-        has("named-caching", "CLIENT_RESPONSE", "outside.example", Some("SERVFAIL"))
-            && has("named-caching", "CLIENT_RESPONSE", "25.2.0.192.in-addr.arpa", Some("NOERROR"))
-            && has("named-auth", "AUTH_RESPONSE", "sip.tapbus.test", Some("NOERROR"))
-            && has("named-auth", "AUTH_RESPONSE", "outside.example", Some("REFUSED"))
+        has(
+            "named-caching",
+            "CLIENT_RESPONSE",
+            "outside.example",
+            Some("SERVFAIL"),
+        ) && has(
+            "named-caching",
+            "CLIENT_RESPONSE",
+            "25.2.0.192.in-addr.arpa",
+            Some("NOERROR"),
+        ) && has(
+            "named-auth",
+            "AUTH_RESPONSE",
+            "sip.tapbus.test",
+            Some("NOERROR"),
+        ) && (has(
+            "named-auth",
+            "AUTH_RESPONSE",
+            "outside.example",
+            Some("REFUSED"),
+        ) || has(
+            "named-auth",
+            "CLIENT_RESPONSE",
+            "outside.example",
+            Some("REFUSED"),
+        )) && (has(
+            "named-auth",
+            "AUTH_RESPONSE",
+            "nx.tapbus.test",
+            Some("NXDOMAIN"),
+        ) || has(
+            "named-auth",
+            "CLIENT_RESPONSE",
+            "nx.tapbus.test",
+            Some("NXDOMAIN"),
+        ))
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut settle: Option<Instant> = None;
@@ -307,7 +359,25 @@ async fn named_auth_and_caching_send_dnstap_through_the_broker() {
             Err(_) => {}
         }
     }
-    assert!(done(&events), "expected events missing ({} seen)\n{}", events.len(), logs());
+    let seen: Vec<String> = events
+        .iter()
+        .map(|(_, e)| {
+            format!(
+                "{} {} {} {}",
+                e["dnstap"]["identity"],
+                e["dnstap"]["operation"],
+                e["dns"]["qname"],
+                e["dns"]["rcode"]
+            )
+        })
+        .collect();
+    assert!(
+        done(&events),
+        "expected events missing ({} seen)\n{}\n{}",
+        events.len(),
+        seen.join("\n"),
+        logs()
+    );
 
     let count = |id: &str, op: &str, qname: &str| {
         events
@@ -321,8 +391,14 @@ async fn named_auth_and_caching_send_dnstap_through_the_broker() {
     };
     let mut ops: BTreeMap<(String, String), usize> = BTreeMap::new();
     for (subject, e) in &events {
-        let id = e["dnstap"]["identity"].as_str().expect("identity").to_string();
-        let op = e["dnstap"]["operation"].as_str().expect("operation").to_string();
+        let id = e["dnstap"]["identity"]
+            .as_str()
+            .expect("identity")
+            .to_string();
+        let op = e["dnstap"]["operation"]
+            .as_str()
+            .expect("operation")
+            .to_string();
         assert_eq!(
             subject,
             &format!("dnstap.{id}.{}", op.to_lowercase()),
@@ -343,20 +419,40 @@ async fn named_auth_and_caching_send_dnstap_through_the_broker() {
             .map(|(_, o)| o.as_str())
             .collect()
     };
-    assert_eq!(ops_of("named-auth"), ["AUTH_QUERY", "AUTH_RESPONSE"], "{ops:?}");
+    let auth = ops_of("named-auth");
+    assert!(
+        auth.contains(&"AUTH_QUERY") && auth.contains(&"AUTH_RESPONSE"),
+        "{ops:?}"
+    );
+    assert!(
+        auth.iter()
+            .all(|o| o.starts_with("AUTH_") || o.starts_with("CLIENT_")),
+        "{ops:?}"
+    );
     let caching = ops_of("named-caching");
     assert!(
         caching.contains(&"CLIENT_QUERY") && caching.contains(&"CLIENT_RESPONSE"),
         "{ops:?}"
     );
     assert!(
-        caching.iter().any(|o| o.starts_with("FORWARDER_") || o.starts_with("RESOLVER_")),
+        caching
+            .iter()
+            .any(|o| o.starts_with("FORWARDER_") || o.starts_with("RESOLVER_")),
         "the caching server's upstream queries are tapped: {ops:?}"
     );
-    assert!(ops.keys().all(|(i, _)| i == "named-auth" || i == "named-caching"), "{ops:?}");
+    assert!(
+        ops.keys()
+            .all(|(i, _)| i == "named-auth" || i == "named-caching"),
+        "{ops:?}"
+    );
 
     // Exactly one client query and response per dig through the caching server.
-    for q in ["www.tapbus.test", "api.tapbus.test", "nx.tapbus.test", "outside.example"] {
+    for q in [
+        "www.tapbus.test",
+        "api.tapbus.test",
+        "nx.tapbus.test",
+        "outside.example",
+    ] {
         let n = if q == "www.tapbus.test" { 2 } else { 1 };
         assert_eq!(count("named-caching", "CLIENT_QUERY", q), n, "{q}");
         assert_eq!(count("named-caching", "CLIENT_RESPONSE", q), n, "{q}");
@@ -368,7 +464,9 @@ async fn named_auth_and_caching_send_dnstap_through_the_broker() {
         .iter()
         .find(|(_, e)| {
             e["dnstap"]["identity"] == "named-auth"
-                && e["dnstap"]["operation"] == "AUTH_RESPONSE"
+                && e["dnstap"]["operation"]
+                    .as_str()
+                    .is_some_and(|o| o.ends_with("_RESPONSE"))
                 && e["dns"]["qname"] == "nx.tapbus.test"
         })
         .map(|(_, e)| e)
@@ -385,7 +483,10 @@ async fn named_auth_and_caching_send_dnstap_through_the_broker() {
         })
         .map(|(_, e)| e)
         .expect("www at the caching server");
-    assert_eq!(www["dns"]["resource-records"]["an"][0]["rdata"], "192.0.2.10");
+    assert_eq!(
+        www["dns"]["resource-records"]["an"][0]["rdata"],
+        "192.0.2.10"
+    );
     assert_eq!(www["network"]["response-port"], cache_port);
     assert!(
         www["dnstap"]["peer-name"]

@@ -196,7 +196,10 @@ fn main() -> ExitCode {
                 "input {}, {}, instance {}, metrics_listen {}",
                 s.input.mode,
                 match s.output {
-                    Some(_) => format!("batches to tapbus.metrics.{} every {:?}", s.instance, s.interval),
+                    Some(_) => format!(
+                        "batches to tapbus.metrics.{} every {:?}",
+                        s.instance, s.interval
+                    ),
                     None => "no output (scrape only)".into(),
                 },
                 s.instance,

@@ -158,7 +158,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.check {
         return tapbus_consumer::check(PROGRAM, settings(&cli), |s| {
-            let subjects: Vec<&str> = s.reduce.reductions.iter().map(|r| r.subject.as_str()).collect();
+            let subjects: Vec<&str> = s
+                .reduce
+                .reductions
+                .iter()
+                .map(|r| r.subject.as_str())
+                .collect();
             format!(
                 "input {}, records to {}, metrics_listen {}",
                 s.input.mode,
