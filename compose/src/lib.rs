@@ -198,7 +198,7 @@ impl<'a> Service<'a> {
             .filter(|m| m.bind)
             .filter_map(|m| {
                 let rest = container_path.strip_prefix(m.target.trim_end_matches('/'))?;
-                (rest.is_empty() || rest.starts_with('/')).then(|| (m, rest))
+                (rest.is_empty() || rest.starts_with('/')).then_some((m, rest))
             })
             .max_by_key(|(m, _)| m.target.len())
             .map(|(m, rest)| {
