@@ -3,6 +3,8 @@
 #   nats-server  the bus the integration tests publish to
 #   fstrm-bin    fstrm_replay / fstrm_capture, real Frame Streams senders and readers
 #   unbound      a real DNS server writing dnstap in the integration tests
+#   bind9        BIND named, run with named/'s authoritative and caching configs by
+#                compose/tests (deploy tests)
 #   bind9-dnsutils  dig, to send it queries
 #   redis-server the Redis output's integration tests
 #   mosquitto, mosquitto-clients  the MQTT output's integration tests (server, mosquitto_sub)
@@ -17,6 +19,7 @@ need=()
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 command -v fstrm_replay >/dev/null 2>&1 || need+=(fstrm-bin)
 command -v unbound >/dev/null 2>&1 || [ -x /usr/sbin/unbound ] || need+=(unbound)
+command -v named >/dev/null 2>&1 || [ -x /usr/sbin/named ] || need+=(bind9)
 command -v dig >/dev/null 2>&1 || need+=(bind9-dnsutils)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
@@ -61,6 +64,10 @@ $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # Debian starts unbound as a service on install; the tests start their own on free ports.
 if [[ " ${need[*]} " == *" unbound "* ]] && command -v systemctl >/dev/null 2>&1; then
   $SUDO systemctl disable --now unbound >/dev/null 2>&1 || true
+fi
+# The same for BIND (Debian's service is named).
+if [[ " ${need[*]} " == *" bind9 "* ]] && command -v systemctl >/dev/null 2>&1; then
+  $SUDO systemctl disable --now named >/dev/null 2>&1 || true
 fi
 if [[ " ${need[*]} " == *" redis-server "* ]] && command -v systemctl >/dev/null 2>&1; then
   $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true

@@ -30,6 +30,10 @@ struct Cli {
     /// Address for /metrics and /health ("" disables).
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_listen: Option<String>,
+    /// Load and validate the configuration, print a one-line summary and exit (0 valid,
+    /// 2 invalid, naming the key); opens no socket.
+    #[arg(long)]
+    check: bool,
     /// Log format on standard error.
     #[arg(long, env = "TAPBUS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -45,6 +49,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli.check {
+        println!("tapbus-broker: configuration ok: {}", summary(&settings));
+        return ExitCode::SUCCESS;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -93,6 +101,48 @@ fn load(cli: &Cli) -> anyhow::Result<tapbus_config::BrokerSettings> {
         cfg.metrics_listen = m.clone();
     }
     cfg.validate().context("invalid configuration")
+}
+
+/// `--check`'s line: the inputs and outputs by name and kind, and the metrics address.
+fn summary(s: &tapbus_config::BrokerSettings) -> String {
+    use tapbus_config::{InputSpec, OutputKind};
+    let inputs: Vec<String> = s
+        .inputs
+        .iter()
+        .map(|i| {
+            let what = match &i.spec {
+                InputSpec::Unix { path, .. } => format!("unix:{}", path.display()),
+                InputSpec::Tcp { addr } => format!("tcp:{addr}"),
+                InputSpec::Tls { addr, .. } => format!("tls:{addr}"),
+                InputSpec::DialTcp { addr, .. } => format!("dial+tcp:{addr}"),
+                InputSpec::DialUnix { path, .. } => format!("dial+unix:{}", path.display()),
+                InputSpec::File { path } => format!("file:{}", path.display()),
+            };
+            format!("{}={what}", i.name)
+        })
+        .collect();
+    let outputs: Vec<String> = s
+        .outputs
+        .iter()
+        .map(|o| {
+            let what = match &o.kind {
+                OutputKind::Nats(n) => match &n.jetstream {
+                    Some(js) => format!("nats jetstream stream={}", js.stream),
+                    None => "nats".into(),
+                },
+                OutputKind::Mqtt(_) => "mqtt".into(),
+                OutputKind::Redis(_) => "redis".into(),
+                OutputKind::Stdout => "stdout".into(),
+            };
+            format!("{}={what}", o.name)
+        })
+        .collect();
+    format!(
+        "inputs {}; outputs {}; metrics_listen {}",
+        inputs.join(" "),
+        outputs.join(" "),
+        s.metrics_listen.map_or("off".into(), |a| a.to_string())
+    )
 }
 
 fn init_logging(format: &str) {

@@ -99,6 +99,9 @@ pub struct InputConfig {
     /// unix: permission bits of the socket file, octal (default "0660").
     pub socket_mode: Option<String>,
     /// unix: group owning the socket file, by name or number (e.g. "bind", "unbound").
+    /// A number is taken as well as a string (`TAPBUS_INPUTS__X__SOCKET_GROUP=10053`
+    /// arrives as an integer).
+    #[serde(deserialize_with = "name_or_number")]
     pub socket_group: Option<String>,
     /// tls: PEM certificate chain.
     pub tls_cert: Option<PathBuf>,
@@ -112,6 +115,20 @@ pub struct InputConfig {
     /// dial: longest reconnect delay (default 10s).
     #[serde(with = "humantime_serde")]
     pub reconnect_max: Option<Duration>,
+}
+
+/// A name, or a number kept as its decimal text (a group id).
+fn name_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NameOrNumber {
+        Name(String),
+        Number(u64),
+    }
+    Ok(Option::<NameOrNumber>::deserialize(d)?.map(|v| match v {
+        NameOrNumber::Name(s) => s,
+        NameOrNumber::Number(n) => n.to_string(),
+    }))
 }
 
 /// One output.
@@ -888,6 +905,28 @@ mod tests {
             let s = c.validate().map_err(|e| e.to_string())?;
             assert!(!s.inputs.is_empty());
             assert!(!s.outputs.is_empty());
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn a_numeric_socket_group_from_the_environment_or_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "b.toml",
+                "[inputs.a]\nurl = \"unix:///run/a.sock\"\nsocket_group = 10053\n",
+            )?;
+            let get = || -> Result<Option<String>, figment::Error> {
+                let c: BrokerConfig = load(Some(Path::new("b.toml")), BrokerConfig::default())
+                    .map_err(|e| e.to_string())?;
+                Ok(c.inputs["a"].socket_group.clone())
+            };
+            assert_eq!(get()?.as_deref(), Some("10053"));
+            jail.set_env("TAPBUS_INPUTS__A__SOCKET_GROUP", "10054");
+            assert_eq!(get()?.as_deref(), Some("10054"));
+            jail.set_env("TAPBUS_INPUTS__A__SOCKET_GROUP", "bind");
+            assert_eq!(get()?.as_deref(), Some("bind"));
             Ok(())
         });
     }

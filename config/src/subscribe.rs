@@ -177,6 +177,40 @@ pub enum SubscribeMode {
     },
 }
 
+/// The mode in a few words, for `--check` summaries and logs: `jetstream stream=DNSTAP
+/// durable=reduce`, `nats subject=tapbus.metrics.>`.
+impl std::fmt::Display for SubscribeMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let opt = |k: &str, v: &Option<String>| {
+            v.as_ref().map(|v| format!(" {k}={v}")).unwrap_or_default()
+        };
+        match self {
+            SubscribeMode::Nats {
+                subject,
+                queue_group,
+            } => write!(f, "nats subject={subject}{}", opt("queue", queue_group)),
+            SubscribeMode::JetStream {
+                stream,
+                durable,
+                filter_subject,
+                ..
+            } => write!(
+                f,
+                "jetstream stream={stream}{}{}",
+                opt("durable", durable),
+                opt("filter", filter_subject)
+            ),
+            SubscribeMode::Mqtt {
+                topic, share, qos, ..
+            } => write!(f, "mqtt topic={topic} qos={qos}{}", opt("share", share)),
+            SubscribeMode::RedisPubsub { pattern } => write!(f, "redis pattern={pattern}"),
+            SubscribeMode::RedisStream { key, group, .. } => {
+                write!(f, "redis stream={key} group={group}")
+            }
+        }
+    }
+}
+
 impl SubscribeMode {
     /// The at-least-once modes, where an ack means something.
     pub fn acknowledged(&self) -> bool {

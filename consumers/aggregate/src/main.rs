@@ -55,6 +55,10 @@ struct Cli {
     /// The `instance` label of every series (default: the host name).
     #[arg(long, value_name = "NAME")]
     instance: Option<String>,
+    /// Load and validate the configuration, print a one-line summary and exit (0 valid,
+    /// 2 invalid, naming the key); starts nothing.
+    #[arg(long)]
+    check: bool,
     /// Log format on standard error.
     #[arg(long, env = "TAPBUS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -190,6 +194,23 @@ struct Shared {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.check {
+        return tapbus_consumer::check(PROGRAM, settings(&cli), |s| {
+            format!(
+                "input {}, {}, instance {}, metrics_listen {}",
+                s.input.mode,
+                match s.output {
+                    Some(_) => format!(
+                        "batches to tapbus.metrics.{} every {:?}",
+                        s.instance, s.interval
+                    ),
+                    None => "no output (scrape only)".into(),
+                },
+                s.instance,
+                s.listen.map_or("off".into(), |a| a.to_string()),
+            )
+        });
+    }
     init_logging(&cli.log_format);
     tapbus_consumer::main(PROGRAM, settings(&cli), run)
 }

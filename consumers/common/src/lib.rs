@@ -221,6 +221,27 @@ where
     }
 }
 
+/// The body of a consumer's `main` under `--check`: loads and validates the configuration
+/// like [`main`] but starts nothing. Valid: prints `{program}: configuration ok: {summary}`
+/// on one line and exits 0; invalid: exits 2 with the message naming the key.
+pub fn check<S>(
+    program: &str,
+    settings: Result<S, impl std::fmt::Display>,
+    summary: impl FnOnce(&S) -> String,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    match settings {
+        Ok(s) => {
+            println!("{program}: configuration ok: {}", summary(&s));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{program}: configuration error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// Acks a delivery, counting the ack or its failure (logged once).
 pub async fn ack(d: Delivery, own: &Own) {
     match d.ack().await {

@@ -43,6 +43,10 @@ struct Cli {
     /// Address for /metrics and /health; "" disables.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Load and validate the configuration, print a one-line summary and exit (0 valid,
+    /// 2 invalid, naming the key); starts nothing.
+    #[arg(long)]
+    check: bool,
     /// Log format on standard error.
     #[arg(long, env = "TAPBUS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -145,6 +149,17 @@ fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.check {
+        return tapbus_consumer::check(PROGRAM, settings(&cli), |s| {
+            format!(
+                "input {}, url {}, tenant {:?}, metrics_listen {}",
+                s.input.mode,
+                s.url,
+                s.cfg.tenant,
+                s.listen.map_or("off".into(), |a| a.to_string()),
+            )
+        });
+    }
     init_logging(&cli.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
     tapbus_consumer::main(PROGRAM, settings(&cli), run)

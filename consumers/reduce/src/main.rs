@@ -52,6 +52,10 @@ struct Cli {
     /// Address for /metrics and /health; "" disables.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Load and validate the configuration, print a one-line summary and exit (0 valid,
+    /// 2 invalid, naming the key); starts nothing.
+    #[arg(long)]
+    check: bool,
     /// Log format on standard error.
     #[arg(long, env = "TAPBUS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -161,6 +165,22 @@ fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.check {
+        return tapbus_consumer::check(PROGRAM, settings(&cli), |s| {
+            let subjects: Vec<&str> = s
+                .reduce
+                .reductions
+                .iter()
+                .map(|r| r.subject.as_str())
+                .collect();
+            format!(
+                "input {}, records to {}, metrics_listen {}",
+                s.input.mode,
+                subjects.join(" "),
+                s.listen.map_or("off".into(), |a| a.to_string()),
+            )
+        });
+    }
     init_logging(&cli.log_format);
     tapbus_consumer::main(PROGRAM, settings(&cli), run)
 }

@@ -54,6 +54,10 @@ struct Cli {
     /// Exit after this long (e.g. 10s, 2m); with --count, exit 1 if fewer were printed.
     #[arg(short, long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
+    /// Load and validate the configuration, print a one-line summary and exit (0 valid,
+    /// 2 invalid, naming the key); subscribes to nothing.
+    #[arg(long)]
+    check: bool,
     /// Log format on standard error.
     #[arg(long, env = "TAPBUS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -70,6 +74,18 @@ struct TailConfig {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.check {
+        return match settings(&cli) {
+            Ok((spec, _)) => {
+                println!("{PROGRAM}: configuration ok: input {}", spec.mode);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{PROGRAM}: configuration error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     init_logging(&cli.log_format);
     let (spec, tail) = match settings(&cli) {
         Ok(s) => s,
