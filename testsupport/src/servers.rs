@@ -657,7 +657,9 @@ pub fn wait_port_closed(port: u16, timeout: Duration) {
 // --- Prometheus ------------------------------------------------------------------------
 
 /// Debian's prometheus on 127.0.0.1 with the remote-write receiver on
-/// (`POST /api/v1/write`), its TSDB in a temporary directory, scraping nothing.
+/// (`POST /api/v1/write`), its TSDB in a temporary directory, scraping nothing
+/// ([`Prometheus::start`]) or the given [`Scrape`] targets every second
+/// ([`Prometheus::start_scraping`]).
 #[derive(Debug)]
 pub struct Prometheus {
     proc: Proc,
@@ -680,10 +682,24 @@ impl Prometheus {
     /// On `port` with its TSDB in `data`: starting again with the same `data` keeps what
     /// was written (a restart after an outage).
     pub fn start_on(port: u16, data: &Path) -> Prometheus {
+        Self::start_with_config(port, data, "global:\n  scrape_interval: 1h\n")
+    }
+
+    /// On a free port, its TSDB in a temporary directory, scraping every target of
+    /// `scrapes` once a second (and still receiving remote writes).
+    pub fn start_scraping(scrapes: &[Scrape]) -> Prometheus {
+        let dir = tempdir();
+        let data = dir.path().join("data");
+        let mut p = Self::start_with_config(free_port(), &data, &scrape_config(scrapes));
+        p._data = Some(dir);
+        p
+    }
+
+    fn start_with_config(port: u16, data: &Path, config_text: &str) -> Prometheus {
         let dir = tempdir();
         let log = dir.path().join("prometheus.log");
         let config = dir.path().join("prometheus.yml");
-        std::fs::write(&config, "global:\n  scrape_interval: 1h\n").expect("prometheus.yml");
+        std::fs::write(&config, config_text).expect("prometheus.yml");
         let mut proc = Proc::spawn(
             Command::new(need("prometheus"))
                 .arg(format!("--config.file={}", config.display()))
@@ -717,20 +733,97 @@ impl Prometheus {
 
     /// An instant query's JSON answer (`/api/v1/query?query=...`), `None` if it failed.
     pub fn query(&self, promql: &str) -> Option<String> {
-        let q: String = promql
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
-        crate::http_get(
-            &format!("127.0.0.1:{}", self.port),
-            &format!("/api/v1/query?query={q}"),
-        )
+        self.api(&format!("/api/v1/query?query={}", url_encode(promql)))
     }
+
+    /// The expression as Prometheus prints it (`/api/v1/format_query`), `None` when it
+    /// does not parse (Prometheus answers 400).
+    pub fn format_query(&self, promql: &str) -> Option<String> {
+        self.api(&format!("/api/v1/format_query?query={}", url_encode(promql)))
+    }
+
+    /// The values of `label` on the series `selector` selects
+    /// (`/api/v1/label/LABEL/values?match[]=SELECTOR`, what Grafana's `label_values`
+    /// asks), `None` if the request failed.
+    pub fn label_values(&self, label: &str, selector: &str) -> Option<Vec<String>> {
+        let answer = self.api(&format!(
+            "/api/v1/label/{}/values?match%5B%5D={}",
+            url_encode(label),
+            url_encode(selector)
+        ))?;
+        let v: serde_json::Value = serde_json::from_str(&answer).ok()?;
+        v["data"].as_array().map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+    }
+
+    /// A GET on the HTTP API: the body of a 200 answer.
+    pub fn api(&self, path_and_query: &str) -> Option<String> {
+        crate::http_get(&format!("127.0.0.1:{}", self.port), path_and_query)
+    }
+}
+
+/// One scrape job of [`Prometheus::start_scraping`]: `job` scrapes
+/// `http://TARGET/metrics`, keeping only the metric names matching `keep` (a regex) when
+/// set.
+#[derive(Debug, Clone)]
+pub struct Scrape {
+    pub job: String,
+    pub target: String,
+    pub keep: Option<String>,
+}
+
+impl Scrape {
+    /// Every metric of `target` (`host:port`) under `job`.
+    pub fn new(job: &str, target: &str) -> Scrape {
+        Scrape {
+            job: job.into(),
+            target: target.into(),
+            keep: None,
+        }
+    }
+
+    /// Only the metric names matching `regex` (`tapbus_consumer_.*`).
+    pub fn keep(mut self, regex: &str) -> Scrape {
+        self.keep = Some(regex.into());
+        self
+    }
+}
+
+/// prometheus.yml scraping `scrapes` every second. Values are JSON strings (valid YAML).
+fn scrape_config(scrapes: &[Scrape]) -> String {
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    let mut y = String::from(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
+    );
+    for s in scrapes {
+        y += &format!(
+            "  - job_name: {}\n    static_configs:\n      - targets: [{}]\n",
+            q(&s.job),
+            q(&s.target)
+        );
+        if let Some(keep) = &s.keep {
+            y += &format!(
+                "    metric_relabel_configs:\n      - source_labels: [__name__]\n        regex: {}\n        action: keep\n",
+                q(keep)
+            );
+        }
+    }
+    y
+}
+
+/// Percent-encodes everything but the unreserved characters (a query parameter).
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 server_common!(Prometheus);
