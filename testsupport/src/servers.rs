@@ -739,7 +739,10 @@ impl Prometheus {
     /// The expression as Prometheus prints it (`/api/v1/format_query`), `None` when it
     /// does not parse (Prometheus answers 400).
     pub fn format_query(&self, promql: &str) -> Option<String> {
-        self.api(&format!("/api/v1/format_query?query={}", url_encode(promql)))
+        self.api(&format!(
+            "/api/v1/format_query?query={}",
+            url_encode(promql)
+        ))
     }
 
     /// The values of `label` on the series `selector` selects
