@@ -766,6 +766,15 @@ impl Prometheus {
     pub fn api(&self, path_and_query: &str) -> Option<String> {
         crate::http_get(&format!("127.0.0.1:{}", self.port), path_and_query)
     }
+
+    /// An instant query's status and answer, also when Prometheus refused it (400, 422:
+    /// the answer names the error).
+    pub fn query_status(&self, promql: &str) -> Option<(u16, String)> {
+        crate::http_get_status(
+            &format!("127.0.0.1:{}", self.port),
+            &format!("/api/v1/query?query={}", url_encode(promql)),
+        )
+    }
 }
 
 /// One scrape job of [`Prometheus::start_scraping`]: `job` scrapes
@@ -795,19 +804,30 @@ impl Scrape {
     }
 }
 
-/// prometheus.yml scraping `scrapes` every second. Values are JSON strings (valid YAML).
+/// prometheus.yml scraping `scrapes` every second; scrapes of one job are one scrape
+/// config with several targets. Values are JSON strings (valid YAML).
 fn scrape_config(scrapes: &[Scrape]) -> String {
     let q = |s: &str| serde_json::Value::from(s).to_string();
+    let mut jobs: Vec<(&str, Vec<String>, Option<&str>)> = Vec::new();
+    for s in scrapes {
+        match jobs.iter_mut().find(|(job, _, _)| *job == s.job) {
+            Some((_, targets, keep)) => {
+                assert_eq!(*keep, s.keep.as_deref(), "job {}: one keep per job", s.job);
+                targets.push(q(&s.target));
+            }
+            None => jobs.push((&s.job, vec![q(&s.target)], s.keep.as_deref())),
+        }
+    }
     let mut y = String::from(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
     );
-    for s in scrapes {
+    for (job, targets, keep) in jobs {
         y += &format!(
             "  - job_name: {}\n    static_configs:\n      - targets: [{}]\n",
-            q(&s.job),
-            q(&s.target)
+            q(job),
+            targets.join(", ")
         );
-        if let Some(keep) = &s.keep {
+        if let Some(keep) = keep {
             y += &format!(
                 "    metric_relabel_configs:\n      - source_labels: [__name__]\n        regex: {}\n        action: keep\n",
                 q(keep)

@@ -954,7 +954,10 @@ fn every_promql_expression_parses_and_returns_series_from_the_pipeline() {
         empty.len(),
         empty
             .iter()
-            .map(|(at, e)| format!("{at}: {e}"))
+            .map(|(at, e)| {
+                let answer = prom.query_status(e).map(|(s, b)| format!("{s} {b}"));
+                format!("{at}: {e}\n    -> {}", answer.unwrap_or_default())
+            })
             .collect::<Vec<_>>()
             .join("\n")
     );
