@@ -743,6 +743,133 @@ fn every_logql_expression_parses_and_reads_only_contract_labels_and_event_fields
     );
 }
 
+// --- PromQL names ------------------------------------------------------------------------
+
+/// A PromQL token: an identifier, a string literal's content, or one other character.
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Str(String),
+    Punct(char),
+}
+
+fn tokens(e: &str) -> Vec<Tok> {
+    let mut out = Vec::new();
+    let mut chars = e.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '"' || c == '\'' || c == '`' {
+            let mut s = String::new();
+            while let Some(d) = chars.next() {
+                if d == '\\' && c != '`' {
+                    if let Some(x) = chars.next() {
+                        s.push(x);
+                    }
+                } else if d == c {
+                    break;
+                } else {
+                    s.push(d);
+                }
+            }
+            out.push(Tok::Str(s));
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let mut s = String::from(c);
+            while let Some(&d) = chars.peek() {
+                if d.is_ascii_alphanumeric() || d == '_' || d == ':' {
+                    s.push(d);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            out.push(Tok::Ident(s));
+        } else if !c.is_whitespace() {
+            out.push(Tok::Punct(c));
+        }
+    }
+    out
+}
+
+/// The tapbus metric names an expression reads (`dnstap_*`, `tapbus_*`, `coredns_*`).
+fn promql_metrics(e: &str) -> BTreeSet<String> {
+    tokens(e)
+        .into_iter()
+        .filter_map(|t| match t {
+            Tok::Ident(s)
+                if ["dnstap_", "tapbus_", "coredns_"]
+                    .iter()
+                    .any(|p| s.starts_with(p)) =>
+            {
+                Some(s)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The label names in `by`, `without`, `on`, `ignoring`, `group_left` and `group_right`
+/// lists, less the labels `label_replace` makes.
+fn promql_grouping_labels(e: &str) -> BTreeSet<String> {
+    let toks = tokens(e);
+    let mut labels = BTreeSet::new();
+    let mut made = BTreeSet::new();
+    for (i, t) in toks.iter().enumerate() {
+        let Tok::Ident(word) = t else { continue };
+        let keyword = [
+            "by",
+            "without",
+            "on",
+            "ignoring",
+            "group_left",
+            "group_right",
+        ]
+        .contains(&word.as_str());
+        if keyword && toks.get(i + 1) == Some(&Tok::Punct('(')) {
+            for t in toks[i + 2..].iter() {
+                match t {
+                    Tok::Ident(l) => {
+                        labels.insert(l.clone());
+                    }
+                    Tok::Punct(',') => {}
+                    _ => break,
+                }
+            }
+        }
+        if word == "label_replace" && toks.get(i + 1) == Some(&Tok::Punct('(')) {
+            // label_replace(v, "dst", "replacement", "src", "regex"): the first string
+            // after a comma at the call's own depth.
+            let mut depth = 0;
+            for w in toks[i + 1..].windows(2) {
+                match &w[0] {
+                    Tok::Punct('(' | '{' | '[') => depth += 1,
+                    Tok::Punct(')' | '}' | ']') => depth -= 1,
+                    _ => {}
+                }
+                if depth == 1 && w[0] == Tok::Punct(',') {
+                    if let Tok::Str(dst) = &w[1] {
+                        made.insert(dst.clone());
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    labels.retain(|l| !made.contains(l));
+    labels
+}
+
+#[test]
+fn promql_names_are_found() {
+    let e = r#"sort_desc(sum by (domain, identity) (label_replace(a_b{x="tapbus_no"} + on (instance, rank) group_left (qname) tapbus_c, "domain", "$1", "qname", "(.*)"))) / ignoring (rcode) dnstap_x[1m]"#;
+    assert_eq!(
+        promql_metrics(e),
+        BTreeSet::from(["tapbus_c".to_string(), "dnstap_x".to_string()])
+    );
+    let want: BTreeSet<String> = ["identity", "instance", "rank", "qname", "rcode"]
+        .map(String::from)
+        .into();
+    assert_eq!(promql_grouping_labels(e), want);
+}
+
 // --- PromQL against the pipeline ------------------------------------------------------
 
 /// Serves `body` as `/metrics` on `port` (a scrape target) for the rest of the test
@@ -961,4 +1088,35 @@ fn every_promql_expression_parses_and_returns_series_from_the_pipeline() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+
+    // Every metric an expression names has series, and every label it groups or matches
+    // by is on one of them: `or vector(0)` or a typo in `by (...)` cannot hide a wrong
+    // name.
+    let mut names = BTreeSet::new();
+    let mut wrong = Vec::new();
+    for (at, e) in &checks {
+        let metrics = promql_metrics(e);
+        if metrics.is_empty() {
+            wrong.push(format!("{at}: names no tapbus metric: {e}"));
+            continue;
+        }
+        names.extend(metrics.iter().cloned());
+        let any = metrics.iter().cloned().collect::<Vec<_>>().join("|");
+        for l in promql_grouping_labels(e) {
+            let q = format!("count({{__name__=~\"{any}\", {l}!=\"\"}})");
+            if prom.query(&q).map(|a| series(&a)).unwrap_or(0) == 0 {
+                wrong.push(format!("{at}: no series of {any} has the label {l}"));
+            }
+        }
+    }
+    for n in &names {
+        let q = format!("count({{__name__=\"{n}\"}})");
+        if prom.query(&q).map(|a| series(&a)).unwrap_or(0) == 0 {
+            wrong.push(format!("metric {n} has no series"));
+        }
+    }
+    assert!(names.len() >= 40, "metrics used: {names:?}");
+    wrong.sort();
+    wrong.dedup();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
