@@ -5,7 +5,8 @@
 //! * [`proc`]: [`proc::Proc`], a child process that is killed (by its own PID) on drop.
 //! * [`servers`]: real servers from the installed binaries on free loopback ports, stopped
 //!   on drop: [`servers::Nats`], [`servers::NatsCluster`], [`servers::Mosquitto`],
-//!   [`servers::Redis`].
+//!   [`servers::Redis`], [`servers::Prometheus`] (remote-write receiver, optionally
+//!   scraping [`servers::Scrape`] targets).
 //! * [`pki`]: a throw-away CA with a server certificate (127.0.0.1, localhost) and a client
 //!   certificate.
 //! * [`fstrm`]: a Frame Streams *writer* (what a DNS server does), bidirectional and

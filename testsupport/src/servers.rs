@@ -850,3 +850,33 @@ fn url_encode(s: &str) -> String {
 }
 
 server_common!(Prometheus);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrape_config_has_one_job_per_name_with_its_targets_and_keep() {
+        let y = scrape_config(&[
+            Scrape::new("a", "127.0.0.1:1"),
+            Scrape::new("b", "127.0.0.1:2").keep("x_.*"),
+            Scrape::new("a", "127.0.0.1:3"),
+        ]);
+        assert!(y.contains("scrape_interval: 1s"), "{y}");
+        assert_eq!(y.matches("job_name").count(), 2, "{y}");
+        assert!(
+            y.contains("- job_name: \"a\"\n    static_configs:\n      - targets: [\"127.0.0.1:1\", \"127.0.0.1:3\"]\n"),
+            "{y}"
+        );
+        assert!(y.contains("regex: \"x_.*\"\n        action: keep"), "{y}");
+    }
+
+    #[test]
+    fn url_encode_leaves_only_unreserved_characters() {
+        assert_eq!(
+            url_encode("sum(a{b=\"c d\"})"),
+            "sum%28a%7Bb%3D%22c%20d%22%7D%29"
+        );
+        assert_eq!(url_encode("a-b_c.d~e"), "a-b_c.d~e");
+    }
+}
