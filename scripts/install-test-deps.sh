@@ -12,6 +12,10 @@
 #   tmux         a real terminal for tapbus-top's integration test
 #   python3-venv a venv at target/py-venv with examples/python/requirements.txt (from PyPI),
 #                for the Python subscribers in examples/python that the tests run
+#   prometheus   the metrics store the mimir and dashboard tests fill and query
+#   nodejs, npm  Grafana's LogQL grammar (@grafana/lezer-logql, pinned, from npm) in
+#                target/node_modules, which grafana/tests/logql-parse.cjs drives to parse
+#                every LogQL expression of the dashboards
 # Nothing is started here; every test starts its own servers on free loopback ports.
 set -euo pipefail
 
@@ -28,6 +32,8 @@ command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 command -v prometheus >/dev/null 2>&1 || [ -x /usr/bin/prometheus ] || need+=(prometheus)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 # Debian's python3 has no venv/ensurepip without python3-venv.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 
@@ -47,8 +53,25 @@ python_venv() {
   cp "$req" "$venv/requirements.installed"
 }
 
+# Grafana's LogQL grammar for the dashboard tests, pinned; nothing is fetched when the
+# pinned versions are already in target/node_modules (offline-safe).
+LEZER_LOGQL=0.4.2 LEZER_LR=1.4.10 LEZER_COMMON=1.2.3
+node_modules() {
+  local nm="$root/target/node_modules"
+  if [ "$(node -p "require('$nm/@grafana/lezer-logql/package.json').version" 2>/dev/null)" = "$LEZER_LOGQL" ] \
+     && [ "$(node -p "require('$nm/@lezer/lr/package.json').version" 2>/dev/null)" = "$LEZER_LR" ]; then
+    return 0
+  fi
+  echo "installing @grafana/lezer-logql@$LEZER_LOGQL into $nm (npm)" >&2
+  mkdir -p "$root/target"
+  npm install --prefix "$root/target" --no-save --no-audit --no-fund --no-package-lock \
+    --loglevel=error "@grafana/lezer-logql@$LEZER_LOGQL" "@lezer/lr@$LEZER_LR" \
+    "@lezer/common@$LEZER_COMMON" >/dev/null
+}
+
 if [ ${#need[@]} -eq 0 ]; then
   python_venv
+  node_modules
   exit 0
 fi
 echo "installing: ${need[*]}" >&2
@@ -76,3 +99,4 @@ if [[ " ${need[*]} " == *" mosquitto "* ]] && command -v systemctl >/dev/null 2>
   $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
 fi
 python_venv
+node_modules

@@ -1,11 +1,12 @@
 //! Test support for every tapbus crate's tests (never linked into a binary).
 //!
 //! * crate root: [`free_port`], [`free_ports`], [`need`], [`wait_until`],
-//!   [`wait_until_async`], [`http_get`].
+//!   [`wait_until_async`], [`http_get`], [`http_get_status`].
 //! * [`proc`]: [`proc::Proc`], a child process that is killed (by its own PID) on drop.
 //! * [`servers`]: real servers from the installed binaries on free loopback ports, stopped
 //!   on drop: [`servers::Nats`], [`servers::NatsCluster`], [`servers::Mosquitto`],
-//!   [`servers::Redis`].
+//!   [`servers::Redis`], [`servers::Prometheus`] (remote-write receiver, optionally
+//!   scraping [`servers::Scrape`] targets).
 //! * [`pki`]: a throw-away CA with a server certificate (127.0.0.1, localhost) and a client
 //!   certificate.
 //! * [`fstrm`]: a Frame Streams *writer* (what a DNS server does), bidirectional and
@@ -112,13 +113,23 @@ pub fn port_open(port: u16) -> bool {
 /// A minimal HTTP/1.0 GET to `addr` (`host:port`): the body of a 200 answer, `None`
 /// otherwise (no client library needed for local metrics and monitoring endpoints).
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    http_get_status(addr, path).and_then(|(status, body)| (status == 200).then_some(body))
+}
+
+/// [`http_get`] with any status: the status code and the body, `None` when there was no
+/// HTTP answer.
+pub fn http_get_status(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut r = String::new();
     s.read_to_string(&mut r).ok()?;
     let (head, body) = r.split_once("\r\n\r\n")?;
-    (head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200")).then(|| body.to_string())
+    let status = head
+        .strip_prefix("HTTP/1.")
+        .and_then(|h| h.get(2..5))
+        .and_then(|c| c.parse().ok())?;
+    Some((status, body.to_string()))
 }
 
 /// Reads a file that may not exist yet (a log): its text, or empty.
@@ -248,7 +259,7 @@ mod tests {
             }
         });
         assert_eq!(http_get(&addr, "/x").as_deref(), Some("hello"));
-        assert_eq!(http_get(&addr, "/y"), None);
+        assert_eq!(http_get_status(&addr, "/y"), Some((404, "no".to_string())));
         t.join().expect("server thread");
     }
 }

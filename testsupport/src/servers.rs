@@ -657,7 +657,9 @@ pub fn wait_port_closed(port: u16, timeout: Duration) {
 // --- Prometheus ------------------------------------------------------------------------
 
 /// Debian's prometheus on 127.0.0.1 with the remote-write receiver on
-/// (`POST /api/v1/write`), its TSDB in a temporary directory, scraping nothing.
+/// (`POST /api/v1/write`), its TSDB in a temporary directory, scraping nothing
+/// ([`Prometheus::start`]) or the given [`Scrape`] targets every second
+/// ([`Prometheus::start_scraping`]).
 #[derive(Debug)]
 pub struct Prometheus {
     proc: Proc,
@@ -680,10 +682,24 @@ impl Prometheus {
     /// On `port` with its TSDB in `data`: starting again with the same `data` keeps what
     /// was written (a restart after an outage).
     pub fn start_on(port: u16, data: &Path) -> Prometheus {
+        Self::start_with_config(port, data, "global:\n  scrape_interval: 1h\n")
+    }
+
+    /// On a free port, its TSDB in a temporary directory, scraping every target of
+    /// `scrapes` once a second (and still receiving remote writes).
+    pub fn start_scraping(scrapes: &[Scrape]) -> Prometheus {
+        let dir = tempdir();
+        let data = dir.path().join("data");
+        let mut p = Self::start_with_config(free_port(), &data, &scrape_config(scrapes));
+        p._data = Some(dir);
+        p
+    }
+
+    fn start_with_config(port: u16, data: &Path, config_text: &str) -> Prometheus {
         let dir = tempdir();
         let log = dir.path().join("prometheus.log");
         let config = dir.path().join("prometheus.yml");
-        std::fs::write(&config, "global:\n  scrape_interval: 1h\n").expect("prometheus.yml");
+        std::fs::write(&config, config_text).expect("prometheus.yml");
         let mut proc = Proc::spawn(
             Command::new(need("prometheus"))
                 .arg(format!("--config.file={}", config.display()))
@@ -717,20 +733,150 @@ impl Prometheus {
 
     /// An instant query's JSON answer (`/api/v1/query?query=...`), `None` if it failed.
     pub fn query(&self, promql: &str) -> Option<String> {
-        let q: String = promql
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
-        crate::http_get(
+        self.api(&format!("/api/v1/query?query={}", url_encode(promql)))
+    }
+
+    /// The expression as Prometheus prints it (`/api/v1/format_query`), `None` when it
+    /// does not parse (Prometheus answers 400).
+    pub fn format_query(&self, promql: &str) -> Option<String> {
+        self.api(&format!(
+            "/api/v1/format_query?query={}",
+            url_encode(promql)
+        ))
+    }
+
+    /// The values of `label` on the series `selector` selects
+    /// (`/api/v1/label/LABEL/values?match[]=SELECTOR`, what Grafana's `label_values`
+    /// asks), `None` if the request failed.
+    pub fn label_values(&self, label: &str, selector: &str) -> Option<Vec<String>> {
+        let answer = self.api(&format!(
+            "/api/v1/label/{}/values?match%5B%5D={}",
+            url_encode(label),
+            url_encode(selector)
+        ))?;
+        let v: serde_json::Value = serde_json::from_str(&answer).ok()?;
+        v["data"].as_array().map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+    }
+
+    /// A GET on the HTTP API: the body of a 200 answer.
+    pub fn api(&self, path_and_query: &str) -> Option<String> {
+        crate::http_get(&format!("127.0.0.1:{}", self.port), path_and_query)
+    }
+
+    /// An instant query's status and answer, also when Prometheus refused it (400, 422:
+    /// the answer names the error).
+    pub fn query_status(&self, promql: &str) -> Option<(u16, String)> {
+        crate::http_get_status(
             &format!("127.0.0.1:{}", self.port),
-            &format!("/api/v1/query?query={q}"),
+            &format!("/api/v1/query?query={}", url_encode(promql)),
         )
     }
 }
 
+/// One scrape job of [`Prometheus::start_scraping`]: `job` scrapes
+/// `http://TARGET/metrics`, keeping only the metric names matching `keep` (a regex) when
+/// set.
+#[derive(Debug, Clone)]
+pub struct Scrape {
+    pub job: String,
+    pub target: String,
+    pub keep: Option<String>,
+}
+
+impl Scrape {
+    /// Every metric of `target` (`host:port`) under `job`.
+    pub fn new(job: &str, target: &str) -> Scrape {
+        Scrape {
+            job: job.into(),
+            target: target.into(),
+            keep: None,
+        }
+    }
+
+    /// Only the metric names matching `regex` (`tapbus_consumer_.*`).
+    pub fn keep(mut self, regex: &str) -> Scrape {
+        self.keep = Some(regex.into());
+        self
+    }
+}
+
+/// prometheus.yml scraping `scrapes` every second; scrapes of one job are one scrape
+/// config with several targets. Values are JSON strings (valid YAML).
+fn scrape_config(scrapes: &[Scrape]) -> String {
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    let mut jobs: Vec<(&str, Vec<String>, Option<&str>)> = Vec::new();
+    for s in scrapes {
+        match jobs.iter_mut().find(|(job, _, _)| *job == s.job) {
+            Some((_, targets, keep)) => {
+                assert_eq!(*keep, s.keep.as_deref(), "job {}: one keep per job", s.job);
+                targets.push(q(&s.target));
+            }
+            None => jobs.push((&s.job, vec![q(&s.target)], s.keep.as_deref())),
+        }
+    }
+    let mut y = String::from(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
+    );
+    for (job, targets, keep) in jobs {
+        y += &format!(
+            "  - job_name: {}\n    static_configs:\n      - targets: [{}]\n",
+            q(job),
+            targets.join(", ")
+        );
+        if let Some(keep) = keep {
+            y += &format!(
+                "    metric_relabel_configs:\n      - source_labels: [__name__]\n        regex: {}\n        action: keep\n",
+                q(keep)
+            );
+        }
+    }
+    y
+}
+
+/// Percent-encodes everything but the unreserved characters (a query parameter).
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 server_common!(Prometheus);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrape_config_has_one_job_per_name_with_its_targets_and_keep() {
+        let y = scrape_config(&[
+            Scrape::new("a", "127.0.0.1:1"),
+            Scrape::new("b", "127.0.0.1:2").keep("x_.*"),
+            Scrape::new("a", "127.0.0.1:3"),
+        ]);
+        assert!(y.contains("scrape_interval: 1s"), "{y}");
+        assert_eq!(y.matches("job_name").count(), 2, "{y}");
+        assert!(
+            y.contains("- job_name: \"a\"\n    static_configs:\n      - targets: [\"127.0.0.1:1\", \"127.0.0.1:3\"]\n"),
+            "{y}"
+        );
+        assert!(y.contains("regex: \"x_.*\"\n        action: keep"), "{y}");
+    }
+
+    #[test]
+    fn url_encode_leaves_only_unreserved_characters() {
+        assert_eq!(
+            url_encode("sum(a{b=\"c d\"})"),
+            "sum%28a%7Bb%3D%22c%20d%22%7D%29"
+        );
+        assert_eq!(url_encode("a-b_c.d~e"), "a-b_c.d~e");
+    }
+}

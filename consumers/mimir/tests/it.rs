@@ -4,68 +4,15 @@
 //! responses, `(rcode)` of `dnstap_messages_total` equal the capture's summary counts,
 //! exactly; through a 30 s Prometheus outage and with two aggregates on one durable too.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::{replay, start_aggregate, start_mimir};
 use serde_json::Value;
-use tapbus_testsupport::proc::Proc;
 use tapbus_testsupport::servers::{Nats, Prometheus};
 use tapbus_testsupport::{free_port, http_get, testdata, wait_until};
-
-fn mimir_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tapbus-mimir"))
-}
-
-fn bin(package: &str) -> PathBuf {
-    tapbus_testsupport::sibling_bin(&mimir_bin(), package, package)
-}
-
-/// tapbus-mimir from `tapbus.metrics.>` into `prom`, once its input is connected; returns
-/// it and its metrics port.
-fn start_mimir(nats: &Nats, prom: &Prometheus) -> (Proc, u16) {
-    let port = free_port();
-    let p = Proc::spawn(
-        Command::new(mimir_bin())
-            .args([
-                "--input",
-                &format!("{}/tapbus.metrics.>", nats.url()),
-                "--url",
-                &prom.write_url(),
-                "--metrics-listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_until("mimir subscribed", Duration::from_secs(20), || {
-        http_get(&format!("127.0.0.1:{port}"), "/health").is_some()
-    });
-    (p, port)
-}
-
-/// tapbus-aggregate from `input` publishing batches every second to `nats`.
-fn start_aggregate(nats: &Nats, input: &str, instance: &str, env: &[(&str, &str)]) -> Proc {
-    let mut cmd = Command::new(bin("tapbus-aggregate"));
-    cmd.args([
-        "--input",
-        input,
-        "--output",
-        nats.url(),
-        "--metrics-listen",
-        "",
-        "--instance",
-        instance,
-    ])
-    .env("TAPBUS_AGGREGATE__INTERVAL", "1s")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Proc::spawn(&mut cmd)
-}
 
 /// A summary count (`per_type`, `per_rcode`, ...) summed over every capture.
 fn summary_key(key: &str) -> BTreeMap<String, u64> {
@@ -173,23 +120,6 @@ fn summaries(names: &[&str]) -> BTreeMap<String, u64> {
         }
     }
     out
-}
-
-fn replay(nats_url: &str, capture: &str) {
-    let file = testdata::path(capture);
-    let st = Command::new(bin("tapbus-broker"))
-        .env(
-            "TAPBUS_INPUTS__FILE__URL",
-            format!("file://{}", file.display()),
-        )
-        .env("TAPBUS_METRICS_LISTEN", "")
-        .env("TAPBUS_OUTPUTS__BUS__URL", nats_url)
-        .env("TAPBUS_OUTPUTS__BUS__JETSTREAM", "true")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("broker");
-    assert!(st.success());
 }
 
 /// Prometheus stopped for 30 s while events keep coming: mimir retries (nothing dropped)
