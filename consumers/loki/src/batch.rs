@@ -131,6 +131,11 @@ impl<D> Batch<D> {
         self.deliveries.len()
     }
 
+    /// The deliveries held, in arrival order.
+    pub fn held(&self) -> &[D] {
+        &self.deliveries
+    }
+
     /// Streams held.
     pub fn streams(&self) -> usize {
         self.streams.len()

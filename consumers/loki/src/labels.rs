@@ -136,6 +136,9 @@ impl Field {
     }
 }
 
+/// Structured metadata of one line: (name, value) pairs.
+pub type Metadata = Vec<(&'static str, String)>;
+
 /// The `[labels]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -357,6 +360,36 @@ impl Labeler {
             }
         }
         out.push('}');
+    }
+
+    /// Reads one bus message: writes its stream's selector into `selector` and returns
+    /// its event time (a record's window end) and structured metadata; `None` if it is
+    /// neither an event nor a record. Subjects under `tapbus.reduced.` are read as records
+    /// first, others as events first (a Redis stream key or MQTT topic may carry either).
+    pub fn line(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        selector: &mut String,
+    ) -> Option<(Option<i64>, Metadata)> {
+        let as_record = |selector: &mut String| {
+            RecordView::parse(payload).map(|r| {
+                self.record_selector(&r, selector);
+                (i64::try_from(r.window_end_ns).ok(), Vec::new())
+            })
+        };
+        let as_event = |selector: &mut String| {
+            EventView::parse(payload).ok().map(|ev| {
+                self.event_selector(&ev, selector);
+                let ts = ev.timestamp_ns().and_then(|t| i64::try_from(t).ok());
+                (ts, self.event_metadata(&ev))
+            })
+        };
+        if is_record_subject(subject) {
+            as_record(selector).or_else(|| as_event(selector))
+        } else {
+            as_event(selector).or_else(|| as_record(selector))
+        }
     }
 
     /// The structured metadata of a raw event: (name, value) for each configured field

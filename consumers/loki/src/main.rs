@@ -26,9 +26,8 @@ use tapbus_bus::backoff::Backoff;
 use tapbus_bus::subscribe::{Delivery, SubscribeError, Subscriber};
 use tapbus_config::{ConfigError, ConsumerInputConfig, ConsumerInputSpec, SubscribeMode};
 use tapbus_consumer::{Own, ack, init_logging, listen_addr, serve, stop_signal};
-use tapbus_event::EventView;
 use tapbus_loki::batch::{Batch, Sealed};
-use tapbus_loki::labels::{Labeler, LabelsConfig, RecordView, is_record_subject};
+use tapbus_loki::labels::{Labeler, LabelsConfig};
 use tapbus_loki::push::{Encoder, Encoding};
 use tapbus_loki::response::{self, Outcome, StreamInfo};
 use tokio::sync::mpsc;
@@ -493,24 +492,7 @@ fn line_of(
     payload: &[u8],
     selector: &mut String,
 ) -> Option<(i64, Vec<(&'static str, String)>)> {
-    let as_record = |selector: &mut String| {
-        RecordView::parse(payload).map(|r| {
-            labeler.record_selector(&r, selector);
-            (i64::try_from(r.window_end_ns).ok(), Vec::new())
-        })
-    };
-    let as_event = |selector: &mut String| {
-        EventView::parse(payload).ok().map(|ev| {
-            labeler.event_selector(&ev, selector);
-            let ts = ev.timestamp_ns().and_then(|t| i64::try_from(t).ok());
-            (ts, labeler.event_metadata(&ev))
-        })
-    };
-    let (ts, meta) = if is_record_subject(subject) {
-        as_record(selector).or_else(|| as_event(selector))?
-    } else {
-        as_event(selector).or_else(|| as_record(selector))?
-    };
+    let (ts, meta) = labeler.line(subject, payload, selector)?;
     let ts = match stamp {
         Stamp::Event => ts.unwrap_or_else(now_ns),
         Stamp::Received => now_ns(),
@@ -590,6 +572,8 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let mut ended: Option<String> = None;
     let stop = stop_signal();
     tokio::pin!(stop);
+    let mut progress = tokio::time::interval(PROGRESS_EVERY);
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let pending = batch.deliveries() + inflight_n + usize::from(carry.is_some());
         own.set_pending(pending);
@@ -659,6 +643,19 @@ async fn run(s: Settings) -> anyhow::Result<()> {
                     }
                 }
             }
+            _ = progress.tick(), if inflight.is_some() && !batch.is_empty() => {
+                // The batch waits for the push in flight (Loki slow or down): keep its
+                // messages from being delivered again meanwhile.
+                if batch
+                    .deadline(PROGRESS_EVERY)
+                    .is_some_and(|t| Instant::now() >= t)
+                {
+                    in_progress(batch.held()).await;
+                    if let Some((_, d)) = &carry {
+                        let _ = d.in_progress().await;
+                    }
+                }
+            }
             _ = tokio::time::sleep_until(deadline.into()) => {
                 if let Some(t) = stopping
                     && Instant::now() >= t
@@ -683,23 +680,27 @@ async fn run(s: Settings) -> anyhow::Result<()> {
                         continue;
                     }
                 };
-                own.received(&d);
-                metrics.lines.fetch_add(1, Ordering::Relaxed);
-                let now = Instant::now();
-                match line_of(&s.labeler, s.cfg.timestamp, &d.subject, &d.payload, &mut selector) {
-                    Some((ts_ns, metadata)) => {
-                        if batch.would_overflow(d.payload.len(), max_bytes) {
-                            carry = Some((Line { selector: selector.clone(), ts_ns, metadata }, d));
-                        } else {
-                            batch.add(now, &selector, ts_ns, d.payload.clone(), metadata, d);
-                        }
+                take(d, &s, &own, &metrics, &mut batch, &mut carry, &mut selector);
+                // Take what else is waiting without a trip through select! (and its
+                // timer) per message.
+                for _ in 0..1024 {
+                    if carry.is_some()
+                        || batch.line_bytes() >= max_bytes
+                        || batch.deliveries() + inflight_n >= s.cfg.max_pending
+                    {
+                        break;
                     }
-                    None => {
-                        if own.bad() {
-                            tracing::warn!(subject = %d.subject, "not a tapbus event or reduced record, skipped (further ones are counted)");
+                    match rx.try_recv() {
+                        Ok(Ok(d)) => take(d, &s, &own, &metrics, &mut batch, &mut carry, &mut selector),
+                        Ok(Err(e)) => {
+                            ended = Some(format!("subscription ended: {e}"));
+                            break;
                         }
-                        metrics.dropped.add("bad_message", 1);
-                        batch.hold(now, d);
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            ended = Some("subscription ended".into());
+                            break;
+                        }
                     }
                 }
             }
@@ -709,6 +710,49 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     match ended {
         Some(e) if stopping.is_none() => Err(anyhow::anyhow!(e)),
         _ => Ok(()),
+    }
+}
+
+/// Puts one delivery into the batch (or, when it would take the batch over
+/// `batch_max_bytes`, into `carry` for the next one).
+fn take(
+    d: Delivery,
+    s: &Settings,
+    own: &Own,
+    metrics: &Metrics,
+    batch: &mut Batch<Delivery>,
+    carry: &mut Option<(Line, Delivery)>,
+    selector: &mut String,
+) {
+    own.received(&d);
+    metrics.lines.fetch_add(1, Ordering::Relaxed);
+    let now = Instant::now();
+    match line_of(
+        &s.labeler,
+        s.cfg.timestamp,
+        &d.subject,
+        &d.payload,
+        selector,
+    ) {
+        Some((ts_ns, metadata)) => {
+            if batch.would_overflow(d.payload.len(), s.cfg.batch_max_bytes) {
+                let line = Line {
+                    selector: selector.clone(),
+                    ts_ns,
+                    metadata,
+                };
+                *carry = Some((line, d));
+            } else {
+                batch.add(now, selector, ts_ns, d.payload.clone(), metadata, d);
+            }
+        }
+        None => {
+            if own.bad() {
+                tracing::warn!(subject = %d.subject, "not a tapbus event or reduced record, skipped (further ones are counted)");
+            }
+            metrics.dropped.add("bad_message", 1);
+            batch.hold(now, d);
+        }
     }
 }
 
@@ -793,7 +837,16 @@ impl Pusher {
                 req = req.basic_auth(&cfg.username, Some(&cfg.password));
             }
             let t0 = Instant::now();
-            let (status, text, retry_after) = match req.send().await {
+            let send = req.send();
+            tokio::pin!(send);
+            // A slow answer must not let the bus's ack_wait run out meanwhile.
+            let sent = loop {
+                tokio::select! {
+                    r = &mut send => break r,
+                    () = tokio::time::sleep(PROGRESS_EVERY) => in_progress(held).await,
+                }
+            };
+            let (status, text, retry_after) = match sent {
                 Ok(r) => {
                     let status = r.status().as_u16();
                     let retry_after = r
@@ -885,15 +938,24 @@ impl Pusher {
     }
 }
 
-/// Sleeps `wait`, telling the bus every 5 s (and at once) that the held messages are
-/// still being worked on, so JetStream's `ack_wait` does not hand them to someone else.
+/// How often messages held while Loki does not answer are reported in progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Tells the bus the messages are still being worked on (JetStream `+WPI`: their
+/// `ack_wait` starts again, so they are not delivered to someone else meanwhile).
+async fn in_progress(held: &[Delivery]) {
+    for d in held {
+        let _ = d.in_progress().await;
+    }
+}
+
+/// Sleeps `wait`, reporting the held messages in progress at once and every
+/// [`PROGRESS_EVERY`].
 async fn wait_in_progress(wait: Duration, held: &[Delivery]) {
-    let step = Duration::from_secs(5);
+    let step = PROGRESS_EVERY;
     let mut left = wait;
     loop {
-        for d in held {
-            let _ = d.in_progress().await;
-        }
+        in_progress(held).await;
         let now = left.min(step);
         tokio::time::sleep(now).await;
         left = left.saturating_sub(now);
@@ -961,6 +1023,24 @@ mod tests {
             file("encoding = \"xml\"")
         );
         assert_eq!(file("encoding = \"json\"\ntimestamp = \"received\""), "");
+        // A file's list replaces the default one; its static table adds to job.
+        let p = dir.path().join("d.toml");
+        std::fs::write(
+            &p,
+            "url = \"http://127.0.0.1:3100/loki/api/v1/push\"\n[labels]\nfields = [\"rcode\"]\nstatic = { env = \"prod\" }\n",
+        )
+        .unwrap();
+        let s = settings(&cli(&["--config", p.to_str().unwrap()])).unwrap();
+        assert_eq!(s.cfg.labels.fields, vec![tapbus_loki::labels::Field::Rcode]);
+        assert_eq!(
+            s.cfg.labels.static_labels.keys().collect::<Vec<_>>(),
+            vec!["env", "job"]
+        );
+        assert_eq!(
+            s.inputs.len(),
+            2,
+            "the default input reads events and records"
+        );
     }
 
     #[test]
