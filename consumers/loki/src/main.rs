@@ -56,6 +56,10 @@ struct Cli {
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
     /// Log format on standard error.
+    /// Load and validate the configuration, print a one-line summary and exit (0 valid,
+    /// 2 invalid, naming the key); starts nothing.
+    #[arg(long)]
+    check: bool,
     #[arg(long, env = "TAPBUS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
 }
@@ -288,6 +292,18 @@ fn url_names_subject(url: &str) -> bool {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.check {
+        return tapbus_consumer::check(PROGRAM, settings(&cli), |s| {
+            let inputs: Vec<String> = s.inputs.iter().map(|i| i.mode.to_string()).collect();
+            format!(
+                "inputs [{}], url {}, tenant {:?}, metrics_listen {}",
+                inputs.join(", "),
+                s.url,
+                s.cfg.tenant,
+                s.listen.map_or("off".into(), |a| a.to_string()),
+            )
+        });
+    }
     init_logging(&cli.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
     tapbus_consumer::main(PROGRAM, settings(&cli), run)
