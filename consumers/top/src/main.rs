@@ -247,6 +247,10 @@ fn start_background(
                         _ = read(spec, shared.clone(), clock) => {}
                         _ = stopped(&stop) => {}
                     }
+                    // A reader that ended (the bus refused us) leaves the screen showing
+                    // why; the signal task must live on until the program stops, or
+                    // SIGTERM and SIGHUP would be ignored from then on.
+                    stopped(&stop).await;
                 })
             });
             if std::panic::catch_unwind(body).is_err() {
