@@ -130,6 +130,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.log_file.as_deref(), cli.once.is_some());
+    // The broker scrape may use https, and reqwest's rustls has no provider of its own
+    // (the workspace builds it with `rustls-no-provider`): without this the scraper
+    // panics on its first request.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let clock = Arc::new(Clock(Instant::now()));
     let shared: SharedRef = Arc::new(Mutex::new(Shared {
         stats: Stats::new(clock.ms()),
