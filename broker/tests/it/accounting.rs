@@ -371,7 +371,9 @@ impl MqttCollector {
             .set_keep_alive(Duration::from_secs(30));
         let (client, mut el) = rumqttc::AsyncClient::new(o, 64);
         client
-            .subscribe("dnstap/#", rumqttc::QoS::AtMostOnce)
+            // QoS 1: mosquitto queues for this subscriber what it acknowledged to the
+            // broker (at QoS 0 it may drop under load, and the count would be short).
+            .subscribe("dnstap/#", rumqttc::QoS::AtLeastOnce)
             .await
             .expect("subscribe");
         let (tx, events) = tokio::sync::mpsc::unbounded_channel();
@@ -430,6 +432,18 @@ async fn mqtt_qos1_outage_is_counted_exactly() {
     let sender = tokio::spawn(send_paced(sock, frames));
     tokio::time::sleep(BEFORE_OUTAGE).await;
     gate.close();
+    // What mosquitto acknowledged reaches the first subscriber before mosquitto stops
+    // (it keeps nothing across a restart): read until it has been quiet for 1 s.
+    let mut got = Vec::new();
+    let quiet_by = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Ok(Some(p)) = tokio::time::timeout_at(
+        quiet_by.min(tokio::time::Instant::now() + Duration::from_secs(1)),
+        before.events.recv(),
+    )
+    .await
+    {
+        got.push(p);
+    }
     mq.terminate();
     tokio::time::sleep(OUTAGE).await;
     let _mq = Mosquitto::start_on(port);
@@ -438,7 +452,6 @@ async fn mqtt_qos1_outage_is_counted_exactly() {
     sender.await.expect("sender");
 
     let (published, dropped) = broker.wait_settled("mqtt", SENT);
-    let mut got = Vec::new();
     while let Ok(p) = before.events.try_recv() {
         got.push(p);
     }

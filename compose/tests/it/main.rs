@@ -1,7 +1,8 @@
 //! The deployment files tested without Docker (README "Deploy: compose, CoreDNS, named"):
 //! [`compose`] checks the compose stack statically and loads every tapbus config it mounts
 //! with the real binaries; [`named`] runs Debian's named with `named/`'s configs and
-//! follows their dnstap through the broker to NATS.
+//! follows their dnstap through the broker to NATS; [`demo`] runs `scripts/demo.sh`, the
+//! whole pipeline, and checks every store against what was sent.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::sync::OnceLock;
 use tapbus_deploy_tests::services;
 
 mod compose;
+mod demo;
 mod named;
 
 pub fn compose_dir() -> PathBuf {
@@ -72,10 +74,12 @@ pub fn binaries() -> &'static BTreeMap<String, PathBuf> {
     static B: OnceLock<BTreeMap<String, PathBuf>> = OnceLock::new();
     B.get_or_init(|| {
         let members: BTreeSet<String> = workspace_members().into_iter().map(|(_, n)| n).collect();
+        // The compose services' binaries, and what scripts/demo.sh runs beside them.
         let wanted: BTreeSet<String> = services(main_doc())
             .expect("services")
             .iter()
             .filter_map(|s| s.command().first().cloned())
+            .chain(["tapbus-top".to_string(), "tapbus-tail".to_string()])
             .filter(|c| c.starts_with("tapbus-") && members.contains(c))
             .collect();
         // target/debug/deps/<this test> -> target/debug
