@@ -13,6 +13,7 @@
 #   python3-venv a venv at target/py-venv with examples/python/requirements.txt (from PyPI),
 #                for the Python subscribers in examples/python that the tests run
 #   prometheus   the metrics store the mimir and dashboard tests fill and query
+#   dnsperf      the query generator of scripts/demo.sh, which compose/tests runs end to end
 #   nodejs, npm  Grafana's LogQL grammar (@grafana/lezer-logql, pinned, from npm) in
 #                target/node_modules, which grafana/tests/logql-parse.cjs drives to parse
 #                every LogQL expression of the dashboards
@@ -31,6 +32,7 @@ command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 command -v prometheus >/dev/null 2>&1 || [ -x /usr/bin/prometheus ] || need+=(prometheus)
+command -v dnsperf >/dev/null 2>&1 || need+=(dnsperf)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
