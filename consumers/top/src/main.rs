@@ -16,7 +16,7 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -419,8 +419,8 @@ fn interactive(
     cli: &Cli,
     deadline: Option<Instant>,
     shared: &SharedRef,
-    clock: &Clock,
-    stop: &AtomicBool,
+    clock: &Arc<Clock>,
+    stop: &Arc<AtomicBool>,
     status: &dyn Fn(&Shared) -> Status,
 ) -> anyhow::Result<()> {
     // Raw mode, the alternate screen, and a panic hook that restores the terminal.
@@ -436,9 +436,57 @@ fn interactive(
             return Err(anyhow::Error::new(e).context("cannot set up the terminal"));
         }
     };
-    let r = ui_loop(&mut term, cli, deadline, shared, clock, stop, status);
+    let beat = Arc::new(AtomicU64::new(clock.ms()));
+    watch_terminal(stop, beat.clone(), clock);
+    let r = ui_loop(&mut term, cli, deadline, shared, clock, stop, &beat, status);
     ratatui::restore();
     r
+}
+
+/// Whether the terminal behind standard input has hung up (the ssh session or the tmux
+/// server went away): `poll` reports POLLHUP (or the descriptor is gone).
+fn terminal_hung_up() -> bool {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let stdin = std::io::stdin();
+    let mut fds = [PollFd::new(&stdin, PollFlags::IN)];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut fds, Some(&zero)) {
+        Ok(_) => fds[0]
+            .revents()
+            .intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL),
+        Err(_) => true,
+    }
+}
+
+/// Once the terminal has hung up, crossterm's event poll never returns (its reads see end
+/// of file and it reads again, at full speed), so the UI loop sees neither SIGHUP nor a
+/// hang-up. This thread watches from outside: a hung-up terminal stops the program, and a
+/// stop the UI loop has not acted on within 2 s (its heartbeat `beat`, clock ms, is
+/// older) ends the process. There is no terminal left to restore by then.
+fn watch_terminal(stop: &Arc<AtomicBool>, beat: Arc<AtomicU64>, clock: &Arc<Clock>) {
+    let (stop, clock) = (stop.clone(), clock.clone());
+    let spawned = std::thread::Builder::new()
+        .name("terminal-watch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(250));
+                if terminal_hung_up() && !stop.swap(true, Ordering::SeqCst) {
+                    tracing::info!("the terminal hung up: stopping");
+                }
+                if stop.load(Ordering::SeqCst)
+                    && clock.ms().saturating_sub(beat.load(Ordering::SeqCst)) > 2000
+                {
+                    tracing::info!("the terminal does not answer: exiting");
+                    std::process::exit(0);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("no terminal watch (a hang-up may go unnoticed): {e}");
+    }
 }
 
 fn ui_loop(
@@ -448,6 +496,7 @@ fn ui_loop(
     shared: &SharedRef,
     clock: &Clock,
     stop: &AtomicBool,
+    beat: &AtomicU64,
     status: &dyn Fn(&Shared) -> Status,
 ) -> anyhow::Result<()> {
     let mut app = App::default();
@@ -467,6 +516,7 @@ fn ui_loop(
             .context("drawing")?;
         let mut redraw = false;
         while !redraw {
+            beat.store(clock.ms(), Ordering::SeqCst);
             if stop.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(());
             }

@@ -312,6 +312,44 @@ fn live_under_tmux_80x24() {
     );
 }
 
+/// The terminal goes away under it (the ssh session or the tmux server ends): it stops
+/// within seconds instead of spinning on a dead terminal forever.
+#[test]
+fn a_terminal_that_hangs_up_ends_it() {
+    let nats = Nats::start();
+    let d = tempfile::tempdir().expect("tempdir");
+    let pid_file = d.path().join("top.pid");
+    let log = d.path().join("top.log");
+    let shell = format!(
+        "echo $$ > {}; TAPBUS_LOG=info exec {} --input {} --log-file {}",
+        pid_file.display(),
+        top_bin().display(),
+        nats.url(),
+        log.display()
+    );
+    let tmux = Tmux::start(&shell);
+    tmux.wait_for("the overview", |s| {
+        s.contains("1:Overview") && s.contains(" up |")
+    });
+    let pid: u32 = read(&pid_file).trim().parse().expect("pid");
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| !st.contains(") Z "))
+    };
+    assert!(running());
+    drop(tmux); // tmux kill-server: the pty hangs up
+    let t0 = std::time::Instant::now();
+    while running() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if running() {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        panic!(
+            "tapbus-top ({pid}) still ran 10 s after its terminal hung up\n{}",
+            read(&log)
+        );
+    }
+}
+
 /// Without a terminal (and without --once) it says so and exits 3, writing no escape
 /// sequences; bad flags exit 2.
 #[test]
