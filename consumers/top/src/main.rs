@@ -438,7 +438,13 @@ fn interactive(
     };
     let beat = Arc::new(AtomicU64::new(clock.ms()));
     watch_terminal(stop, beat.clone(), clock);
-    let r = ui_loop(&mut term, cli, deadline, shared, clock, stop, &beat, status);
+    // Asked before every wait for a key: whether to go on (no stop, no deadline passed),
+    // and the heartbeat the watch thread reads.
+    let go_on = || {
+        beat.store(clock.ms(), Ordering::SeqCst);
+        !(stop.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d))
+    };
+    let r = ui_loop(&mut term, cli, shared, clock, &go_on, status);
     ratatui::restore();
     r
 }
@@ -492,11 +498,9 @@ fn watch_terminal(stop: &Arc<AtomicBool>, beat: Arc<AtomicU64>, clock: &Arc<Cloc
 fn ui_loop(
     term: &mut ratatui::DefaultTerminal,
     cli: &Cli,
-    deadline: Option<Instant>,
     shared: &SharedRef,
     clock: &Clock,
-    stop: &AtomicBool,
-    beat: &AtomicU64,
+    go_on: &dyn Fn() -> bool,
     status: &dyn Fn(&Shared) -> Status,
 ) -> anyhow::Result<()> {
     let mut app = App::default();
@@ -516,8 +520,7 @@ fn ui_loop(
             .context("drawing")?;
         let mut redraw = false;
         while !redraw {
-            beat.store(clock.ms(), Ordering::SeqCst);
-            if stop.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d) {
+            if !go_on() {
                 return Ok(());
             }
             let now = Instant::now();
