@@ -237,9 +237,6 @@ wait_for "the DNSTAP stream" 30 jsz_has DNSTAP
 say "tapbus-reduce: DNSTAP -> tapbus.reduced.* (stream REDUCED)"
 TAPBUS_INPUT__URL="$JS/DNSTAP?durable=reduce" \
 TAPBUS_OUTPUT__URL="$NATS" \
-TAPBUS_OUTPUT__JETSTREAM=true \
-TAPBUS_OUTPUT__STREAM=REDUCED \
-TAPBUS_OUTPUT__STREAM_SUBJECTS='["tapbus.reduced.>"]' \
 TAPBUS_IDLE_FLUSH="${DEMO_IDLE_FLUSH:-15s}" \
 TAPBUS_METRICS_LISTEN="127.0.0.1:$REDUCE_METRICS" \
   "$BIN/tapbus-reduce" --config "$CFG/reduce.toml" >/dev/null 2>"$WORK/reduce.log" &
@@ -265,11 +262,12 @@ wait_for "the REDUCED stream" 30 jsz_has REDUCED
 if [ -n "$LOKI_URL" ]; then
   say "tapbus-loki (two): DNSTAP and REDUCED -> $LOKI_URL"
   for s in DNSTAP REDUCED; do
-    m=$LOKI_METRICS; [ "$s" = REDUCED ] && m=$LOKI_REDUCED_METRICS
+    m=$LOKI_METRICS conf=loki.toml
+    [ "$s" = REDUCED ] && m=$LOKI_REDUCED_METRICS conf=loki-reduced.toml
     TAPBUS_INPUT__URL="$JS/$s?durable=loki" \
     TAPBUS_URL="$LOKI_URL" \
     TAPBUS_METRICS_LISTEN="127.0.0.1:$m" \
-      "$BIN/tapbus-loki" --config "$CFG/loki.toml" >/dev/null 2>"$WORK/loki-${s,,}.log" &
+      "$BIN/tapbus-loki" --config "$CFG/$conf" >/dev/null 2>"$WORK/loki-${s,,}.log" &
     started $! "tapbus-loki-${s,,}"
   done
 else

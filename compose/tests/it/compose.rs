@@ -469,20 +469,57 @@ fn every_consumer_reads_what_is_published() {
         }
     }
 
-    // JetStream readers: the broker's stream, one durable each.
+    // tapbus-reduce writes its records into a stream of its own, which covers the subject
+    // of every reduction and none of the broker's.
+    let reduce = &configs["reduce"];
+    assert_eq!(
+        reduce["output"]
+            .get("jetstream")
+            .and_then(toml::Value::as_bool),
+        Some(true)
+    );
+    let reduced_stream = tstr(reduce, &["output", "stream"]);
+    assert_ne!(reduced_stream, stream);
+    let reduced_subjects: Vec<&str> = reduce["output"]["stream_subjects"]
+        .as_array()
+        .expect("reduce stream_subjects")
+        .iter()
+        .filter_map(toml::Value::as_str)
+        .collect();
+    for r in reduce["reduce"]["reductions"]
+        .as_array()
+        .expect("reductions")
+    {
+        let subject = format!("tapbus.reduced.{}", r["name"].as_str().expect("name"));
+        assert!(
+            reduced_subjects
+                .iter()
+                .any(|p| subject_matches(p, &subject)),
+            "{subject} is not in {reduced_stream}"
+        );
+        assert!(!stream_subjects.iter().any(|p| subject_matches(p, &subject)));
+    }
+
+    // JetStream readers: raw events from the broker's stream, records from reduce's, one
+    // durable each per stream.
     let mut durables = BTreeSet::new();
-    for name in ["reduce", "aggregate", "tapbus-loki"] {
+    for (name, want) in [
+        ("reduce", stream),
+        ("aggregate", stream),
+        ("tapbus-loki", stream),
+        ("tapbus-loki-reduced", reduced_stream),
+    ] {
         let u = tstr(&configs[name], &["input", "url"]);
         let rest = u.strip_prefix("jetstream://nats:4222/").expect(u);
         let (s, q) = rest.split_once('?').expect("query");
-        assert_eq!(s, stream, "{name} reads the broker's stream");
+        assert_eq!(s, want, "{name} reads stream {want}");
         let durable = q
             .split('&')
             .find_map(|kv| kv.strip_prefix("durable="))
             .expect("durable");
         assert!(
-            durables.insert(durable.to_string()),
-            "{name}: durable {durable} shared"
+            durables.insert((s.to_string(), durable.to_string())),
+            "{name}: durable {durable} on {s} shared"
         );
     }
     // tapbus-mimir reads the batches aggregate publishes (tapbus.metrics.<instance>).
@@ -527,11 +564,13 @@ fn the_writers_point_at_loki_and_mimir() {
     assert!(url.ends_with("/api/v1/push"));
     assert!(!tstr(&m, &["tenant"]).is_empty(), "Mimir is multi-tenant");
 
-    let l = toml_file(&config_of(&service("tapbus-loki")));
-    let url = tstr(&l, &["url"]);
-    assert_eq!(host_port(url), Some(("loki".into(), loki_port as u16)));
-    assert!(url.ends_with("/loki/api/v1/push"));
-    assert!(!tstr(&l, &["tenant"]).is_empty(), "Loki has auth_enabled");
+    for svc in ["tapbus-loki", "tapbus-loki-reduced"] {
+        let l = toml_file(&config_of(&service(svc)));
+        let url = tstr(&l, &["url"]);
+        assert_eq!(host_port(url), Some(("loki".into(), loki_port as u16)));
+        assert!(url.ends_with("/loki/api/v1/push"));
+        assert!(!tstr(&l, &["tenant"]).is_empty(), "Loki has auth_enabled");
+    }
 
     // Published ports are the ports the servers listen on.
     for (svc, port) in [("mimir", mimir_port), ("loki", loki_port)] {
@@ -754,6 +793,8 @@ fn every_mounted_tapbus_config_loads_with_the_real_binary() {
     assert!(line("reduce").contains("jetstream stream=DNSTAP durable=reduce"));
     assert!(line("reduce").contains("tapbus.reduced.client tapbus.reduced.qname"));
     assert!(line("aggregate").contains("batches to tapbus.metrics.compose"));
+    assert!(line("tapbus-loki").contains("jetstream stream=DNSTAP durable=loki"));
+    assert!(line("tapbus-loki-reduced").contains("jetstream stream=REDUCED durable=loki"));
     assert!(line("tapbus-mimir").contains("nats subject=tapbus.metrics.>"));
     assert!(line("tapbus-mimir").contains("url http://mimir:9009/api/v1/push"));
     assert!(line("tail").contains("nats subject=dnstap.>"));
