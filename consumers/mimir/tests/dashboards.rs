@@ -127,7 +127,7 @@ struct Dashboard {
 /// The provisioned datasources: uid -> type.
 fn provisioned() -> BTreeMap<String, String> {
     let p = root().join("grafana/provisioning/datasources/tapbus.yaml");
-    let y: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&p).expect("datasources"))
+    let y: Value = serde_norway::from_str(&std::fs::read_to_string(&p).expect("datasources"))
         .expect("datasources YAML");
     y["datasources"]
         .as_array()
@@ -362,7 +362,7 @@ fn dashboards_parse_and_use_provisioned_datasources() {
         Some("prometheus")
     );
     assert_eq!(ds.get("tapbus-loki").map(String::as_str), Some("loki"));
-    let y: Value = serde_yaml_ng::from_str(
+    let y: Value = serde_norway::from_str(
         &std::fs::read_to_string(root().join("grafana/provisioning/datasources/tapbus.yaml"))
             .expect("read"),
     )
@@ -380,7 +380,7 @@ fn dashboards_parse_and_use_provisioned_datasources() {
         Some("http://mimir:9009/prometheus")
     );
     assert_eq!(url("tapbus-loki").as_deref(), Some("http://loki:3100"));
-    let providers: Value = serde_yaml_ng::from_str(
+    let providers: Value = serde_norway::from_str(
         &std::fs::read_to_string(root().join("grafana/provisioning/dashboards/tapbus.yaml"))
             .expect("read"),
     )
