@@ -27,20 +27,7 @@ fn broker_bin() -> PathBuf {
 
 /// The broker replays the capture into JetStream (stream DNSTAP) and exits.
 fn replay_into_jetstream(nats_url: &str) {
-    let file = testdata::path(CAPTURE);
-    let st = Command::new(broker_bin())
-        .env(
-            "TAPBUS_INPUTS__FILE__URL",
-            format!("file://{}", file.display()),
-        )
-        .env("TAPBUS_METRICS_LISTEN", "")
-        .env("TAPBUS_OUTPUTS__BUS__URL", nats_url)
-        .env("TAPBUS_OUTPUTS__BUS__JETSTREAM", "true")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("broker");
-    assert!(st.success(), "broker: {st}");
+    tapbus_testsupport::jetstream::replay_capture(&broker_bin(), nats_url, CAPTURE);
 }
 
 /// `metric{labels} value` lines of the exposition: the value of `name` with

@@ -9,7 +9,6 @@
 //! configuration exits 2 naming the key.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -53,41 +52,13 @@ fn old_captures_ok() -> Limits {
 }
 
 /// The broker replays `capture` into JetStream (stream DNSTAP) and exits; returns the
-/// events it published (its stdout output, one JSON per line: the bus payloads).
+/// events it published (the bus payloads).
 fn replay(nats_url: &str, capture: &str) -> Vec<String> {
-    let file = testdata::path(capture);
-    let mut child = Command::new(bin("tapbus-broker"))
-        .env(
-            "TAPBUS_INPUTS__FILE__URL",
-            format!("file://{}", file.display()),
-        )
-        .env("TAPBUS_METRICS_LISTEN", "")
-        .env("TAPBUS_OUTPUTS__BUS__URL", nats_url)
-        .env("TAPBUS_OUTPUTS__BUS__JETSTREAM", "true")
-        .env("TAPBUS_OUTPUTS__STDOUT__URL", "stdout")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("broker");
-    let mut text = String::new();
-    child
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut text)
-        .expect("read broker stdout");
-    let st = child.wait().expect("wait broker");
-    assert!(st.success(), "broker: {st}");
-    let lines: Vec<String> = text.lines().map(str::to_string).collect();
-    assert_eq!(lines.len(), testdata::expected_count(capture), "{capture}");
-    lines
+    tapbus_testsupport::jetstream::replay_capture(&bin("tapbus-broker"), nats_url, capture)
 }
 
 fn js_input(nats: &Nats, durable: &str) -> String {
-    format!(
-        "{}/DNSTAP?durable={durable}",
-        nats.url().replace("nats://", "jetstream://")
-    )
+    tapbus_testsupport::jetstream::dnstap_durable(nats.url(), durable)
 }
 
 /// A running tapbus-loki and its metrics address.

@@ -6,7 +6,6 @@
 //! were confirmed, and the durable is left empty.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -21,33 +20,12 @@ fn reduce_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tapbus-reduce"))
 }
 
-/// The broker replays `capture` into JetStream (stream DNSTAP) and to its stdout;
-/// returns the stdout copy (the events as published).
+/// The broker replays `capture` into JetStream (stream DNSTAP); returns the events as
+/// published.
 fn replay_into_jetstream(nats_url: &str, capture: &str) -> Vec<Value> {
     let broker = tapbus_testsupport::sibling_bin(&reduce_bin(), "tapbus-broker", "tapbus-broker");
-    let file = testdata::path(capture);
-    let mut child = Command::new(broker)
-        .env(
-            "TAPBUS_INPUTS__FILE__URL",
-            format!("file://{}", file.display()),
-        )
-        .env("TAPBUS_METRICS_LISTEN", "")
-        .env("TAPBUS_OUTPUTS__BUS__URL", nats_url)
-        .env("TAPBUS_OUTPUTS__BUS__JETSTREAM", "true")
-        .env("TAPBUS_OUTPUTS__STDOUT__URL", "stdout")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("broker");
-    let mut text = String::new();
-    child
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut text)
-        .expect("read");
-    assert!(child.wait().expect("wait").success());
-    text.lines()
+    tapbus_testsupport::jetstream::replay_capture(&broker, nats_url, capture)
+        .iter()
         .map(|l| serde_json::from_str(l).expect("event json"))
         .collect()
 }

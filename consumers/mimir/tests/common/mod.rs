@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tapbus_testsupport::proc::Proc;
 use tapbus_testsupport::servers::{Nats, Prometheus};
-use tapbus_testsupport::{free_port, http_get, testdata, wait_until};
+use tapbus_testsupport::{free_port, http_get, wait_until};
 
 pub fn mimir_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tapbus-mimir"))
@@ -92,26 +92,10 @@ pub fn start_aggregate_listening(
 /// The capture replayed by a broker (file input) into JetStream on `nats_url` (the
 /// broker makes the stream `DNSTAP`).
 pub fn replay(nats_url: &str, capture: &str) {
-    let file = testdata::path(capture);
-    let st = Command::new(bin("tapbus-broker"))
-        .env(
-            "TAPBUS_INPUTS__FILE__URL",
-            format!("file://{}", file.display()),
-        )
-        .env("TAPBUS_METRICS_LISTEN", "")
-        .env("TAPBUS_OUTPUTS__BUS__URL", nats_url)
-        .env("TAPBUS_OUTPUTS__BUS__JETSTREAM", "true")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("broker");
-    assert!(st.success());
+    tapbus_testsupport::jetstream::replay_capture(&bin("tapbus-broker"), nats_url, capture);
 }
 
 /// The JetStream pull-consumer URL of the stream `DNSTAP` on `nats` for `durable`.
 pub fn durable_input(nats: &Nats, durable: &str) -> String {
-    format!(
-        "{}/DNSTAP?durable={durable}",
-        nats.url().replace("nats://", "jetstream://")
-    )
+    tapbus_testsupport::jetstream::dnstap_durable(nats.url(), durable)
 }
