@@ -116,11 +116,36 @@ impl Fanout {
         self.offered.clone()
     }
 
-    /// Updates the queue-depth gauges (called before `/metrics` is rendered).
-    pub fn refresh_gauges(&self) {
-        for o in self.outputs.iter() {
-            let depth = o.tx.max_capacity() - o.tx.capacity();
-            o.metrics.depth.set(depth as i64);
+    /// The queue-depth gauges, for `/metrics`.
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            outputs: self
+                .outputs
+                .iter()
+                .map(|o| (o.tx.downgrade(), o.metrics.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// What `/metrics` needs of the queues: their depth. It holds weak senders, so it never
+/// keeps a queue open: the queues close (and the outputs drain and end) when the last
+/// input's [`Fanout`] is gone, also while the endpoint runs (it held a `Fanout` once, and
+/// a broker reading only files waited out its whole `drain_timeout` before exiting).
+#[derive(Debug, Clone)]
+pub struct Gauges {
+    outputs: Arc<[(mpsc::WeakSender<Event>, PublishMetrics)]>,
+}
+
+impl Gauges {
+    /// Updates the queue-depth gauges (called before `/metrics` is rendered); a closed
+    /// queue has depth 0.
+    pub fn refresh(&self) {
+        for (tx, metrics) in self.outputs.iter() {
+            let depth = tx
+                .upgrade()
+                .map_or(0, |tx| tx.max_capacity() - tx.capacity());
+            metrics.depth.set(depth as i64);
         }
     }
 }
@@ -189,9 +214,35 @@ mod tests {
         assert_eq!(f.outputs[1].metrics.dropped_full.get(), 0);
         assert_eq!(f.offered().load(Ordering::Relaxed), 20);
         // The gauges: the first queue was full, both are empty now.
-        f.refresh_gauges();
+        f.gauges().refresh();
         assert_eq!(f.outputs[0].metrics.depth.get(), 0);
         assert_eq!(f.outputs[0].metrics.capacity.get(), 5);
+    }
+
+    #[test]
+    fn the_gauges_show_depth_and_never_keep_a_queue_open() {
+        let (f, mut rxs) = Fanout::new(vec![output(10, None)]);
+        let gauges = f.gauges();
+        let depth = f.outputs[0].metrics.depth.clone();
+        for _ in 0..3 {
+            f.send(op("CLIENT_QUERY"));
+        }
+        gauges.refresh();
+        assert_eq!(depth.get(), 3);
+        // The last fan-out handle gone: the output sees its queue end after what it
+        // holds, although the gauges live on.
+        drop(f);
+        let mut n = 0;
+        loop {
+            match rxs[0].try_recv() {
+                Ok(_) => n += 1,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => panic!("the queue is still open"),
+            }
+        }
+        assert_eq!(n, 3);
+        gauges.refresh();
+        assert_eq!(depth.get(), 0);
     }
 
     #[test]

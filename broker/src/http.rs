@@ -9,20 +9,20 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
-use crate::fanout::Fanout;
+use crate::fanout::Gauges;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
 struct St {
     metrics: Arc<Metrics>,
-    fanout: Fanout,
+    gauges: Gauges,
 }
 
 /// Binds the endpoint (errors name the key) and serves it until shutdown.
 pub async fn start(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
-    fanout: Fanout,
+    gauges: Gauges,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let l = tokio::net::TcpListener::bind(addr)
@@ -35,7 +35,7 @@ pub async fn start(
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/health", get(health))
-        .with_state(St { metrics, fanout });
+        .with_state(St { metrics, gauges });
     Ok(tokio::spawn(async move {
         let _ = axum::serve(l, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -44,7 +44,7 @@ pub async fn start(
 }
 
 async fn metrics_handler(axum::extract::State(st): axum::extract::State<St>) -> impl IntoResponse {
-    st.fanout.refresh_gauges();
+    st.gauges.refresh();
     (
         [(
             header::CONTENT_TYPE,

@@ -83,7 +83,7 @@ pub async fn run(
     let inputs_stop = shutdown.child_token();
     let http = match settings.metrics_listen {
         Some(addr) => Some(
-            http::start(addr, metrics.clone(), fanout.clone(), shutdown.clone())
+            http::start(addr, metrics.clone(), fanout.gauges(), shutdown.clone())
                 .await
                 .map_err(StartError::Http)?,
         ),

@@ -23,6 +23,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub mod bench;
 pub mod fstrm;
 pub mod jetstream;
 pub mod loki;

@@ -128,6 +128,32 @@ fn file_inputs_exit_status() {
     assert!(err.contains("truncated"), "{err}");
 }
 
+/// With its metrics endpoint on, a broker reading only files still ends when they are
+/// published: the endpoint does not keep the output queues open until `drain_timeout`
+/// (once it did, and every replay with metrics took the whole timeout and warned).
+#[test]
+fn file_inputs_with_metrics_end_without_waiting_for_the_drain_deadline() {
+    let good = capture("kresd.fstrm");
+    let t0 = std::time::Instant::now();
+    let (code, err) = broker(
+        &[
+            "-i",
+            &format!("file://{}", good.display()),
+            "-o",
+            "stdout",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        &[("TAPBUS_DRAIN_TIMEOUT", "120s"), ("TAPBUS_LOG", "info")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("shutdown deadline"), "{err}");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(60),
+        "the broker waited for its drain deadline: {err}"
+    );
+}
+
 #[test]
 fn stdout_output_is_json_lines() {
     let f = capture("bind-auth.fstrm");

@@ -15,47 +15,15 @@
 //! durable and the clock runs from its start until the receiver has received every line.
 //! Prints a summary and a final line `RESULT {json}`. Bounded: 300 s at most.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tapbus_testsupport::bench::{clock_ticks, cpu_secs, fill_jetstream, metric};
 use tapbus_testsupport::loki::{Limits, LokiReceiver};
 use tapbus_testsupport::proc::Proc;
 use tapbus_testsupport::servers::Nats;
-use tapbus_testsupport::{free_port, http_get, testdata};
-
-/// utime + stime of a process in seconds (`/proc/PID/stat`, clock ticks of 1/100 s).
-fn cpu_secs(pid: u32, ticks: f64) -> f64 {
-    let mut s = String::new();
-    let ok = std::fs::File::open(format!("/proc/{pid}/stat"))
-        .and_then(|mut f| f.read_to_string(&mut s))
-        .is_ok();
-    if !ok {
-        return 0.0;
-    }
-    // Fields after the ")" of the command name: state is field 3, utime 14, stime 15.
-    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let get = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (get(11) + get(12)) / ticks
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+use tapbus_testsupport::{free_port, http_get};
 
 fn main() {
     let copies: usize = std::env::var("LOKI_BENCH_COPIES")
@@ -72,24 +40,7 @@ fn main() {
     let ticks = clock_ticks();
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = Nats::start_jetstream(&dir.path().join("js"));
-    let capture = testdata::path("bulk-100k.fstrm");
-    let per_copy = testdata::expected_count("bulk-100k.fstrm");
-    for _ in 0..copies {
-        let st = Command::new(&broker)
-            .env(
-                "TAPBUS_INPUTS__FILE__URL",
-                format!("file://{}", capture.display()),
-            )
-            .env("TAPBUS_METRICS_LISTEN", "")
-            .env("TAPBUS_OUTPUTS__BUS__URL", nats.url())
-            .env("TAPBUS_OUTPUTS__BUS__JETSTREAM", "true")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("broker");
-        assert!(st.success(), "broker replay: {st}");
-    }
-    let total = (copies * per_copy) as u64;
+    let total = fill_jetstream(&broker, nats.url(), "bulk-100k.fstrm", copies);
     let r = LokiReceiver::start_with(Limits {
         reject_old_samples: false,
         max_chunk_age: Duration::from_secs(100 * 365 * 24 * 3600),
