@@ -41,11 +41,19 @@ pub fn metric(text: &str, name: &str) -> f64 {
 }
 
 /// `broker` replays the test data's `capture` `copies` times into JetStream on
-/// `nats_url` (stream `DNSTAP`, made by the broker); returns the events published.
+/// `nats_url` (stream `DNSTAP`, made by the broker); returns the events published. The
+/// bench's own `TAPBUS_*` variables (settings of the consumer under test) are not passed.
 pub fn fill_jetstream(broker: &Path, nats_url: &str, capture: &str, copies: usize) -> u64 {
     let file = crate::testdata::path(capture);
     for _ in 0..copies {
-        let st = Command::new(broker)
+        let mut cmd = Command::new(broker);
+        // TAPBUS_* of the bench's environment are meant for the consumer under test.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("TAPBUS_") {
+                cmd.env_remove(k);
+            }
+        }
+        let st = cmd
             .env(
                 "TAPBUS_INPUTS__FILE__URL",
                 format!("file://{}", file.display()),
