@@ -4,7 +4,7 @@
 
 use std::io::Read as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// Clock ticks per second (`getconf CLK_TCK`, 100 on Linux).
 pub fn clock_ticks() -> f64 {
@@ -44,28 +44,7 @@ pub fn metric(text: &str, name: &str) -> f64 {
 /// `nats_url` (stream `DNSTAP`, made by the broker); returns the events published. The
 /// bench's own `TAPBUS_*` variables (settings of the consumer under test) are not passed.
 pub fn fill_jetstream(broker: &Path, nats_url: &str, capture: &str, copies: usize) -> u64 {
-    let file = crate::testdata::path(capture);
-    for _ in 0..copies {
-        let mut cmd = Command::new(broker);
-        // TAPBUS_* of the bench's environment are meant for the consumer under test.
-        for (k, _) in std::env::vars() {
-            if k.starts_with("TAPBUS_") {
-                cmd.env_remove(k);
-            }
-        }
-        let st = cmd
-            .env(
-                "TAPBUS_INPUTS__FILE__URL",
-                format!("file://{}", file.display()),
-            )
-            .env("TAPBUS_METRICS_LISTEN", "")
-            .env("TAPBUS_OUTPUTS__BUS__URL", nats_url)
-            .env("TAPBUS_OUTPUTS__BUS__JETSTREAM", "true")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("broker");
-        assert!(st.success(), "broker replay of {capture}: {st}");
-    }
-    (copies * crate::testdata::expected_count(capture)) as u64
+    (0..copies)
+        .map(|_| crate::jetstream::replay_capture(broker, nats_url, capture).len() as u64)
+        .sum()
 }

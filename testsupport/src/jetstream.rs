@@ -1,47 +1,21 @@
 //! What a test asks a JetStream server, synchronously (each call runs on a runtime of its
 //! own, so call these from a plain `#[test]` or outside any `block_on`).
 
-use std::io::Read as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt as _;
 
 /// `broker` (a tapbus-broker binary) replays the test data's `capture` into JetStream on
-/// `nats_url` (it makes the stream `DNSTAP`) and exits. Returns the events as published:
-/// its stdout output (a second output), one JSON per line, as many as the capture holds.
+/// `nats_url` (it makes the stream `DNSTAP`) and exits. Returns the events as published,
+/// as many as the capture holds ([`crate::broker_publish`]).
 pub fn replay_capture(broker: &Path, nats_url: &str, capture: &str) -> Vec<String> {
-    let file = crate::testdata::path(capture);
-    let mut child = Command::new(broker)
-        .env(
-            "TAPBUS_INPUTS__FILE__URL",
-            format!("file://{}", file.display()),
-        )
-        .env("TAPBUS_METRICS_LISTEN", "")
-        .env("TAPBUS_OUTPUTS__BUS__URL", nats_url)
-        .env("TAPBUS_OUTPUTS__BUS__JETSTREAM", "true")
-        .env("TAPBUS_OUTPUTS__STDOUT__URL", "stdout")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("broker");
-    let mut text = String::new();
-    child
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut text)
-        .expect("read broker stdout");
-    let st = child.wait().expect("wait broker");
-    assert!(st.success(), "broker replaying {capture}: {st}");
-    let lines: Vec<String> = text.lines().map(str::to_string).collect();
-    assert_eq!(
-        lines.len(),
-        crate::testdata::expected_count(capture),
-        "{capture}"
-    );
-    lines
+    crate::broker_publish(
+        broker,
+        capture,
+        nats_url,
+        &[("TAPBUS_OUTPUTS__BUS__JETSTREAM", "true")],
+    )
 }
 
 /// The JetStream input URL of the durable `durable` on the stream `DNSTAP` of `nats_url`

@@ -133,6 +133,51 @@ pub fn http_get_status(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body.to_string()))
 }
 
+/// `broker` (a tapbus-broker binary) publishes the test data's `capture` (a file input) to
+/// the output `output_url` (`outputs.bus`, with `env`'s further `TAPBUS_OUTPUTS__BUS__*`
+/// settings) and to its stdout, then exits. Returns the stdout copy, one JSON event per
+/// line: the events as published, checked to be as many as the capture holds. No
+/// `TAPBUS_*` variable of the caller's environment reaches the broker.
+pub fn broker_publish(
+    broker: &Path,
+    capture: &str,
+    output_url: &str,
+    env: &[(&str, &str)],
+) -> Vec<String> {
+    use std::process::{Command, Stdio};
+    let file = testdata::path(capture);
+    let mut cmd = Command::new(broker);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TAPBUS_") {
+            cmd.env_remove(k);
+        }
+    }
+    // Everything through TAPBUS_* (with --input the flags would replace the outputs).
+    cmd.env(
+        "TAPBUS_INPUTS__FILE__URL",
+        format!("file://{}", file.display()),
+    )
+    .env("TAPBUS_METRICS_LISTEN", "")
+    .env("TAPBUS_OUTPUTS__BUS__URL", output_url)
+    .env("TAPBUS_OUTPUTS__STDOUT__URL", "stdout")
+    .envs(env.iter().copied())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("start broker");
+    let mut text = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut text)
+        .expect("read broker stdout");
+    let st = child.wait().expect("wait broker");
+    assert!(st.success(), "broker publishing {capture}: {st}");
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), testdata::expected_count(capture), "{capture}");
+    lines
+}
+
 /// Reads a file that may not exist yet (a log): its text, or empty.
 pub(crate) fn read_text(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()

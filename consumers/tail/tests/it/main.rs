@@ -77,34 +77,7 @@ impl Tail {
 /// reference), with extra `TAPBUS_*` settings for that output; returns the events the
 /// broker wrote to stdout, in order.
 fn publish(output: &str, env: &[(&str, &str)]) -> Vec<String> {
-    let file = testdata::path(CAPTURE);
-    let mut cmd = Command::new(broker_bin());
-    // Everything through TAPBUS_* (with --input the flags would replace the outputs).
-    cmd.env(
-        "TAPBUS_INPUTS__FILE__URL",
-        format!("file://{}", file.display()),
-    )
-    .env("TAPBUS_METRICS_LISTEN", "")
-    .env("TAPBUS_OUTPUTS__BUS__URL", output)
-    .env("TAPBUS_OUTPUTS__STDOUT__URL", "stdout")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("start broker");
-    let mut text = String::new();
-    child
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut text)
-        .expect("broker stdout");
-    let st = child.wait().expect("broker exit");
-    assert!(st.success(), "broker exited with {st}");
-    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    assert_eq!(lines.len(), testdata::expected_count(CAPTURE));
-    lines
+    tapbus_testsupport::broker_publish(&broker_bin(), CAPTURE, output, env)
 }
 
 /// The `jetstream://` subscriber URL for `path_query` (e.g. `DNSTAP?durable=x`) on the
