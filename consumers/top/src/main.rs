@@ -445,6 +445,9 @@ fn interactive(
         !(stop.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d))
     };
     let r = ui_loop(&mut term, cli, shared, clock, &go_on, status);
+    // The UI loop is done: the watch thread must not end the process while the program
+    // stops on its own (a heartbeat far ahead is never stale).
+    beat.store(u64::MAX, Ordering::SeqCst);
     ratatui::restore();
     r
 }
