@@ -32,6 +32,9 @@ fn main() {
             out
         })
         .collect();
+    if std::env::var_os("SHOW").is_some() {
+        println!("{}", String::from_utf8_lossy(&events[0]));
+    }
     let t = std::time::Instant::now();
     for _ in 0..rounds {
         for e in &events {

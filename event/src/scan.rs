@@ -1,23 +1,25 @@
 //! The reader behind [`EventView::parse`]: JSON bytes become a view (bus --JSON--> view).
 //!
 //! A small hand-written JSON reader that knows the event's shape: it reads the fields the
-//! view has and skips every other value. It exists for speed (`benches/view.rs`: 0.8 µs
-//! per 877-byte bulk event on this machine, 13 k instructions, where the serde derive
+//! view has and skips every other value. It exists for speed (`benches/view.rs`: 0.6 µs
+//! per 877-byte bulk event on this machine, 11.3 k instructions, where the serde derive
 //! costs 1.5-1.8 µs with sonic-rs or serde_json, 25 k instructions), and is checked
 //! against the serde derive ([`EventView::parse_serde_json`]) on every event of the test
 //! captures and on damaged copies of them. Any key order is read; the encoder's order is
 //! the fast one.
 //!
 //! What it checks:
+//! * The whole event is UTF-8 (checked once, with simdutf8; serde_json does not check
+//!   the strings it skips, so here the reader is the stricter of the two).
 //! * Every value it reads, strictly as JSON and serde would: string escapes (including
-//!   surrogate pairs), UTF-8, no raw control characters, number grammar, integer ranges,
+//!   surrogate pairs), no raw control characters, number grammar, integer ranges,
 //!   `null` only where the field is optional. A key given twice: the last one counts
 //!   (serde would refuse it; the encoder never writes one).
 //! * Every value it skips (`resource-records`, EDNS options, `extra`, the policy block,
 //!   unknown keys): strings are terminated, brackets balance and match, literals and
 //!   numbers are well formed, no raw control characters inside strings. Inside a skipped
 //!   array or object the separators (`,` `:`) are not checked; in keys and skipped strings
-//!   neither UTF-8 nor the escape letters are (a key that is not UTF-8 matches no field).
+//!   the escape letters are not (a key with a bad escape matches no field).
 //!   A consumer never sees those bytes, and a damaged message is still caught wherever
 //!   the damage breaks the structure or touches a field that is read.
 //! * Nothing but whitespace after the event.
@@ -36,7 +38,14 @@ const MAX_DEPTH: u32 = 128;
 
 /// Parses one event.
 pub(crate) fn event(json: &[u8]) -> R<EventView<'_>> {
-    let mut r = Reader { b: json, i: 0 };
+    // The whole event is checked as UTF-8 once (simdutf8: a few hundred instructions for
+    // an 830-byte event, where a `from_utf8` per string read cost ~1,100); strings are
+    // then slices of `text` at quote positions, always char boundaries.
+    let text = match simdutf8::basic::from_utf8(json) {
+        Ok(text) => text,
+        Err(_) => return Err(not_utf8(json)),
+    };
+    let mut r = Reader::new(text);
     let mut network = None;
     let mut dns = None;
     let mut edns = None;
@@ -61,6 +70,15 @@ pub(crate) fn event(json: &[u8]) -> R<EventView<'_>> {
         edns,
         dnstap: dnstap.ok_or_else(|| missing("dnstap"))?,
     })
+}
+
+#[cold]
+fn not_utf8(json: &[u8]) -> ViewError {
+    let at = match std::str::from_utf8(json) {
+        Err(e) => e.valid_up_to(),
+        Ok(_) => 0,
+    };
+    ViewError::Json(format!("invalid UTF-8 at byte {at}"))
 }
 
 fn missing(field: &str) -> ViewError {
@@ -128,8 +146,18 @@ fn has_at(b: &[u8], i: usize, lit: &[u8]) -> bool {
 }
 
 struct Reader<'a> {
+    /// The event, checked as UTF-8 ...
+    s: &'a str,
+    /// ... and as bytes, for scanning.
     b: &'a [u8],
     i: usize,
+}
+
+/// A string as it was found: a plain run between its quotes (the common case), or the
+/// bytes of one with escapes, decoded.
+enum RawString {
+    Plain(usize, usize),
+    Escaped(Vec<u8>),
 }
 
 /// Declares the keys of one block in the order the encoder writes them: an enum with a
@@ -247,7 +275,8 @@ impl Obj {
             self.next += 1;
             return Ok(Some(f));
         }
-        let key = r.raw_string()?;
+        let raw = r.raw_string()?;
+        let key = r.bytes(raw);
         r.eat(b':', "expected `:`")?;
         match table
             .iter()
@@ -263,6 +292,23 @@ impl Obj {
 }
 
 impl<'a> Reader<'a> {
+    fn new(s: &'a str) -> Self {
+        Reader {
+            s,
+            b: s.as_bytes(),
+            i: 0,
+        }
+    }
+
+    /// The bytes of a key or a skipped string's run.
+    #[inline]
+    fn bytes(&self, raw: RawString) -> Cow<'a, [u8]> {
+        match raw {
+            RawString::Plain(a, z) => Cow::Borrowed(self.b.get(a..z).unwrap_or_default()),
+            RawString::Escaped(v) => Cow::Owned(v),
+        }
+    }
+
     fn err(&self, what: &str) -> ViewError {
         if self.i >= self.b.len() {
             ViewError::Json(format!("{what}: the event ends at byte {}", self.b.len()))
@@ -343,17 +389,19 @@ impl<'a> Reader<'a> {
             r.err("string is not UTF-8")
         };
         match self.raw_string()? {
-            Cow::Borrowed(b) => std::str::from_utf8(b)
-                .map(Cow::Borrowed)
-                .map_err(|_| bad(self)),
-            Cow::Owned(v) => String::from_utf8(v).map(Cow::Owned).map_err(|_| bad(self)),
+            // Between two quotes of a UTF-8 text: char boundaries, so `get` never fails.
+            RawString::Plain(a, z) => match self.s.get(a..z) {
+                Some(s) => Ok(Cow::Borrowed(s)),
+                None => Err(bad(self)),
+            },
+            RawString::Escaped(v) => String::from_utf8(v).map(Cow::Owned).map_err(|_| bad(self)),
         }
     }
 
-    /// A string's bytes (escapes decoded), not yet checked as UTF-8. The common case, no
-    /// escapes, borrows.
+    /// A string as found: where its plain run is, or its bytes with escapes decoded (not
+    /// yet checked as UTF-8: a `\u` escape may have made a lone surrogate's bytes).
     #[inline]
-    fn raw_string(&mut self) -> R<Cow<'a, [u8]>> {
+    fn raw_string(&mut self) -> R<RawString> {
         self.eat(b'"', "expected a string")?;
         let b = self.b;
         let start = self.i;
@@ -364,11 +412,11 @@ impl<'a> Reader<'a> {
         match b[i] {
             b'"' => {
                 self.i = i + 1;
-                Ok(Cow::Borrowed(&b[start..i]))
+                Ok(RawString::Plain(start, i))
             }
             b'\\' => {
                 self.i = i;
-                self.escaped(b[start..i].to_vec()).map(Cow::Owned)
+                self.escaped(b[start..i].to_vec()).map(RawString::Escaped)
             }
             _ => {
                 self.i = i;
@@ -516,8 +564,41 @@ impl<'a> Reader<'a> {
         Ok((&b[start..i], integer))
     }
 
-    /// An unsigned integer that fits `T`.
+    /// An unsigned integer that fits `T`. The common case, up to 19 digits ended by a
+    /// byte that cannot continue a number, is read in one pass; anything else goes through
+    /// the full grammar.
+    #[inline]
     fn uint<T: TryFrom<u64>>(&mut self) -> R<T> {
+        self.ws();
+        let b = self.b;
+        let start = self.i;
+        let mut i = start;
+        let mut v = 0u64;
+        while let Some(&c) = b.get(i) {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            v = v * 10 + u64::from(d);
+            i += 1;
+            if i - start == 19 {
+                break;
+            }
+        }
+        let n = i - start;
+        let plain = n > 0
+            && n < 19
+            && (n == 1 || b[start] != b'0')
+            && !matches!(b.get(i), Some(b'.' | b'e' | b'E'));
+        if plain && let Ok(v) = T::try_from(v) {
+            self.i = i;
+            return Ok(v);
+        }
+        self.uint_slow()
+    }
+
+    #[cold]
+    fn uint_slow<T: TryFrom<u64>>(&mut self) -> R<T> {
         let at = self.i;
         let (digits, integer) = self.number()?;
         let fail = |r: &mut Self, what| {
@@ -787,11 +868,7 @@ mod tests {
     use super::*;
 
     fn s(json: &str) -> R<Cow<'_, str>> {
-        Reader {
-            b: json.as_bytes(),
-            i: 0,
-        }
-        .string()
+        Reader::new(json).string()
     }
 
     #[test]
@@ -813,19 +890,11 @@ mod tests {
         ] {
             assert!(s(bad).is_err(), "accepted {bad}");
         }
-        let mut r = Reader {
-            b: b"\"a\xffb\"",
-            i: 0,
-        };
-        assert!(r.string().is_err());
+        assert!(event(b"{\"network\":{\"family\":\"a\xffb\"}}").is_err());
     }
 
     fn n<T: TryFrom<u64>>(json: &str) -> R<T> {
-        Reader {
-            b: json.as_bytes(),
-            i: 0,
-        }
-        .uint()
+        Reader::new(json).uint()
     }
 
     #[test]
@@ -838,13 +907,7 @@ mod tests {
         for bad in ["-1", "1.0", "1e2", "01", "", "-", "x"] {
             assert!(n::<u64>(bad).is_err(), "accepted {bad}");
         }
-        let f = |json: &str| {
-            Reader {
-                b: json.as_bytes(),
-                i: 0,
-            }
-            .f64()
-        };
+        let f = |json: &str| Reader::new(json).f64();
         assert_eq!(f("0.0005"), Ok(0.0005));
         assert_eq!(f("-1.5e-3"), Ok(-0.0015));
         assert_eq!(f("3"), Ok(3.0));
@@ -878,10 +941,7 @@ mod tests {
     }
 
     fn skip(json: &str) -> R<usize> {
-        let mut r = Reader {
-            b: json.as_bytes(),
-            i: 0,
-        };
+        let mut r = Reader::new(json);
         r.skip().map(|()| r.i)
     }
 
