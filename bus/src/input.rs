@@ -51,6 +51,7 @@ pub async fn subscribe(program: &str, spec: &ConsumerInputSpec) -> Result<Subscr
                 max_ack_pending,
                 ack_wait,
                 deliver,
+                batch,
             },
         ) => {
             let client = nats(program, c).await?;
@@ -62,6 +63,7 @@ pub async fn subscribe(program: &str, spec: &ConsumerInputSpec) -> Result<Subscr
             s.inactive_threshold = *inactive_threshold;
             s.max_ack_pending = *max_ack_pending;
             s.ack_wait = *ack_wait;
+            s.batch = *batch;
             s.deliver = match deliver {
                 tapbus_config::DeliverFrom::All => DeliverFrom::All,
                 tapbus_config::DeliverFrom::New => DeliverFrom::New,

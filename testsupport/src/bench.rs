@@ -4,7 +4,8 @@
 
 use std::io::Read as _;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Clock ticks per second (`getconf CLK_TCK`, 100 on Linux).
 pub fn clock_ticks() -> f64 {
@@ -47,4 +48,52 @@ pub fn fill_jetstream(broker: &Path, nats_url: &str, capture: &str, copies: usiz
     (0..copies)
         .map(|_| crate::jetstream::replay_capture(broker, nats_url, capture).len() as u64)
         .sum()
+}
+
+/// What [`replay_core`] measured of the broker.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Replay {
+    /// `tapbus_published_total` at the broker's last metrics scrape (a lower bound).
+    pub published: f64,
+    /// The broker's utime + stime over the copies.
+    pub broker_cpu: f64,
+    /// Wall time from the first broker's start to the last one's exit.
+    pub seconds: f64,
+}
+
+/// `broker` replays the test data's `capture` `copies` times, one after the other and at
+/// full speed, into NATS core on `nats_url` (`dnstap.<identity>...`, at most once).
+pub fn replay_core(broker: &Path, nats_url: &str, capture: &str, copies: usize) -> Replay {
+    let file = crate::testdata::path(capture);
+    let ticks = clock_ticks();
+    let t0 = Instant::now();
+    let mut r = Replay::default();
+    for _ in 0..copies {
+        let metrics_addr = format!("127.0.0.1:{}", crate::free_port());
+        let mut b = crate::proc::Proc::spawn(
+            Command::new(broker)
+                .env(
+                    "TAPBUS_INPUTS__FILE__URL",
+                    format!("file://{}", file.display()),
+                )
+                .env("TAPBUS_METRICS_LISTEN", &metrics_addr)
+                .env("TAPBUS_OUTPUTS__BUS__URL", nats_url)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        // The broker exits when the file is done; its last published count is read first.
+        let mut last = String::new();
+        let mut cpu = 0.0f64;
+        while b.is_running() && t0.elapsed() < Duration::from_secs(600) {
+            if let Some(m) = crate::http_get(&metrics_addr, "/metrics") {
+                last = m;
+            }
+            cpu = cpu_secs(b.pid(), ticks).max(cpu);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        r.published += metric(&last, "tapbus_published_total");
+        r.broker_cpu += cpu;
+    }
+    r.seconds = t0.elapsed().as_secs_f64();
+    r
 }

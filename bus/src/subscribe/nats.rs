@@ -140,7 +140,8 @@ pub struct JetStreamSpec {
     /// Redelivery after this long without an ack or `in_progress()`. Default 30 s.
     pub ack_wait: Duration,
     pub deliver: DeliverFrom,
-    /// Messages asked for per pull request. Default 256 (at most `max_ack_pending`).
+    /// Messages asked for per pull request. Default 1024
+    /// ([`tapbus_config::subscribe::DEFAULT_PULL_BATCH`]; at most `max_ack_pending`).
     pub batch: usize,
     /// The server deletes the consumer after this long without a pull (JetStream's
     /// `inactive_threshold`); `None`: it stays until deleted. Set for consumers made per
@@ -157,7 +158,7 @@ impl JetStreamSpec {
             max_ack_pending: 4096,
             ack_wait: Duration::from_secs(30),
             deliver: DeliverFrom::All,
-            batch: 256,
+            batch: 1024,
             inactive_threshold: None,
         }
     }

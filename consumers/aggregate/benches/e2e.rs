@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tapbus_testsupport::bench::{clock_ticks, cpu_secs, fill_jetstream, metric};
+use tapbus_testsupport::bench::{clock_ticks, cpu_secs, fill_jetstream, metric, replay_core};
 use tapbus_testsupport::proc::Proc;
 use tapbus_testsupport::servers::{Nats, Prometheus};
 use tapbus_testsupport::{free_port, http_get, testdata};
@@ -210,35 +210,9 @@ fn core(bins: &Bins, copies: usize, ticks: f64) {
     let input = format!("{}/dnstap.>", nats.url());
     let mut agg = aggregate_from(bins, &nats, &input, &addr, false);
     std::thread::sleep(Duration::from_millis(500));
-    let file = testdata::path(BULK);
     let t0 = Instant::now();
-    let mut published = 0.0;
-    let mut broker_cpu = 0.0;
-    for _ in 0..copies {
-        let metrics_addr = format!("127.0.0.1:{}", free_port());
-        let mut b = Proc::spawn(
-            Command::new(&bins.broker)
-                .env(
-                    "TAPBUS_INPUTS__FILE__URL",
-                    format!("file://{}", file.display()),
-                )
-                .env("TAPBUS_METRICS_LISTEN", &metrics_addr)
-                .env("TAPBUS_OUTPUTS__BUS__URL", nats.url())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
-        // The broker exits when the file is done; its last published count is read first.
-        let mut last = String::new();
-        while b.is_running() {
-            if let Some(m) = http_get(&metrics_addr, "/metrics") {
-                last = m;
-            }
-            broker_cpu = cpu_secs(b.pid(), ticks).max(broker_cpu);
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        published += metric(&last, "tapbus_published_total");
-    }
-    let broker_secs = t0.elapsed().as_secs_f64();
+    let replay = replay_core(&bins.broker, nats.url(), BULK, copies);
+    let (published, broker_secs) = (replay.published, replay.seconds);
     let total = (copies * testdata::expected_count(BULK)) as u64;
     // Quiet for 1 s: everything that will arrive has.
     let mut got = counted(&addr);
