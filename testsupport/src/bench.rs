@@ -97,3 +97,94 @@ pub fn replay_core(broker: &Path, nats_url: &str, capture: &str, copies: usize) 
     r.seconds = t0.elapsed().as_secs_f64();
     r
 }
+
+/// The broker reads Frame Streams on a unix socket and publishes to NATS core on
+/// `nats_url`; `fstrm_blast` (beside `broker`, under `examples/`) writes `count` data
+/// frames of the test data's `capture` (cycled) into it at `rate` frames/s. Returns once
+/// the writer got FINISH; [`Paced::stop`] ends the broker after the caller has counted.
+pub struct Paced {
+    broker: crate::proc::Proc,
+    metrics_addr: String,
+    /// Wall time of the writer, first frame to FINISH.
+    pub seconds: f64,
+    /// When the writer started.
+    pub started: Instant,
+    broker_cpu0: f64,
+    _dir: tempfile::TempDir,
+}
+
+impl Paced {
+    /// Starts the broker, waits until it listens and `ready()` holds (the subscriber under
+    /// test is up), then writes the frames.
+    pub fn run(
+        broker: &Path,
+        nats_url: &str,
+        capture: &str,
+        count: u64,
+        rate: u64,
+        mut ready: impl FnMut() -> bool,
+    ) -> Paced {
+        let blast = broker
+            .parent()
+            .map(|d| d.join("examples/fstrm_blast"))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| {
+                panic!("fstrm_blast missing: cargo build --release -p tapbus-broker --examples")
+            });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("dnstap.sock");
+        let metrics_addr = format!("127.0.0.1:{}", crate::free_port());
+        let mut b = crate::proc::Proc::spawn(
+            Command::new(broker)
+                .args(["-i", &format!("unix://{}", sock.display())])
+                .args(["-o", nats_url, "--metrics-listen", &metrics_addr])
+                .env("TAPBUS_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let t = Instant::now();
+        while !(sock.exists() && crate::http_get(&metrics_addr, "/metrics").is_some() && ready()) {
+            assert!(b.is_running(), "the broker exited");
+            assert!(t.elapsed() < Duration::from_secs(15), "not ready in 15 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let broker_cpu0 = cpu_secs(b.pid(), clock_ticks());
+        let started = Instant::now();
+        let out = Command::new(&blast)
+            .args([
+                "--file",
+                &crate::testdata::path(capture).display().to_string(),
+            ])
+            .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
+            .args(["--unix", &sock.display().to_string()])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("fstrm_blast");
+        assert!(out.status.success(), "fstrm_blast failed");
+        Paced {
+            broker: b,
+            metrics_addr,
+            seconds: started.elapsed().as_secs_f64(),
+            started,
+            broker_cpu0,
+            _dir: dir,
+        }
+    }
+
+    /// Ends the broker; returns what it published (its last metrics) and its CPU since
+    /// the first frame.
+    pub fn stop(mut self) -> Replay {
+        let published = metric(
+            &crate::http_get(&self.metrics_addr, "/metrics").unwrap_or_default(),
+            "tapbus_published_total",
+        );
+        let broker_cpu = cpu_secs(self.broker.pid(), clock_ticks()) - self.broker_cpu0;
+        let _ = self.broker.terminate();
+        Replay {
+            published,
+            broker_cpu,
+            seconds: self.seconds,
+        }
+    }
+}

@@ -4,11 +4,11 @@
 //! whether every event was counted (zero loss: the counters equal the events published).
 //!
 //! ```sh
-//! cargo build --release -p tapbus-broker -p tapbus-mimir   # the bench runs the release binaries
+//! cargo build --release -p tapbus-broker -p tapbus-mimir --examples   # the release binaries, fstrm_blast
 //! cargo bench -p tapbus-aggregate --bench e2e               # AGG_BENCH_COPIES=3 (x 100,002 events)
 //! ```
 //!
-//! Two runs, each on a fresh NATS server:
+//! Four runs, each on a fresh NATS server:
 //! - **drain**: the bulk capture is replayed `AGG_BENCH_COPIES` times into JetStream
 //!   first; then tapbus-aggregate starts on a fresh durable and the clock runs until its
 //!   `dnstap_messages_total` counts every event: how fast it reads a backlog.
@@ -21,6 +21,9 @@
 //! - **core**: the same over NATS core (`nats://.../dnstap.>`, at most once, no acks):
 //!   the broker publishes at full speed; what aggregate could not take is lost (the
 //!   client's slow-consumer drops) and reported.
+//! - **paced**: NATS core at a steady `AGG_BENCH_RATE` (default 200,000 frames/s,
+//!   `AGG_BENCH_COUNT` frames, default 1,000,000) written by `fstrm_blast` into the
+//!   broker's unix socket (`cargo build --release -p tapbus-broker --examples`).
 //!
 //! `cargo bench -p tapbus-aggregate --bench e2e -- live` runs one of them. Prints a
 //! summary per run and `RESULT {json}` lines. Bounded: 300 s per wait.
@@ -29,7 +32,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tapbus_testsupport::bench::{clock_ticks, cpu_secs, fill_jetstream, metric, replay_core};
+use tapbus_testsupport::bench::{
+    Paced, clock_ticks, cpu_secs, fill_jetstream, metric, replay_core,
+};
 use tapbus_testsupport::proc::Proc;
 use tapbus_testsupport::servers::{Nats, Prometheus};
 use tapbus_testsupport::{free_port, http_get, testdata};
@@ -241,6 +246,61 @@ fn core(bins: &Bins, copies: usize, ticks: f64) {
     );
 }
 
+/// NATS core at a steady rate: `fstrm_blast` writes `AGG_BENCH_COUNT` frames (default
+/// 1,000,000, the bulk capture cycled) at `AGG_BENCH_RATE` frames/s (default 200,000)
+/// into the broker's unix socket; the broker publishes to NATS core and tapbus-aggregate
+/// reads `dnstap.>`. Zero loss: aggregate counts every frame.
+fn paced(bins: &Bins, ticks: f64) {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let count = env("AGG_BENCH_COUNT", 1_000_000);
+    let rate = env("AGG_BENCH_RATE", 200_000);
+    let nats = Nats::start();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let input = format!("{}/dnstap.>", nats.url());
+    let mut agg = aggregate_from(bins, &nats, &input, &addr, false);
+    let cpu0 = cpu_secs(agg.pid(), ticks);
+    let nats0 = cpu_secs(nats.pid(), ticks);
+    let p = Paced::run(&bins.broker, nats.url(), BULK, count, rate, || true);
+    // Counted once no event has arrived for 1 s (or all have).
+    let (mut got, mut last) = (counted(&addr), p.started.elapsed());
+    while got < count && p.started.elapsed() - last < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(10));
+        let now = counted(&addr);
+        if now != got {
+            (got, last) = (now, p.started.elapsed());
+        }
+    }
+    let (cpu, nats_cpu) = (
+        cpu_secs(agg.pid(), ticks) - cpu0,
+        cpu_secs(nats.pid(), ticks) - nats0,
+    );
+    let blast = p.seconds;
+    let replay = p.stop();
+    let _ = agg.terminate();
+    let lost = count.saturating_sub(got);
+    let us = cpu * 1e6 / got.max(1) as f64;
+    println!(
+        "paced: {count} frames written at {:.0}/s; the broker published {:.0} ({:.2} µs CPU/event); \
+         tapbus-aggregate counted {got} ({lost} lost), the last {:.2} s after the last frame; \
+         CPU {cpu:.2} s = {us:.2} µs/event; nats-server {:.2} µs/event",
+        count as f64 / blast,
+        replay.published,
+        replay.broker_cpu * 1e6 / count.max(1) as f64,
+        last.as_secs_f64() - blast,
+        nats_cpu * 1e6 / count.max(1) as f64,
+    );
+    println!(
+        "RESULT {{\"run\":\"paced\",\"events\":{got},\"expected\":{count},\"rate\":{rate},\
+         \"offered_per_s\":{:.0},\"lost\":{lost},\"aggregate_cpu_s\":{cpu:.3},\"aggregate_us_per_event\":{us:.3}}}",
+        count as f64 / blast
+    );
+}
+
 fn main() {
     let copies: usize = std::env::var("AGG_BENCH_COPIES")
         .ok()
@@ -264,7 +324,7 @@ fn main() {
     let ticks = clock_ticks();
     let which = std::env::args()
         .skip(1)
-        .find(|a| ["drain", "live", "core"].contains(&a.as_str()));
+        .find(|a| ["drain", "live", "core", "paced"].contains(&a.as_str()));
     let run = |name: &str| which.is_none() || which.as_deref() == Some(name);
     if run("drain") {
         drain(&bins, copies, ticks);
@@ -274,5 +334,8 @@ fn main() {
     }
     if run("core") {
         core(&bins, copies, ticks);
+    }
+    if run("paced") {
+        paced(&bins, ticks);
     }
 }

@@ -29,7 +29,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tapbus_testsupport::bench::{clock_ticks, cpu_secs, fill_jetstream, metric, replay_core};
+use tapbus_testsupport::bench::{
+    Paced, clock_ticks, cpu_secs, fill_jetstream, metric, replay_core,
+};
 use tapbus_testsupport::loki::{Limits, LokiReceiver};
 use tapbus_testsupport::proc::Proc;
 use tapbus_testsupport::servers::Nats;
@@ -257,65 +259,37 @@ fn paced(loki_bin: &Path, broker: &Path) -> Run {
     };
     let count = env("LOKI_BENCH_COUNT", 600_000);
     let rate = env("LOKI_BENCH_RATE", 200_000);
-    let blast = broker
-        .parent()
-        .expect("target dir")
-        .join("examples/fstrm_blast");
-    assert!(
-        blast.exists(),
-        "{} missing: cargo build --release -p tapbus-broker --examples first",
-        blast.display()
-    );
     let ticks = clock_ticks();
-    let dir = tempfile::tempdir().expect("tempdir");
     let nats = Nats::start();
     let r = receiver();
     let addr = format!("127.0.0.1:{}", free_port());
     let input = format!("{}/dnstap.>", nats.url());
     let mut loki = spawn_loki(loki_bin, &input, &r.push_url(), &addr);
-    let sock = dir.path().join("dnstap.sock");
-    let broker_addr = format!("127.0.0.1:{}", free_port());
-    let mut b = Proc::spawn(
-        Command::new(broker)
-            .args(["-i", &format!("unix://{}", sock.display())])
-            .args(["-o", nats.url(), "--metrics-listen", &broker_addr])
-            .env("TAPBUS_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    let t = Instant::now();
-    while (http_get(&addr, "/health").is_none() || !sock.exists())
-        && t.elapsed() < Duration::from_secs(15)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(500));
     let cpu = |pid| cpu_secs(pid, ticks);
-    let (loki0, nats0, broker0) = (cpu(loki.pid()), cpu(nats.pid()), cpu(b.pid()));
-    let self0 = cpu(std::process::id());
-    let t0 = Instant::now();
-    let out = Command::new(&blast)
-        .args(["--file", &testdata::path(BULK).display().to_string()])
-        .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
-        .args(["--unix", &sock.display().to_string()])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("fstrm_blast");
-    assert!(out.status.success(), "fstrm_blast failed");
-    let blast_secs = t0.elapsed().as_secs_f64();
-    let secs = settle(&r, count, t0).max(blast_secs);
+    let (mut loki0, mut nats0, mut self0) = (0.0, 0.0, 0.0);
+    // `/health` answers 200 once every input is subscribed and connected.
+    let p = Paced::run(broker, nats.url(), BULK, count, rate, || {
+        let up = http_get(&addr, "/health").is_some();
+        (loki0, nats0, self0) = (cpu(loki.pid()), cpu(nats.pid()), cpu(std::process::id()));
+        up
+    });
+    let secs = settle(&r, count, p.started).max(p.seconds);
     let recv_cpu = cpu(std::process::id()) - self0;
-    let (nats_cpu, broker_cpu) = (cpu(nats.pid()) - nats0, cpu(b.pid()) - broker0);
-    let published = metric(
-        &http_get(&broker_addr, "/metrics").unwrap_or_default(),
-        "tapbus_published_total",
-    );
-    let _ = b.terminate();
+    let nats_cpu = cpu(nats.pid()) - nats0;
+    let blast_secs = p.seconds;
+    let replay = p.stop();
     let mut run = finish("paced", &r, &mut loki, &addr, count, secs, recv_cpu);
     run.loki_cpu -= loki0;
     run.nats_cpu = nats_cpu;
-    run.offered = Some((count as f64 / blast_secs, broker_cpu, secs - blast_secs));
-    eprintln!("paced: the broker published {published:.0} of {count} frames");
+    run.offered = Some((
+        count as f64 / blast_secs,
+        replay.broker_cpu,
+        secs - blast_secs,
+    ));
+    eprintln!(
+        "paced: the broker published {:.0} of {count} frames",
+        replay.published
+    );
     run
 }
 
