@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tapbus_config::{BusConnect, ConsumerInputSpec, SubscribeMode};
 
+use crate::connect::nats::SlowConsumer;
+
 use crate::subscribe::{
     DeliverFrom, JetStreamSpec, JetStreamSubscriber, MqttSpec, MqttSubscriber, NatsCoreSpec,
     NatsCoreSubscriber, RedisPubSubSpec, RedisPubSubSubscriber, RedisStreamSpec,
@@ -36,10 +38,14 @@ pub async fn subscribe(program: &str, spec: &ConsumerInputSpec) -> Result<Subscr
                 queue_group,
             },
         ) => {
-            let client = nats(program, c).await?;
+            let slow = SlowConsumer::default();
+            let client = nats(program, c, slow.clone()).await?;
             let mut s = NatsCoreSpec::new(subject.clone());
             s.queue_group = queue_group.clone();
-            Ok(NatsCoreSubscriber::new(&client, &s).await?.into())
+            Ok(NatsCoreSubscriber::new(&client, &s)
+                .await?
+                .count_drops(slow)
+                .into())
         }
         (
             BusConnect::Nats(c),
@@ -54,7 +60,8 @@ pub async fn subscribe(program: &str, spec: &ConsumerInputSpec) -> Result<Subscr
                 batch,
             },
         ) => {
-            let client = nats(program, c).await?;
+            let slow = SlowConsumer::default();
+            let client = nats(program, c, slow.clone()).await?;
             let name = durable
                 .clone()
                 .unwrap_or_else(|| format!("{program}-{}", std::process::id()));
@@ -68,7 +75,10 @@ pub async fn subscribe(program: &str, spec: &ConsumerInputSpec) -> Result<Subscr
                 tapbus_config::DeliverFrom::All => DeliverFrom::All,
                 tapbus_config::DeliverFrom::New => DeliverFrom::New,
             };
-            Ok(JetStreamSubscriber::new(&client, &s).await?.into())
+            Ok(JetStreamSubscriber::new(&client, &s)
+                .await?
+                .count_drops(slow)
+                .into())
         }
         (
             BusConnect::Mqtt(c),
@@ -126,8 +136,9 @@ pub async fn subscribe(program: &str, spec: &ConsumerInputSpec) -> Result<Subscr
 async fn nats(
     program: &str,
     c: &tapbus_config::NatsConnect,
+    slow: SlowConsumer,
 ) -> Result<async_nats::Client, InputError> {
-    crate::connect::nats::connect(program, program, c, 65_536, |_| {})
+    crate::connect::nats::connect(program, program, c, 65_536, |_| {}, slow)
         .await
         .map_err(InputError::Connect)
 }

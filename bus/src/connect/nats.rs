@@ -23,22 +23,32 @@ pub async fn connect(
     spec: &NatsConnect,
     capacity: usize,
     on_state: impl Fn(bool) + Send + Sync + 'static,
+    slow: SlowConsumer,
 ) -> Result<async_nats::Client, String> {
-    let opts = options(name, client_name, spec, capacity, on_state).await?;
+    let opts = options(name, client_name, spec, capacity, on_state, slow).await?;
     opts.connect(server_list(spec).as_slice())
         .await
         .map_err(|e| format!("NATS connect: {e}"))
 }
 
+/// Messages the client dropped because a subscription's buffer was full (NATS "slow
+/// consumer"): one per `Event::SlowConsumer` the client reports. A lower bound: the client
+/// hands its events to the callback through a bounded channel (128) and drops events,
+/// not only messages, when that is full.
+pub type SlowConsumer = std::sync::Arc<std::sync::atomic::AtomicU64>;
+
 /// Connection options: reconnecting forever, state changes logged and reported to
-/// `on_state` (true when connected), authentication and TLS from the spec. `name` names
-/// the output or input in the logs, `client_name` the process to the server; `capacity` is the client's command channel.
+/// `on_state` (true when connected), slow-consumer drops counted in `slow` (the first
+/// one logged), authentication and TLS from the spec. `name` names the output or input in
+/// the logs, `client_name` the process to the server; `capacity` is the client's command
+/// channel.
 pub async fn options(
     name: &str,
     client_name: &str,
     spec: &NatsConnect,
     capacity: usize,
     on_state: impl Fn(bool) + Send + Sync + 'static,
+    slow: SlowConsumer,
 ) -> Result<ConnectOptions, String> {
     let on_state = std::sync::Arc::new(on_state);
     // Client errors (a refused connection, each reconnect attempt) are logged once until
@@ -55,8 +65,14 @@ pub async fn options(
             let on_state = on_state.clone();
             let quiet = quiet.clone();
             let name = ev_name.clone();
+            let slow = slow.clone();
             async move {
                 match event {
+                    async_nats::Event::SlowConsumer(sid) => {
+                        if slow.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                            tracing::warn!(bus = %name, "NATS: subscription {sid} is a slow consumer: the client drops messages this process did not read in time (counted; logged once)");
+                        }
+                    }
                     async_nats::Event::Connected => {
                         on_state(true);
                         quiet.store(false, std::sync::atomic::Ordering::Relaxed);

@@ -241,6 +241,21 @@ impl Subscriber {
         }
     }
 
+    /// Messages the bus client dropped before this process read them: NATS clients
+    /// drop what overflows a subscription's buffer (a slow consumer; counted from the
+    /// client's events, a lower bound). Lost for NATS core, delivered again after
+    /// `ack_wait` for JetStream. Always 0 for MQTT and Redis, whose clients do not drop
+    /// (a Redis server cuts a slow pub/sub client off instead: that shows as a reconnect).
+    pub fn dropped(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        match self {
+            Subscriber::NatsCore(s) => s.dropped(),
+            Subscriber::JetStream(s) => s.dropped(),
+            Subscriber::Mqtt(_) | Subscriber::RedisPubSub(_) | Subscriber::RedisStream(_) => {
+                Default::default()
+            }
+        }
+    }
+
     /// Whether the connection is up, updated on every change.
     pub fn connected(&self) -> watch::Receiver<bool> {
         match self {

@@ -19,6 +19,8 @@ use async_nats::jetstream::{
 use futures::StreamExt;
 use tokio::sync::watch;
 
+use crate::connect::nats::SlowConsumer;
+
 use super::{
     Ack, AckError, BACKLOG_POLL, Backlog, Delivery, LinkState, SpecError, SubscribeError, backoff,
 };
@@ -65,6 +67,7 @@ impl NatsCoreSpec {
 #[derive(Debug)]
 pub struct NatsCoreSubscriber {
     sub: async_nats::Subscriber,
+    dropped: SlowConsumer,
     connected: watch::Receiver<bool>,
     _watcher: AbortOnDrop,
 }
@@ -94,6 +97,7 @@ impl NatsCoreSubscriber {
         let (connected, watcher) = watch_state(client.clone(), what);
         Ok(NatsCoreSubscriber {
             sub,
+            dropped: SlowConsumer::default(),
             connected,
             _watcher: watcher,
         })
@@ -113,6 +117,19 @@ impl NatsCoreSubscriber {
 
     pub fn connected(&self) -> watch::Receiver<bool> {
         self.connected.clone()
+    }
+
+    /// Counts into `c` what the client drops for being a slow consumer: `c` must be the
+    /// counter the client was connected with ([`crate::connect::nats::connect`]), which
+    /// counts for every subscription of that client.
+    pub fn count_drops(mut self, c: SlowConsumer) -> Self {
+        self.dropped = c;
+        self
+    }
+
+    /// Messages the client dropped (slow consumer): lost, NATS core keeps nothing.
+    pub fn dropped(&self) -> SlowConsumer {
+        self.dropped.clone()
     }
 }
 
@@ -221,6 +238,7 @@ pub struct JetStreamSubscriber {
     backlog: watch::Receiver<Option<Backlog>>,
     _backlog_poll: AbortOnDrop,
     delays: crate::backoff::Backoff,
+    dropped: SlowConsumer,
 }
 
 impl std::fmt::Debug for JetStreamSubscriber {
@@ -301,6 +319,7 @@ impl JetStreamSubscriber {
             backlog,
             _backlog_poll: backlog_poll,
             delays: backoff(),
+            dropped: SlowConsumer::default(),
         })
     }
 
@@ -337,6 +356,18 @@ impl JetStreamSubscriber {
 
     pub fn connected(&self) -> watch::Receiver<bool> {
         self.connected.clone()
+    }
+
+    /// As [`NatsCoreSubscriber::count_drops`].
+    pub fn count_drops(mut self, c: SlowConsumer) -> Self {
+        self.dropped = c;
+        self
+    }
+
+    /// Messages the client dropped (slow consumer): not acked, so the server delivers
+    /// them again after `ack_wait`.
+    pub fn dropped(&self) -> SlowConsumer {
+        self.dropped.clone()
     }
 }
 

@@ -77,3 +77,37 @@ async fn core_queue_group_splits() {
     .await;
     assert_split(&got, &numbered("q", 400));
 }
+
+/// A subscriber that does not read while more than its client buffers (65,536 messages)
+/// arrives: the client drops the rest (NATS core keeps nothing), and the drops are
+/// counted in `Subscriber::dropped`, the source of `tapbus_consumer_input_dropped_total`.
+#[tokio::test]
+async fn core_slow_consumer_drops_are_counted() {
+    init_tracing();
+    let nats = blocking(Nats::start).await;
+    let spec = tapbus_config::ConsumerInputConfig::from_url(&format!("{}/slow.>", nats.url()))
+        .validate("input", "test")
+        .expect("spec");
+    let mut sub = tapbus_bus::input::subscribe("test", &spec)
+        .await
+        .expect("subscribe");
+    wait_connected(&sub, true, Duration::from_secs(5)).await;
+    let dropped = sub.dropped();
+    assert_eq!(dropped.load(Ordering::Relaxed), 0);
+    const N: usize = 100_000;
+    publish(nats.url(), "slow.x", "m", N).await;
+    // The client reports drops as it reads the socket; wait for them (bounded).
+    let t = Instant::now();
+    while dropped.load(Ordering::Relaxed) == 0 && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut got = 0usize;
+    while let Ok(Ok(_)) = timeout(Duration::from_millis(500), sub.next()).await {
+        got += 1;
+    }
+    let lost = dropped.load(Ordering::Relaxed) as usize;
+    assert!(lost > 0, "no drop counted ({got} received)");
+    assert!(got < N, "{got} received: the buffer did not overflow");
+    // A lower bound: never more drops counted than messages missing.
+    assert!(got + lost <= N, "{got} received + {lost} counted > {N}");
+}

@@ -27,6 +27,8 @@ pub struct Own {
     /// while unknown (then the series are left out).
     pub lag: AtomicU64,
     pub bus_unacked: AtomicU64,
+    /// The inputs' counters of messages their bus client dropped (summed on `/metrics`).
+    dropped_by_client: std::sync::Mutex<Vec<Arc<AtomicU64>>>,
 }
 
 impl Default for Own {
@@ -43,6 +45,7 @@ impl Default for Own {
             up: AtomicU64::new(0),
             lag: AtomicU64::new(UNKNOWN),
             bus_unacked: AtomicU64::new(UNKNOWN),
+            dropped_by_client: std::sync::Mutex::default(),
         }
     }
 }
@@ -67,9 +70,26 @@ impl Own {
         self.pending.store(n as u64, Ordering::Relaxed);
     }
 
+    /// Counts what `sub`'s bus client drops into `tapbus_consumer_input_dropped_total`.
+    pub fn watch_drops(&self, sub: &Subscriber) {
+        if let Ok(mut v) = self.dropped_by_client.lock() {
+            v.push(sub.dropped());
+        }
+    }
+
+    /// Messages the inputs' bus clients dropped before this process read them
+    /// ([`Subscriber::dropped`]).
+    pub fn input_dropped(&self) -> u64 {
+        self.dropped_by_client
+            .lock()
+            .map(|v| v.iter().map(|c| c.load(Ordering::Relaxed)).sum())
+            .unwrap_or(0)
+    }
+
     /// Prometheus text (0.0.4) of the counters, labelled `consumer="{consumer}"`.
     pub fn write(&self, consumer: &str, out: &mut String) {
-        let rows: [(&str, &str, &str, &AtomicU64); 9] = [
+        let dropped = AtomicU64::new(self.input_dropped());
+        let rows: [(&str, &str, &str, &AtomicU64); 10] = [
             (
                 "tapbus_consumer_messages_total",
                 "counter",
@@ -113,6 +133,12 @@ impl Own {
                 &self.batches_failed,
             ),
             (
+                "tapbus_consumer_input_dropped_total",
+                "counter",
+                "messages the bus client dropped before this consumer read them (NATS slow consumer: lost on NATS core, delivered again on JetStream; a lower bound)",
+                &dropped,
+            ),
+            (
                 "tapbus_consumer_pending",
                 "gauge",
                 "messages taken and not yet acknowledged",
@@ -153,8 +179,9 @@ impl Own {
 
     /// Follows the subscriber's connection state into `tapbus_consumer_input_up`, and its
     /// backlog (where the bus keeps one) into `tapbus_consumer_lag_messages` and
-    /// `tapbus_consumer_bus_unacked_messages`.
+    /// `tapbus_consumer_bus_unacked_messages`; counts its client's drops ([`Own::watch_drops`]).
     pub fn watch_input(self: &Arc<Self>, sub: &Subscriber) {
+        self.watch_drops(sub);
         let mut backlog = sub.backlog();
         let own = self.clone();
         tokio::spawn(async move {

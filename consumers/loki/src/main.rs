@@ -777,6 +777,7 @@ fn watch_inputs(own: &Arc<Own>, subs: &[Subscriber]) {
     let slots: Arc<Vec<AtomicBool>> =
         Arc::new(subs.iter().map(|_| AtomicBool::new(false)).collect());
     for (i, sub) in subs.iter().enumerate() {
+        own.watch_drops(sub);
         let mut up = sub.connected();
         let (own, slots) = (own.clone(), slots.clone());
         tokio::spawn(async move {

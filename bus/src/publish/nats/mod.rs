@@ -52,6 +52,8 @@ pub async fn run(name: String, spec: NatsSpec, mut rx: Queue, m: PublishMetrics)
         move |s| {
             up.set(i64::from(s));
         },
+        // The output subscribes only to its own reply inboxes, read at once.
+        Default::default(),
     )
     .await
     {
