@@ -33,7 +33,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tapbus_testsupport::bench::{
-    Paced, clock_ticks, cpu_secs, fill_jetstream, metric, replay_core,
+    Paced, clock_ticks, cpu_secs, env_u64, fill_jetstream, metric, replay_core,
 };
 use tapbus_testsupport::proc::Proc;
 use tapbus_testsupport::servers::{Nats, Prometheus};
@@ -251,14 +251,8 @@ fn core(bins: &Bins, copies: usize, ticks: f64) {
 /// into the broker's unix socket; the broker publishes to NATS core and tapbus-aggregate
 /// reads `dnstap.>`. Zero loss: aggregate counts every frame.
 fn paced(bins: &Bins, ticks: f64) {
-    let env = |k: &str, d: u64| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
-    let count = env("AGG_BENCH_COUNT", 1_000_000);
-    let rate = env("AGG_BENCH_RATE", 200_000);
+    let count = env_u64("AGG_BENCH_COUNT", 1_000_000);
+    let rate = env_u64("AGG_BENCH_RATE", 200_000);
     let nats = Nats::start();
     let addr = format!("127.0.0.1:{}", free_port());
     let input = format!("{}/dnstap.>", nats.url());
@@ -302,10 +296,7 @@ fn paced(bins: &Bins, ticks: f64) {
 }
 
 fn main() {
-    let copies: usize = std::env::var("AGG_BENCH_COPIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let copies = env_u64("AGG_BENCH_COPIES", 3) as usize;
     let aggregate = PathBuf::from(env!("CARGO_BIN_EXE_tapbus-aggregate"));
     let sibling = |name: &str| -> PathBuf {
         let p = aggregate.with_file_name(name);

@@ -30,7 +30,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tapbus_testsupport::bench::{
-    Paced, clock_ticks, cpu_secs, fill_jetstream, metric, replay_core,
+    Paced, clock_ticks, cpu_secs, env_u64, fill_jetstream, metric, replay_core,
 };
 use tapbus_testsupport::loki::{Limits, LokiReceiver};
 use tapbus_testsupport::proc::Proc;
@@ -251,14 +251,8 @@ fn core(loki_bin: &Path, broker: &Path, copies: usize) -> Run {
 /// the broker's unix socket; the broker publishes to NATS core, tapbus-loki reads
 /// `dnstap.>`. The clock runs from the first frame until no line has arrived for 1 s.
 fn paced(loki_bin: &Path, broker: &Path) -> Run {
-    let env = |k: &str, d: u64| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
-    let count = env("LOKI_BENCH_COUNT", 600_000);
-    let rate = env("LOKI_BENCH_RATE", 200_000);
+    let count = env_u64("LOKI_BENCH_COUNT", 600_000);
+    let rate = env_u64("LOKI_BENCH_RATE", 200_000);
     let ticks = clock_ticks();
     let nats = Nats::start();
     let r = receiver();
@@ -313,10 +307,7 @@ const BULK: &str = "bulk-100k.fstrm";
 const LIMIT: Duration = Duration::from_secs(300);
 
 fn main() {
-    let copies: usize = std::env::var("LOKI_BENCH_COPIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let copies = env_u64("LOKI_BENCH_COPIES", 3) as usize;
     let loki_bin = PathBuf::from(env!("CARGO_BIN_EXE_tapbus-loki"));
     let broker = loki_bin.with_file_name("tapbus-broker");
     assert!(
