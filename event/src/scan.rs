@@ -3,7 +3,7 @@
 //! A small hand-written JSON reader that knows the event's shape: it reads the fields the
 //! view has and skips every other value. It exists for speed (`benches/view.rs`: 0.6 µs
 //! per 877-byte bulk event on this machine, 11.3 k instructions, where the serde derive
-//! costs 1.5-1.8 µs with sonic-rs or serde_json, 25 k instructions), and is checked
+//! costs 1.0-1.4 µs with sonic-rs or serde_json, 25 k instructions), and is checked
 //! against the serde derive ([`EventView::parse_serde_json`]) on every event of the test
 //! captures and on damaged copies of them. Any key order is read; the encoder's order is
 //! the fast one.

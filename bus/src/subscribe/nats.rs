@@ -175,7 +175,7 @@ impl JetStreamSpec {
             max_ack_pending: 4096,
             ack_wait: Duration::from_secs(30),
             deliver: DeliverFrom::All,
-            batch: 1024,
+            batch: tapbus_config::subscribe::DEFAULT_PULL_BATCH as usize,
             inactive_threshold: None,
         }
     }
