@@ -12,7 +12,6 @@
 //! reset), and what was counted but not yet acked when a process dies is delivered again
 //! and counted by the next one (README "tapbus-aggregate").
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -28,7 +27,9 @@ use tapbus_bus::publish::settle::Settlement;
 use tapbus_bus::publish::{self, Message};
 use tapbus_bus::subscribe::Delivery;
 use tapbus_config::{ConfigError, ConsumerInputConfig, OutputConfig};
-use tapbus_consumer::{Own, ack, init_logging, listen_addr, now_ms, serve, stop_signal};
+use tapbus_consumer::{
+    CommonArgs, Own, ack, init_logging, listen_addr, now_ms, serve, stop_signal,
+};
 use tapbus_event::EventView;
 use tokio::sync::mpsc;
 
@@ -46,22 +47,11 @@ struct Cli {
     /// Bus URL to publish metric batches to, e.g. nats://127.0.0.1:4222 (none: scrape only).
     #[arg(short, long, value_name = "URL")]
     output: Option<String>,
-    /// TOML configuration file ([input], [output], [aggregate]; see config/aggregate.toml).
-    #[arg(short, long, env = "TAPBUS_CONFIG")]
-    config: Option<PathBuf>,
-    /// Address for /metrics and /health; "" disables.
-    #[arg(long, value_name = "ADDR")]
-    metrics_listen: Option<String>,
     /// The `instance` label of every series (default: the host name).
     #[arg(long, value_name = "NAME")]
     instance: Option<String>,
-    /// Load and validate the configuration, print a one-line summary and exit (0 valid,
-    /// 2 invalid, naming the key); starts nothing.
-    #[arg(long)]
-    check: bool,
-    /// Log format on standard error.
-    #[arg(long, env = "TAPBUS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 /// The configuration file (`--config`, then `TAPBUS_*`, then the flags).
@@ -112,7 +102,7 @@ fn invalid(key: &str, msg: impl Into<String>) -> ConfigError {
 }
 
 fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
-    let mut cfg: Config = tapbus_config::load(cli.config.as_deref(), Config::default())?;
+    let mut cfg: Config = tapbus_config::load(cli.common.config.as_deref(), Config::default())?;
     if let Some(url) = &cli.input {
         cfg.input.set_url(url);
     }
@@ -121,7 +111,7 @@ fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
             .get_or_insert_with(OutputConfig::default)
             .set_url(url);
     }
-    if let Some(l) = &cli.metrics_listen {
+    if let Some(l) = &cli.common.metrics_listen {
         cfg.metrics_listen = l.clone();
     }
     if let Some(i) = &cli.instance {
@@ -194,7 +184,7 @@ struct Shared {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if cli.check {
+    if cli.common.check {
         return tapbus_consumer::check(PROGRAM, settings(&cli), |s| {
             format!(
                 "input {}, {}, instance {}, metrics_listen {}",
@@ -211,7 +201,7 @@ fn main() -> ExitCode {
             )
         });
     }
-    init_logging(&cli.log_format);
+    init_logging(&cli.common.log_format);
     tapbus_consumer::main(PROGRAM, settings(&cli), run)
 }
 

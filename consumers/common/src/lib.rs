@@ -11,6 +11,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Context as _;
 use tapbus_bus::subscribe::{Delivery, Subscriber};
 
+/// The flags every consumer binary takes beside its own (`#[command(flatten)]`): the
+/// configuration file, the `/metrics` address, `--check` and the log format.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// TOML configuration file (see config/<program>.toml); `TAPBUS_*` environment
+    /// variables and the flags override it.
+    #[arg(short, long, env = "TAPBUS_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// Address for /metrics and /health; "" disables.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Load and validate the configuration, print a one-line summary and exit (0 valid,
+    /// 2 invalid, naming the key); starts nothing.
+    #[arg(long)]
+    pub check: bool,
+    /// Log format on standard error.
+    #[arg(long, env = "TAPBUS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
 /// A consumer's own counters, on its `/metrics` as `tapbus_consumer_*{consumer="NAME"}`.
 #[derive(Debug)]
 pub struct Own {

@@ -12,7 +12,6 @@
 //! rest. SIGINT/SIGTERM push what is batched (within `drain_timeout`), ack it, exit 0.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tapbus_bus::backoff::Backoff;
 use tapbus_bus::subscribe::{Delivery, SubscribeError, Subscriber};
 use tapbus_config::{ConfigError, ConsumerInputConfig, ConsumerInputSpec, SubscribeMode};
-use tapbus_consumer::{Own, ack, init_logging, listen_addr, serve, stop_signal};
+use tapbus_consumer::{CommonArgs, Own, ack, init_logging, listen_addr, serve, stop_signal};
 use tapbus_loki::batch::{Batch, Sealed};
 use tapbus_loki::labels::{Labeler, LabelsConfig};
 use tapbus_loki::push::{Encoder, Encoding};
@@ -49,19 +48,8 @@ struct Cli {
     /// Tenant (`X-Scope-OrgID`).
     #[arg(long)]
     tenant: Option<String>,
-    /// TOML configuration file ([input], url, [labels], ...; see config/loki.toml).
-    #[arg(short, long, env = "TAPBUS_CONFIG")]
-    config: Option<PathBuf>,
-    /// Address for /metrics and /health; "" disables.
-    #[arg(long, value_name = "ADDR")]
-    metrics_listen: Option<String>,
-    /// Log format on standard error.
-    /// Load and validate the configuration, print a one-line summary and exit (0 valid,
-    /// 2 invalid, naming the key); starts nothing.
-    #[arg(long)]
-    check: bool,
-    #[arg(long, env = "TAPBUS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 /// `timestamp`: which time a line gets in Loki.
@@ -161,7 +149,7 @@ fn invalid(key: &str, msg: impl Into<String>) -> ConfigError {
 }
 
 fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
-    let mut cfg: Config = tapbus_config::load(cli.config.as_deref(), Config::default())?;
+    let mut cfg: Config = tapbus_config::load(cli.common.config.as_deref(), Config::default())?;
     if let Some(u) = &cli.input {
         cfg.input.set_url(u);
     }
@@ -171,7 +159,7 @@ fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
     if let Some(t) = &cli.tenant {
         cfg.tenant = t.clone();
     }
-    if let Some(l) = &cli.metrics_listen {
+    if let Some(l) = &cli.common.metrics_listen {
         cfg.metrics_listen = l.clone();
     }
     let inputs = input_specs(&cfg.input)?;
@@ -292,7 +280,7 @@ fn url_names_subject(url: &str) -> bool {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if cli.check {
+    if cli.common.check {
         return tapbus_consumer::check(PROGRAM, settings(&cli), |s| {
             let inputs: Vec<String> = s.inputs.iter().map(|i| i.mode.to_string()).collect();
             format!(
@@ -304,7 +292,7 @@ fn main() -> ExitCode {
             )
         });
     }
-    init_logging(&cli.log_format);
+    init_logging(&cli.common.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
     tapbus_consumer::main(PROGRAM, settings(&cli), run)
 }

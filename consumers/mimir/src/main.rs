@@ -5,7 +5,6 @@
 //! other status drops the batch, counted by reason (Mimir's `err-mimir-*` id when the
 //! body has one), and acks it: a refused batch is never retried forever.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -18,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tapbus_bus::backoff::Backoff;
 use tapbus_bus::subscribe::Delivery;
 use tapbus_config::{ConfigError, ConsumerInputConfig};
-use tapbus_consumer::{Own, ack, init_logging, listen_addr, serve, stop_signal};
+use tapbus_consumer::{CommonArgs, Own, ack, init_logging, listen_addr, serve, stop_signal};
 use tapbus_mimir::write::{self, Outcome};
 
 const PROGRAM: &str = "tapbus-mimir";
@@ -37,19 +36,8 @@ struct Cli {
     /// Tenant (`X-Scope-OrgID`).
     #[arg(long)]
     tenant: Option<String>,
-    /// TOML configuration file ([input], url, tenant, ...; see config/mimir.toml).
-    #[arg(short, long, env = "TAPBUS_CONFIG")]
-    config: Option<PathBuf>,
-    /// Address for /metrics and /health; "" disables.
-    #[arg(long, value_name = "ADDR")]
-    metrics_listen: Option<String>,
-    /// Load and validate the configuration, print a one-line summary and exit (0 valid,
-    /// 2 invalid, naming the key); starts nothing.
-    #[arg(long)]
-    check: bool,
-    /// Log format on standard error.
-    #[arg(long, env = "TAPBUS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,7 +90,7 @@ fn invalid(key: &str, msg: impl Into<String>) -> ConfigError {
 }
 
 fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
-    let mut cfg: Config = tapbus_config::load(cli.config.as_deref(), Config::default())?;
+    let mut cfg: Config = tapbus_config::load(cli.common.config.as_deref(), Config::default())?;
     if let Some(u) = &cli.input {
         cfg.input.set_url(u);
     }
@@ -112,7 +100,7 @@ fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
     if let Some(t) = &cli.tenant {
         cfg.tenant = t.clone();
     }
-    if let Some(l) = &cli.metrics_listen {
+    if let Some(l) = &cli.common.metrics_listen {
         cfg.metrics_listen = l.clone();
     }
     let input = cfg.input.validate("input", PROGRAM)?;
@@ -149,7 +137,7 @@ fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if cli.check {
+    if cli.common.check {
         return tapbus_consumer::check(PROGRAM, settings(&cli), |s| {
             format!(
                 "input {}, url {}, tenant {:?}, metrics_listen {}",
@@ -160,7 +148,7 @@ fn main() -> ExitCode {
             )
         });
     }
-    init_logging(&cli.log_format);
+    init_logging(&cli.common.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
     tapbus_consumer::main(PROGRAM, settings(&cli), run)
 }

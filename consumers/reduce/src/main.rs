@@ -12,7 +12,6 @@
 //! closed early (`close_all`; events for it that come later make late records, so sums
 //! stay exact).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -27,7 +26,7 @@ use tapbus_bus::publish::settle::Settlement;
 use tapbus_bus::publish::{self, Message};
 use tapbus_bus::subscribe::Delivery;
 use tapbus_config::{ConfigError, ConsumerInputConfig, OutputConfig, OutputKind};
-use tapbus_consumer::{Own, ack, init_logging, listen_addr, serve, stop_signal};
+use tapbus_consumer::{CommonArgs, Own, ack, init_logging, listen_addr, serve, stop_signal};
 use tapbus_event::EventView;
 use tapbus_reduce::{Record, ReduceConfig, Reducer, Stats};
 use tokio::sync::mpsc;
@@ -46,19 +45,8 @@ struct Cli {
     /// Bus URL to publish records to, e.g. nats://127.0.0.1:4222.
     #[arg(short, long, value_name = "URL")]
     output: Option<String>,
-    /// TOML configuration file ([input], [output], [reduce]; see config/reduce.toml).
-    #[arg(short, long, env = "TAPBUS_CONFIG")]
-    config: Option<PathBuf>,
-    /// Address for /metrics and /health; "" disables.
-    #[arg(long, value_name = "ADDR")]
-    metrics_listen: Option<String>,
-    /// Load and validate the configuration, print a one-line summary and exit (0 valid,
-    /// 2 invalid, naming the key); starts nothing.
-    #[arg(long)]
-    check: bool,
-    /// Log format on standard error.
-    #[arg(long, env = "TAPBUS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 /// The configuration file (`--config`, then `TAPBUS_*`, then the flags).
@@ -109,14 +97,14 @@ fn invalid(key: &str, msg: impl Into<String>) -> ConfigError {
 }
 
 fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
-    let mut cfg: Config = tapbus_config::load(cli.config.as_deref(), Config::default())?;
+    let mut cfg: Config = tapbus_config::load(cli.common.config.as_deref(), Config::default())?;
     if let Some(url) = &cli.input {
         cfg.input.set_url(url);
     }
     if let Some(url) = &cli.output {
         cfg.output.set_url(url);
     }
-    if let Some(l) = &cli.metrics_listen {
+    if let Some(l) = &cli.common.metrics_listen {
         cfg.metrics_listen = l.clone();
     }
     if cfg.input.connect.url.is_empty() {
@@ -165,7 +153,7 @@ fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if cli.check {
+    if cli.common.check {
         return tapbus_consumer::check(PROGRAM, settings(&cli), |s| {
             let subjects: Vec<&str> = s
                 .reduce
@@ -181,7 +169,7 @@ fn main() -> ExitCode {
             )
         });
     }
-    init_logging(&cli.log_format);
+    init_logging(&cli.common.log_format);
     tapbus_consumer::main(PROGRAM, settings(&cli), run)
 }
 
