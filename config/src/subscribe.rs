@@ -25,6 +25,10 @@ use crate::{BusConnect, ConfigError, ConnectConfig, invalid, scheme_of};
 /// `max_ack_pending`). `consumers/loki/benches/e2e.rs` measured 256, 1024 and 4096.
 pub const DEFAULT_PULL_BATCH: i64 = 1024;
 
+/// The largest pull batch: the NATS client's subscription buffer (async-nats'
+/// `subscription_capacity`, 65,536 messages), which a batch must fit.
+pub const MAX_PULL_BATCH: i64 = 65_536;
+
 /// A consumer's `[input]` table.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -537,12 +541,17 @@ fn validate_mode(
                 ));
             }
             let batch = batch.unwrap_or(DEFAULT_PULL_BATCH.min(max_ack_pending));
+            // A pull batch arrives into the client's subscription buffer (65,536
+            // messages): a larger one would be dropped there and redelivered after ack_wait.
+            let most = max_ack_pending.min(MAX_PULL_BATCH);
             let batch = match usize::try_from(batch) {
-                Ok(b) if b >= 1 && batch <= max_ack_pending => b,
+                Ok(b) if b >= 1 && batch <= most => b,
                 _ => {
                     return Err(invalid(
                         format!("{key}.subscribe.batch"),
-                        format!("must be between 1 and max_ack_pending ({max_ack_pending})"),
+                        format!(
+                            "must be between 1 and {most} (max_ack_pending, and at most {MAX_PULL_BATCH}, the NATS client's subscription buffer)"
+                        ),
                     ));
                 }
             };
@@ -803,6 +812,10 @@ mod tests {
                 .starts_with("input.subscribe.batch:")
         );
         assert!(err("jetstream://127.0.0.1:4222?batch=many").starts_with("input.url:"));
+        assert!(
+            err("jetstream://127.0.0.1:4222?max_ack_pending=100000&batch=65537")
+                .starts_with("input.subscribe.batch:")
+        );
         assert!(err("kafka://x:1").starts_with("input.url: unsupported bus"));
         assert_eq!(err(""), "input.url: missing");
     }

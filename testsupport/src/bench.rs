@@ -160,17 +160,23 @@ impl Paced {
         std::thread::sleep(Duration::from_millis(500));
         let broker_cpu0 = cpu_secs(b.pid(), clock_ticks());
         let started = Instant::now();
-        let out = Command::new(&blast)
-            .args([
-                "--file",
-                &crate::testdata::path(capture).display().to_string(),
-            ])
-            .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
-            .args(["--unix", &sock.display().to_string()])
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("fstrm_blast");
-        assert!(out.status.success(), "fstrm_blast failed");
+        let mut w = crate::proc::Proc::spawn(
+            Command::new(&blast)
+                .args([
+                    "--file",
+                    &crate::testdata::path(capture).display().to_string(),
+                ])
+                .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
+                .args(["--unix", &sock.display().to_string()])
+                .stdout(Stdio::null()),
+        );
+        // Paced: count / rate seconds, and a margin; a writer stuck on a stalled broker is
+        // killed (on drop) rather than hanging the bench.
+        let limit = Duration::from_secs_f64(count as f64 / rate.max(1) as f64 * 2.0 + 30.0);
+        let status = w
+            .wait_within(limit)
+            .expect("fstrm_blast did not finish in time");
+        assert!(status.success(), "fstrm_blast failed: {status}");
         Paced {
             broker: b,
             metrics_addr,
