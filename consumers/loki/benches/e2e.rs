@@ -92,22 +92,26 @@ impl Run {
             self.nats_cpu,
             self.retries
         );
-        println!(
-            "RESULT {{\"run\":\"{}\",\"lines\":{},\"expected\":{},\"lost\":{lost},\"seconds\":{:.3},\"lines_per_s\":{lines_per_s:.0},\
-             \"loki_cpu_s\":{:.3},\"loki_us_per_line\":{loki_us:.3},\"receiver_cpu_s\":{:.3},\
-             \"receiver_us_per_line\":{recv_us:.3},\"nats_cpu_s\":{:.3},\"nats_us_per_line\":{nats_us:.3},\"pushes\":{},\"bytes_per_push\":{bytes_per_push:.0},\
-             \"lines_per_push\":{lines_per_push:.0},\"stored\":{},\"deduplicated\":{}}}",
-            self.name,
-            self.received,
-            self.expected,
-            self.seconds,
-            self.loki_cpu,
-            self.recv_cpu,
-            self.nats_cpu,
-            self.pushes,
-            self.stored,
-            self.deduplicated
-        );
+        let result = serde_json::json!({
+            "run": self.name,
+            "lines": self.received,
+            "expected": self.expected,
+            "lost": lost,
+            "seconds": self.seconds,
+            "lines_per_s": lines_per_s.round(),
+            "loki_cpu_s": self.loki_cpu,
+            "loki_us_per_line": loki_us,
+            "receiver_cpu_s": self.recv_cpu,
+            "receiver_us_per_line": recv_us,
+            "nats_cpu_s": self.nats_cpu,
+            "nats_us_per_line": nats_us,
+            "pushes": self.pushes,
+            "bytes_per_push": bytes_per_push.round(),
+            "lines_per_push": lines_per_push.round(),
+            "stored": self.stored,
+            "deduplicated": self.deduplicated,
+        });
+        println!("RESULT {result}");
     }
 }
 
