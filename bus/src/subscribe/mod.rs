@@ -20,6 +20,7 @@
 //! handles what can be retried (reconnects with backoff, resubscribes) by itself and
 //! returns an error only when the subscription cannot go on.
 
+pub mod memory;
 pub mod mqtt;
 pub mod nats;
 pub mod ordered_acks;
@@ -47,6 +48,9 @@ pub struct Backlog {
     pub waiting: Option<u64>,
     /// Messages delivered and not yet acknowledged.
     pub unacked: u64,
+    /// JetStream: the consumer's ack floor (the stream sequence up to which every message
+    /// was acknowledged, as the server holds it); `None` where the bus keeps none.
+    pub ack_floor: Option<u64>,
 }
 
 /// How often a subscriber asks the bus for its [`Backlog`].
@@ -74,6 +78,9 @@ pub struct Delivery {
     pub delivered: u64,
     /// JetStream: the stream sequence; Redis streams: the entry id; else `None`.
     pub id: Option<String>,
+    /// JetStream: the stream sequence as a number (what a consumer keys its record of
+    /// handled messages on); else `None`.
+    pub seq: Option<u64>,
     ack: Ack,
 }
 
@@ -86,6 +93,7 @@ impl Delivery {
             Ack::JetStream(a) => a.ack().await,
             Ack::Mqtt(a) => a.ack().await,
             Ack::RedisStream(a) => a.ack().await,
+            Ack::Memory(a) => a.ack(),
         }
     }
 
@@ -96,6 +104,7 @@ impl Delivery {
     pub async fn in_progress(&self) -> Result<(), AckError> {
         match &self.ack {
             Ack::JetStream(a) => a.in_progress().await,
+            Ack::Memory(a) => a.in_progress(),
             Ack::None | Ack::Mqtt(_) | Ack::RedisStream(_) => Ok(()),
         }
     }
@@ -105,14 +114,57 @@ impl Delivery {
         !matches!(self.ack, Ack::None)
     }
 
+    /// The ack handle alone, for a consumer that holds the message past its handling: the
+    /// subject and payload are freed, what is kept is tens of bytes.
+    pub fn into_ack(self) -> AckHandle {
+        AckHandle(self.ack)
+    }
+
     fn new(subject: String, payload: Bytes, delivered: u64, id: Option<String>, ack: Ack) -> Self {
         Delivery {
             subject,
             payload,
             delivered,
             id,
+            seq: None,
             ack,
         }
+    }
+}
+
+/// A delivery's ack handle without its subject and payload ([`Delivery::into_ack`]).
+#[derive(Debug)]
+pub struct AckHandle(Ack);
+
+impl AckHandle {
+    /// As [`Delivery::ack`].
+    pub async fn ack(self) -> Result<(), AckError> {
+        match self.0 {
+            Ack::None => Ok(()),
+            Ack::JetStream(a) => a.ack().await,
+            Ack::Mqtt(a) => a.ack().await,
+            Ack::RedisStream(a) => a.ack().await,
+            Ack::Memory(a) => a.ack(),
+        }
+    }
+
+    /// As [`Delivery::in_progress`].
+    pub async fn in_progress(&self) -> Result<(), AckError> {
+        match &self.0 {
+            Ack::JetStream(a) => a.in_progress().await,
+            Ack::Memory(a) => a.in_progress(),
+            Ack::None | Ack::Mqtt(_) | Ack::RedisStream(_) => Ok(()),
+        }
+    }
+
+    /// Whether [`ack`](Self::ack) does anything.
+    pub fn needs_ack(&self) -> bool {
+        !matches!(self.0, Ack::None)
+    }
+
+    /// A handle whose ack does nothing (tests, at-most-once inputs).
+    pub fn none() -> Self {
+        AckHandle(Ack::None)
     }
 }
 
@@ -123,6 +175,7 @@ enum Ack {
     JetStream(nats::JsAck),
     Mqtt(mqtt::MqttAck),
     RedisStream(redis_stream::StreamAck),
+    Memory(memory::MemoryAck),
 }
 
 /// A spec that cannot work; returned before anything is sent.

@@ -14,8 +14,9 @@ use std::time::Duration;
 use async_nats::jetstream::{
     self, AckKind,
     consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
-    message::Acker,
 };
+use bytes::Bytes;
+use std::sync::Arc;
 use futures::StreamExt;
 use tokio::sync::watch;
 
@@ -232,6 +233,7 @@ impl JetStreamSpec {
 /// and `id` the stream sequence. At most `max_ack_pending` messages are out unacked.
 pub struct JetStreamSubscriber {
     messages: pull::Stream,
+    client: Arc<async_nats::Client>,
     what: String,
     connected: watch::Receiver<bool>,
     _watcher: AbortOnDrop,
@@ -313,6 +315,7 @@ impl JetStreamSubscriber {
         let (connected, watcher) = watch_state(client.clone(), what.clone());
         Ok(JetStreamSubscriber {
             messages,
+            client: Arc::new(client.clone()),
             what,
             connected,
             _watcher: watcher,
@@ -337,7 +340,7 @@ impl JetStreamSubscriber {
             match self.messages.next().await {
                 Some(Ok(m)) => {
                     self.delays.reset();
-                    return delivery(m);
+                    return delivery(m, &self.client);
                 }
                 Some(Err(e)) => match e.kind() {
                     K::ConsumerDeleted | K::PushBasedConsumer | K::RequestLimitExceeded => {
@@ -371,7 +374,10 @@ impl JetStreamSubscriber {
     }
 }
 
-fn delivery(m: jetstream::Message) -> Result<Delivery, SubscribeError> {
+fn delivery(
+    m: jetstream::Message,
+    client: &Arc<async_nats::Client>,
+) -> Result<Delivery, SubscribeError> {
     let (delivered, seq) = {
         let info = m
             .info()
@@ -381,18 +387,36 @@ fn delivery(m: jetstream::Message) -> Result<Delivery, SubscribeError> {
             info.stream_sequence,
         )
     };
-    let (msg, acker) = m.split();
-    Ok(Delivery::new(
+    let Some(reply) = m.message.reply.as_ref() else {
+        return Err(SubscribeError::JetStreamMessages(
+            "message without a reply subject (cannot be acked)".into(),
+        ));
+    };
+    // The reply subject is copied out: a slice of it would keep the client's whole read
+    // buffer alive for as long as the message is held.
+    let ack = JsAck {
+        client: client.clone(),
+        reply: reply.as_str().into(),
+    };
+    let msg = m.message;
+    let mut d = Delivery::new(
         msg.subject.to_string(),
         msg.payload,
         delivered,
         Some(seq.to_string()),
-        Ack::JetStream(JsAck(acker)),
-    ))
+        Ack::JetStream(ack),
+    );
+    d.seq = Some(seq);
+    Ok(d)
 }
 
-/// The ack handle of one JetStream message.
-pub(super) struct JsAck(Acker);
+/// The ack handle of one JetStream message: its reply subject and the connection, what
+/// `+ACK` and `+WPI` are published on (as the client's own `Acker` does, without a copy of
+/// the JetStream context per message).
+pub(super) struct JsAck {
+    client: Arc<async_nats::Client>,
+    reply: Box<str>,
+}
 
 impl std::fmt::Debug for JsAck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -402,15 +426,17 @@ impl std::fmt::Debug for JsAck {
 
 impl JsAck {
     pub(super) async fn ack(self) -> Result<(), AckError> {
-        self.0
-            .ack()
-            .await
-            .map_err(|e| AckError::JetStream(e.to_string()))
+        self.send(AckKind::Ack).await
     }
 
     pub(super) async fn in_progress(&self) -> Result<(), AckError> {
-        self.0
-            .ack_with(AckKind::Progress)
+        self.send(AckKind::Progress).await
+    }
+
+    async fn send(&self, kind: AckKind) -> Result<(), AckError> {
+        let payload: Bytes = kind.into();
+        self.client
+            .publish(async_nats::Subject::from(&*self.reply), payload)
             .await
             .map_err(|e| AckError::JetStream(e.to_string()))
     }
@@ -439,6 +465,7 @@ fn poll_backlog(mut consumer: PullConsumer) -> (watch::Receiver<Option<Backlog>>
                 let b = Backlog {
                     waiting: Some(i.num_pending),
                     unacked: u64::try_from(i.num_ack_pending).unwrap_or(0),
+                    ack_floor: Some(i.ack_floor.stream_sequence),
                 };
                 if tx.send(Some(b)).is_err() {
                     return;

@@ -1,0 +1,721 @@
+//! The consumer runtime: the arrows bus --> stage --> sink --> acks, the same for every
+//! consumer binary.
+//!
+//! A consumer supplies a [`Stage`] (pure) and a [`Sink`] (its one downstream write). The
+//! runtime owns the rest:
+//! - one reader task per input, so no bus read is ever a losing `select!` branch; each
+//!   waits for its bus, stream and durable with backoff, saying so once
+//!   ([`tapbus_bus::input::subscribe`]), and reports not ready on `/health` meanwhile;
+//! - `max_pending`: at most that many messages taken and not acked; at the bound the
+//!   stage is asked to flush everything and reading pauses (the bus holds the rest);
+//! - holds: a held message is kept as its ack handle only ([`AckHandle`], tens of bytes),
+//!   never with its payload, so memory does not grow with the event rate;
+//! - acks, once the batch covering a hold was written ([`Flushed::covers`]); in-progress
+//!   acks for everything held longer than a third of the input's `ack_wait`;
+//! - exactly-once effects on JetStream: the stream sequences this process handled are kept
+//!   ([`Handled`], ranges, pruned below the consumer's ack floor one report late), so a
+//!   redelivery (a lost ack, a restarted server) is acked without effect, or held with the
+//!   hold it repeats;
+//! - one retry policy for the sink (backoff, `Retry-After`), one batch in flight and one
+//!   waiting;
+//! - the drain deadline: on SIGTERM reading stops, the stage flushes everything, what the
+//!   sink confirms by the deadline is acked, the rest is logged and counted
+//!   (`tapbus_consumer_unsettled_total`) and left to the bus; the process exits by the
+//!   deadline whatever its bus or downstream does;
+//! - `/metrics` and `/health` ([`crate::metrics`]).
+//!
+//! [`drive`] is the loop itself, over channels: tests feed it deliveries from
+//! [`tapbus_bus::subscribe::memory`] on a paused clock.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tapbus_bus::subscribe::{AckHandle, Delivery, SubscribeError, Subscriber};
+use tapbus_config::{ConsumerInputSpec, SubscribeMode};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::metrics::{Own, UNKNOWN};
+use crate::stage::{Attempt, Flush, Flushed, Msg, Settled, Sink, Stage, Verdict};
+use crate::state::{Handled, Held};
+
+/// How the runtime runs one consumer.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The program name (NATS connection name, default durable names, logs).
+    pub program: &'static str,
+    /// The `consumer` label of `tapbus_consumer_*`.
+    pub consumer: &'static str,
+    /// Messages taken and not acked, at most.
+    pub max_pending: usize,
+    /// How long a stopping process waits for its last batches.
+    pub drain_timeout: Duration,
+    /// Ranges of handled stream sequences kept per input ([`Handled`]).
+    pub dedupe_ranges: usize,
+    /// Sink retry backoff.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    /// In-progress acks for held messages this often (`None`: never; the inputs' buses
+    /// have no redelivery timer). [`renew_every`] derives it from the inputs.
+    pub renew_every: Option<Duration>,
+}
+
+impl Options {
+    pub fn new(program: &'static str, consumer: &'static str) -> Self {
+        Options {
+            program,
+            consumer,
+            max_pending: 20_000,
+            drain_timeout: Duration::from_secs(20),
+            dedupe_ranges: 65_536,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            renew_every: None,
+        }
+    }
+}
+
+/// A third of the shortest JetStream `ack_wait` among the inputs (at least 1 s): held
+/// messages are reported in progress well before the server would deliver them again.
+pub fn renew_every(inputs: &[ConsumerInputSpec]) -> Option<Duration> {
+    inputs
+        .iter()
+        .filter_map(|i| match &i.mode {
+            SubscribeMode::JetStream { ack_wait, .. } => Some(*ack_wait),
+            _ => None,
+        })
+        .min()
+        .map(|w| (w / 3).max(Duration::from_secs(1)))
+}
+
+/// What reaches the loop from the inputs.
+#[derive(Debug)]
+pub enum Input {
+    Delivery(usize, Delivery),
+    /// The input's subscription cannot go on.
+    Ended(usize, String),
+}
+
+/// A consumer being assembled: its metrics registry (the stage registers its own series
+/// beside `tapbus_consumer_*`), then [`Consumer::run`].
+#[derive(Debug)]
+pub struct Consumer {
+    opts: Options,
+    registry: Registry,
+    own: Own,
+}
+
+impl Consumer {
+    pub fn new(opts: Options) -> Self {
+        let own = Own::new();
+        let mut registry = Registry::default();
+        own.register(opts.consumer, &mut registry);
+        Consumer {
+            opts,
+            registry,
+            own,
+        }
+    }
+
+    /// Where the consumer registers its own metrics (exported at 0 from the start).
+    pub fn registry(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    pub fn own(&self) -> &Own {
+        &self.own
+    }
+
+    /// Serves `/metrics` (`extra()` first, e.g. aggregate's DNS metrics, then the
+    /// registry) and `/health` on `listen`, subscribes every input, and runs the stage
+    /// and sink until SIGINT/SIGTERM (drained) or an input ends for good (an error).
+    pub async fn run<S, K, E>(
+        self,
+        inputs: Vec<ConsumerInputSpec>,
+        listen: Option<std::net::SocketAddr>,
+        stage: S,
+        sink: K,
+        extra: E,
+    ) -> anyhow::Result<()>
+    where
+        S: Stage,
+        K: Sink<S::Batch>,
+        E: Fn() -> String + Clone + Send + Sync + 'static,
+    {
+        let Consumer {
+            opts,
+            registry,
+            own,
+        } = self;
+        let registry = Arc::new(registry);
+        if let Some(addr) = listen {
+            let reg = registry.clone();
+            let render = move || crate::metrics::render(&reg, &extra());
+            crate::metrics::serve(addr, render, own.clone()).await?;
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        let (floor_tx, floor_rx) = mpsc::channel(64);
+        let links = Links::new(inputs.len(), &own);
+        let mut readers = Vec::new();
+        for (i, spec) in inputs.into_iter().enumerate() {
+            readers.push(AbortOnDrop(tokio::spawn(read(
+                opts.program,
+                i,
+                spec,
+                tx.clone(),
+                floor_tx.clone(),
+                links.clone(),
+            ))));
+        }
+        drop((tx, floor_tx));
+        drive(
+            &opts,
+            &own,
+            rx,
+            floor_rx,
+            stage,
+            sink,
+            crate::stop_signal(),
+            readers,
+        )
+        .await
+    }
+}
+
+/// Aborts a task when dropped (the readers, once the loop stops reading).
+#[derive(Debug)]
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Each input's ready and up state, folded into `tapbus_consumer_ready` and
+/// `tapbus_consumer_input_up` (1 when every input is).
+#[derive(Debug, Clone)]
+struct Links {
+    ready: Arc<Vec<AtomicBool>>,
+    up: Arc<Vec<AtomicBool>>,
+    own: Own,
+}
+
+impl Links {
+    fn new(n: usize, own: &Own) -> Self {
+        Links {
+            ready: Arc::new((0..n).map(|_| AtomicBool::new(false)).collect()),
+            up: Arc::new((0..n).map(|_| AtomicBool::new(false)).collect()),
+            own: own.clone(),
+        }
+    }
+
+    fn set(&self, which: &[AtomicBool], i: usize, v: bool) {
+        if let Some(s) = which.get(i) {
+            s.store(v, Ordering::Relaxed);
+        }
+        let all = |w: &[AtomicBool]| w.iter().all(|s| s.load(Ordering::Relaxed));
+        self.own.ready.set(i64::from(all(&self.ready)));
+        self.own
+            .up
+            .set(i64::from(all(&self.up) && all(&self.ready)));
+    }
+}
+
+/// One input's reader: waits for the subscription, follows its state and backlog, then
+/// hands every delivery to the loop. Runs until the loop drops it.
+async fn read(
+    program: &'static str,
+    i: usize,
+    spec: ConsumerInputSpec,
+    tx: mpsc::Sender<Input>,
+    floors: mpsc::Sender<(usize, u64)>,
+    links: Links,
+) {
+    let mut sub = match subscribe_waiting(program, &spec).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx.send(Input::Ended(i, format!("cannot subscribe: {e}"))).await;
+            return;
+        }
+    };
+    tracing::info!(input = i, mode = %spec.mode, semantics = ?sub.semantics(), "subscribed");
+    links.set(&links.ready, i, true);
+    let _watch = watch(&sub, i, floors, links.clone());
+    loop {
+        match sub.next().await {
+            Ok(d) => {
+                if tx.send(Input::Delivery(i, d)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = tx
+                    .send(Input::Ended(i, format!("subscription ended: {e}")))
+                    .await;
+                return;
+            }
+        }
+    }
+}
+
+/// Subscribes, waiting with backoff while the bus, the stream or the durable is not there
+/// (one warning, then one line when it is up); an error that cannot pass (a durable
+/// configured otherwise, a mode the URL's bus does not have) is returned.
+async fn subscribe_waiting(
+    program: &str,
+    spec: &ConsumerInputSpec,
+) -> Result<Subscriber, tapbus_bus::input::InputError> {
+    use tapbus_bus::input::InputError;
+    let mut delays = tapbus_bus::backoff::Backoff::new(
+        Duration::from_millis(100),
+        Duration::from_secs(2),
+    );
+    let mut waited = false;
+    loop {
+        match tapbus_bus::input::subscribe(program, spec).await {
+            Ok(s) => {
+                if waited {
+                    tracing::warn!("{}: input is there, starting", spec.mode);
+                }
+                return Ok(s);
+            }
+            Err(
+                e @ (InputError::Mismatch
+                | InputError::Subscribe(
+                    SubscribeError::Spec(_) | SubscribeError::JetStreamConsumerMismatch { .. },
+                )),
+            ) => return Err(e),
+            Err(e) => {
+                if !waited {
+                    waited = true;
+                    tracing::warn!("waiting for {}: {e}", spec.mode);
+                }
+                tokio::time::sleep(delays.next_delay()).await;
+            }
+        }
+    }
+}
+
+/// Follows a subscriber's connection state, backlog (lag gauges and, for JetStream, the
+/// ack floor) and client drops; the tasks end with the returned guard.
+fn watch(
+    sub: &Subscriber,
+    i: usize,
+    floors: mpsc::Sender<(usize, u64)>,
+    links: Links,
+) -> Vec<AbortOnDrop> {
+    if let Ok(mut v) = links.own.input_dropped.lock() {
+        v.push(sub.dropped());
+    }
+    let mut backlog = sub.backlog();
+    let own = links.own.clone();
+    let b = tokio::spawn(async move {
+        loop {
+            let b = *backlog.borrow_and_update();
+            if let Some(b) = b {
+                own.lag.store(b.waiting.unwrap_or(UNKNOWN), Ordering::Relaxed);
+                own.bus_unacked.store(b.unacked, Ordering::Relaxed);
+                if let Some(f) = b.ack_floor
+                    && floors.send((i, f)).await.is_err()
+                {
+                    break;
+                }
+            }
+            if backlog.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut up = sub.connected();
+    let u = tokio::spawn(async move {
+        loop {
+            let v = *up.borrow_and_update();
+            links.set(&links.up, i, v);
+            if up.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+    vec![AbortOnDrop(b), AbortOnDrop(u)]
+}
+
+/// What the sink task reports for each batch.
+#[derive(Debug)]
+struct Report {
+    covers: u64,
+    outcome: Settled,
+}
+
+/// The sink's task: one batch at a time, each tried until written or dropped for good.
+async fn sink_task<B, K>(
+    mut sink: K,
+    mut rx: mpsc::Receiver<Flushed<B>>,
+    tx: mpsc::Sender<Report>,
+    opts: Options,
+    own: Own,
+) where
+    B: Send + 'static,
+    K: Sink<B>,
+{
+    while let Some(f) = rx.recv().await {
+        let mut delays = tapbus_bus::backoff::Backoff::new(opts.min_backoff, opts.max_backoff);
+        let mut failing = false;
+        let outcome = loop {
+            match sink.send(&f.batch).await {
+                Attempt::Done => {
+                    own.batches.inc();
+                    if failing {
+                        tracing::warn!("output written again");
+                    }
+                    break Settled::Written;
+                }
+                Attempt::Dropped { reason } => {
+                    own.batches_dropped.inc();
+                    break Settled::Dropped(reason);
+                }
+                Attempt::Retry { after, why } => {
+                    own.batches_failed.inc();
+                    if !failing {
+                        failing = true;
+                        tracing::warn!("output not written ({why}); retrying with backoff, holding its messages");
+                    } else {
+                        tracing::debug!("output still not written: {why}");
+                    }
+                    let d = after.unwrap_or_else(|| delays.next_delay());
+                    tokio::time::sleep(d).await;
+                }
+            }
+        };
+        if tx
+            .send(Report {
+                covers: f.covers,
+                outcome,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    sink.close().await;
+}
+
+/// The loop: deliveries in, stage, batches to the sink task, acks as batches settle.
+/// Ends on `stop` (drained within `drain_timeout`) or when an input ends (an error).
+#[allow(clippy::too_many_arguments)]
+pub async fn drive<S, K>(
+    opts: &Options,
+    own: &Own,
+    mut rx: mpsc::Receiver<Input>,
+    mut floors: mpsc::Receiver<(usize, u64)>,
+    mut stage: S,
+    sink: K,
+    stop: impl Future<Output = ()>,
+    readers: Vec<AbortOnDrop>,
+) -> anyhow::Result<()>
+where
+    S: Stage,
+    K: Sink<S::Batch>,
+{
+    let mut readers = Some(readers);
+    let (batch_tx, batch_rx) = mpsc::channel::<Flushed<S::Batch>>(1);
+    let (report_tx, mut reports) = mpsc::channel::<Report>(4);
+    let mut sink = Some(AbortOnDrop(tokio::spawn(sink_task(
+        sink,
+        batch_rx,
+        report_tx,
+        opts.clone(),
+        own.clone(),
+    ))));
+    let mut batch_tx = Some(batch_tx);
+    let mut core = Core::new(opts, own);
+    let mut outstanding = 0usize;
+    let mut renew = opts.renew_every.map(|p| {
+        let mut t = tokio::time::interval_at(Instant::now() + p, p);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    // Set on a stop signal or when an input ends: the drain deadline.
+    let mut deadline: Option<Instant> = None;
+    let mut signalled = false;
+    let mut ended: Option<String> = None;
+    let mut floors_open = true;
+    tokio::pin!(stop);
+    let far = || Instant::now() + Duration::from_secs(86_400);
+    loop {
+        // Hand the sink what is ready: one batch in flight, one waiting.
+        let draining = deadline.is_some();
+        let mut flushed_all = false;
+        while outstanding < 2 {
+            let now = Instant::now();
+            let why = if draining || core.held.len() >= opts.max_pending {
+                Flush::All
+            } else if stage.due().is_some_and(|t| t <= now) {
+                Flush::Due
+            } else {
+                break;
+            };
+            match stage.flush(now, why) {
+                Some(f) => {
+                    let Some(tx) = batch_tx.as_ref() else { break };
+                    if tx.send(f).await.is_err() {
+                        break;
+                    }
+                    outstanding += 1;
+                }
+                None => {
+                    flushed_all = why == Flush::All;
+                    break;
+                }
+            }
+        }
+        if draining && outstanding == 0 && flushed_all {
+            // Everything the stage held was written (or nothing was held).
+            drop(batch_tx.take());
+            let left = deadline
+                .map(|t| t.saturating_duration_since(Instant::now()))
+                .unwrap_or(opts.drain_timeout);
+            if let Some(mut s) = sink.take()
+                && tokio::time::timeout(left, &mut s.0).await.is_err()
+            {
+                tracing::warn!("output did not close within drain_timeout");
+            }
+            break;
+        }
+        let reading = !draining && core.held.len() < opts.max_pending;
+        let due = if draining || outstanding >= 2 {
+            None
+        } else {
+            stage.due()
+        };
+        tokio::select! {
+            biased;
+            () = &mut stop, if !signalled => {
+                tracing::info!(held = core.held.len(), "stopping: writing what is held, then acking it");
+                signalled = true;
+                deadline.get_or_insert_with(|| Instant::now() + opts.drain_timeout);
+                drop(readers.take());
+            }
+            r = reports.recv() => {
+                match r {
+                    Some(r) => {
+                        outstanding = outstanding.saturating_sub(1);
+                        stage.settled(r.covers, &r.outcome);
+                        core.settle(r.covers).await;
+                    }
+                    None => {
+                        // The sink task ended (it only does when its channel closes).
+                        if batch_tx.is_some() {
+                            return Err(anyhow::anyhow!("the output task stopped"));
+                        }
+                        break;
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(far)), if deadline.is_some() => {
+                break;
+            }
+            _ = async { match renew.as_mut() { Some(t) => t.tick().await, None => std::future::pending().await } }, if renew.is_some() => {
+                core.renew().await;
+            }
+            f = floors.recv(), if floors_open => match f {
+                Some((i, floor)) => core.floor(i, floor),
+                None => floors_open = false,
+            },
+            () = tokio::time::sleep_until(due.unwrap_or_else(far)), if due.is_some() => {}
+            m = rx.recv(), if reading => {
+                let mut next = m;
+                let mut n = 0;
+                loop {
+                    match next {
+                        Some(Input::Delivery(i, d)) => core.take(&mut stage, i, d),
+                        Some(Input::Ended(i, why)) => {
+                            tracing::error!(input = i, "{why}");
+                            ended = Some(why);
+                            deadline.get_or_insert_with(|| Instant::now() + opts.drain_timeout);
+                            drop(readers.take());
+                            break;
+                        }
+                        None => {
+                            ended = Some("every input ended".into());
+                            deadline.get_or_insert_with(|| Instant::now() + opts.drain_timeout);
+                            break;
+                        }
+                    }
+                    n += 1;
+                    if n >= 1024 || core.held.len() >= opts.max_pending {
+                        break;
+                    }
+                    match rx.try_recv() {
+                        Ok(m) => next = Some(m),
+                        Err(_) => break,
+                    }
+                }
+                stage.sync_metrics();
+                core.ack_now().await;
+            }
+        }
+    }
+    // Whatever is still held was not confirmed by the deadline.
+    drop(sink);
+    let left = core.held.take_all().len();
+    if left > 0 {
+        own.unsettled.inc_by(left as u64);
+        tracing::warn!(
+            left,
+            "drain_timeout passed with messages whose output was not confirmed: not acked, the bus delivers them again"
+        );
+    }
+    own.pending.set(0);
+    match (ended, signalled) {
+        (Some(e), false) => Err(anyhow::anyhow!(e)),
+        _ => Ok(()),
+    }
+}
+
+/// The loop's bookkeeping around [`Held`] and [`Handled`], and the acks to send.
+struct Core<'a> {
+    opts: &'a Options,
+    own: &'a Own,
+    held: Held<AckHandle>,
+    handled: Vec<Handled>,
+    evicted: u64,
+    /// Handles to ack once the current run of messages is taken.
+    to_ack: Vec<AckHandle>,
+    bad_logged: bool,
+}
+
+impl<'a> Core<'a> {
+    fn new(opts: &'a Options, own: &'a Own) -> Self {
+        Core {
+            opts,
+            own,
+            held: Held::default(),
+            handled: Vec::new(),
+            evicted: 0,
+            to_ack: Vec::new(),
+            bad_logged: false,
+        }
+    }
+
+    fn handled(&mut self, i: usize) -> &mut Handled {
+        if self.handled.len() <= i {
+            let cap = self.opts.dedupe_ranges;
+            self.handled.resize_with(i + 1, || Handled::new(cap));
+        }
+        &mut self.handled[i]
+    }
+
+    /// One delivery: a redelivery of something handled is acked (or joins its hold);
+    /// anything else goes to the stage.
+    fn take<S: Stage>(&mut self, stage: &mut S, i: usize, d: Delivery) {
+        let own = self.own;
+        own.received.inc();
+        if d.delivered > 1 {
+            own.redelivered.inc();
+        }
+        let seq = d.seq;
+        if let Some(s) = seq
+            && self.handled(i).contains(s)
+        {
+            own.duplicates.inc();
+            match self.held.token_of(i, s) {
+                Some(t) => self.held.hold(t, d.into_ack(), i, Some(s)),
+                None => self.to_ack.push(d.into_ack()),
+            }
+            own.pending.set(self.held.len() as i64);
+            return;
+        }
+        let verdict = stage.push(
+            Msg {
+                subject: &d.subject,
+                payload: &d.payload,
+                input: i,
+            },
+            Instant::now(),
+        );
+        if let Some(s) = seq {
+            let h = self.handled(i);
+            h.insert(s);
+        }
+        match verdict {
+            Verdict::Ack => self.to_ack.push(d.into_ack()),
+            Verdict::Hold(t) => self.held.hold(t, d.into_ack(), i, seq),
+            Verdict::Bad(why) => {
+                own.bad.inc();
+                if !self.bad_logged {
+                    self.bad_logged = true;
+                    tracing::warn!(subject = %d.subject, "message skipped: {why} (further ones are counted in tapbus_consumer_bad_total)");
+                }
+                self.to_ack.push(d.into_ack());
+            }
+        }
+        own.pending.set(self.held.len() as i64);
+    }
+
+    async fn ack_now(&mut self) {
+        for h in std::mem::take(&mut self.to_ack) {
+            ack(h, self.own).await;
+        }
+        self.gauges();
+    }
+
+    /// A batch covering `covers` was written (or dropped for good): ack its holds.
+    async fn settle(&mut self, covers: u64) {
+        for e in self.held.release_below(covers) {
+            ack(e.handle, self.own).await;
+        }
+        self.own.pending.set(self.held.len() as i64);
+    }
+
+    async fn renew(&mut self) {
+        let own = self.own;
+        for h in self.held.renewal() {
+            if h.needs_ack() {
+                own.renewals.inc();
+                let _ = h.in_progress().await;
+            }
+        }
+    }
+
+    fn floor(&mut self, i: usize, floor: u64) {
+        self.handled(i).floor(floor);
+        self.gauges();
+    }
+
+    fn gauges(&mut self) {
+        let ranges: usize = self.handled.iter().map(Handled::ranges).sum();
+        let evicted: u64 = self.handled.iter().map(Handled::evicted).sum();
+        self.own.dedupe_ranges.set(ranges as i64);
+        if evicted > self.evicted {
+            self.own.dedupe_evicted.inc_by(evicted - self.evicted);
+            self.evicted = evicted;
+        }
+    }
+}
+
+/// Acks one message, counting the ack or its failure (logged once).
+pub async fn ack(h: AckHandle, own: &Own) {
+    match h.ack().await {
+        Ok(()) => {
+            own.acked.inc();
+        }
+        Err(e) => {
+            if own.ack_errors.inc() == 0 {
+                tracing::warn!("ack failed (the bus may deliver the message again): {e}");
+            }
+        }
+    }
+}
+
+/// Counts as `tapbus_consumer_input_dropped_total` what this counter of a bus client
+/// counts (for consumers reading a subscriber themselves, such as tapbus-tail).
+pub fn count_drops(own: &Own, c: Arc<AtomicU64>) {
+    if let Ok(mut v) = own.input_dropped.lock() {
+        v.push(c);
+    }
+}

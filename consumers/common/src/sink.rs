@@ -1,0 +1,199 @@
+//! The sinks every consumer shares: a bus publish settled by the bus's own confirmation
+//! ([`BusSink`]), and the HTTP push policy ([`http`]) under tapbus-loki's and
+//! tapbus-mimir's sinks.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tapbus_bus::metrics::PublishMetrics;
+use tapbus_bus::publish::settle::Settlement;
+use tapbus_bus::publish::{self, Message};
+use tapbus_config::OutputSpec;
+use tokio::sync::mpsc;
+
+use crate::stage::{Attempt, Sink};
+
+/// One message a consumer publishes back to the bus.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The exact subject (or topic).
+    pub subject: Arc<str>,
+    pub payload: Bytes,
+    /// JetStream `Nats-Msg-Id` (a stream drops a copy it has seen).
+    pub id: Option<Arc<str>>,
+}
+
+/// Publishes a batch of [`Record`]s on an output like the broker's; the batch is written
+/// once the bus confirmed every record (`bus::publish::settle`). Records of a batch that
+/// was not confirmed in full are all sent again (with their ids, so a JetStream stream
+/// keeps one copy).
+#[derive(Debug)]
+pub struct BusSink {
+    tx: mpsc::Sender<Message>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BusSink {
+    /// Starts the output's publisher task.
+    pub fn start(output: OutputSpec) -> Self {
+        let (tx, rx) = mpsc::channel(4096);
+        let task = publish::spawn(
+            output.name.clone(),
+            output.kind,
+            rx,
+            PublishMetrics::unregistered(),
+        );
+        BusSink { tx, task }
+    }
+}
+
+impl Sink<Vec<Record>> for BusSink {
+    async fn send(&mut self, batch: &Vec<Record>) -> Attempt {
+        let mut settlement = Settlement::new();
+        for r in batch {
+            let msg = Message::record(
+                r.subject.clone(),
+                r.payload.clone(),
+                r.id.clone(),
+                Some(settlement.ticket()),
+            );
+            if self.tx.send(msg).await.is_err() {
+                return Attempt::Retry {
+                    after: None,
+                    why: "the output task has stopped".into(),
+                };
+            }
+        }
+        let got = settlement.settled().await;
+        if got.all_published() {
+            Attempt::Done
+        } else {
+            Attempt::Retry {
+                after: None,
+                why: format!("{} of {} not confirmed by the bus", got.dropped, batch.len()),
+            }
+        }
+    }
+
+    async fn close(self) {
+        drop(self.tx);
+        let _ = self.task.await;
+    }
+}
+
+/// The one HTTP push policy: what is retried (429, 5xx, no answer), after how long
+/// (`Retry-After`, else the runtime's backoff), and how long a server may ask to wait.
+pub mod http {
+    use std::time::Duration;
+
+    use crate::stage::Attempt;
+
+    /// The longest `Retry-After` honoured.
+    pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+    /// What to do with an answer the sink did not classify itself: `Some(retry)` for
+    /// 429 and 5xx (with the server's `Retry-After`), `None` for every other status (the
+    /// sink decides: written, or dropped by reason).
+    pub fn retry_of(status: u16, retry_after: Option<&str>) -> Option<Attempt> {
+        if status == 429 || (500..600).contains(&status) {
+            Some(Attempt::Retry {
+                after: retry_after
+                    .and_then(parse_retry_after)
+                    .map(|d| d.min(MAX_RETRY_AFTER)),
+                why: format!("HTTP {status}"),
+            })
+        } else {
+            None
+        }
+    }
+
+    /// No answer (connect error, timeout, reset): retried.
+    pub fn no_answer(e: &reqwest::Error) -> Attempt {
+        Attempt::Retry {
+            after: None,
+            why: if e.is_timeout() {
+                "no answer within the timeout".into()
+            } else {
+                format!("{e:#}")
+            },
+        }
+    }
+
+    /// `Retry-After` as seconds or an HTTP date.
+    pub fn parse_retry_after(v: &str) -> Option<Duration> {
+        let v = v.trim();
+        if let Ok(s) = v.parse::<u64>() {
+            return Some(Duration::from_secs(s));
+        }
+        let t = httpdate::parse_http_date(v).ok()?;
+        Some(
+            t.duration_since(std::time::SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        )
+    }
+
+    /// Sends a request and classifies the answer: 2xx written; 429/5xx/no answer
+    /// retried; any other status handed to `other(status, body)`.
+    pub async fn push(
+        req: reqwest::RequestBuilder,
+        other: impl FnOnce(u16, &str) -> Attempt,
+    ) -> (Option<u16>, Attempt) {
+        match req.send().await {
+            Err(e) => (None, no_answer(&e)),
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let retry_after = r
+                    .headers()
+                    .get("Retry-After")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let body = r.text().await.unwrap_or_default();
+                if (200..300).contains(&status) {
+                    return (Some(status), Attempt::Done);
+                }
+                match retry_of(status, retry_after.as_deref()) {
+                    Some(mut a) => {
+                        if let Attempt::Retry { why, .. } = &mut a {
+                            let b = body.trim();
+                            if !b.is_empty() {
+                                why.push_str(": ");
+                                why.push_str(&b.chars().take(200).collect::<String>());
+                            }
+                        }
+                        (Some(status), a)
+                    }
+                    None => (Some(status), other(status, &body)),
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn retry_classes() {
+            assert!(matches!(
+                retry_of(429, Some("7")),
+                Some(Attempt::Retry { after: Some(d), .. }) if d == Duration::from_secs(7)
+            ));
+            assert!(matches!(
+                retry_of(503, Some("99999")),
+                Some(Attempt::Retry { after: Some(d), .. }) if d == MAX_RETRY_AFTER
+            ));
+            assert!(matches!(
+                retry_of(500, None),
+                Some(Attempt::Retry { after: None, .. })
+            ));
+            for s in [200, 204, 400, 401, 404, 413] {
+                assert_eq!(retry_of(s, Some("1")), None, "{s}");
+            }
+            assert_eq!(parse_retry_after("x"), None);
+            assert_eq!(
+                parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+                Some(Duration::ZERO)
+            );
+        }
+    }
+}
