@@ -258,6 +258,20 @@ impl InputConfig {
     /// Checks everything. `key` names the table (`input`); `program` is the binary's name,
     /// used for default client ids and consumer names.
     pub fn validate(&self, key: &str, program: &str) -> Result<InputSpec, ConfigError> {
+        self.validate_reading(key, program, "dnstap.>")
+    }
+
+    /// As [`validate`](Self::validate) for a consumer whose natural input is another
+    /// subject than raw events (tapbus-mimir: `tapbus.metrics.>`): what a URL without a
+    /// subject, topic, pattern or key subscribes to. `natural` is a NATS subject; MQTT
+    /// reads it with `/` and `#`, Redis pub/sub with `*`, a Redis stream key without the
+    /// wildcard token.
+    pub fn validate_reading(
+        &self,
+        key: &str,
+        program: &str,
+        natural: &str,
+    ) -> Result<InputSpec, ConfigError> {
         let raw = self.connect.url.trim();
         if raw.is_empty() {
             return Err(invalid(format!("{key}.url"), "missing"));
@@ -279,7 +293,7 @@ impl InputConfig {
             (Some(s), _) => s.clone(),
             (None, q) => from_query(key, scheme, &connect, q)?,
         };
-        let mode = validate_mode(key, &connect, sub, program)?;
+        let mode = validate_mode(key, &connect, sub, program, natural)?;
         Ok(InputSpec { connect, mode })
     }
 }
@@ -487,7 +501,12 @@ fn validate_mode(
     connect: &BusConnect,
     sub: SubscribeConfig,
     program: &str,
+    natural: &str,
 ) -> Result<SubscribeMode, ConfigError> {
+    let base = natural
+        .strip_suffix(".>")
+        .or_else(|| natural.strip_suffix(".*"))
+        .unwrap_or(natural);
     let wrong_bus = |mode: &str, bus: &str| {
         invalid(
             format!("{key}.subscribe.mode"),
@@ -502,7 +521,7 @@ fn validate_mode(
             let BusConnect::Nats(_) = connect else {
                 return Err(wrong_bus("nats", "nats://"));
             };
-            let subject = subject.unwrap_or_else(|| "dnstap.>".into());
+            let subject = subject.unwrap_or_else(|| natural.into());
             subject_ok(key, "subject", &subject)?;
             if let Some(g) = &queue_group {
                 subject_ok(key, "queue_group", g)?;
@@ -593,7 +612,7 @@ fn validate_mode(
             let BusConnect::Mqtt(_) = connect else {
                 return Err(wrong_bus("mqtt", "mqtt:// or mqtts://"));
             };
-            let topic = topic.unwrap_or_else(|| "dnstap/#".into());
+            let topic = topic.unwrap_or_else(|| natural.replace('.', "/").replace('>', "#"));
             if topic.is_empty() || topic.starts_with("$share/") {
                 return Err(invalid(
                     format!("{key}.subscribe.topic"),
@@ -623,7 +642,7 @@ fn validate_mode(
             let BusConnect::Redis(_) = connect else {
                 return Err(wrong_bus("redis_pubsub", "redis://"));
             };
-            let pattern = pattern.unwrap_or_else(|| "dnstap.*".into());
+            let pattern = pattern.unwrap_or_else(|| natural.replace('>', "*"));
             if pattern.is_empty() {
                 return Err(invalid(
                     format!("{key}.subscribe.pattern"),
@@ -652,7 +671,7 @@ fn validate_mode(
                 Ok(v)
             };
             SubscribeMode::RedisStream {
-                key: v("key", stream_key, "dnstap".into())?,
+                key: v("key", stream_key, base.into())?,
                 group: v("group", group, "tapbus".into())?,
                 consumer: v(
                     "consumer",
@@ -680,6 +699,29 @@ mod tests {
             Ok(s) => panic!("{url} accepted: {s:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn a_url_without_a_subject_reads_the_consumers_natural_input() {
+        let s = |url: &str| {
+            InputConfig::from_url(url)
+                .validate_reading("input", "tapbus-mimir", "tapbus.metrics.>")
+                .unwrap_or_else(|e| panic!("{url}: {e}"))
+                .mode
+        };
+        assert!(
+            matches!(s("nats://127.0.0.1:4222"), SubscribeMode::Nats { subject, .. } if subject == "tapbus.metrics.>")
+        );
+        assert!(
+            matches!(s("mqtt://127.0.0.1:1883"), SubscribeMode::Mqtt { topic, .. } if topic == "tapbus/metrics/#")
+        );
+        assert!(
+            matches!(s("redis://127.0.0.1:6379"), SubscribeMode::RedisPubsub { pattern } if pattern == "tapbus.metrics.*")
+        );
+        // A subject given is kept.
+        assert!(
+            matches!(s("nats://127.0.0.1:4222/x.>"), SubscribeMode::Nats { subject, .. } if subject == "x.>")
+        );
     }
 
     #[test]

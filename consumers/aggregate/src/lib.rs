@@ -107,6 +107,7 @@ pub mod config;
 pub mod exposition;
 pub mod labels;
 pub mod metrics;
+pub mod stage;
 pub mod top;
 
 pub use batch::{Batch, Series};

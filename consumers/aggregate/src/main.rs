@@ -13,25 +13,17 @@
 //! and counted by the next one (README "tapbus-aggregate").
 
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::Context as _;
-use bytes::Bytes;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
-use tapbus_aggregate::{AggregateConfig, Aggregator, CONTENT_TYPE, batch};
-use tapbus_bus::metrics::PublishMetrics;
-use tapbus_bus::publish::settle::Settlement;
-use tapbus_bus::publish::{self, Message};
-use tapbus_bus::subscribe::Delivery;
+use tapbus_aggregate::stage::{AggregateStage, Batches};
+use tapbus_aggregate::{AggregateConfig, Aggregator};
 use tapbus_config::{ConfigError, ConsumerInputConfig, OutputConfig};
-use tapbus_consumer::{
-    CommonArgs, Own, ack, init_logging, listen_addr, now_ms, serve, stop_signal,
-};
-use tapbus_event::EventView;
-use tokio::sync::mpsc;
+use tapbus_consumer::runtime::{self, Consumer, Options};
+use tapbus_consumer::sink::BusSink;
+use tapbus_consumer::{CommonArgs, NoSink, init_logging, listen_addr};
 
 const PROGRAM: &str = "tapbus-aggregate";
 
@@ -177,11 +169,6 @@ fn host_name() -> String {
     }
 }
 
-struct Shared {
-    agg: Mutex<Aggregator>,
-    own: Arc<Own>,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.common.check {
@@ -206,146 +193,31 @@ fn main() -> ExitCode {
 }
 
 async fn run(s: Settings) -> anyhow::Result<()> {
-    let shared = Arc::new(Shared {
-        agg: Mutex::new(Aggregator::new(s.aggregate.clone())),
-        own: Arc::new(Own::default()),
+    let agg = Arc::new(Mutex::new(Aggregator::new(s.aggregate.clone())));
+    let mut opts = Options::new(PROGRAM, "aggregate");
+    opts.max_pending = s.max_pending;
+    opts.renew_every = runtime::renew_every(std::slice::from_ref(&s.input));
+    let consumer = Consumer::new(opts);
+    let a = agg.clone();
+    let exposition = move || a.lock().unwrap_or_else(PoisonError::into_inner).exposition();
+    let batches = s.output.as_ref().map(|_| Batches {
+        instance: s.instance.clone(),
+        interval: s.interval,
     });
-    if let Some(addr) = s.listen {
-        let sh = shared.clone();
-        let render = move || {
-            let mut text = match sh.agg.lock() {
-                Ok(a) => a.exposition(),
-                Err(_) => String::new(),
-            };
-            sh.own.write("aggregate", &mut text);
-            text
-        };
-        serve(addr, CONTENT_TYPE, render, shared.own.clone()).await?;
-    }
-    let mut sub = tapbus_bus::input::subscribe(PROGRAM, &s.input)
-        .await
-        .context("cannot subscribe")?;
-    tracing::info!(semantics = ?sub.semantics(), instance = %s.instance, "subscribed");
-    shared.own.watch_input(&sub);
-    let mut out = s.output.map(|o| {
-        let (tx, rx) = mpsc::channel(16);
-        let task = publish::spawn(o.name.clone(), o.kind, rx, PublishMetrics::unregistered());
-        Batches {
-            tx,
-            task,
-            subject: batch::subject(&s.instance).into(),
-            instance: s.instance.clone(),
-            seq: 0,
+    let stage = AggregateStage::new(agg, batches, tokio::time::Instant::now());
+    tracing::info!(instance = %s.instance, "starting");
+    match s.output {
+        Some(o) => {
+            consumer
+                .run(vec![s.input], s.listen, stage, BusSink::start(o), exposition)
+                .await
         }
-    });
-    let stop = stop_signal();
-    tokio::pin!(stop);
-    let mut tick = tokio::time::interval(s.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut pending: Vec<Delivery> = Vec::new();
-    let result = loop {
-        let full = pending.len() >= s.max_pending;
-        tokio::select! {
-            biased;
-            _ = &mut stop => break Ok(()),
-            _ = tick.tick() => {
-                if let Some(b) = out.as_mut() {
-                    flush(b, &shared, &mut pending).await;
-                }
-            }
-            d = sub.next(), if !full => {
-                let d = match d {
-                    Ok(d) => d,
-                    Err(e) => break Err(anyhow::anyhow!("subscription ended: {e}")),
-                };
-                let own = &shared.own;
-                own.received(&d);
-                match EventView::parse(&d.payload) {
-                    Ok(v) => {
-                        if let Ok(mut a) = shared.agg.lock() {
-                            a.push(&v);
-                        }
-                    }
-                    Err(e) => {
-                        if own.bad() {
-                            tracing::warn!(subject = %d.subject, "not a tapbus event, skipped: {e} (further ones are counted)");
-                        }
-                    }
-                }
-                match out.as_mut() {
-                    // The scrape is the downstream: counted is done.
-                    None => ack(d, own).await,
-                    Some(b) => {
-                        pending.push(d);
-                        own.set_pending(pending.len());
-                        if pending.len() >= s.max_pending {
-                            flush(b, &shared, &mut pending).await;
-                        }
-                    }
-                }
-            }
+        None => {
+            consumer
+                .run(vec![s.input], s.listen, stage, NoSink, exposition)
+                .await
         }
-    };
-    // Stopping: one last batch, then the acks it confirms, then exit.
-    if let Some(mut b) = out {
-        flush(&mut b, &shared, &mut pending).await;
-        drop(b.tx);
-        let _ = tokio::time::timeout(Duration::from_secs(20), b.task).await;
     }
-    if !pending.is_empty() {
-        tracing::warn!(
-            pending = pending.len(),
-            "stopping with events whose batch was not confirmed: not acked, the bus delivers them again"
-        );
-    }
-    result
-}
-
-/// The publishing side of the batches.
-struct Batches {
-    tx: mpsc::Sender<Message>,
-    task: tokio::task::JoinHandle<()>,
-    subject: Arc<str>,
-    instance: String,
-    seq: u64,
-}
-
-/// Publishes the whole state as one batch; once the bus confirmed it, acks every pending
-/// delivery (the batch counts them all).
-async fn flush(b: &mut Batches, shared: &Shared, pending: &mut Vec<Delivery>) {
-    let now_ms = now_ms();
-    // Never repeats across restarts (a stream de-duplicates by id): the clock, kept
-    // increasing.
-    b.seq = (b.seq + 1).max(u64::try_from(now_ms).unwrap_or(0));
-    let mut body = Vec::with_capacity(64 * 1024);
-    let covered = pending.len();
-    match shared.agg.lock() {
-        Ok(a) => a.write_batch_json(now_ms, b.seq, &mut body),
-        Err(_) => return,
-    }
-    let mut settlement = Settlement::new();
-    let msg = Message::record(
-        b.subject.clone(),
-        Bytes::from(body),
-        Some(batch::message_id(&b.instance, b.seq).into()),
-        Some(settlement.ticket()),
-    );
-    if b.tx.send(msg).await.is_err() {
-        return;
-    }
-    let own = &shared.own;
-    if settlement.settled().await.all_published() {
-        own.batches.fetch_add(1, Ordering::Relaxed);
-        for d in pending.drain(..covered) {
-            ack(d, own).await;
-        }
-    } else {
-        own.batches_failed.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            "metric batch not confirmed by the bus; {covered} events stay unacked, tried again next interval"
-        );
-    }
-    own.set_pending(pending.len());
 }
 
 #[cfg(test)]
