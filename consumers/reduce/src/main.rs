@@ -13,24 +13,16 @@
 //! stay exact).
 
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context as _;
-use bytes::Bytes;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
-use tapbus_bus::metrics::PublishMetrics;
-use tapbus_bus::publish::settle::Settlement;
-use tapbus_bus::publish::{self, Message};
-use tapbus_bus::subscribe::Delivery;
 use tapbus_config::{ConfigError, ConsumerInputConfig, OutputConfig, OutputKind};
-use tapbus_consumer::{CommonArgs, Own, ack, init_logging, listen_addr, serve, stop_signal};
-use tapbus_event::EventView;
-use tapbus_reduce::{Record, ReduceConfig, Reducer, Stats};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tapbus_consumer::runtime::{self, Consumer, Options};
+use tapbus_consumer::sink::BusSink;
+use tapbus_consumer::{CommonArgs, init_logging, listen_addr};
+use tapbus_reduce::stage::ReduceStage;
+use tapbus_reduce::{ReduceConfig, Reducer};
 
 const PROGRAM: &str = "tapbus-reduce";
 
@@ -173,246 +165,26 @@ fn main() -> ExitCode {
     tapbus_consumer::main(PROGRAM, settings(&cli), run)
 }
 
-/// The reducer's counters in Prometheus text.
-fn write_stats(st: &Stats, out: &mut String) {
-    use std::fmt::Write as _;
-    let rows: [(&str, &str, u64); 13] = [
-        ("tapbus_reduce_events_total", "counter", st.events),
-        ("tapbus_reduce_filtered_total", "counter", st.filtered),
-        ("tapbus_reduce_grouped_total", "counter", st.grouped),
-        ("tapbus_reduce_late_total", "counter", st.late),
-        ("tapbus_reduce_overflow_total", "counter", st.overflow),
-        (
-            "tapbus_reduce_rejected_full_total",
-            "counter",
-            st.rejected_full,
-        ),
-        (
-            "tapbus_reduce_no_timestamp_total",
-            "counter",
-            st.no_timestamp,
-        ),
-        (
-            "tapbus_reduce_rejected_future_total",
-            "counter",
-            st.rejected_future,
-        ),
-        ("tapbus_reduce_jumps_total", "counter", st.jumps),
-        ("tapbus_reduce_records_total", "counter", st.records),
-        ("tapbus_reduce_open_groups", "gauge", st.open_groups),
-        ("tapbus_reduce_open_windows", "gauge", st.open_windows),
-        (
-            "tapbus_reduce_rejected_full_events_total",
-            "counter",
-            st.rejected_full_events,
-        ),
-    ];
-    for (name, kind, v) in rows {
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {v}");
-    }
-}
-
-struct Shared {
-    reducer: Mutex<Reducer>,
-    own: Arc<Own>,
-}
-
-/// Records of one close, waiting for the bus, and the boundary that settles events.
-struct Unsent {
-    records: Vec<Record>,
-    boundary: u64,
-}
-
 async fn run(s: Settings) -> anyhow::Result<()> {
-    let shared = Arc::new(Shared {
-        reducer: Mutex::new(Reducer::new(s.reduce.clone())),
-        own: Arc::new(Own::default()),
-    });
-    if let Some(addr) = s.listen {
-        let sh = shared.clone();
-        let render = move || {
-            let mut text = String::new();
-            if let Ok(r) = sh.reducer.lock() {
-                write_stats(&r.stats(), &mut text);
-            }
-            sh.own.write("reduce", &mut text);
-            text
-        };
-        serve(
-            addr,
-            "text/plain; version=0.0.4; charset=utf-8",
-            render,
-            shared.own.clone(),
-        )
-        .await?;
-    }
-    let mut sub = tapbus_bus::input::subscribe(PROGRAM, &s.input)
-        .await
-        .context("cannot subscribe")?;
-    tracing::info!(semantics = ?sub.semantics(), "subscribed");
-    shared.own.watch_input(&sub);
+    let mut opts = Options::new(PROGRAM, "reduce");
+    opts.max_pending = s.max_pending;
+    opts.renew_every = runtime::renew_every(std::slice::from_ref(&s.input));
+    let mut consumer = Consumer::new(opts);
     // MQTT topics are `/`-separated.
     let slashes = matches!(s.output.kind, OutputKind::Mqtt(_));
-    let (tx, rx) = mpsc::channel(4096);
-    let task = publish::spawn(
-        s.output.name.clone(),
-        s.output.kind,
-        rx,
-        PublishMetrics::unregistered(),
-    );
-    let mut out = Out {
-        tx,
+    let stage = ReduceStage::new(
+        Reducer::new(s.reduce.clone()),
+        s.idle_flush,
         slashes,
-        unsent: Vec::new(),
-    };
-    let stop = stop_signal();
-    tokio::pin!(stop);
-    let mut retry = tokio::time::interval(Duration::from_secs(1));
-    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut pending: Vec<(u64, Delivery)> = Vec::new();
-    let mut last_event = Instant::now();
-    let mut idle_closed = true;
-    let result = loop {
-        let full = pending.len() >= s.max_pending || !out.unsent.is_empty();
-        let idle_at = last_event + s.idle_flush;
-        tokio::select! {
-            biased;
-            _ = &mut stop => break Ok(()),
-            _ = retry.tick(), if !out.unsent.is_empty() => {
-                out.send(&shared.own, &mut pending).await;
-            }
-            _ = tokio::time::sleep_until(idle_at), if !idle_closed => {
-                idle_closed = true;
-                close(&shared, &mut out, true);
-                out.send(&shared.own, &mut pending).await;
-            }
-            d = sub.next(), if !full => {
-                let d = match d {
-                    Ok(d) => d,
-                    Err(e) => break Err(anyhow::anyhow!("subscription ended: {e}")),
-                };
-                let own = &shared.own;
-                own.received(&d);
-                last_event = Instant::now();
-                idle_closed = false;
-                let settles = match EventView::parse(&d.payload) {
-                    Ok(v) => shared
-                        .reducer
-                        .lock()
-                        .ok()
-                        .and_then(|mut r| r.push(&v).settles_with()),
-                    Err(e) => {
-                        if own.bad() {
-                            tracing::warn!(subject = %d.subject, "not a tapbus event, skipped: {e} (further ones are counted)");
-                        }
-                        None
-                    }
-                };
-                match settles {
-                    None => ack(d, own).await,
-                    Some(b) => pending.push((b, d)),
-                }
-                let early = pending.len() >= s.max_pending;
-                if early {
-                    tracing::info!(pending = pending.len(), "max_pending reached: closing the open windows early");
-                }
-                close(&shared, &mut out, early);
-                if !out.unsent.is_empty() {
-                    out.send(own, &mut pending).await;
-                }
-                own.set_pending(pending.len());
-            }
-        }
-    };
-    // Stopping: close every window, publish, ack what that settled, exit.
-    close(&shared, &mut out, true);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !out.unsent.is_empty() && Instant::now() < deadline {
-        out.send(&shared.own, &mut pending).await;
-        if !out.unsent.is_empty() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-    if !pending.is_empty() {
-        tracing::warn!(
-            pending = pending.len(),
-            "stopping with events whose records were not confirmed: not acked, the bus delivers them again"
-        );
-    }
-    drop(out.tx);
-    let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
-    result
-}
-
-/// Takes the records of the windows closed so far (all of them with `all`).
-fn close(shared: &Shared, out: &mut Out, all: bool) {
-    let Ok(mut r) = shared.reducer.lock() else {
-        return;
-    };
-    let mut records = Vec::new();
-    let boundary = if all {
-        r.close_all(&mut records)
-    } else {
-        r.advance(&mut records)
-    };
-    if let Some(boundary) = boundary {
-        out.unsent.push(Unsent { records, boundary });
-    }
-}
-
-struct Out {
-    tx: mpsc::Sender<Message>,
-    slashes: bool,
-    unsent: Vec<Unsent>,
-}
-
-impl Out {
-    /// Publishes the unsent closes in order; for each one the bus confirmed in full, acks
-    /// the events it settled. Stops at the first close not confirmed (tried again later).
-    async fn send(&mut self, own: &Own, pending: &mut Vec<(u64, Delivery)>) {
-        while let Some(u) = self.unsent.first() {
-            let mut settlement = Settlement::new();
-            for rec in &u.records {
-                let subject = if self.slashes {
-                    rec.subject.replace('.', "/")
-                } else {
-                    rec.subject.clone()
-                };
-                let msg = Message::record(
-                    subject.into(),
-                    Bytes::from(rec.to_json()),
-                    Some(rec.id.as_str().into()),
-                    Some(settlement.ticket()),
-                );
-                if self.tx.send(msg).await.is_err() {
-                    return;
-                }
-            }
-            let got = settlement.settled().await;
-            if !got.all_published() {
-                own.batches_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    dropped = got.dropped,
-                    "records not confirmed by the bus; sending them again"
-                );
-                return;
-            }
-            own.batches.fetch_add(1, Ordering::Relaxed);
-            let boundary = u.boundary;
-            self.unsent.remove(0);
-            let mut keep = Vec::with_capacity(pending.len());
-            for (b, d) in pending.drain(..) {
-                if boundary > b || boundary == u64::MAX {
-                    ack(d, own).await;
-                } else {
-                    keep.push((b, d));
-                }
-            }
-            *pending = keep;
-            own.set_pending(pending.len());
-        }
-    }
+        tokio::time::Instant::now(),
+    );
+    consumer
+        .registry()
+        .register_collector(Box::new(stage.collector()));
+    let sink = BusSink::start(s.output);
+    consumer
+        .run(vec![s.input], s.listen, stage, sink, String::new)
+        .await
 }
 
 #[cfg(test)]
