@@ -6,19 +6,15 @@
 //! body has one), and acks it: a refused batch is never retried forever.
 
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
-use tapbus_bus::backoff::Backoff;
-use tapbus_bus::subscribe::Delivery;
 use tapbus_config::{ConfigError, ConsumerInputConfig};
-use tapbus_consumer::{CommonArgs, Own, ack, init_logging, listen_addr, serve, stop_signal};
-use tapbus_mimir::write::{self, Outcome};
+use tapbus_consumer::runtime::{self, Consumer, Options};
+use tapbus_consumer::{CommonArgs, init_logging, listen_addr};
+use tapbus_mimir::stage::{Endpoint, MimirMetrics, MimirSink, MimirStage};
 
 const PROGRAM: &str = "tapbus-mimir";
 
@@ -103,7 +99,9 @@ fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
     if let Some(l) = &cli.common.metrics_listen {
         cfg.metrics_listen = l.clone();
     }
-    let input = cfg.input.validate("input", PROGRAM)?;
+    let input = cfg
+        .input
+        .validate_reading("input", PROGRAM, "tapbus.metrics.>")?;
     if cfg.url.is_empty() {
         return Err(invalid(
             "url",
@@ -153,187 +151,32 @@ fn main() -> ExitCode {
     tapbus_consumer::main(PROGRAM, settings(&cli), run)
 }
 
-/// Counters of the writes, on `/metrics` beside `tapbus_consumer_*`.
-#[derive(Default)]
-struct Writes {
-    samples: AtomicU64,
-    requests_ok: AtomicU64,
-    retries: AtomicU64,
-    dropped: Mutex<std::collections::BTreeMap<String, u64>>,
-}
-
-impl Writes {
-    fn drop_batch(&self, reason: &str) {
-        if let Ok(mut m) = self.dropped.lock() {
-            if m.len() < 64 || m.contains_key(reason) {
-                *m.entry(reason.to_string()).or_insert(0) += 1;
-            } else {
-                *m.entry("other".into()).or_insert(0) += 1;
-            }
-        }
-    }
-
-    fn write(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let _ = writeln!(out, "# TYPE tapbus_mimir_samples_total counter");
-        let _ = writeln!(
-            out,
-            "tapbus_mimir_samples_total {}",
-            self.samples.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(out, "# TYPE tapbus_mimir_requests_total counter");
-        let _ = writeln!(
-            out,
-            "tapbus_mimir_requests_total {}",
-            self.requests_ok.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(out, "# TYPE tapbus_mimir_retries_total counter");
-        let _ = writeln!(
-            out,
-            "tapbus_mimir_retries_total {}",
-            self.retries.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(out, "# TYPE tapbus_mimir_dropped_total counter");
-        if let Ok(m) = self.dropped.lock() {
-            for (reason, n) in m.iter() {
-                let _ = writeln!(out, "tapbus_mimir_dropped_total{{reason=\"{reason}\"}} {n}");
-            }
-        }
-    }
-}
-
 async fn run(s: Settings) -> anyhow::Result<()> {
-    let own = Arc::new(Own::default());
-    let writes = Arc::new(Writes::default());
-    if let Some(addr) = s.listen {
-        let (o, w) = (own.clone(), writes.clone());
-        let render = move || {
-            let mut text = String::new();
-            w.write(&mut text);
-            o.write("mimir", &mut text);
-            text
-        };
-        serve(
-            addr,
-            "text/plain; version=0.0.4; charset=utf-8",
-            render,
-            own.clone(),
-        )
-        .await?;
-    }
-    let http = reqwest::Client::builder()
-        .timeout(s.cfg.timeout)
-        .user_agent(concat!("tapbus-mimir/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .context("HTTP client")?;
-    let mut sub = tapbus_bus::input::subscribe(PROGRAM, &s.input)
+    let mut opts = Options::new(PROGRAM, "mimir");
+    opts.max_pending = 1024;
+    opts.min_backoff = Duration::from_millis(250);
+    opts.max_backoff = Duration::from_secs(30);
+    opts.renew_every = runtime::renew_every(std::slice::from_ref(&s.input));
+    let mut consumer = Consumer::new(opts);
+    let metrics = MimirMetrics::default();
+    metrics.register(consumer.registry());
+    let c = &s.cfg;
+    let sink = MimirSink::new(
+        Endpoint {
+            url: s.url.clone(),
+            tenant: c.tenant.clone(),
+            username: c.username.clone(),
+            password: c.password.clone(),
+            bearer_token: c.bearer_token.clone(),
+            timeout: c.timeout,
+        },
+        metrics,
+    )
+    .context("HTTP client")?;
+    tracing::info!(url = %s.url, "writing to");
+    consumer
+        .run(vec![s.input], s.listen, MimirStage::default(), sink, String::new)
         .await
-        .context("cannot subscribe")?;
-    tracing::info!(semantics = ?sub.semantics(), url = %s.url, "subscribed");
-    own.watch_input(&sub);
-    let stop = stop_signal();
-    tokio::pin!(stop);
-    loop {
-        let d = tokio::select! {
-            biased;
-            _ = &mut stop => return Ok(()),
-            d = sub.next() => d.map_err(|e| anyhow::anyhow!("subscription ended: {e}"))?,
-        };
-        own.received(&d);
-        let batch = match write::parse(&d.payload).and_then(|b| write::encode(&b)) {
-            Ok(b) => b,
-            Err(e) => {
-                if own.bad() {
-                    tracing::warn!(subject = %d.subject, "not a metric batch, skipped: {e} (further ones are counted)");
-                }
-                ack(d, &own).await;
-                continue;
-            }
-        };
-        tokio::select! {
-            biased;
-            _ = &mut stop => return Ok(()),
-            () = deliver(&http, &s, batch, d, &own, &writes) => {}
-        }
-    }
-}
-
-/// POSTs one batch until it is written or refused, then acks it.
-async fn deliver(
-    http: &reqwest::Client,
-    s: &Settings,
-    (body, samples): (Vec<u8>, usize),
-    d: Delivery,
-    own: &Own,
-    writes: &Writes,
-) {
-    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
-    let mut warned = false;
-    loop {
-        let mut req = http
-            .post(s.url.clone())
-            .header("Content-Encoding", "snappy")
-            .header("Content-Type", "application/x-protobuf")
-            .header("X-Prometheus-Remote-Write-Version", "0.1.0")
-            .body(body.clone());
-        if !s.cfg.tenant.is_empty() {
-            req = req.header("X-Scope-OrgID", &s.cfg.tenant);
-        }
-        if !s.cfg.bearer_token.is_empty() {
-            req = req.bearer_auth(&s.cfg.bearer_token);
-        } else if !s.cfg.username.is_empty() {
-            req = req.basic_auth(&s.cfg.username, Some(&s.cfg.password));
-        }
-        let (status, text, retry_after) = match req.send().await {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                let retry_after = r
-                    .headers()
-                    .get("Retry-After")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
-                (
-                    Some(status),
-                    r.text().await.unwrap_or_default(),
-                    retry_after,
-                )
-            }
-            Err(e) => (None, e.to_string(), None),
-        };
-        match status.map(write::outcome) {
-            Some(Outcome::Written) => {
-                writes.samples.fetch_add(samples as u64, Ordering::Relaxed);
-                writes.requests_ok.fetch_add(1, Ordering::Relaxed);
-                if warned {
-                    tracing::info!("remote write works again");
-                }
-                ack(d, own).await;
-                return;
-            }
-            Some(Outcome::Refused) => {
-                let status = status.unwrap_or(0);
-                let reason = write::refusal_reason(status, &text);
-                writes.drop_batch(&reason);
-                tracing::warn!(status, %reason, "remote write refused a batch; dropped: {}", text.trim());
-                ack(d, own).await;
-                return;
-            }
-            Some(Outcome::Retry) | None => {
-                writes.retries.fetch_add(1, Ordering::Relaxed);
-                if !warned {
-                    warned = true;
-                    tracing::warn!(status = ?status, "remote write failed, retrying with backoff: {}", text.trim());
-                }
-                // Keep the bus from handing the batch to someone else meanwhile.
-                let _ = d.in_progress().await;
-                let wait = retry_after
-                    .map(|r| r.min(Duration::from_secs(60)))
-                    .unwrap_or_else(|| backoff.next_delay());
-                tokio::time::sleep(wait).await;
-            }
-        }
-    }
 }
 
 #[cfg(test)]
