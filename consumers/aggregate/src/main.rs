@@ -199,7 +199,11 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     opts.renew_every = runtime::renew_every(std::slice::from_ref(&s.input));
     let consumer = Consumer::new(opts);
     let a = agg.clone();
-    let exposition = move || a.lock().unwrap_or_else(PoisonError::into_inner).exposition();
+    let exposition = move || {
+        a.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .exposition()
+    };
     let batches = s.output.as_ref().map(|_| Batches {
         instance: s.instance.clone(),
         interval: s.interval,
@@ -209,7 +213,13 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     match s.output {
         Some(o) => {
             consumer
-                .run(vec![s.input], s.listen, stage, BusSink::start(o), exposition)
+                .run(
+                    vec![s.input],
+                    s.listen,
+                    stage,
+                    BusSink::start(o),
+                    exposition,
+                )
                 .await
         }
         None => {

@@ -126,7 +126,9 @@ impl Stage for AggregateStage {
 /// message.
 pub fn not_an_event(subject: &str, err: &dyn std::fmt::Display) -> String {
     if subject.starts_with("tapbus.metrics") || subject.starts_with("tapbus/metrics") {
-        format!("a metric batch on {subject}, not a dnstap event: read dnstap.> (tapbus-mimir reads tapbus.metrics.>)")
+        format!(
+            "a metric batch on {subject}, not a dnstap event: read dnstap.> (tapbus-mimir reads tapbus.metrics.>)"
+        )
     } else if subject.starts_with("tapbus.reduced") || subject.starts_with("tapbus/reduced") {
         format!("a reduced record on {subject}, not a dnstap event: read dnstap.>")
     } else {

@@ -52,13 +52,21 @@ impl Own {
     pub fn register(&self, name: &str, registry: &mut Registry) {
         let r = registry.sub_registry_with_label(("consumer".into(), name.to_string().into()));
         let counters: [(&str, &str, &Counter); 12] = [
-            ("tapbus_consumer_messages", "messages received from the bus", &self.received),
+            (
+                "tapbus_consumer_messages",
+                "messages received from the bus",
+                &self.received,
+            ),
             (
                 "tapbus_consumer_bad",
                 "messages that are not what this consumer reads (counted, acked, skipped)",
                 &self.bad,
             ),
-            ("tapbus_consumer_acked", "messages acknowledged", &self.acked),
+            (
+                "tapbus_consumer_acked",
+                "messages acknowledged",
+                &self.acked,
+            ),
             (
                 "tapbus_consumer_ack_errors",
                 "acks the bus did not take (the message comes again)",
@@ -114,13 +122,21 @@ impl Own {
             SumCounter(self.input_dropped.clone()),
         );
         let gauges: [(&str, &str, &Gauge); 4] = [
-            ("tapbus_consumer_pending", "messages taken and not yet acknowledged", &self.pending),
+            (
+                "tapbus_consumer_pending",
+                "messages taken and not yet acknowledged",
+                &self.pending,
+            ),
             (
                 "tapbus_consumer_dedupe_ranges",
                 "ranges of handled stream sequences kept to recognise redeliveries",
                 &self.dedupe_ranges,
             ),
-            ("tapbus_consumer_input_up", "1 while every input is connected", &self.up),
+            (
+                "tapbus_consumer_input_up",
+                "1 while every input is connected",
+                &self.up,
+            ),
             (
                 "tapbus_consumer_ready",
                 "1 once every input is subscribed (its bus, stream and durable exist)",
@@ -285,7 +301,10 @@ mod tests {
         own.lag.store(7, Ordering::Relaxed);
         own.received.inc();
         let text = render(&reg, "");
-        assert!(text.contains("tapbus_consumer_lag_messages{consumer=\"x\"} 7"), "{text}");
+        assert!(
+            text.contains("tapbus_consumer_lag_messages{consumer=\"x\"} 7"),
+            "{text}"
+        );
         assert!(text.contains("tapbus_consumer_messages_total{consumer=\"x\"} 1"));
         assert!(!text.contains("# EOF"));
     }

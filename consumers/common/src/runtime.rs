@@ -238,7 +238,9 @@ async fn read(
     let mut sub = match subscribe_waiting(program, &spec).await {
         Ok(s) => s,
         Err(e) => {
-            let _ = tx.send(Input::Ended(i, format!("cannot subscribe: {e}"))).await;
+            let _ = tx
+                .send(Input::Ended(i, format!("cannot subscribe: {e}")))
+                .await;
             return;
         }
     };
@@ -270,10 +272,8 @@ async fn subscribe_waiting(
     spec: &ConsumerInputSpec,
 ) -> Result<Subscriber, tapbus_bus::input::InputError> {
     use tapbus_bus::input::InputError;
-    let mut delays = tapbus_bus::backoff::Backoff::new(
-        Duration::from_millis(100),
-        Duration::from_secs(2),
-    );
+    let mut delays =
+        tapbus_bus::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     let mut waited = false;
     loop {
         match tapbus_bus::input::subscribe(program, spec).await {
@@ -317,7 +317,8 @@ fn watch(
         loop {
             let b = *backlog.borrow_and_update();
             if let Some(b) = b {
-                own.lag.store(b.waiting.unwrap_or(UNKNOWN), Ordering::Relaxed);
+                own.lag
+                    .store(b.waiting.unwrap_or(UNKNOWN), Ordering::Relaxed);
                 own.bus_unacked.store(b.unacked, Ordering::Relaxed);
                 if let Some(f) = b.ack_floor
                     && floors.send((i, f)).await.is_err()
@@ -362,6 +363,7 @@ async fn sink_task<B, K>(
     K: Sink<B>,
 {
     while let Some(f) = rx.recv().await {
+        tracing::debug!(covers = f.covers, "writing a batch");
         let mut delays = tapbus_bus::backoff::Backoff::new(opts.min_backoff, opts.max_backoff);
         let mut failing = false;
         let outcome = loop {
@@ -381,7 +383,9 @@ async fn sink_task<B, K>(
                     own.batches_failed.inc();
                     if !failing {
                         failing = true;
-                        tracing::warn!("output not written ({why}); retrying with backoff, holding its messages");
+                        tracing::warn!(
+                            "output not written ({why}); retrying with backoff, holding its messages"
+                        );
                     } else {
                         tracing::debug!("output still not written: {why}");
                     }
@@ -454,7 +458,7 @@ where
             let now = Instant::now();
             let why = if draining || core.held.len() >= opts.max_pending {
                 Flush::All
-            } else if stage.due().is_some_and(|t| t <= now) {
+            } else if stage.due().is_some_and(|t| t <= Instant::now()) {
                 Flush::Due
             } else {
                 break;
@@ -556,6 +560,7 @@ where
                     }
                 }
                 stage.sync_metrics();
+                tracing::debug!(taken = n, held = core.held.len(), "messages taken");
                 core.ack_now().await;
             }
         }

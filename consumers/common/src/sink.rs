@@ -70,7 +70,11 @@ impl Sink<Vec<Record>> for BusSink {
         } else {
             Attempt::Retry {
                 after: None,
-                why: format!("{} of {} not confirmed by the bus", got.dropped, batch.len()),
+                why: format!(
+                    "{} of {} not confirmed by the bus",
+                    got.dropped,
+                    batch.len()
+                ),
             }
         }
     }
@@ -132,11 +136,12 @@ pub mod http {
         )
     }
 
-    /// Sends a request and classifies the answer: 2xx written; 429/5xx/no answer
-    /// retried; any other status handed to `other(status, body)`.
+    /// Sends a request and classifies the answer: 429/5xx/no answer retried; every other
+    /// status (2xx included: a body may still say the write was refused) handed to
+    /// `classify(status, body)`.
     pub async fn push(
         req: reqwest::RequestBuilder,
-        other: impl FnOnce(u16, &str) -> Attempt,
+        classify: impl FnOnce(u16, &str) -> Attempt,
     ) -> (Option<u16>, Attempt) {
         match req.send().await {
             Err(e) => (None, no_answer(&e)),
@@ -148,9 +153,6 @@ pub mod http {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
                 let body = r.text().await.unwrap_or_default();
-                if (200..300).contains(&status) {
-                    return (Some(status), Attempt::Done);
-                }
                 match retry_of(status, retry_after.as_deref()) {
                     Some(mut a) => {
                         if let Attempt::Retry { why, .. } = &mut a {
@@ -162,7 +164,7 @@ pub mod http {
                         }
                         (Some(status), a)
                     }
-                    None => (Some(status), other(status, &body)),
+                    None => (Some(status), classify(status, &body)),
                 }
             }
         }

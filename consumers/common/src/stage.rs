@@ -84,7 +84,10 @@ pub enum Attempt {
     Done,
     /// Not written, for a reason that may pass: tried again after `after` (a
     /// `Retry-After`) or the policy's backoff.
-    Retry { after: Option<Duration>, why: String },
+    Retry {
+        after: Option<Duration>,
+        why: String,
+    },
     /// Refused for good (the sink counted it by `reason`): the holds it covers are acked,
     /// the batch is not sent again.
     Dropped { reason: String },

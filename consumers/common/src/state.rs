@@ -160,11 +160,7 @@ impl Handled {
                 return;
             }
         }
-        let below = self
-            .ranges
-            .range(..=seq)
-            .next_back()
-            .map(|(&s, &e)| (s, e));
+        let below = self.ranges.range(..=seq).next_back().map(|(&s, &e)| (s, e));
         let start = match below {
             Some((_, e)) if e >= seq => return,
             Some((s, e)) if e.checked_add(1) == Some(seq) => {
@@ -297,7 +293,10 @@ mod tests {
         s.floor(50);
         assert!(s.contains(1), "the first report prunes nothing");
         s.floor(80);
-        assert!(!s.contains(50) && s.contains(51), "pruned up to the previous floor");
+        assert!(
+            !s.contains(50) && s.contains(51),
+            "pruned up to the previous floor"
+        );
         // A server that lost acks on restart reports a lower floor: nothing above it is
         // forgotten.
         s.floor(60);

@@ -343,8 +343,15 @@ async fn a_stop_with_the_downstream_gone_ends_by_the_drain_deadline() {
     let (_, answer) = r.ask().await;
     std::mem::forget(answer);
     r.run.await.expect("join").expect("a stop is not an error");
-    assert_eq!(t.elapsed(), Duration::from_secs(20), "exactly the drain deadline");
-    assert!(r.log.acked().is_empty(), "nothing acked that was not written");
+    assert_eq!(
+        t.elapsed(),
+        Duration::from_secs(20),
+        "exactly the drain deadline"
+    );
+    assert!(
+        r.log.acked().is_empty(),
+        "nothing acked that was not written"
+    );
     assert_eq!(r.own.unsettled.get(), 2, "counted");
 }
 
@@ -357,7 +364,11 @@ async fn reading_pauses_at_max_pending_and_everything_is_flushed() {
         r.send("x", i, None, 1).await;
     }
     r.settle().await;
-    assert_eq!(r.pushed.lock().expect("lock").len(), 3, "paused at the bound");
+    assert_eq!(
+        r.pushed.lock().expect("lock").len(),
+        3,
+        "paused at the bound"
+    );
     // At the bound the stage is flushed at once (not after `every`).
     let (batch, answer) = r.ask().await;
     assert_eq!(batch, (0, 3));
@@ -377,13 +388,19 @@ async fn reading_pauses_at_max_pending_and_everything_is_flushed() {
 async fn an_input_that_ends_is_an_error_after_the_drain() {
     let mut r = rig(opts());
     r.send("1", 1, None, 1).await;
-    r.tx
-        .send(Input::Ended(0, "subscription ended: consumer deleted".into()))
-        .await
-        .expect("loop");
+    r.tx.send(Input::Ended(
+        0,
+        "subscription ended: consumer deleted".into(),
+    ))
+    .await
+    .expect("loop");
     let (_, answer) = r.ask().await;
     answer.send(Attempt::Done).expect("sink waits");
     let e = r.run.await.expect("join").expect_err("an error");
     assert!(e.to_string().contains("consumer deleted"), "{e}");
-    assert_eq!(r.log.acked(), [1], "what was held was still written and acked");
+    assert_eq!(
+        r.log.acked(),
+        [1],
+        "what was held was still written and acked"
+    );
 }

@@ -11,3 +11,4 @@ pub mod batch;
 pub mod labels;
 pub mod push;
 pub mod response;
+pub mod stage;

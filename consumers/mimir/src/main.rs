@@ -175,7 +175,13 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     .context("HTTP client")?;
     tracing::info!(url = %s.url, "writing to");
     consumer
-        .run(vec![s.input], s.listen, MimirStage::default(), sink, String::new)
+        .run(
+            vec![s.input],
+            s.listen,
+            MimirStage::default(),
+            sink,
+            String::new,
+        )
         .await
 }
 

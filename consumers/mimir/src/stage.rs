@@ -65,7 +65,11 @@ impl Stage for MimirStage {
     }
 
     fn due(&self) -> Option<Instant> {
-        if self.queue.is_empty() { None } else { self.now }
+        if self.queue.is_empty() {
+            None
+        } else {
+            self.now
+        }
     }
 
     fn flush(&mut self, _now: Instant, _why: Flush) -> Option<Flushed<Request>> {
@@ -97,16 +101,30 @@ const KNOWN: &[&str] = &["http_400", "http_401", "http_403", "http_404", "http_4
 
 impl MimirMetrics {
     pub fn register(&self, r: &mut Registry) {
-        r.register("tapbus_mimir_samples", "samples in requests the receiver took (2xx)", self.samples.clone());
-        r.register("tapbus_mimir_requests", "remote-write requests the receiver took (2xx)", self.requests.clone());
-        r.register("tapbus_mimir_retries", "requests sent again after 429, 5xx or no answer", self.retries.clone());
+        r.register(
+            "tapbus_mimir_samples",
+            "samples in requests the receiver took (2xx)",
+            self.samples.clone(),
+        );
+        r.register(
+            "tapbus_mimir_requests",
+            "remote-write requests the receiver took (2xx)",
+            self.requests.clone(),
+        );
+        r.register(
+            "tapbus_mimir_retries",
+            "requests sent again after 429, 5xx or no answer",
+            self.retries.clone(),
+        );
         r.register(
             "tapbus_mimir_dropped",
             "batches the receiver refused for good, by Mimir's err-mimir-* id or http_<status>",
             self.dropped.clone(),
         );
         for k in KNOWN {
-            let _ = self.dropped.get_or_create(&Reason { reason: (*k).into() });
+            let _ = self.dropped.get_or_create(&Reason {
+                reason: (*k).into(),
+            });
         }
     }
 
@@ -122,7 +140,9 @@ impl MimirMetrics {
             "other"
         };
         self.dropped
-            .get_or_create(&Reason { reason: reason.into() })
+            .get_or_create(&Reason {
+                reason: reason.into(),
+            })
             .inc();
     }
 }
@@ -176,6 +196,9 @@ impl Sink<Request> for MimirSink {
         }
         let m = &self.metrics;
         let (_, a) = http::push(req, |status, body| {
+            if (200..300).contains(&status) {
+                return Attempt::Done;
+            }
             let reason = write::refusal_reason(status, body);
             m.drop_batch(&reason);
             tracing::warn!(status, %reason, "remote write refused a batch; dropped: {}", body.trim());
@@ -226,7 +249,10 @@ mod tests {
             },
             now,
         );
-        assert!(matches!(&bad, Verdict::Bad(w) if w.contains("tapbus.metrics.>")), "{bad:?}");
+        assert!(
+            matches!(&bad, Verdict::Bad(w) if w.contains("tapbus.metrics.>")),
+            "{bad:?}"
+        );
         assert_eq!(s.due(), Some(now));
         let f = s.flush(now, Flush::Due).expect("first");
         assert_eq!((f.covers, f.batch.samples), (1, 1));
@@ -242,13 +268,19 @@ mod tests {
         m.register(&mut r);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &r).expect("encode");
-        assert!(text.contains("tapbus_mimir_dropped_total{reason=\"http_400\"} 0"), "{text}");
+        assert!(
+            text.contains("tapbus_mimir_dropped_total{reason=\"http_400\"} 0"),
+            "{text}"
+        );
         assert!(text.contains("tapbus_mimir_retries_total 0"), "{text}");
         for i in 0..100 {
             m.drop_batch(&format!("err-mimir-{i}"));
         }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &r).expect("encode");
-        assert!(text.contains("tapbus_mimir_dropped_total{reason=\"other\"} 36"), "{text}");
+        assert!(
+            text.contains("tapbus_mimir_dropped_total{reason=\"other\"} 36"),
+            "{text}"
+        );
     }
 }

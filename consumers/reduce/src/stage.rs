@@ -138,15 +138,51 @@ impl Collector for ReduceMetrics {
         let st = *self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let counters: [(&str, &str, u64); 11] = [
             ("tapbus_reduce_events", "events pushed", st.events),
-            ("tapbus_reduce_filtered", "events no reduction wanted", st.filtered),
-            ("tapbus_reduce_grouped", "(event, reduction) placements into a keyed group", st.grouped),
-            ("tapbus_reduce_late", "events that came after their window closed (late records)", st.late),
-            ("tapbus_reduce_overflow", "(event, reduction) placements into an overflow group (max_groups reached)", st.overflow),
-            ("tapbus_reduce_rejected_full", "(event, reduction) placements refused: group and overflow bounds full", st.rejected_full),
-            ("tapbus_reduce_rejected_full_events", "events refused for every reduction they matched", st.rejected_full_events),
-            ("tapbus_reduce_no_timestamp", "events without a timestamp (acked, not reduced)", st.no_timestamp),
-            ("tapbus_reduce_rejected_future", "events too far ahead of the watermark", st.rejected_future),
-            ("tapbus_reduce_jumps", "times the watermark followed a sustained jump of event time", st.jumps),
+            (
+                "tapbus_reduce_filtered",
+                "events no reduction wanted",
+                st.filtered,
+            ),
+            (
+                "tapbus_reduce_grouped",
+                "(event, reduction) placements into a keyed group",
+                st.grouped,
+            ),
+            (
+                "tapbus_reduce_late",
+                "events that came after their window closed (late records)",
+                st.late,
+            ),
+            (
+                "tapbus_reduce_overflow",
+                "(event, reduction) placements into an overflow group (max_groups reached)",
+                st.overflow,
+            ),
+            (
+                "tapbus_reduce_rejected_full",
+                "(event, reduction) placements refused: group and overflow bounds full",
+                st.rejected_full,
+            ),
+            (
+                "tapbus_reduce_rejected_full_events",
+                "events refused for every reduction they matched",
+                st.rejected_full_events,
+            ),
+            (
+                "tapbus_reduce_no_timestamp",
+                "events without a timestamp (acked, not reduced)",
+                st.no_timestamp,
+            ),
+            (
+                "tapbus_reduce_rejected_future",
+                "events too far ahead of the watermark",
+                st.rejected_future,
+            ),
+            (
+                "tapbus_reduce_jumps",
+                "times the watermark followed a sustained jump of event time",
+                st.jumps,
+            ),
             ("tapbus_reduce_records", "records emitted", st.records),
         ];
         for (name, help, v) in counters {
@@ -155,8 +191,16 @@ impl Collector for ReduceMetrics {
             c.encode(m)?;
         }
         let gauges: [(&str, &str, u64); 2] = [
-            ("tapbus_reduce_open_groups", "groups held now (keyed and overflow)", st.open_groups),
-            ("tapbus_reduce_open_windows", "windows held now (on-time and pending late ones)", st.open_windows),
+            (
+                "tapbus_reduce_open_groups",
+                "groups held now (keyed and overflow)",
+                st.open_groups,
+            ),
+            (
+                "tapbus_reduce_open_windows",
+                "windows held now (on-time and pending late ones)",
+                st.open_windows,
+            ),
         ];
         for (name, help, v) in gauges {
             let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
