@@ -17,4 +17,5 @@ mod nats_js;
 mod outage;
 mod redis;
 mod replay;
+mod restart;
 mod tls;
