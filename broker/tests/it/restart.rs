@@ -6,7 +6,7 @@
 //!
 //! Each test prints `RECOVERY <output>: <ms> ms from server ready to the first confirmed
 //! publish`: run `cargo test -p tapbus-broker --test it restart -- --nocapture` to read the
-//! numbers. The assertion is a generous bound (5 s) so a loaded machine cannot fail it.
+//! numbers. The assertion is a generous bound (3 s) so a loaded machine cannot fail it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,10 +19,17 @@ use crate::harness::*;
 /// Frames sent every `TICK`: 5,000 events/s.
 const PER_TICK: usize = 50;
 const TICK: Duration = Duration::from_millis(10);
-/// How long the server stays down.
-const OUTAGE: Duration = Duration::from_millis(1000);
-/// The bound asserted on the time to recover (the measured time is printed).
-const RECOVERY_BOUND: Duration = Duration::from_secs(5);
+/// How long the server stays down: 1 s, or `RESTART_OUTAGE_MS` (to measure long outages; not TAPBUS_*, which the broker would read as configuration).
+fn outage() -> Duration {
+    std::env::var("RESTART_OUTAGE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(1), Duration::from_millis)
+}
+/// The bound asserted on the time to recover (the measured time is printed): 3 s is 40
+/// times the ~75 ms measured, and under the ~4 s the output took when it waited out its 5 s
+/// ack timeout after a 1 s outage.
+const RECOVERY_BOUND: Duration = Duration::from_secs(3);
 
 /// A DNS server's dnstap writer at a steady rate until `stop`, cycling through `frames`;
 /// returns how many frames it sent.
@@ -105,7 +112,7 @@ async fn crash_and_recover(
     broker.wait_metric("tapbus_published_total", &["output=\"nats\""], 1000.0);
 
     nats.kill();
-    tokio::time::sleep(OUTAGE).await;
+    tokio::time::sleep(outage()).await;
     let before = broker.metric("tapbus_published_total", &["output=\"nats\""]);
     let nats = tokio::task::spawn_blocking(move || start(Some(port)))
         .await

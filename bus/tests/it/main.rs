@@ -10,6 +10,7 @@ mod mqtt;
 mod nats;
 mod publish;
 mod redis_sub;
+mod restart;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
