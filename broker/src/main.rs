@@ -136,8 +136,11 @@ fn summary(s: &tapbus_config::BrokerSettings) -> String {
 }
 
 fn init_logging(format: &str) {
+    // async-nats logs every client event at info, so each failed reconnect attempt (several
+    // a second while a server is down) would be a line; tapbus logs them itself, once per
+    // change of state. TAPBUS_LOG replaces the whole filter.
     let filter = tracing_subscriber::EnvFilter::try_from_env("TAPBUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

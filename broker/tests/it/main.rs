@@ -18,4 +18,5 @@ mod outage;
 mod redis;
 mod replay;
 mod restart;
+mod start_order;
 mod tls;
