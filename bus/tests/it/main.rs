@@ -11,6 +11,7 @@ mod nats;
 mod publish;
 mod redis_sub;
 mod restart;
+mod waiting;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
