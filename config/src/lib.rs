@@ -971,6 +971,7 @@ mod tests {
     }
 
     /// Loads with the built-in defaults given and applies the flags.
+    #[allow(clippy::result_large_err)]
     fn load_with_flags(
         file: Option<&Path>,
         defaults: &BrokerConfig,

@@ -24,10 +24,10 @@ async fn publish_acked(url: &str, payload: &str) {
     for _ in 0..200 {
         if let Ok(c) = async_nats::connect(url).await {
             let js = jetstream::new(c);
-            if let Ok(ack) = js.publish("ev.x", payload.to_string().into()).await {
-                if ack.await.is_ok() {
-                    return;
-                }
+            if let Ok(ack) = js.publish("ev.x", payload.to_string().into()).await
+                && ack.await.is_ok()
+            {
+                return;
             }
         }
         assert!(t0.elapsed() < Duration::from_secs(20), "publish to {url}");
