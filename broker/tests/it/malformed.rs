@@ -266,6 +266,20 @@ fn every_malformed_reason_is_on_metrics_at_zero_from_the_start() {
         let line = format!("tapbus_malformed_total{{input=\"unix\",reason=\"{reason}\"}} 0");
         assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
     }
+    // The other families with a known label set: frame kinds and drop reasons.
+    for line in [
+        "tapbus_frames_total{input=\"unix\",kind=\"data\"} 0".to_string(),
+        "tapbus_frames_total{input=\"unix\",kind=\"control\"} 0".to_string(),
+        "tapbus_frames_total{input=\"unix\",kind=\"oversize\"} 0".to_string(),
+    ]
+    .into_iter()
+    .chain(
+        ["queue_full", "publish_error", "too_large", "shutdown"]
+            .iter()
+            .map(|r| format!("tapbus_dropped_total{{output=\"stdout\",reason=\"{r}\"}} 0")),
+    ) {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
     // Every reason the fixtures below produce is one of them.
     for f in FIXTURES {
         for r in f.closed.iter().chain(f.counted) {
