@@ -44,8 +44,8 @@ pub async fn run(name: String, spec: NatsSpec, mut rx: Queue, m: PublishMetrics)
         + 2 * BATCH
         + spec.jetstream.as_ref().map_or(0, |j| 2 * j.ack_window);
     let up = m.up.clone();
-    // Connection state changes wake the JetStream output, which re-sends at once what a
-    // lost connection left unacknowledged.
+    // Connection state changes wake the output, which re-sends at once what a lost
+    // connection left unconfirmed.
     let (state_tx, state_rx) = tokio::sync::watch::channel(false);
     let opts = match crate::connect::nats::options(
         &name,
@@ -83,7 +83,18 @@ pub async fn run(name: String, spec: NatsSpec, mut rx: Queue, m: PublishMetrics)
     };
     let subjects = SubjectCache::new(spec.subject.clone());
     match &spec.jetstream {
-        None => core::run(&name, &client, spec.marker_timeout, subjects, &mut rx, &m).await,
+        None => {
+            core::run(
+                &name,
+                &client,
+                spec.marker_timeout,
+                subjects,
+                &mut rx,
+                &m,
+                state_rx,
+            )
+            .await
+        }
         Some(js) => {
             let link = Link {
                 state: state_rx,
