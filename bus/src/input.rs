@@ -57,12 +57,7 @@ pub async fn subscribe(program: &str, spec: &ConsumerInputSpec) -> Result<Subscr
         ) => {
             let slow = SlowConsumer::default();
             let client = nats(program, c, slow.clone()).await?;
-            let mut s = NatsCoreSpec::new(subject.clone());
-            s.queue_group = queue_group.clone();
-            Ok(NatsCoreSubscriber::new(&client, &s)
-                .await?
-                .count_drops(slow)
-                .into())
+            nats_core(&client, subject, queue_group, slow).await
         }
         (BusConnect::Nats(c), SubscribeMode::JetStream { .. }) => {
             let s = jetstream_spec(program, &spec.mode).ok_or(InputError::Mismatch)?;
@@ -124,6 +119,21 @@ pub async fn subscribe(program: &str, spec: &ConsumerInputSpec) -> Result<Subscr
         }
         _ => Err(InputError::Mismatch),
     }
+}
+
+/// A NATS core subscription on `client`.
+async fn nats_core(
+    client: &async_nats::Client,
+    subject: &str,
+    queue_group: &Option<String>,
+    slow: SlowConsumer,
+) -> Result<Subscriber, InputError> {
+    let mut s = NatsCoreSpec::new(subject);
+    s.queue_group = queue_group.clone();
+    Ok(NatsCoreSubscriber::new(client, &s)
+        .await?
+        .count_drops(slow)
+        .into())
 }
 
 /// The subscriber's JetStream spec of a JetStream mode (`None` for other modes).
@@ -207,8 +217,9 @@ fn bus_for_logs(connect: &BusConnect) -> String {
 /// pass (an invalid spec, a durable that exists with another filter subject or ack policy,
 /// a mode that does not fit the URL, unusable connection settings) are returned at once.
 ///
-/// NATS core subscriptions and MQTT need no waiting: their clients connect (and
-/// reconnect) by themselves and subscribe once connected, so they start at once.
+/// A NATS core subscription is made once the client is connected (so the server has it
+/// when this returns). MQTT needs no waiting: its client connects (and reconnects) by
+/// itself and subscribes once connected, so it starts at once.
 ///
 /// Cancel-safe: dropping the future (on SIGTERM) leaves nothing subscribed; the NATS
 /// client it made is dropped with it.
@@ -218,6 +229,25 @@ pub async fn subscribe_waiting(
 ) -> Result<Subscriber, InputError> {
     let bus = bus_for_logs(&spec.connect);
     match (&spec.connect, &spec.mode) {
+        (
+            BusConnect::Nats(c),
+            SubscribeMode::Nats {
+                subject,
+                queue_group,
+            },
+        ) => {
+            let slow = SlowConsumer::default();
+            let (tx, mut up) = tokio::sync::watch::channel(false);
+            let client = nats_watched(program, c, slow.clone(), move |s| {
+                tx.send_replace(s);
+            })
+            .await?;
+            // The connect layer logs the wait for the server once.
+            if up.wait_for(|c| *c).await.is_err() {
+                return Err(SubscribeError::Closed.into());
+            }
+            nats_core(&client, subject, queue_group, slow).await
+        }
         (BusConnect::Nats(c), SubscribeMode::JetStream { stream, .. }) => {
             let s = jetstream_spec(program, &spec.mode).ok_or(InputError::Mismatch)?;
             let slow = SlowConsumer::default();

@@ -264,3 +264,30 @@ async fn the_wait_can_be_dropped() {
     let c = async_nats::connect(nats.url()).await.expect("connect");
     assert!(jetstream::new(c).get_stream("EV").await.is_err());
 }
+
+/// NATS core: the subscription is made once the server is there, so what is published
+/// after `subscribe_waiting` returned arrives.
+#[tokio::test]
+async fn nats_core_input_started_before_the_server_reads_once_it_is_there() {
+    let (logs, _guard) = collect_logs();
+    let port = free_port();
+    let s = spec(&format!("nats://127.0.0.1:{port}/ev.>"));
+    let waiting = tokio::spawn(async move { subscribe_waiting("it", &s).await });
+    let line = format!("waiting for NATS at nats://127.0.0.1:{port}");
+    logs.wait_for(&line).await;
+    assert!(!waiting.is_finished(), "returned without a server");
+    let nats = blocking(move || Nats::start_on(port)).await;
+    let mut sub = timeout(Duration::from_secs(15), waiting)
+        .await
+        .expect("subscribed within 15 s of the server")
+        .expect("task")
+        .expect("subscribed");
+    let c = async_nats::connect(nats.url())
+        .await
+        .expect("connect publisher");
+    c.publish("ev.x", "c0".into()).await.expect("publish");
+    c.flush().await.expect("flush");
+    let got = take(&mut sub, 1, Duration::from_secs(10)).await;
+    assert_eq!(payloads(&got), numbered("c", 1));
+    assert_eq!(logs.count(&line), 1, "{}", logs.text());
+}
