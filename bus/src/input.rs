@@ -221,8 +221,10 @@ fn bus_for_logs(connect: &BusConnect) -> String {
 /// when this returns). MQTT needs no waiting: its client connects (and reconnects) by
 /// itself and subscribes once connected, so it starts at once.
 ///
-/// Cancel-safe: dropping the future (on SIGTERM) leaves nothing subscribed; the NATS
-/// client it made is dropped with it.
+/// Cancel-safe: dropping the future (on SIGTERM) leaves nothing subscribed and nothing
+/// made on the server but a durable it had just created; the NATS client it made is
+/// dropped with it (async-nats's connection task, if the server never came, goes on trying
+/// in the background until it connects, then ends, or until the runtime shuts down).
 pub async fn subscribe_waiting(
     program: &str,
     spec: &ConsumerInputSpec,
