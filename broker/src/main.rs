@@ -82,21 +82,11 @@ fn main() -> ExitCode {
 }
 
 fn load(cli: &Cli) -> anyhow::Result<tapbus_config::BrokerSettings> {
-    let mut cfg = tapbus_config::load(cli.config.as_deref(), BrokerConfig::default())?;
-    if !cli.inputs.is_empty() || !cli.outputs.is_empty() {
-        // Flags are shorthand: with --input/--output on the command line, they are the
-        // inputs/outputs (the file still supplies everything else).
-        if cli.config.is_none() {
-            cfg.inputs.clear();
-            cfg.outputs.clear();
-        }
-    }
-    for i in &cli.inputs {
-        cfg.add_input_url(i);
-    }
-    for o in &cli.outputs {
-        cfg.add_output_url(o);
-    }
+    let defaults = BrokerConfig::default();
+    let mut cfg = tapbus_config::load(cli.config.as_deref(), defaults.clone())?;
+    // --input/--output add to their own kind, replacing only built-in defaults, never what
+    // the file or TAPBUS_* configured.
+    cfg.apply_flags(&defaults, &cli.inputs, &cli.outputs);
     if let Some(m) = &cli.metrics_listen {
         cfg.metrics_listen = m.clone();
     }
@@ -146,8 +136,11 @@ fn summary(s: &tapbus_config::BrokerSettings) -> String {
 }
 
 fn init_logging(format: &str) {
+    // async-nats logs every client event at info, so each failed reconnect attempt (several
+    // a second while a server is down) would be a line; tapbus logs them itself, once per
+    // change of state. TAPBUS_LOG replaces the whole filter.
     let filter = tracing_subscriber::EnvFilter::try_from_env("TAPBUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

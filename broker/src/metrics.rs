@@ -31,6 +31,36 @@ struct InputReasonL {
     reason: &'static str,
 }
 
+/// Every `reason` of `tapbus_malformed_total`: each input exports all of them from its
+/// start (at 0), so a query or alert on one reason has a series before the first error.
+/// Frame Streams errors that close the connection (`session::SessionError::reason`), data
+/// frames that are not dnstap (`tapbus_proto::event::EventError::reason`), an unknown
+/// control frame, and a failed TLS handshake.
+pub const MALFORMED_REASONS: &[&str] = &[
+    // Connection closed: Frame Streams framing.
+    "truncated",
+    "control_too_long",
+    "control_too_short",
+    "control_field_overrun",
+    "control_field_too_long",
+    "frame_error",
+    // Connection closed: handshake.
+    "content_type_mismatch",
+    "data_before_start",
+    "unexpected_control",
+    "handshake_timeout",
+    "read_error",
+    "write_error",
+    "tls_handshake",
+    // Frame skipped, connection kept.
+    "bad_protobuf",
+    "missing_type",
+    "unsupported_type",
+    "missing_message",
+    "missing_message_type",
+    "unknown_control",
+];
+
 /// All metric families, registered once.
 pub struct Metrics {
     registry: Registry,
@@ -116,8 +146,19 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Handles for one input (resolved once per connection).
+    /// Handles for one input (resolved when it starts and once per connection). Every
+    /// series of the input, each reason of `tapbus_malformed_total` included, exists from
+    /// the first call, at 0.
     pub fn input(&self, input: &str) -> InputMetrics {
+        for reason in MALFORMED_REASONS {
+            let _ = get(
+                &self.malformed,
+                &InputReasonL {
+                    input: input.to_string(),
+                    reason,
+                },
+            );
+        }
         let l = InputL {
             input: input.to_string(),
         };
@@ -174,6 +215,10 @@ pub struct InputMetrics {
 impl InputMetrics {
     /// Counts one piece of bad input (rare: takes the family lock).
     pub fn malformed(&self, reason: &'static str) {
+        debug_assert!(
+            MALFORMED_REASONS.contains(&reason),
+            "malformed reason {reason:?} is missing from MALFORMED_REASONS"
+        );
         self.malformed
             .get_or_create(&InputReasonL {
                 input: self.name.clone(),
@@ -194,3 +239,30 @@ where
 }
 
 pub type SharedMetrics = Arc<Metrics>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_malformed_reason_is_exported_at_zero_from_the_start() {
+        let m = Metrics::new();
+        let _in = m.input("local");
+        let text = m.encode();
+        for reason in MALFORMED_REASONS {
+            let line = format!("tapbus_malformed_total{{input=\"local\",reason=\"{reason}\"}} 0");
+            assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+        }
+        // The other labelled families of an input and an output have theirs too.
+        let _out = m.output("bus");
+        let text = m.encode();
+        for kind in ["data", "control", "oversize"] {
+            let line = format!("tapbus_frames_total{{input=\"local\",kind=\"{kind}\"}} 0");
+            assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+        }
+        for reason in ["queue_full", "publish_error", "too_large", "shutdown"] {
+            let line = format!("tapbus_dropped_total{{output=\"bus\",reason=\"{reason}\"}} 0");
+            assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+        }
+    }
+}

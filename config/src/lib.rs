@@ -359,6 +359,30 @@ impl BrokerConfig {
         );
     }
 
+    /// The command line's `--input` and `--output` URLs on top of the loaded configuration
+    /// (built-in `defaults`, then the file, then `TAPBUS_*`). A flag adds to its own kind
+    /// only: `--output` never touches the inputs and `--input` never the outputs. Within its
+    /// kind it replaces only the built-in default entries (those the file and the
+    /// environment left exactly as `defaults` has them) and keeps every entry the file or
+    /// the environment configured, so `TAPBUS_INPUTS__DNS__URL=… tapbus-broker --output
+    /// stdout` reads that input and writes standard output.
+    pub fn apply_flags(&mut self, defaults: &BrokerConfig, inputs: &[String], outputs: &[String]) {
+        if !inputs.is_empty() {
+            self.inputs
+                .retain(|name, cfg| defaults.inputs.get(name) != Some(&*cfg));
+        }
+        if !outputs.is_empty() {
+            self.outputs
+                .retain(|name, cfg| defaults.outputs.get(name) != Some(&*cfg));
+        }
+        for i in inputs {
+            self.add_input_url(i);
+        }
+        for o in outputs {
+            self.add_output_url(o);
+        }
+    }
+
     /// Checks everything and produces the settings the broker runs from.
     pub fn validate(&self) -> Result<BrokerSettings, ConfigError> {
         if self.inputs.is_empty() {
@@ -942,6 +966,105 @@ mod tests {
                 load(Some(&example()), BrokerConfig::default()).map_err(|e| e.to_string())?;
             assert_eq!(c.max_frame_size, 2048);
             assert_eq!(c.outputs["nats"].connect.url, "nats://10.9.9.9:4223");
+            Ok(())
+        });
+    }
+
+    /// Loads with the built-in defaults given and applies the flags.
+    #[allow(clippy::result_large_err)]
+    fn load_with_flags(
+        file: Option<&Path>,
+        defaults: &BrokerConfig,
+        inputs: &[&str],
+        outputs: &[&str],
+    ) -> Result<BrokerConfig, figment::Error> {
+        let mut c = load(file, defaults.clone()).map_err(|e| e.to_string())?;
+        let inputs: Vec<String> = inputs.iter().map(|s| s.to_string()).collect();
+        let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
+        c.apply_flags(defaults, &inputs, &outputs);
+        Ok(c)
+    }
+
+    fn urls_in(c: &BrokerConfig) -> (Vec<String>, Vec<String>) {
+        (
+            c.inputs
+                .iter()
+                .map(|(n, i)| format!("{n}={}", i.url))
+                .collect(),
+            c.outputs
+                .iter()
+                .map(|(n, o)| format!("{n}={}", o.connect.url))
+                .collect(),
+        )
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn an_output_flag_keeps_the_inputs_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TAPBUS_INPUTS__DNS__URL", "unix:///run/dnstap.sock");
+            let c = load_with_flags(None, &BrokerConfig::default(), &[], &["stdout"])?;
+            let (i, o) = urls_in(&c);
+            assert_eq!(i, ["dns=unix:///run/dnstap.sock"]);
+            assert_eq!(o, ["stdout=stdout"]);
+            assert!(c.validate().is_ok(), "{:?}", c.validate().err());
+            // And the other way round: an input flag keeps the environment's outputs.
+            jail.set_env("TAPBUS_OUTPUTS__BUS__URL", "nats://10.0.0.1:4222");
+            let c = load_with_flags(
+                None,
+                &BrokerConfig::default(),
+                &["tcp://127.0.0.1:6000"],
+                &[],
+            )?;
+            let (i, o) = urls_in(&c);
+            assert_eq!(
+                i,
+                ["dns=unix:///run/dnstap.sock", "tcp=tcp://127.0.0.1:6000"]
+            );
+            assert_eq!(o, ["bus=nats://10.0.0.1:4222"]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn flags_add_to_what_the_file_configured() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "b.toml",
+                "[inputs.local]\nurl = \"unix:///run/a.sock\"\n[outputs.bus]\nurl = \"nats://10.0.0.1:4222\"\n",
+            )?;
+            let c = load_with_flags(
+                Some(Path::new("b.toml")),
+                &BrokerConfig::default(),
+                &[],
+                &["stdout"],
+            )?;
+            let (i, o) = urls_in(&c);
+            assert_eq!(i, ["local=unix:///run/a.sock"]);
+            assert_eq!(o, ["bus=nats://10.0.0.1:4222", "stdout=stdout"]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn a_flag_replaces_only_the_built_in_defaults_of_its_kind() {
+        figment::Jail::expect_with(|jail| {
+            let mut defaults = BrokerConfig::default();
+            defaults.add_input_url("unix:///run/default.sock");
+            defaults.add_output_url("nats://127.0.0.1:4222");
+            // Nothing else configured: the flag replaces the default output, and the
+            // default input stays.
+            let c = load_with_flags(None, &defaults, &[], &["stdout"])?;
+            let (i, o) = urls_in(&c);
+            assert_eq!(i, ["unix=unix:///run/default.sock"]);
+            assert_eq!(o, ["stdout=stdout"]);
+            // The environment changed the default output: it is configured, so it stays.
+            jail.set_env("TAPBUS_OUTPUTS__NATS__URL", "nats://10.0.0.1:4222");
+            let c = load_with_flags(None, &defaults, &[], &["stdout"])?;
+            let (_, o) = urls_in(&c);
+            assert_eq!(o, ["nats=nats://10.0.0.1:4222", "stdout=stdout"]);
             Ok(())
         });
     }

@@ -178,3 +178,55 @@ fn stdout_output_is_json_lines() {
         assert_valid(&schema, &v);
     }
 }
+
+/// `--output` replaces no input: inputs set through `TAPBUS_INPUTS__<NAME>__URL` (as a
+/// systemd unit or a container sets them) stay, and so do the file's.
+#[test]
+fn an_output_flag_keeps_the_inputs_of_the_environment_and_the_file() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tapbus-broker"))
+        .args(["--output", "stdout", "--check"])
+        .env("TAPBUS_INPUTS__DNS__URL", "tcp://127.0.0.1:6000")
+        .output()
+        .expect("run broker");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("inputs dns=tcp:127.0.0.1:6000; outputs stdout=stdout"),
+        "{text}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("b.toml");
+    std::fs::write(
+        &p,
+        "[inputs.a]\nurl=\"tcp://127.0.0.1:6001\"\n[outputs.bus]\nurl=\"nats://127.0.0.1:4222\"\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_tapbus-broker"))
+        .args([
+            "-c",
+            p.to_str().expect("utf8"),
+            "--input",
+            "tcp://127.0.0.1:6002",
+        ])
+        .args(["--output", "stdout", "--check"])
+        .env("TAPBUS_OUTPUTS__LOG__URL", "stdout")
+        .output()
+        .expect("run broker");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(
+            "inputs a=tcp:127.0.0.1:6001 tcp=tcp:127.0.0.1:6002; outputs bus=nats log=stdout stdout=stdout"
+        ),
+        "{text}"
+    );
+}

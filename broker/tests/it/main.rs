@@ -17,4 +17,6 @@ mod nats_js;
 mod outage;
 mod redis;
 mod replay;
+mod restart;
+mod start_order;
 mod tls;

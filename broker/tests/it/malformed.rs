@@ -253,3 +253,41 @@ async fn malformed_inputs_close_only_their_connection() {
     broker.wait_metric("tapbus_frames_total", &["kind=\"oversize\""], big as f64);
     assert_eq!(broker.metric("tapbus_malformed_total", &[]), 0.0);
 }
+
+/// Before any input has gone wrong, `/metrics` already has `tapbus_malformed_total` at 0
+/// for every reason of every input, so dashboards and alerts see 0 instead of no data.
+#[test]
+fn every_malformed_reason_is_on_metrics_at_zero_from_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("dnstap.sock");
+    let broker = Broker::start(&["-i", &format!("unix://{}", sock.display()), "-o", "stdout"]);
+    let text = broker.metrics();
+    for reason in tapbus_broker::metrics::MALFORMED_REASONS {
+        let line = format!("tapbus_malformed_total{{input=\"unix\",reason=\"{reason}\"}} 0");
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
+    // The other families with a known label set: frame kinds and drop reasons.
+    for line in [
+        "tapbus_frames_total{input=\"unix\",kind=\"data\"} 0".to_string(),
+        "tapbus_frames_total{input=\"unix\",kind=\"control\"} 0".to_string(),
+        "tapbus_frames_total{input=\"unix\",kind=\"oversize\"} 0".to_string(),
+    ]
+    .into_iter()
+    .chain(
+        ["queue_full", "publish_error", "too_large", "shutdown"]
+            .iter()
+            .map(|r| format!("tapbus_dropped_total{{output=\"stdout\",reason=\"{r}\"}} 0")),
+    ) {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
+    // Every reason the fixtures below produce is one of them.
+    for f in FIXTURES {
+        for r in f.closed.iter().chain(f.counted) {
+            assert!(
+                tapbus_broker::metrics::MALFORMED_REASONS.contains(r),
+                "{}: reason {r} is not exported from the start",
+                f.file
+            );
+        }
+    }
+}

@@ -148,7 +148,8 @@ async fn jetstream_stores_every_event_in_order() {
     assert_same(name, &got, &reference);
 }
 
-/// JetStream without a JetStream-enabled server: the broker stays up, says why, retries.
+/// JetStream without a JetStream-enabled server: the broker stays up, says once why it
+/// waits, retries, and makes the stream once JetStream is on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_unavailable_is_logged_and_retried() {
     let nats = Nats::start();
@@ -160,10 +161,21 @@ async fn jetstream_unavailable_is_logged_and_retried() {
         &format!("url = \"{}\"\njetstream = true\n", nats.url()),
     );
     let mut broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
-    broker.wait_log("a retry", |l| {
-        l.matches("JetStream stream not available").count() >= 2
-    });
+    let waiting = format!("waiting for stream DNSTAP on {}", nats.url());
+    broker.wait_log("the waiting line", |l| l.contains(&waiting));
     assert!(broker.is_running());
+    // It keeps trying: JetStream on (same port) and the stream is made, with the wait
+    // logged once.
+    let port = nats.port();
+    nats.terminate();
+    let store = tempfile::tempdir().expect("tempdir");
+    let sd = store.path().to_path_buf();
+    let _nats = tokio::task::spawn_blocking(move || Nats::start_jetstream_on(port, &sd))
+        .await
+        .expect("start nats");
+    broker.wait_log("the stream", |l| l.contains("JetStream stream ready"));
+    let log = broker.log_text();
+    assert_eq!(log.matches(&waiting).count(), 1, "{log}");
 }
 
 /// user/password: the right ones deliver; a wrong password leaves the output down and the

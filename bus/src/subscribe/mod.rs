@@ -405,3 +405,66 @@ impl LinkState {
 fn backoff() -> crate::backoff::Backoff {
     crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
 }
+
+impl SubscribeError {
+    /// Whether the error can pass by itself, so starting again later may work: the bus is
+    /// not reachable (yet), JetStream is not enabled (yet), the stream or the durable does
+    /// not exist (yet), a request timed out. `false` for what only a configuration change
+    /// fixes: an invalid spec, a durable that exists with another filter subject or ack
+    /// policy, a subscription the server refused, a Redis reply of the wrong type.
+    pub fn retryable(&self) -> bool {
+        use async_nats::jetstream::ErrorCode as C;
+        use async_nats::jetstream::context::GetStreamErrorKind as S;
+        use async_nats::jetstream::stream::ConsumerErrorKind as K;
+        // Server answers that describe a state that passes: JetStream still starting, the
+        // stream or the durable not made yet, a cluster without a leader for now.
+        let passes = |code: C| {
+            [
+                C::STREAM_NOT_FOUND,
+                C::CONSUMER_NOT_FOUND,
+                C::JETSTREAM_NOT_ENABLED,
+                C::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT,
+                C::CLUSTER_NOT_AVAILABLE,
+                C::CLUSTER_NO_PEERS,
+                C::CLUSTER_NOT_LEADER,
+                C::STREAM_OFFLINE,
+                C::CONSUMER_OFFLINE,
+                C::INSUFFICIENT_RESOURCES,
+            ]
+            .contains(&code)
+        };
+        match self {
+            SubscribeError::Spec(_)
+            | SubscribeError::JetStreamConsumerMismatch { .. }
+            | SubscribeError::MqttRefused { .. }
+            | SubscribeError::RedisReply(_) => false,
+            SubscribeError::NatsSubscribe(_)
+            | SubscribeError::JetStreamMessages(_)
+            | SubscribeError::Mqtt(_)
+            | SubscribeError::Closed => true,
+            SubscribeError::JetStreamStream { source, .. } => match source.kind() {
+                S::Request => true,
+                S::JetStream(e) => passes(e.error_code()),
+                S::EmptyName | S::InvalidStreamName => false,
+            },
+            SubscribeError::JetStreamConsumer { source, .. } => match source.kind() {
+                K::TimedOut | K::Request => true,
+                K::JetStream(e) => passes(e.error_code()),
+                K::InvalidConsumerType | K::InvalidName | K::Other => false,
+            },
+            SubscribeError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || matches!(
+                        e.retry_method(),
+                        redis::RetryMethod::WaitAndRetry
+                            | redis::RetryMethod::Reconnect
+                            | redis::RetryMethod::ReconnectFromInitialConnections
+                            | redis::RetryMethod::RetryImmediately
+                    )
+            }
+        }
+    }
+}

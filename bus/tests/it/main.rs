@@ -10,6 +10,8 @@ mod mqtt;
 mod nats;
 mod publish;
 mod redis_sub;
+mod restart;
+mod waiting;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

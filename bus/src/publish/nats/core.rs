@@ -249,6 +249,7 @@ pub(super) async fn run(
     mut subjects: SubjectCache,
     rx: &mut Queue,
     m: &PublishMetrics,
+    mut state: tokio::sync::watch::Receiver<bool>,
 ) {
     let inbox = Subject::from(client.new_inbox());
     let mut markers = loop {
@@ -280,9 +281,16 @@ pub(super) async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(BATCH);
+    let mut watching = true;
     loop {
         tokio::select! {
             biased;
+            // Connected again: re-send what the old connection left unconfirmed now, not at
+            // the next tick.
+            changed = state.changed(), if watching => {
+                watching = changed.is_ok();
+                core.tick().await;
+            }
             Some(msg) = markers.next() => core.marker(&msg.payload).await,
             _ = tick.tick() => core.tick().await,
             n = rx.recv_many(&mut batch, BATCH), if !core.full() => {

@@ -11,6 +11,7 @@ use async_nats::jetstream::{self, message::PublishMessage, stream};
 use async_nats::{PublishErrorKind, Subject};
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::future::{AbortHandle, Abortable, Aborted};
 use futures::stream::FuturesOrdered;
 use tapbus_config::JetStreamSpec;
 use tokio::time::Instant;
@@ -20,12 +21,19 @@ use crate::metrics::PublishMetrics;
 use crate::publish::Queue;
 use crate::publish::settle::Ticket;
 
-/// Gets or creates the stream, retrying with backoff. `false` if the queue closed first.
+/// Gets or creates the stream. While NATS is unreachable it waits for the connection (the
+/// connect layer logs that wait once); then it retries with backoff, and at once after a
+/// reconnect, logging the first failure (`waiting for stream DNSTAP on nats://…`) and the
+/// success. Events queued meanwhile stay in the output's queue; when it is full the
+/// fan-out drops and counts them. `false` if the queue closed first.
 async fn ensure_stream(
     name: &str,
+    client: &async_nats::Client,
     ctx: &jetstream::Context,
     js: &JetStreamSpec,
     rx: &mut Queue,
+    state: &mut tokio::sync::watch::Receiver<bool>,
+    servers: &str,
 ) -> bool {
     let mut config = stream::Config {
         name: js.stream.clone(),
@@ -44,24 +52,48 @@ async fn ensure_stream(
     if let Some(r) = js.replicas {
         config.num_replicas = r;
     }
-    let mut delays = crate::backoff::Backoff::new(JS_MIN_BACKOFF, Duration::from_secs(10));
+    let mut delays = crate::backoff::Backoff::new(JS_MIN_BACKOFF, JS_MAX_BACKOFF);
+    let mut waited = false;
+    let mut watching = true;
     loop {
-        match ctx.get_or_create_stream(config.clone()).await {
-            Ok(s) => {
-                tracing::info!(output = %name, stream = %js.stream, subjects = ?s.cached_info().config.subjects, "JetStream stream ready");
-                return true;
-            }
-            Err(e) => {
-                tracing::warn!(output = %name, stream = %js.stream, "JetStream stream not available: {e}; retrying in {:?}", delays.peek());
+        if client.connection_state() == async_nats::connection::State::Connected {
+            match ctx.get_or_create_stream(config.clone()).await {
+                Ok(s) => {
+                    tracing::info!(output = %name, stream = %js.stream, subjects = ?s.cached_info().config.subjects, "JetStream stream ready");
+                    return true;
+                }
+                Err(e) if !waited => {
+                    waited = true;
+                    tracing::warn!(output = %name, "waiting for stream {} on {servers}: {e} (retrying with backoff; events are queued and counted as dropped when the queue is full)", js.stream);
+                }
+                Err(e) => {
+                    tracing::debug!(output = %name, stream = %js.stream, "stream still not available: {e}");
+                }
             }
         }
-        // Wait, but notice shutdown.
-        let until = tokio::time::Instant::now() + delays.next_delay();
-        while tokio::time::Instant::now() < until {
-            if rx.is_closed() {
-                return false;
+        // Wait for the backoff or a connection change, noticing shutdown.
+        let until = Instant::now()
+            + if client.connection_state() == async_nats::connection::State::Connected {
+                delays.next_delay()
+            } else {
+                JS_MAX_BACKOFF
+            };
+        let mut closed = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                changed = state.changed(), if watching => {
+                    watching = changed.is_ok();
+                    if *state.borrow_and_update() {
+                        break;
+                    }
+                }
+                _ = closed.tick() => {
+                    if rx.is_closed() {
+                        return false;
+                    }
+                }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
@@ -93,16 +125,17 @@ struct Batch {
     on: Conn,
 }
 
-type AckFuture = std::pin::Pin<
-    Box<
-        dyn Future<
-                Output = (
-                    Batch,
-                    Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
-                ),
-            > + Send,
-    >,
->;
+/// What became of a batch's PubAck.
+enum Outcome {
+    /// The server answered: acknowledged, refused, or the ack timed out.
+    Answer(Result<jetstream::publish::PublishAck, jetstream::context::PublishError>),
+    /// The connection the batch went out on is gone (the client connected again): its ack
+    /// can never come, so the batch is sent again at once instead of waiting out the ack
+    /// timeout.
+    Lost,
+}
+
+type AckFuture = std::pin::Pin<Box<dyn Future<Output = (Batch, Outcome)> + Send>>;
 
 /// Logs publish/ack failures once per change of state.
 struct Health<'a> {
@@ -144,6 +177,11 @@ struct Js<'a> {
     /// Most events sent and not yet acknowledged.
     window: usize,
     inflight: FuturesOrdered<AckFuture>,
+    /// For each batch in `inflight`, in the same order: its connection and the handle that
+    /// gives up its ack when that connection is left behind.
+    aborts: VecDeque<(Conn, AbortHandle)>,
+    /// The client's connect count when last looked at: a change means a reconnect.
+    connects: u64,
     /// Events in `inflight`.
     held: usize,
     retry: VecDeque<Pending>,
@@ -201,10 +239,18 @@ impl Js<'_> {
                 Ok(ack) => {
                     batch.push(p);
                     self.held += batch.len();
-                    let fut = ack.into_future();
+                    let (handle, reg) = AbortHandle::new_pair();
+                    // Aborted, the ack future is dropped at once, and with it its permit.
+                    let fut = Abortable::new(ack.into_future(), reg);
                     let batch = Batch { events: batch, on };
-                    self.inflight
-                        .push_back(Box::pin(async move { (batch, fut.await) }));
+                    self.aborts.push_back((on, handle));
+                    self.inflight.push_back(Box::pin(async move {
+                        let outcome = match fut.await {
+                            Ok(res) => Outcome::Answer(res),
+                            Err(Aborted) => Outcome::Lost,
+                        };
+                        (batch, outcome)
+                    }));
                 }
                 Err(e) if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
                     self.m.dropped_too_large.inc();
@@ -236,13 +282,19 @@ impl Js<'_> {
         }
     }
 
-    fn settle(
-        &mut self,
-        batch: Batch,
-        res: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
-    ) {
+    fn settle(&mut self, batch: Batch, outcome: Outcome) {
+        self.aborts.pop_front();
         self.held -= batch.events.len();
         let now = self.stats.connects.load(Ordering::Relaxed);
+        let res = match outcome {
+            Outcome::Answer(res) => res,
+            Outcome::Lost => {
+                self.h.fail("ack", &"the connection was lost");
+                self.proven.clear();
+                self.requeue(batch.events, false);
+                return;
+            }
+        };
         match res {
             Ok(_) if !batch.on.matches(now) => {
                 // Acknowledged on another connection than the batch went out on: send it
@@ -300,6 +352,29 @@ impl Js<'_> {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
+    /// Called whenever the connection state may have changed. After a reconnect, the acks
+    /// of batches sent on an older connection can never come (that server or connection is
+    /// gone): they are given up at once and the batches re-sent (same ids, the server
+    /// de-duplicates what it stored) as soon as the loop takes them back, without waiting
+    /// for the ack timeout or a backoff grown during the outage.
+    fn check_reconnect(&mut self) {
+        let now = self.stats.connects.load(Ordering::Relaxed);
+        if now == self.connects || !self.connected() {
+            return;
+        }
+        self.connects = now;
+        let mut lost = 0;
+        for (on, h) in &self.aborts {
+            if on.left_behind(now) {
+                h.abort();
+                lost += 1;
+            }
+        }
+        self.backoff.reset();
+        self.retry_at = Instant::now();
+        tracing::debug!(output = %self.name, batches = lost, "NATS connected again; re-sending what the old connection left unacknowledged");
+    }
+
     /// Sends held events again, as far as the window allows, once connected (while
     /// disconnected they would only pile up in the client's buffer).
     async fn resend(&mut self) {
@@ -331,7 +406,9 @@ pub(super) async fn run(
     mut subjects: SubjectCache,
     rx: &mut Queue,
     m: &PublishMetrics,
+    link: super::Link,
 ) {
+    let super::Link { mut state, servers } = link;
     let ctx = jetstream::ContextBuilder::new()
         // The PubAck futures time out after `timeout`.
         .timeout(Duration::from_secs(5))
@@ -341,7 +418,7 @@ pub(super) async fn run(
         .max_ack_inflight(js.ack_window.max(ACK_EVERY))
         .backpressure_on_inflight(true)
         .build(client.clone());
-    if !ensure_stream(name, &ctx, js, rx).await {
+    if !ensure_stream(name, client, &ctx, js, rx, &mut state, &servers).await {
         while rx.recv().await.is_some() {
             m.dropped_shutdown.inc();
         }
@@ -361,6 +438,8 @@ pub(super) async fn run(
         },
         window: js.ack_window.max(ACK_EVERY),
         inflight: FuturesOrdered::new(),
+        aborts: VecDeque::new(),
+        connects: client.statistics().connects.load(Ordering::Relaxed),
         held: 0,
         retry: VecDeque::new(),
         retry_at: Instant::now(),
@@ -369,11 +448,14 @@ pub(super) async fn run(
         warned_refused: false,
     };
     let mut batch = Vec::with_capacity(BATCH);
+    let mut watching = true;
     loop {
         m.inflight.set(s.held() as i64);
+        s.check_reconnect();
         let room = s.window.saturating_sub(s.held);
         tokio::select! {
             biased;
+            changed = state.changed(), if watching => watching = changed.is_ok(),
             Some((b, res)) = s.inflight.next(), if !s.inflight.is_empty() => s.settle(b, res),
             _ = tokio::time::sleep_until(s.retry_at), if !s.retry.is_empty() && room > 0 => {
                 s.resend().await;
@@ -411,8 +493,10 @@ pub(super) async fn run(
     // Queue closed: wait (bounded) for the acks still outstanding, re-sending as needed.
     let deadline = Instant::now() + Duration::from_secs(15);
     while s.held() > 0 && Instant::now() < deadline {
+        s.check_reconnect();
         tokio::select! {
             biased;
+            changed = state.changed(), if watching => watching = changed.is_ok(),
             Some((b, res)) = s.inflight.next(), if !s.inflight.is_empty() => s.settle(b, res),
             _ = tokio::time::sleep_until(s.retry_at.min(deadline)), if !s.retry.is_empty() => s.resend().await,
             _ = tokio::time::sleep_until(deadline) => {}

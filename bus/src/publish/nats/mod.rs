@@ -44,6 +44,9 @@ pub async fn run(name: String, spec: NatsSpec, mut rx: Queue, m: PublishMetrics)
         + 2 * BATCH
         + spec.jetstream.as_ref().map_or(0, |j| 2 * j.ack_window);
     let up = m.up.clone();
+    // Connection state changes wake the output, which re-sends at once what a lost
+    // connection left unconfirmed.
+    let (state_tx, state_rx) = tokio::sync::watch::channel(false);
     let opts = match crate::connect::nats::options(
         &name,
         "tapbus-broker",
@@ -51,6 +54,7 @@ pub async fn run(name: String, spec: NatsSpec, mut rx: Queue, m: PublishMetrics)
         capacity,
         move |s| {
             up.set(i64::from(s));
+            state_tx.send_replace(s);
         },
         // The output subscribes only to its own reply inboxes, read at once.
         Default::default(),
@@ -79,8 +83,25 @@ pub async fn run(name: String, spec: NatsSpec, mut rx: Queue, m: PublishMetrics)
     };
     let subjects = SubjectCache::new(spec.subject.clone());
     match &spec.jetstream {
-        None => core::run(&name, &client, spec.marker_timeout, subjects, &mut rx, &m).await,
-        Some(js) => jetstream::run(&name, &client, js, subjects, &mut rx, &m).await,
+        None => {
+            core::run(
+                &name,
+                &client,
+                spec.marker_timeout,
+                subjects,
+                &mut rx,
+                &m,
+                state_rx,
+            )
+            .await
+        }
+        Some(js) => {
+            let link = Link {
+                state: state_rx,
+                servers: crate::connect::nats::servers_for_logs(&servers),
+            };
+            jetstream::run(&name, &client, js, subjects, &mut rx, &m, link).await
+        }
     }
     // Queue closed: hand everything buffered to the server before exiting.
     match tokio::time::timeout(Duration::from_secs(10), client.flush()).await {
@@ -88,6 +109,13 @@ pub async fn run(name: String, spec: NatsSpec, mut rx: Queue, m: PublishMetrics)
         Ok(Err(e)) => tracing::warn!(output = %name, "NATS flush at shutdown failed: {e}"),
         Err(_) => tracing::warn!(output = %name, "NATS flush at shutdown timed out"),
     }
+}
+
+/// What the JetStream output learns about its connection: state changes (true:
+/// connected), and the servers as they may be logged.
+pub(super) struct Link {
+    pub(super) state: tokio::sync::watch::Receiver<bool>,
+    pub(super) servers: String,
 }
 
 /// Which client connection (by the client's connect count) events published now go out
