@@ -16,8 +16,8 @@ use async_nats::jetstream::{
     consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
 };
 use bytes::Bytes;
-use std::sync::Arc;
 use futures::StreamExt;
+use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::connect::nats::SlowConsumer;

@@ -548,11 +548,13 @@ fn poll_backlog(
                 .query_async(&mut con)
                 .await;
             if let Some((waiting, unacked)) = r.ok().and_then(|v| parse_group_backlog(&v, &group))
-                && tx.send(Some(Backlog {
-                    waiting,
-                    unacked,
-                    ack_floor: None,
-                })).is_err()
+                && tx
+                    .send(Some(Backlog {
+                        waiting,
+                        unacked,
+                        ack_floor: None,
+                    }))
+                    .is_err()
             {
                 return;
             }
