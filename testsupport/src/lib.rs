@@ -17,7 +17,10 @@
 //!   ([`loki::LokiReceiver`]) that decodes the real push bodies, enforces Loki's rules with
 //!   Loki's texts, stores, and injects faults.
 //! * [`testdata`]: the dnstap captures the repository carries (`testdata/dnstap`), read
-//!   through one path helper so a fresh clone tests itself.
+//!   through one path helper so a fresh clone tests itself, and turned into the JSON events
+//!   the broker publishes ([`testdata::events`]).
+//! * [`prom`]: the one Prometheus exposition reader of the tests (prometheus-parse): scrape
+//!   a `/metrics` page, ask for a value or a sum.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -29,6 +32,7 @@ pub mod fstrm;
 pub mod jetstream;
 pub mod pki;
 pub mod proc;
+pub mod prom;
 pub mod servers;
 pub mod testdata;
 
