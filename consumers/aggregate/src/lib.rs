@@ -107,7 +107,8 @@ pub mod config;
 pub mod exposition;
 pub mod labels;
 pub mod metrics;
-pub mod top;
+/// The space-saving top-k of the top-N series, shared with tapbus-top.
+pub use tapbus_event::topk as top;
 
 pub use batch::{Batch, Series};
 pub use config::{AggregateConfig, AggregateSpec, ConfigError};
