@@ -8,7 +8,6 @@
 use std::hint::black_box;
 
 use tapbus_event::EventView;
-use tapbus_proto::fstrm::{self, DEFAULT_MAX_DATA_FRAME, Frame};
 
 fn main() {
     let which = std::env::args().nth(1).unwrap_or_else(|| "hand".into());
@@ -17,20 +16,8 @@ fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(200);
     let path = tapbus_testsupport::testdata::path("bulk-100k.fstrm");
-    let bytes = std::fs::read(&path).expect("bulk capture");
-    let (frames, _) = fstrm::decode_all(&bytes, DEFAULT_MAX_DATA_FRAME);
-    let events: Vec<Vec<u8>> = frames
-        .into_iter()
-        .filter_map(|f| match f {
-            Frame::Data(b) => Some(b),
-            _ => None,
-        })
+    let events: Vec<Vec<u8>> = tapbus_testsupport::testdata::events_in(&path)
         .take(200)
-        .map(|frame| {
-            let mut out = Vec::new();
-            tapbus_proto::event::encode(frame, "bench", &mut out).expect("event");
-            out
-        })
         .collect();
     if std::env::var_os("SHOW").is_some() {
         println!("{}", String::from_utf8_lossy(&events[0]));

@@ -10,6 +10,8 @@
 //! * [`Filter`]: the filter expressions of `tapbus-tail --filter` and of an output's
 //!   `filter` key ([`filter`]).
 //! * [`write_line`]: the one-line text form of `tapbus-tail` ([`line`]).
+//! * [`topk::SpaceSaving`]: the space-saving top-k of tapbus-aggregate's top-N series and
+//!   of tapbus-top's tables ([`topk`]).
 //!
 //! Pure code: no sockets, no runtime.
 
@@ -17,6 +19,7 @@ pub mod filter;
 pub mod line;
 pub mod names;
 mod scan;
+pub mod topk;
 pub mod view;
 
 pub use filter::{Filter, FilterError};

@@ -1,23 +1,9 @@
 //! The one-line form and filters on real events of the unbound capture.
 
 use tapbus_event::{EventView, Filter, write_line};
-use tapbus_proto::fstrm::{self, DEFAULT_MAX_DATA_FRAME, Frame};
 
 fn events(name: &str) -> Vec<Vec<u8>> {
-    let path = tapbus_testsupport::testdata::path(name);
-    let bytes = std::fs::read(&path).expect("capture");
-    let (frames, _) = fstrm::decode_all(&bytes, DEFAULT_MAX_DATA_FRAME);
-    frames
-        .into_iter()
-        .filter_map(|f| match f {
-            Frame::Data(b) => {
-                let mut out = Vec::new();
-                tapbus_proto::event::encode(b, "t", &mut out).ok()?;
-                Some(out)
-            }
-            _ => None,
-        })
-        .collect()
+    tapbus_testsupport::testdata::events(name)
 }
 
 fn lines(name: &str) -> Vec<String> {

@@ -7,25 +7,6 @@ use std::path::Path;
 
 use serde_json::Value;
 use tapbus_event::{EventView, Filter, Operation, ViewError, write_line};
-use tapbus_proto::fstrm::{self, DEFAULT_MAX_DATA_FRAME, Frame};
-
-/// The JSON events of one capture (frames the encoder refuses are left out).
-fn events(path: &Path) -> Vec<Vec<u8>> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let (frames, _) = fstrm::decode_all(&bytes, DEFAULT_MAX_DATA_FRAME);
-    frames
-        .into_iter()
-        .filter_map(|f| match f {
-            Frame::Data(b) => Some(b),
-            _ => None,
-        })
-        .filter_map(|frame| {
-            let mut out = Vec::new();
-            tapbus_proto::event::encode(frame, "roundtrip", &mut out).ok()?;
-            Some(out)
-        })
-        .collect()
-}
 
 fn opt_str<'v>(v: &'v Value, block: &str, key: &str) -> Option<&'v str> {
     let x = &v[block][key];
@@ -141,7 +122,7 @@ struct Seen {
 }
 
 fn check_file(path: &Path, seen: &mut Seen) {
-    let evs = events(path);
+    let evs = tapbus_testsupport::testdata::events_in(path).collect::<Vec<_>>();
     let mut line = String::new();
     for (i, e) in evs.iter().enumerate() {
         let v: Value = serde_json::from_slice(e).expect("encoder writes JSON");
@@ -230,7 +211,7 @@ fn malformed_capture_events_read_too() {
 #[test]
 fn damaged_events_are_errors_not_panics() {
     let path = tapbus_testsupport::testdata::path("malformed/bad-dns-wire.fstrm");
-    let evs = events(&path);
+    let evs = tapbus_testsupport::testdata::events_in(&path).collect::<Vec<_>>();
     assert!(!evs.is_empty());
     let mut errors = 0usize;
     let mut agreed = 0usize;

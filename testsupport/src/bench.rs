@@ -42,12 +42,10 @@ pub fn cpu_secs(pid: u32, ticks: f64) -> f64 {
     (get(11) + get(12)) / ticks
 }
 
-/// The sum of every sample of `name` (any labels) in a Prometheus exposition text.
+/// The sum of every sample of `name` (any labels) in a Prometheus exposition text
+/// ([`crate::prom::sum`]).
 pub fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    crate::prom::sum(&crate::prom::Scrape::parse(text), name, &[])
 }
 
 /// `broker` replays the test data's `capture` `copies` times into JetStream on

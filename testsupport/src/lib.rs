@@ -13,10 +13,14 @@
 //!   unidirectional.
 //! * [`jetstream`]: what a test asks a JetStream server: a durable's backlog, every message
 //!   a stream stores.
-//! * [`loki`]: a Grafana Loki push receiver ([`loki::LokiReceiver`]) that decodes the real
-//!   push bodies, enforces Loki's rules with Loki's texts, stores, and injects faults.
+//! * [`loki`]: the crate `tapbus-loki-receiver` re-exported: a Grafana Loki push receiver
+//!   ([`loki::LokiReceiver`]) that decodes the real push bodies, enforces Loki's rules with
+//!   Loki's texts, stores, and injects faults.
 //! * [`testdata`]: the dnstap captures the repository carries (`testdata/dnstap`), read
-//!   through one path helper so a fresh clone tests itself.
+//!   through one path helper so a fresh clone tests itself, and turned into the JSON events
+//!   the broker publishes ([`testdata::events`]).
+//! * [`prom`]: the one Prometheus exposition reader of the tests (prometheus-parse): scrape
+//!   a `/metrics` page, ask for a value or a sum.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -26,11 +30,14 @@ use std::time::{Duration, Instant};
 pub mod bench;
 pub mod fstrm;
 pub mod jetstream;
-pub mod loki;
 pub mod pki;
 pub mod proc;
+pub mod prom;
 pub mod servers;
 pub mod testdata;
+
+/// The Loki test receiver, its own crate ([`tapbus_loki_receiver`]), under its old path.
+pub use tapbus_loki_receiver as loki;
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick for port 0).
 pub fn free_port() -> u16 {

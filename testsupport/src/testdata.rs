@@ -8,6 +8,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use tapbus_proto::fstrm;
+
 /// The repository's `testdata/dnstap` directory.
 pub fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/dnstap")
@@ -71,6 +73,33 @@ pub fn expected_count(name: &str) -> usize {
         .parse()
         .unwrap_or_else(|e| panic!("{}: total_messages: {e}", p.display()))
 }
+
+/// The JSON events of the capture `name` (as [`path`] finds it), as the broker publishes
+/// them: see [`events_in`].
+pub fn events(name: &str) -> Vec<Vec<u8>> {
+    events_in(&path(name)).collect()
+}
+
+/// The JSON events of the capture at `file`, as the broker publishes them
+/// (`tapbus_proto::event::encode`, `dnstap.peer-name` [`PEER`]): one per data frame, in
+/// order. Frames the encoder refuses are left out, as the broker leaves them out (it
+/// counts them as malformed), so a damaged capture gives what the broker would publish.
+/// Lazy: `.take(n)` encodes only the first `n`.
+pub fn events_in(file: &Path) -> impl Iterator<Item = Vec<u8>> + use<> {
+    let bytes = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let (frames, _) = fstrm::decode_all(&bytes, fstrm::DEFAULT_MAX_DATA_FRAME);
+    frames.into_iter().filter_map(|f| {
+        let fstrm::Frame::Data(frame) = f else {
+            return None;
+        };
+        let mut out = Vec::new();
+        tapbus_proto::event::encode(frame, PEER, &mut out).ok()?;
+        Some(out)
+    })
+}
+
+/// The `dnstap.peer-name` of the events [`events_in`] makes.
+pub const PEER: &str = "testdata";
 
 fn unpack(gz: &Path, name: &str) -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -171,6 +200,16 @@ mod tests {
         let all = captures();
         assert_eq!(all.len(), 8, "{all:?}");
         assert!(all.contains(&"bulk-100k.fstrm".to_string()));
+    }
+
+    #[test]
+    fn events_are_the_captures_messages_as_the_broker_writes_them() {
+        let evs = events("unbound.fstrm");
+        assert_eq!(evs.len(), expected_count("unbound.fstrm"));
+        let v: serde_json::Value = serde_json::from_slice(&evs[0]).expect("event JSON");
+        assert_eq!(v["dnstap"]["peer-name"], PEER, "{v}");
+        assert_eq!(events_in(&path("unbound.fstrm")).take(3).count(), 3);
+        assert!(events("malformed/empty.fstrm").is_empty());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use futures::StreamExt;
 
 pub use tapbus_testsupport::pki::write_test_pki;
 pub use tapbus_testsupport::proc::Proc;
+use tapbus_testsupport::prom;
 pub use tapbus_testsupport::servers::{Mosquitto, Nats, Redis};
 pub use tapbus_testsupport::{free_port, http_get, need, pause, wait_until, wait_until_async};
 
@@ -159,17 +160,19 @@ impl Broker {
     }
 }
 
+/// The sum of every sample of `name` carrying each of `labels`, written as in the text
+/// (`output="nats"`), in an exposition text.
 pub fn sum_metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let metric = series.split('{').next()?;
-            (metric == name && labels.iter().all(|x| series.contains(x)))
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
+    let pairs: Vec<(&str, &str)> = labels
+        .iter()
+        .map(|l| {
+            let (k, v) = l
+                .split_once('=')
+                .expect("a label is written name=\"value\"");
+            (k, v.trim_matches('"'))
         })
-        .sum()
+        .collect();
+    prom::sum(&prom::Scrape::parse(text), name, &pairs)
 }
 
 /// Sends a capture with `fstrm_replay` (Debian fstrm-bin) to a unix socket or TCP port.
@@ -285,21 +288,8 @@ pub fn assert_valid(v: &jsonschema::Validator, ev: &serde_json::Value) {
 /// The events the broker makes from a capture, decoded in-process (the reference the
 /// network paths are compared with).
 pub fn reference_events(file: &Path) -> Vec<serde_json::Value> {
-    let bytes = std::fs::read(file).expect("capture");
-    let (frames, _) =
-        tapbus_proto::fstrm::decode_all(&bytes, tapbus_proto::fstrm::DEFAULT_MAX_DATA_FRAME);
-    let mut out = Vec::new();
-    frames
-        .into_iter()
-        .filter_map(|f| match f {
-            tapbus_proto::fstrm::Frame::Data(d) => Some(d),
-            _ => None,
-        })
-        .filter_map(|d| {
-            out.clear();
-            tapbus_proto::event::encode(d, "ref", &mut out).ok()?;
-            serde_json::from_slice(&out).ok()
-        })
+    tapbus_testsupport::testdata::events_in(file)
+        .filter_map(|e| serde_json::from_slice(&e).ok())
         .collect()
 }
 

@@ -28,6 +28,7 @@ use serde_json::Value;
 use tapbus_testsupport::jetstream::{stream_info_messages, stream_messages};
 use tapbus_testsupport::loki::LokiReceiver;
 use tapbus_testsupport::proc::Proc;
+use tapbus_testsupport::prom;
 use tapbus_testsupport::{http_get, need};
 
 use crate::{binaries, read, root};
@@ -303,12 +304,11 @@ fn the_demo_runs_the_whole_pipeline_and_every_store_agrees_with_what_was_sent() 
     // The bus: everything the broker published on NATS is in the stream.
     let broker_metrics = format!("127.0.0.1:{}", port("BROKER_METRICS_PORT"));
     let published = || {
-        http_get(&broker_metrics, "/metrics")
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.starts_with("tapbus_published_total{") && l.contains("output=\"nats\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+        prom::sum(
+            &prom::scrape(&broker_metrics),
+            "tapbus_published_total",
+            &[("output", "nats")],
+        ) as u64
     };
     // dnsperf's responses only (the script's readiness probes are SOA queries).
     let client_responses = |events: &[Value], id: &str| {

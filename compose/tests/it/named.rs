@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::Value;
 use tapbus_testsupport::proc::Proc;
+use tapbus_testsupport::prom;
 use tapbus_testsupport::servers::Nats;
-use tapbus_testsupport::{free_ports, http_get, need};
+use tapbus_testsupport::{free_ports, need};
 
 use crate::{binaries, compose_dir, read, root};
 
@@ -73,13 +74,9 @@ fn status(answer: &str) -> &str {
         .unwrap_or("no answer")
 }
 
+/// The sum of every sample of `name` on `addr`'s `/metrics`.
 fn metric(addr: &str, name: &str) -> f64 {
-    http_get(addr, "/metrics")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    prom::sum(&prom::scrape(addr), name, &[])
 }
 
 #[test]

@@ -108,7 +108,8 @@ pub mod exposition;
 pub mod labels;
 pub mod metrics;
 pub mod stage;
-pub mod top;
+/// The space-saving top-k of the top-N series, shared with tapbus-top.
+pub use tapbus_event::topk as top;
 
 pub use batch::{Batch, Series};
 pub use config::{AggregateConfig, AggregateSpec, ConfigError};

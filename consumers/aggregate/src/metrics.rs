@@ -19,7 +19,7 @@ use tapbus_event::EventView;
 
 use crate::config::AggregateSpec;
 use crate::labels::{self, Interner};
-use crate::top::SpaceSaving;
+use tapbus_event::topk::SpaceSaving;
 
 /// Per identity, its top keys with their counts, highest first.
 type Ranked<'a> = Vec<(&'a str, Vec<(Cow<'a, str>, u64)>)>;

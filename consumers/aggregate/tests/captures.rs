@@ -5,31 +5,11 @@
 //! `batch.schema.json`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use serde_json::Value;
 use tapbus_aggregate::{AggregateSpec, Aggregator, Batch, batch};
 use tapbus_event::EventView;
-use tapbus_proto::fstrm::{self, DEFAULT_MAX_DATA_FRAME, Frame};
 use tapbus_testsupport::testdata;
-
-/// The JSON events of one capture, as the broker publishes them.
-fn events(path: &Path) -> Vec<Vec<u8>> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let (frames, _) = fstrm::decode_all(&bytes, DEFAULT_MAX_DATA_FRAME);
-    frames
-        .into_iter()
-        .filter_map(|f| match f {
-            Frame::Data(b) => Some(b),
-            _ => None,
-        })
-        .filter_map(|frame| {
-            let mut out = Vec::new();
-            tapbus_proto::event::encode(frame, "aggregate", &mut out).ok()?;
-            Some(out)
-        })
-        .collect()
-}
 
 /// One sample of the text format.
 #[derive(Debug)]
@@ -175,7 +155,7 @@ fn captures_match_their_summaries() {
         // Above the distinct names of every small capture: their top-N is exact.
         spec.top_capacity = 1000;
         let mut agg = Aggregator::new(spec);
-        let evs = events(&testdata::path(&name));
+        let evs = testdata::events(&name);
         for e in &evs {
             let view = EventView::parse(e).unwrap_or_else(|e| panic!("{name}: {e}"));
             agg.push(&view);

@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use serde_json::Value;
 use tapbus_testsupport::proc::Proc;
+use tapbus_testsupport::prom::{self, Scrape};
 use tapbus_testsupport::servers::Nats;
 use tapbus_testsupport::{free_port, http_get, testdata, wait_until};
 
@@ -30,35 +31,22 @@ fn replay_into_jetstream(nats_url: &str) {
     tapbus_testsupport::jetstream::replay_capture(&broker_bin(), nats_url, CAPTURE);
 }
 
-/// `metric{labels} value` lines of the exposition: the value of `name` with
-/// `consumer="aggregate"` (this process's own counters).
+/// This process's own counter `name` (`consumer="aggregate"`) in the exposition.
 fn own(text: &str, name: &str) -> Option<u64> {
-    let prefix = format!("{name}{{consumer=\"aggregate\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
+    prom::value(&Scrape::parse(text), name, &[("consumer", "aggregate")]).map(|v| v as u64)
 }
 
 /// `sum by (operation) (dnstap_messages_total)` from the exposition text.
 fn by_operation_text(text: &str) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for l in text
-        .lines()
-        .filter(|l| l.starts_with("dnstap_messages_total{"))
-    {
-        let op = l
-            .split("operation=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .expect("operation label");
-        let v: f64 = l
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .expect("value");
-        *out.entry(op.to_string()).or_insert(0) += v as u64;
-    }
-    out
+    prom::sum_by(
+        &Scrape::parse(text),
+        "dnstap_messages_total",
+        &[],
+        "operation",
+    )
+    .into_iter()
+    .map(|(op, v)| (op, v as u64))
+    .collect()
 }
 
 /// The same from a batch.

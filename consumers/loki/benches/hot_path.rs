@@ -14,25 +14,12 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tapbus_loki::batch::{Batch, Sealed};
 use tapbus_loki::labels::{Field, Labeler, LabelsConfig};
 use tapbus_loki::push::{Encoder, Encoding};
-use tapbus_proto::fstrm::{self, DEFAULT_MAX_DATA_FRAME, Frame};
 
 /// Every event of the bulk capture, as the broker publishes them.
 fn events() -> Vec<Bytes> {
-    let path = tapbus_testsupport::testdata::path("bulk-100k.fstrm");
-    let bytes = std::fs::read(&path).expect("bulk capture");
-    let (frames, result) = fstrm::decode_all(&bytes, DEFAULT_MAX_DATA_FRAME);
-    result.expect("bulk capture is a clean stream");
-    frames
+    tapbus_testsupport::testdata::events("bulk-100k.fstrm")
         .into_iter()
-        .filter_map(|f| match f {
-            Frame::Data(b) => Some(b),
-            _ => None,
-        })
-        .map(|frame| {
-            let mut out = Vec::new();
-            tapbus_proto::event::encode(frame, "bench", &mut out).expect("event");
-            Bytes::from(out)
-        })
+        .map(Bytes::from)
         .collect()
 }
 

@@ -17,6 +17,7 @@ use futures::StreamExt as _;
 use serde_json::Value;
 use tapbus_testsupport::loki::{Limits, LokiReceiver, StoredEntry};
 use tapbus_testsupport::proc::Proc;
+use tapbus_testsupport::prom;
 use tapbus_testsupport::servers::Nats;
 use tapbus_testsupport::{free_port, http_get, testdata};
 
@@ -115,25 +116,7 @@ fn start_loki(
 /// The sum of the samples of `name` (exactly that metric, not its `_bucket` etc.) whose
 /// labels include every pair of `labels`.
 fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let (lbls, value) = if let Some(r) = rest.strip_prefix('{') {
-                let (lbls, v) = r.split_once('}')?;
-                (lbls, v)
-            } else if rest.starts_with(' ') {
-                ("", rest)
-            } else {
-                return None;
-            };
-            let ok = labels
-                .iter()
-                .all(|(k, v)| lbls.contains(&format!("{k}=\"{v}\"")));
-            ok.then(|| value.split_whitespace().next()?.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
+    prom::sum(&prom::Scrape::parse(text), name, labels)
 }
 
 /// Polls `f` until true; on timeout panics with `what` and the logs of `lokis`.

@@ -34,8 +34,9 @@ use std::time::{Duration, Instant};
 use common::{bin, durable_input, start_aggregate_listening, start_mimir_listening};
 use serde_json::Value;
 use tapbus_testsupport::proc::Proc;
+use tapbus_testsupport::prom;
 use tapbus_testsupport::servers::{Nats, Prometheus, Scrape};
-use tapbus_testsupport::{free_ports, http_get, need, pause, testdata, wait_until};
+use tapbus_testsupport::{free_ports, need, pause, testdata, wait_until};
 
 /// tapbus-loki's stream labels (the contract of issue 10), per `kind`.
 const EVENT_LABELS: &[&str] = &["job", "kind", "identity", "operation", "protocol"];
@@ -905,13 +906,6 @@ fn series(answer: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// The value of an unlabelled sample in a /metrics text, or of `name{labels}`.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 #[test]
 fn every_promql_expression_parses_and_returns_series_from_the_pipeline() {
     let dashboards = dashboards();
@@ -974,9 +968,12 @@ fn every_promql_expression_parses_and_returns_series_from_the_pipeline() {
     }
     let _broker = Proc::spawn(&mut broker_cmd);
     wait_until("the broker published", Duration::from_secs(60), || {
-        http_get(&addr(broker_port), "/metrics")
-            .and_then(|t| sample(&t, "tapbus_published_total{output=\"bus\"}"))
-            .is_some_and(|n| n > 0.0)
+        prom::value(
+            &prom::scrape(&addr(broker_port)),
+            "tapbus_published_total",
+            &[("output", "bus")],
+        )
+        .is_some_and(|n| n > 0.0)
     });
 
     let _mimir = start_mimir_listening(&nats, &prom.write_url(), mimir_ports[0]);

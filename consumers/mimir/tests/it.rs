@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use common::{replay, start_aggregate, start_mimir};
 use serde_json::Value;
+use tapbus_testsupport::prom;
 use tapbus_testsupport::servers::{Nats, Prometheus};
-use tapbus_testsupport::{free_port, http_get, testdata, wait_until};
+use tapbus_testsupport::{free_port, testdata, wait_until};
 
 /// A summary count (`per_type`, `per_rcode`, ...) summed over every capture.
 fn summary_key(key: &str) -> BTreeMap<String, u64> {
@@ -103,10 +104,17 @@ fn every_capture_counts_arrive_in_prometheus_exactly() {
         .query("count(dnstap_messages_total{instance=\"e2e\"}) == count(dnstap_messages_total)")
         .expect("query");
     assert!(answer.contains("\"result\":[{"), "{answer}");
-    let text = http_get(&format!("127.0.0.1:{mport}"), "/metrics").expect("mimir metrics");
-    assert!(!text.contains("tapbus_mimir_dropped_total{"), "{text}");
+    assert_nothing_dropped(mport);
     assert!(agg.terminate().success());
     assert!(mimir.terminate().success());
+}
+
+/// tapbus-mimir on `mport` answers its /metrics and dropped nothing.
+fn assert_nothing_dropped(mport: u16) {
+    let m = prom::scrape(&format!("127.0.0.1:{mport}"));
+    assert!(!m.is_empty(), "no mimir metrics");
+    let dropped = prom::sum(&m, "tapbus_mimir_dropped_total", &[]);
+    assert_eq!(dropped, 0.0, "{}", m.text);
 }
 
 /// Sums of the per-type counts of several captures.
@@ -152,13 +160,9 @@ fn prometheus_down_for_30s_then_exact_again() {
     prom.terminate();
     replay(nats.url(), "kresd.fstrm");
     std::thread::sleep(Duration::from_secs(30));
-    let metrics = http_get(&format!("127.0.0.1:{mport}"), "/metrics").expect("mimir metrics");
-    let retries = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("tapbus_mimir_retries_total "))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .expect("retries");
-    assert!(retries > 0, "{metrics}");
+    let m = prom::scrape(&format!("127.0.0.1:{mport}"));
+    let retries = prom::value(&m, "tapbus_mimir_retries_total", &[]).expect("retries");
+    assert!(retries > 0.0, "{}", m.text);
     let prom = Prometheus::start_on(port, &data);
     let both = summaries(&["unbound.fstrm", "kresd.fstrm"]);
     wait_until(
@@ -166,11 +170,7 @@ fn prometheus_down_for_30s_then_exact_again() {
         Duration::from_secs(90),
         || counts(&prom) == Some(both.clone()),
     );
-    let metrics = http_get(&format!("127.0.0.1:{mport}"), "/metrics").expect("mimir metrics");
-    assert!(
-        !metrics.contains("tapbus_mimir_dropped_total{"),
-        "{metrics}"
-    );
+    assert_nothing_dropped(mport);
     assert!(agg.terminate().success());
     assert!(mimir.terminate().success());
 }

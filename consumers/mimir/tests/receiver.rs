@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tapbus_testsupport::proc::Proc;
+use tapbus_testsupport::prom;
 use tapbus_testsupport::servers::Nats;
 use tapbus_testsupport::{free_port, http_get, wait_until};
 
@@ -81,10 +82,9 @@ fn batch(seq: u64) -> String {
     )
 }
 
-fn metric(text: &str, line_prefix: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_prefix))
-        .and_then(|v| v.trim().parse().ok())
+/// The value of the series `name{labels}` in an exposition text.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
+    prom::value(&prom::Scrape::parse(text), name, labels).map(|v| v as u64)
 }
 
 #[test]
@@ -139,7 +139,7 @@ fn retries_5xx_and_429_until_written_and_drops_a_400_by_its_reason() {
         Duration::from_secs(30),
         || {
             let t = http_get(&addr, "/metrics").unwrap_or_default();
-            metric(&t, "tapbus_mimir_requests_total ") == Some(1)
+            metric(&t, "tapbus_mimir_requests_total", &[]) == Some(1)
         },
     );
     publish(2);
@@ -147,7 +147,8 @@ fn retries_5xx_and_429_until_written_and_drops_a_400_by_its_reason() {
         let t = http_get(&addr, "/metrics").unwrap_or_default();
         metric(
             &t,
-            "tapbus_mimir_dropped_total{reason=\"err-mimir-sample-out-of-order\"} ",
+            "tapbus_mimir_dropped_total",
+            &[("reason", "err-mimir-sample-out-of-order")],
         ) == Some(1)
     });
     // Not retried: four requests in all (503, 429, 204, 400).
@@ -156,12 +157,16 @@ fn retries_5xx_and_429_until_written_and_drops_a_400_by_its_reason() {
     assert_eq!(seen.len(), 4, "{seen:?}");
     let text = http_get(&addr, "/metrics").unwrap_or_default();
     assert_eq!(
-        metric(&text, "tapbus_mimir_retries_total "),
+        metric(&text, "tapbus_mimir_retries_total", &[]),
         Some(2),
         "{text}"
     );
     assert_eq!(
-        metric(&text, "tapbus_consumer_acked_total{consumer=\"mimir\"} "),
+        metric(
+            &text,
+            "tapbus_consumer_acked_total",
+            &[("consumer", "mimir")]
+        ),
         Some(2),
         "{text}"
     );

@@ -30,27 +30,11 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tapbus_event::EventView;
-use tapbus_proto::fstrm::{self, DEFAULT_MAX_DATA_FRAME, Frame};
 use tapbus_reduce::{ReduceConfig, Reducer};
 
 /// Every event of the bulk capture, as the broker publishes them.
 fn events() -> Vec<Vec<u8>> {
-    let path = tapbus_testsupport::testdata::path("bulk-100k.fstrm");
-    let bytes = std::fs::read(&path).expect("bulk capture");
-    let (frames, result) = fstrm::decode_all(&bytes, DEFAULT_MAX_DATA_FRAME);
-    result.expect("bulk capture is a clean stream");
-    frames
-        .into_iter()
-        .filter_map(|f| match f {
-            Frame::Data(b) => Some(b),
-            _ => None,
-        })
-        .map(|frame| {
-            let mut out = Vec::new();
-            tapbus_proto::event::encode(frame, "bench", &mut out).expect("event");
-            out
-        })
-        .collect()
+    tapbus_testsupport::testdata::events("bulk-100k.fstrm")
 }
 
 fn reducer() -> Reducer {

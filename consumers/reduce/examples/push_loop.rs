@@ -12,27 +12,14 @@
 use std::hint::black_box;
 
 use tapbus_event::EventView;
-use tapbus_proto::fstrm::{self, DEFAULT_MAX_DATA_FRAME, Frame};
 use tapbus_reduce::{Record, ReduceConfig, Reducer};
 
 const N: usize = 20_000;
 
 fn events() -> Vec<Vec<u8>> {
     let path = tapbus_testsupport::testdata::path("bulk-100k.fstrm");
-    let bytes = std::fs::read(&path).expect("bulk capture");
-    let (frames, _) = fstrm::decode_all(&bytes, DEFAULT_MAX_DATA_FRAME);
-    frames
-        .into_iter()
-        .filter_map(|f| match f {
-            Frame::Data(b) => Some(b),
-            _ => None,
-        })
+    tapbus_testsupport::testdata::events_in(&path)
         .take(N)
-        .map(|frame| {
-            let mut out = Vec::new();
-            tapbus_proto::event::encode(frame, "bench", &mut out).expect("event");
-            out
-        })
         .collect()
 }
 

@@ -3,31 +3,11 @@
 //! the same JSON with `serde_json::Value`, and every record against `record.schema.json`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::OnceLock;
 
 use serde_json::Value;
 use tapbus_event::EventView;
-use tapbus_proto::fstrm::{self, DEFAULT_MAX_DATA_FRAME, Frame};
 use tapbus_reduce::{ReduceConfig, Reducer, Stats, record::SCHEMA};
-
-/// The JSON events of one capture (frames the encoder refuses are left out).
-fn events(path: &Path) -> Vec<Vec<u8>> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let (frames, _) = fstrm::decode_all(&bytes, DEFAULT_MAX_DATA_FRAME);
-    frames
-        .into_iter()
-        .filter_map(|f| match f {
-            Frame::Data(b) => Some(b),
-            _ => None,
-        })
-        .filter_map(|frame| {
-            let mut out = Vec::new();
-            tapbus_proto::event::encode(frame, "reduce-test", &mut out).ok()?;
-            Some(out)
-        })
-        .collect()
-}
 
 fn validator() -> &'static jsonschema::Validator {
     static V: OnceLock<jsonschema::Validator> = OnceLock::new();
@@ -139,7 +119,7 @@ fn expected(events: &[Vec<u8>]) -> Expected {
 fn sums_match_independent_counts_and_records_validate() {
     let mut total_records = 0;
     for name in tapbus_testsupport::testdata::captures() {
-        let evs = events(&tapbus_testsupport::testdata::path(&name));
+        let evs = tapbus_testsupport::testdata::events(&name);
         assert!(!evs.is_empty(), "{name}: no events");
         let want = expected(&evs);
         let (records, stats) = reduce(ReduceConfig::default(), &evs, 64);
@@ -206,7 +186,7 @@ fn sums_match_independent_counts_and_records_validate() {
 #[test]
 fn small_bounds_still_account_for_every_event() {
     let name = "bind-resolver.fstrm";
-    let evs = events(&tapbus_testsupport::testdata::path(name));
+    let evs = tapbus_testsupport::testdata::events(name);
     let want = expected(&evs);
     let config = ReduceConfig {
         max_groups: 20,
@@ -257,7 +237,7 @@ fn schema_refuses_what_is_not_a_record() {
 #[test]
 fn out_of_order_captures_give_late_records_and_the_same_sums() {
     for name in ["unbound.fstrm", "kresd.fstrm"] {
-        let mut evs = events(&tapbus_testsupport::testdata::path(name));
+        let mut evs = tapbus_testsupport::testdata::events(name);
         let want = expected(&evs);
         // A deterministic shuffle (xorshift Fisher-Yates), and the reverse order.
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;

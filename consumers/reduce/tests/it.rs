@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use serde_json::Value;
 use tapbus_testsupport::proc::Proc;
+use tapbus_testsupport::prom::{self, Scrape};
 use tapbus_testsupport::servers::Nats;
 use tapbus_testsupport::{free_port, http_get, testdata, wait_until};
 
@@ -42,11 +43,9 @@ fn assert_same(got: &BTreeMap<String, u64>, want: &BTreeMap<String, u64>, what: 
     assert!(diff.is_empty(), "{what}: {}", diff.join(", "));
 }
 
+/// This process's own counter `name` (`consumer="reduce"`) in the exposition.
 fn own(text: &str, name: &str) -> Option<u64> {
-    let prefix = format!("{name}{{consumer=\"reduce\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
+    prom::value(&Scrape::parse(text), name, &[("consumer", "reduce")]).map(|v| v as u64)
 }
 
 #[test]
@@ -141,8 +140,9 @@ fn jetstream_to_records_sum_to_the_events_with_acks_after_publishing() {
     });
     let text = http_get(&addr, "/metrics").unwrap_or_default();
     assert_eq!(own(&text, "tapbus_consumer_pending"), Some(0), "{text}");
-    assert!(
-        text.contains(&format!("tapbus_reduce_events_total {expected}")),
+    assert_eq!(
+        prom::value(&Scrape::parse(&text), "tapbus_reduce_events_total", &[]),
+        Some(expected as f64),
         "{text}"
     );
 

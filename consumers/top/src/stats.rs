@@ -38,6 +38,7 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
 use hdrhistogram::Histogram;
+use tapbus_event::topk::SpaceSaving;
 use tapbus_event::{EventView, Operation};
 
 /// Length of the sliding window, in seconds.
@@ -178,114 +179,43 @@ fn sort_rows(rows: &mut [Row]) {
     rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
 }
 
-#[derive(Clone, Debug)]
-struct TopEntry {
-    key: Box<str>,
-    count: u64,
-    error: u64,
-    recent: Rate,
-}
-
-/// A space-saving top-k table of [`TOP_CAP`] entries (or fewer, for tests).
+/// A space-saving top-k table ([`tapbus_event::topk::SpaceSaving`]) of [`TOP_CAP`]
+/// entries (or fewer, for tests), each key with its recent rate.
 #[derive(Clone, Debug)]
 pub struct TopK {
-    cap: usize,
-    index: HashMap<Box<str>, usize>,
-    entries: Vec<TopEntry>,
-    evicted: u64,
+    table: SpaceSaving<Box<str>, Rate>,
     total: u64,
-    /// No entry's count is below this.
-    min_hint: u64,
-    /// Where the next search for the smallest count starts.
-    cursor: usize,
 }
 
 impl TopK {
     /// An empty table of `cap` entries (at least 1).
     pub fn new(cap: usize) -> TopK {
-        let cap = cap.max(1);
         TopK {
-            cap,
-            index: HashMap::with_capacity(cap),
-            entries: Vec::with_capacity(cap),
-            evicted: 0,
+            table: SpaceSaving::new(cap),
             total: 0,
-            min_hint: 1,
-            cursor: 0,
         }
     }
 
     /// Counts one for `key` at second `now_s`.
     pub fn add(&mut self, key: &str, now_s: u64) {
         self.total += 1;
-        if let Some(&i) = self.index.get(key) {
-            let e = &mut self.entries[i];
-            e.count += 1;
-            e.recent.add(now_s, 1);
-            return;
-        }
-        let mut recent = Rate::default();
-        recent.add(now_s, 1);
-        if self.entries.len() < self.cap {
-            self.index.insert(key.into(), self.entries.len());
-            self.entries.push(TopEntry {
-                key: key.into(),
-                count: 1,
-                error: 0,
-                recent,
-            });
-            return;
-        }
-        // Replace an entry with the smallest count.
-        let i = self.evict_index();
-        let min = self.entries[i].count;
-        self.evicted += 1;
-        self.index.remove(&self.entries[i].key);
-        self.index.insert(key.into(), i);
-        self.entries[i] = TopEntry {
-            key: key.into(),
-            count: min + 1,
-            error: min,
-            recent,
-        };
-    }
-
-    /// An entry with the smallest count. The search goes on from where the last one
-    /// stopped and `min_hint` (never above any count: counts only grow) lets it stop at
-    /// the first entry at that count, so evictions cost O(1) amortized while many entries
-    /// share the smallest count (the usual case: a long tail of names seen once), and one
-    /// pass over the table when the hint must be raised.
-    fn evict_index(&mut self) -> usize {
-        let n = self.entries.len();
-        loop {
-            let mut least = u64::MAX;
-            for step in 0..n {
-                let i = (self.cursor + step) % n;
-                let c = self.entries[i].count;
-                if c <= self.min_hint {
-                    self.cursor = (i + 1) % n;
-                    return i;
-                }
-                least = least.min(c);
-            }
-            self.min_hint = least;
-        }
+        self.table.offer(key, |k, _| Box::from(k)).add(now_s, 1);
     }
 
     /// Entries replaced by a new key so far.
     pub fn evicted(&self) -> u64 {
-        self.evicted
+        self.table.evicted()
     }
 
     fn rows(&self, c: Clock, n: usize) -> Vec<Row> {
         let mut rows: Vec<Row> = self
-            .entries
+            .table
             .iter()
             .map(|e| Row {
                 key: e.key.to_string(),
                 count: e.count,
                 share: share(e.count, self.total),
-                rate: c.per_sec(&e.recent),
+                rate: c.per_sec(e.value),
                 error: e.error,
             })
             .collect();
@@ -981,7 +911,7 @@ pub(crate) mod tests {
             .collect();
         assert_eq!(got, vec![("heavy", 10, 0), ("mid", 5, 0), ("c", 3, 2)]);
         assert_eq!(t.evicted(), 2);
-        assert_eq!(t.index.len(), 3);
+        assert_eq!(t.table.len(), 3);
         // Shares are of everything counted (18), not of what the table holds.
         assert!((rows[0].share - 1000.0 / 18.0).abs() < 1e-9);
     }
@@ -1010,9 +940,9 @@ pub(crate) mod tests {
             t.add(&key, 0);
             *truth.entry(key).or_default() += 1;
         }
-        assert_eq!(t.entries.iter().map(|e| e.count).sum::<u64>(), n);
-        for e in &t.entries {
-            let real = truth.get(&*e.key).copied().unwrap_or(0);
+        assert_eq!(t.table.iter().map(|e| e.count).sum::<u64>(), n);
+        for e in t.table.iter() {
+            let real = truth.get(&**e.key).copied().unwrap_or(0);
             assert!(
                 e.count - e.error <= real && real <= e.count,
                 "{}: {real} vs {e:?}",
@@ -1021,7 +951,7 @@ pub(crate) mod tests {
         }
         for (key, c) in &truth {
             if *c > n / k as u64 {
-                assert!(t.index.contains_key(key.as_str()), "{key} ({c}) missing");
+                assert!(t.table.contains(key.as_str()), "{key} ({c}) missing");
             }
         }
         assert!(t.evicted() > 0);

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tapbus_testsupport::loki::{
+use tapbus_loki_receiver::{
     Limits, LokiReceiver, PushRequest, StreamAdapter, encode_protobuf, entry, post,
 };
 
