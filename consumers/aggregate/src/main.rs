@@ -10,7 +10,7 @@
 //! the downstream: events are acked once counted. Batches carry the state since this
 //! process started; counters restart from zero with the process (Prometheus handles the
 //! reset), and what was counted but not yet acked when a process dies is delivered again
-//! and counted by the next one (README "tapbus-aggregate").
+//! and counted by the next one (docs/aggregate.md).
 
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -40,7 +40,7 @@ const PROGRAM: &str = "tapbus-aggregate";
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// Bus URL to read events from (the URLs of tapbus-tail, README "Bus URLs"), e.g.
+    /// Bus URL to read events from (the URLs of tapbus-tail, docs/bus-urls.md), e.g.
     /// 'jetstream://127.0.0.1:4222/DNSTAP?durable=aggregate'.
     #[arg(short, long, value_name = "URL")]
     input: Option<String>,

@@ -37,7 +37,7 @@ const PROGRAM: &str = "tapbus-loki";
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// Bus URL to read from (the URLs of tapbus-tail, README "Bus URLs"), e.g.
+    /// Bus URL to read from (the URLs of tapbus-tail, docs/bus-urls.md), e.g.
     /// 'jetstream://127.0.0.1:4222/DNSTAP?durable=loki'. A NATS or Redis pub/sub URL
     /// without a subject reads both dnstap.> and tapbus.reduced.>.
     #[arg(short, long, value_name = "URL")]

@@ -27,7 +27,7 @@ const PROGRAM: &str = "tapbus-mimir";
 #[command(version, about, long_about = None)]
 struct Cli {
     /// Bus URL to read batches from, e.g. 'nats://127.0.0.1:4222/tapbus.metrics.>' or
-    /// 'jetstream://127.0.0.1:4222/METRICS?durable=mimir' (README "Bus URLs").
+    /// 'jetstream://127.0.0.1:4222/METRICS?durable=mimir' (docs/bus-urls.md).
     #[arg(short, long, value_name = "URL")]
     input: Option<String>,
     /// Remote-write endpoint, e.g. http://127.0.0.1:9009/api/v1/push.

@@ -38,7 +38,7 @@ const PROGRAM: &str = "tapbus-reduce";
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// Bus URL to read events from (README "Bus URLs"), e.g.
+    /// Bus URL to read events from (docs/bus-urls.md), e.g.
     /// 'jetstream://127.0.0.1:4222/DNSTAP?durable=reduce'.
     #[arg(short, long, value_name = "URL")]
     input: Option<String>,

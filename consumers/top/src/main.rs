@@ -49,7 +49,7 @@ const SNAPSHOT_ROWS: usize = 500;
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// Bus URL (README "Bus URLs"): nats://HOST:PORT[/SUBJECT], jetstream://HOST:PORT/STREAM,
+    /// Bus URL (docs/bus-urls.md): nats://HOST:PORT[/SUBJECT], jetstream://HOST:PORT/STREAM,
     /// mqtt[s]://HOST:PORT[/TOPIC], redis[s]://HOST:PORT[?pattern=P] or
     /// redis://HOST:PORT?stream=KEY&group=G. Default nats://127.0.0.1:4222.
     #[arg(short, long, value_name = "URL")]
