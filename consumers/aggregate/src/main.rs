@@ -407,4 +407,21 @@ mod tests {
         assert!(err.starts_with("input.subscribe.ack_wait"), "{err}");
         assert_eq!(e(&["--input", js]), "", "without an output nothing waits");
     }
+
+    /// Every key the configuration file accepts is documented: in docs/aggregate.md, `[input]` in
+    /// docs/bus-urls.md, `[output]` in docs/configuration.md.
+    #[test]
+    fn every_config_key_is_documented() {
+        let mut cfg = Config::default();
+        cfg.input.subscribe = Some(
+            serde_json::from_value(serde_json::json!({"mode": "jetstream"})).expect("subscribe"),
+        );
+        cfg.output = Some(OutputConfig::default());
+        let v = serde_json::to_value(&cfg).expect("serialise");
+        tapbus_testsupport::docs::assert_documented(
+            &v,
+            "aggregate.md",
+            &[("input", "bus-urls.md"), ("output", "configuration.md")],
+        );
+    }
 }

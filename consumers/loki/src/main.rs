@@ -1112,4 +1112,16 @@ mod tests {
         assert!(line_of(&l, Stamp::Event, "dnstap.x", b"not json", &mut sel).is_none());
         assert!(line_of(&l, Stamp::Event, "tapbus.reduced.x", b"{}", &mut sel).is_none());
     }
+
+    /// Every key the configuration file accepts is documented: in docs/loki.md, `[input]` in
+    /// docs/bus-urls.md.
+    #[test]
+    fn every_config_key_is_documented() {
+        let mut cfg = Config::default();
+        cfg.input.subscribe = Some(
+            serde_json::from_value(serde_json::json!({"mode": "jetstream"})).expect("subscribe"),
+        );
+        let v = serde_json::to_value(&cfg).expect("serialise");
+        tapbus_testsupport::docs::assert_documented(&v, "loki.md", &[("input", "bus-urls.md")]);
+    }
 }

@@ -360,4 +360,16 @@ mod tests {
         assert!(e(&["--url", "ftp://x/"]).starts_with("url"));
         assert!(e(&["--url", "http://x/", "--input", "kafka://x"]).starts_with("input.url"));
     }
+
+    /// Every key the configuration file accepts is documented: in docs/mimir.md, `[input]` in
+    /// docs/bus-urls.md.
+    #[test]
+    fn every_config_key_is_documented() {
+        let mut cfg = Config::default();
+        cfg.input.subscribe = Some(
+            serde_json::from_value(serde_json::json!({"mode": "jetstream"})).expect("subscribe"),
+        );
+        let v = serde_json::to_value(&cfg).expect("serialise");
+        tapbus_testsupport::docs::assert_documented(&v, "mimir.md", &[("input", "bus-urls.md")]);
+    }
 }

@@ -465,4 +465,20 @@ mod tests {
         let ok = js("");
         assert_eq!(e(&[&["--input", ok.as_str()][..], &out[..]].concat()), "");
     }
+
+    /// Every key the configuration file accepts is documented: in docs/reduce.md, `[input]` in
+    /// docs/bus-urls.md, `[output]` in docs/configuration.md.
+    #[test]
+    fn every_config_key_is_documented() {
+        let mut cfg = Config::default();
+        cfg.input.subscribe = Some(
+            serde_json::from_value(serde_json::json!({"mode": "jetstream"})).expect("subscribe"),
+        );
+        let v = serde_json::to_value(&cfg).expect("serialise");
+        tapbus_testsupport::docs::assert_documented(
+            &v,
+            "reduce.md",
+            &[("input", "bus-urls.md"), ("output", "configuration.md")],
+        );
+    }
 }

@@ -682,4 +682,16 @@ mod tests {
         assert!(Cli::try_parse_from([PROGRAM, "--size", "10x10"]).is_err());
         assert_eq!(cli(&["--size", "120x40"]).size, (120, 40));
     }
+
+    /// Every key the configuration file accepts is documented: in docs/top.md, `[input]` in
+    /// docs/bus-urls.md.
+    #[test]
+    fn every_config_key_is_documented() {
+        let mut cfg = TopConfig::default();
+        cfg.input.subscribe = Some(
+            serde_json::from_value(serde_json::json!({"mode": "jetstream"})).expect("subscribe"),
+        );
+        let v = serde_json::to_value(&cfg).expect("serialise");
+        tapbus_testsupport::docs::assert_documented(&v, "top.md", &[("input", "bus-urls.md")]);
+    }
 }
