@@ -18,9 +18,10 @@ fn every_broker_key_is_in_configuration_md() {
 #[test]
 fn every_input_key_of_every_mode_is_in_bus_urls_md() {
     for mode in ["nats", "jetstream", "mqtt", "redis_pubsub", "redis_stream"] {
-        let mut input = ConsumerInputConfig::default();
-        input.subscribe =
-            Some(serde_json::from_value(json!({ "mode": mode })).expect("subscribe table"));
+        let input = ConsumerInputConfig {
+            subscribe: Some(serde_json::from_value(json!({ "mode": mode })).expect("subscribe")),
+            ..ConsumerInputConfig::default()
+        };
         let v: Value = json!({ "input": serde_json::to_value(&input).expect("serialise") });
         docs::assert_documented(&v, "bus-urls.md", &[]);
     }

@@ -412,11 +412,13 @@ mod tests {
     /// docs/bus-urls.md, `[output]` in docs/configuration.md.
     #[test]
     fn every_config_key_is_documented() {
-        let mut cfg = Config::default();
+        let mut cfg = Config {
+            output: Some(OutputConfig::default()),
+            ..Config::default()
+        };
         cfg.input.subscribe = Some(
             serde_json::from_value(serde_json::json!({"mode": "jetstream"})).expect("subscribe"),
         );
-        cfg.output = Some(OutputConfig::default());
         let v = serde_json::to_value(&cfg).expect("serialise");
         tapbus_testsupport::docs::assert_documented(
             &v,
