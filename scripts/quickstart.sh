@@ -115,4 +115,4 @@ if [ -d testdata/dnstap ]; then
   grep -E '^tapbus_(events|published)_total' <&3 || true
   exec 3>&-
 fi
-echo "done: $ROOT/README.md explains inputs, outputs, subjects and the event schema."
+echo "done: $ROOT/docs/broker.md explains inputs, outputs and subjects, $ROOT/docs/event.md the event."

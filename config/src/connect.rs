@@ -21,7 +21,7 @@ use crate::{ConfigError, invalid};
 pub struct ConnectConfig {
     /// `nats://host:port` (several, comma-separated, for a cluster), `tls://host:port`,
     /// `mqtt://host:1883`, `mqtts://host:8883`, `redis://[user:password@]host:6379[/db]`,
-    /// `rediss://...`; subscribers also take `jetstream://` (see README "Bus URLs").
+    /// `rediss://...`; subscribers also take `jetstream://` (see docs/bus-urls.md).
     pub url: String,
     /// MQTT and NATS: user name and password.
     pub username: Option<String>,

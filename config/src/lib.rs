@@ -3,8 +3,9 @@
 //! settings. Every error names the key that is wrong.
 //!
 //! Two stages, as in ripgrep: the serde structs ([`BrokerConfig`]) are what users write
-//! (their doc comments are the reference in README.md); [`BrokerConfig::validate`] turns
-//! them into [`BrokerSettings`], which the broker runs from and which cannot be invalid.
+//! (their doc comments are the reference in docs/configuration.md);
+//! [`BrokerConfig::validate`] turns them into [`BrokerSettings`], which the broker runs from
+//! and which cannot be invalid.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -177,7 +178,7 @@ pub struct OutputConfig {
     /// and counted (default 16384).
     pub queue: Option<usize>,
     /// Only events matching this filter expression go to this output (e.g.
-    /// `"operation=CLIENT_RESPONSE rcode=NXDOMAIN,SERVFAIL"`; README "Filters"); the others
+    /// `"operation=CLIENT_RESPONSE rcode=NXDOMAIN,SERVFAIL"`; docs/filters.md); the others
     /// are counted in `tapbus_filtered_total{output}`. Default: every event.
     pub filter: Option<String>,
 }

@@ -467,7 +467,7 @@ fn from_query(
     if let Some(k) = q.keys().next() {
         return Err(invalid(
             format!("{key}.url"),
-            format!("unknown URL parameter {k:?} for this bus (README \"Bus URLs\")"),
+            format!("unknown URL parameter {k:?} for this bus (docs/bus-urls.md)"),
         ));
     }
     Ok(sub)

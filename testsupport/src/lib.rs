@@ -16,6 +16,8 @@
 //! * [`loki`]: the crate `tapbus-loki-receiver` re-exported: a Grafana Loki push receiver
 //!   ([`loki::LokiReceiver`]) that decodes the real push bodies, enforces Loki's rules with
 //!   Loki's texts, stores, and injects faults.
+//! * [`docs`]: configuration keys against the `docs/` pages ([`docs::undocumented_keys`],
+//!   [`docs::assert_documented`]), so a key the structs accept cannot ship undocumented.
 //! * [`testdata`]: the dnstap captures the repository carries (`testdata/dnstap`), read
 //!   through one path helper so a fresh clone tests itself, and turned into the JSON events
 //!   the broker publishes ([`testdata::events`]).
@@ -28,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub mod bench;
+pub mod docs;
 pub mod fstrm;
 pub mod jetstream;
 pub mod pki;

@@ -1,8 +1,8 @@
 //! Publish: producer --JSON--> bus, with confirmations. One task per output drains that
 //! output's bounded queue; every output confirms what it sent before counting it as
 //! published, holds what is unconfirmed (bounded) and sends it again after a reconnect, so
-//! `published + dropped == queued` for every output, through any outage (README "Delivery
-//! and accounting" says what confirms an event on each bus).
+//! `published + dropped == queued` for every output, through any outage (docs/broker.md, "Delivery
+//! and accounting", says what confirms an event on each bus).
 //!
 //! * [`nats`]: core publish (marker windows) or JetStream (PubAcks, `Nats-Msg-Id`).
 //! * [`mqtt`]: QoS 0 or 1, MQTT 3.1.1 or 5.

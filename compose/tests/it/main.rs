@@ -1,4 +1,5 @@
-//! The deployment files tested without Docker (README "Deploy: compose, CoreDNS, named"):
+//! The deployment files tested without Docker (docs/deploy.md, "Compose: CoreDNS, named and
+//! the whole pipeline"):
 //! [`compose`] checks the compose stack statically and loads every tapbus config it mounts
 //! with the real binaries; [`named`] runs Debian's named with `named/`'s configs and
 //! follows their dnstap through the broker to NATS; [`demo`] runs `scripts/demo.sh`, the

@@ -10,7 +10,7 @@
 //! the downstream: events are acked once counted. Batches carry the state since this
 //! process started; counters restart from zero with the process (Prometheus handles the
 //! reset), and what was counted but not yet acked when a process dies is delivered again
-//! and counted by the next one (README "tapbus-aggregate").
+//! and counted by the next one (docs/aggregate.md).
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -32,7 +32,7 @@ const PROGRAM: &str = "tapbus-aggregate";
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// Bus URL to read events from (the URLs of tapbus-tail, README "Bus URLs"), e.g.
+    /// Bus URL to read events from (the URLs of tapbus-tail, docs/bus-urls.md), e.g.
     /// 'jetstream://127.0.0.1:4222/DNSTAP?durable=aggregate'.
     #[arg(short, long, value_name = "URL")]
     input: Option<String>,
@@ -288,5 +288,24 @@ mod tests {
         let err = e(&["--input", js, "--output", "nats://127.0.0.1:4222"]);
         assert!(err.starts_with("input.subscribe.ack_wait"), "{err}");
         assert_eq!(e(&["--input", js]), "", "without an output nothing waits");
+    }
+
+    /// Every key the configuration file accepts is documented: in docs/aggregate.md, `[input]` in
+    /// docs/bus-urls.md, `[output]` in docs/configuration.md.
+    #[test]
+    fn every_config_key_is_documented() {
+        let mut cfg = Config {
+            output: Some(OutputConfig::default()),
+            ..Config::default()
+        };
+        cfg.input.subscribe = Some(
+            serde_json::from_value(serde_json::json!({"mode": "jetstream"})).expect("subscribe"),
+        );
+        let v = serde_json::to_value(&cfg).expect("serialise");
+        tapbus_testsupport::docs::assert_documented(
+            &v,
+            "aggregate.md",
+            &[("input", "bus-urls.md"), ("output", "configuration.md")],
+        );
     }
 }

@@ -30,7 +30,7 @@ const PROGRAM: &str = "tapbus-loki";
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// Bus URL to read from (the URLs of tapbus-tail, README "Bus URLs"), e.g.
+    /// Bus URL to read from (the URLs of tapbus-tail, docs/bus-urls.md), e.g.
     /// 'jetstream://127.0.0.1:4222/DNSTAP?durable=loki'. A NATS or Redis pub/sub URL
     /// without a subject reads both dnstap.> and tapbus.reduced.>.
     #[arg(short, long, value_name = "URL")]
@@ -463,5 +463,17 @@ mod tests {
         assert!(line_of(&l, Stamp::Event, "dnstap", rec, &mut sel).is_some());
         assert!(line_of(&l, Stamp::Event, "dnstap.x", b"not json", &mut sel).is_none());
         assert!(line_of(&l, Stamp::Event, "tapbus.reduced.x", b"{}", &mut sel).is_none());
+    }
+
+    /// Every key the configuration file accepts is documented: in docs/loki.md, `[input]` in
+    /// docs/bus-urls.md.
+    #[test]
+    fn every_config_key_is_documented() {
+        let mut cfg = Config::default();
+        cfg.input.subscribe = Some(
+            serde_json::from_value(serde_json::json!({"mode": "jetstream"})).expect("subscribe"),
+        );
+        let v = serde_json::to_value(&cfg).expect("serialise");
+        tapbus_testsupport::docs::assert_documented(&v, "loki.md", &[("input", "bus-urls.md")]);
     }
 }

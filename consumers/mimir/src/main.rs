@@ -23,7 +23,7 @@ const PROGRAM: &str = "tapbus-mimir";
 #[command(version, about, long_about = None)]
 struct Cli {
     /// Bus URL to read batches from, e.g. 'nats://127.0.0.1:4222/tapbus.metrics.>' or
-    /// 'jetstream://127.0.0.1:4222/METRICS?durable=mimir' (README "Bus URLs").
+    /// 'jetstream://127.0.0.1:4222/METRICS?durable=mimir' (docs/bus-urls.md).
     #[arg(short, long, value_name = "URL")]
     input: Option<String>,
     /// Remote-write endpoint, e.g. http://127.0.0.1:9009/api/v1/push.
@@ -208,5 +208,17 @@ mod tests {
         assert!(e(&[]).starts_with("url"));
         assert!(e(&["--url", "ftp://x/"]).starts_with("url"));
         assert!(e(&["--url", "http://x/", "--input", "kafka://x"]).starts_with("input.url"));
+    }
+
+    /// Every key the configuration file accepts is documented: in docs/mimir.md, `[input]` in
+    /// docs/bus-urls.md.
+    #[test]
+    fn every_config_key_is_documented() {
+        let mut cfg = Config::default();
+        cfg.input.subscribe = Some(
+            serde_json::from_value(serde_json::json!({"mode": "jetstream"})).expect("subscribe"),
+        );
+        let v = serde_json::to_value(&cfg).expect("serialise");
+        tapbus_testsupport::docs::assert_documented(&v, "mimir.md", &[("input", "bus-urls.md")]);
     }
 }

@@ -30,7 +30,7 @@ const PROGRAM: &str = "tapbus-reduce";
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// Bus URL to read events from (README "Bus URLs"), e.g.
+    /// Bus URL to read events from (docs/bus-urls.md), e.g.
     /// 'jetstream://127.0.0.1:4222/DNSTAP?durable=reduce'.
     #[arg(short, long, value_name = "URL")]
     input: Option<String>,
@@ -236,5 +236,21 @@ mod tests {
         assert!(err.contains("at least 30s"), "{err}");
         let ok = js("");
         assert_eq!(e(&[&["--input", ok.as_str()][..], &out[..]].concat()), "");
+    }
+
+    /// Every key the configuration file accepts is documented: in docs/reduce.md, `[input]` in
+    /// docs/bus-urls.md, `[output]` in docs/configuration.md.
+    #[test]
+    fn every_config_key_is_documented() {
+        let mut cfg = Config::default();
+        cfg.input.subscribe = Some(
+            serde_json::from_value(serde_json::json!({"mode": "jetstream"})).expect("subscribe"),
+        );
+        let v = serde_json::to_value(&cfg).expect("serialise");
+        tapbus_testsupport::docs::assert_documented(
+            &v,
+            "reduce.md",
+            &[("input", "bus-urls.md"), ("output", "configuration.md")],
+        );
     }
 }

@@ -35,7 +35,7 @@ struct Cli {
     /// Bus URL: nats://HOST:PORT[/SUBJECT][?queue=GROUP],
     /// jetstream://HOST:PORT/STREAM[?durable=NAME&filter=SUBJECT],
     /// mqtt[s]://HOST:PORT[/TOPIC][?share=GROUP&qos=1], redis[s]://HOST:PORT[/DB][?pattern=P]
-    /// or redis://HOST:PORT?stream=KEY&group=G (README "Bus URLs").
+    /// or redis://HOST:PORT?stream=KEY&group=G (docs/bus-urls.md).
     #[arg(short, long, value_name = "URL")]
     input: Option<String>,
     /// TOML configuration file with an [input] table (see config/tail.toml).
@@ -45,7 +45,7 @@ struct Cli {
     #[arg(long)]
     json: bool,
     /// Only events matching EXPR, e.g. 'operation=CLIENT_RESPONSE rcode=NXDOMAIN
-    /// qname~example\.com$' (README "Filters"); repeatable, all must match.
+    /// qname~example\.com$' (docs/filters.md); repeatable, all must match.
     #[arg(short, long = "filter", value_name = "EXPR")]
     filters: Vec<String>,
     /// Exit after printing N events.
@@ -261,5 +261,22 @@ fn init_logging(format: &str) {
         b.json().init();
     } else {
         b.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every key the configuration file accepts is documented: in docs/tail.md, `[input]` in
+    /// docs/bus-urls.md.
+    #[test]
+    fn every_config_key_is_documented() {
+        let mut cfg = TailConfig::default();
+        cfg.input.subscribe = Some(
+            serde_json::from_value(serde_json::json!({"mode": "jetstream"})).expect("subscribe"),
+        );
+        let v = serde_json::to_value(&cfg).expect("serialise");
+        tapbus_testsupport::docs::assert_documented(&v, "tail.md", &[("input", "bus-urls.md")]);
     }
 }

@@ -49,7 +49,7 @@ const SNAPSHOT_ROWS: usize = 500;
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// Bus URL (README "Bus URLs"): nats://HOST:PORT[/SUBJECT], jetstream://HOST:PORT/STREAM,
+    /// Bus URL (docs/bus-urls.md): nats://HOST:PORT[/SUBJECT], jetstream://HOST:PORT/STREAM,
     /// mqtt[s]://HOST:PORT[/TOPIC], redis[s]://HOST:PORT[?pattern=P] or
     /// redis://HOST:PORT?stream=KEY&group=G. Default nats://127.0.0.1:4222.
     #[arg(short, long, value_name = "URL")]
@@ -681,5 +681,17 @@ mod tests {
         }
         assert!(Cli::try_parse_from([PROGRAM, "--size", "10x10"]).is_err());
         assert_eq!(cli(&["--size", "120x40"]).size, (120, 40));
+    }
+
+    /// Every key the configuration file accepts is documented: in docs/top.md, `[input]` in
+    /// docs/bus-urls.md.
+    #[test]
+    fn every_config_key_is_documented() {
+        let mut cfg = TopConfig::default();
+        cfg.input.subscribe = Some(
+            serde_json::from_value(serde_json::json!({"mode": "jetstream"})).expect("subscribe"),
+        );
+        let v = serde_json::to_value(&cfg).expect("serialise");
+        tapbus_testsupport::docs::assert_documented(&v, "top.md", &[("input", "bus-urls.md")]);
     }
 }

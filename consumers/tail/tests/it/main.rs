@@ -388,7 +388,8 @@ fn redis_stream_sigkilled_consumer_entries_are_claimed_by_its_peer() {
 }
 
 /// MQTT has no peer hand-over on mosquitto (a shared subscription keeps a dead member's
-/// share queued, README "Ack semantics per bus"): a persistent session is resumed instead.
+/// share queued, docs/bus-urls.md, "Ack semantics per bus"): a persistent session is resumed
+/// instead.
 /// A (persistent session, fixed client id) blocks on an unread pipe and is SIGKILLed; B,
 /// started under the same client id, gets every message A had not acked.
 #[test]
