@@ -5,7 +5,8 @@
 //! runtime owns the rest:
 //! - one reader task per input, so no bus read is ever a losing `select!` branch; each
 //!   waits for its bus, stream and durable with backoff, saying so once
-//!   ([`tapbus_bus::input::subscribe`]), and reports not ready on `/health` meanwhile;
+//!   ([`tapbus_bus::input::subscribe_waiting`]), and reports not ready on `/health`
+//!   meanwhile;
 //! - `max_pending`: at most that many messages taken and not acked; at the bound the
 //!   stage is asked to flush everything and reading pauses (the bus holds the rest);
 //! - holds: a held message is kept as its ack handle only ([`AckHandle`], tens of bytes),
@@ -33,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use tapbus_bus::subscribe::{AckHandle, Delivery, SubscribeError, Subscriber};
+use tapbus_bus::subscribe::{AckHandle, Delivery, Subscriber};
 use tapbus_config::{ConsumerInputSpec, SubscribeMode};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -235,7 +236,7 @@ async fn read(
     floors: mpsc::Sender<(usize, u64)>,
     links: Links,
 ) {
-    let mut sub = match subscribe_waiting(program, &spec).await {
+    let mut sub = match tapbus_bus::input::subscribe_waiting(program, &spec).await {
         Ok(s) => s,
         Err(e) => {
             let _ = tx
@@ -259,42 +260,6 @@ async fn read(
                     .send(Input::Ended(i, format!("subscription ended: {e}")))
                     .await;
                 return;
-            }
-        }
-    }
-}
-
-/// Subscribes, waiting with backoff while the bus, the stream or the durable is not there
-/// (one warning, then one line when it is up); an error that cannot pass (a durable
-/// configured otherwise, a mode the URL's bus does not have) is returned.
-async fn subscribe_waiting(
-    program: &str,
-    spec: &ConsumerInputSpec,
-) -> Result<Subscriber, tapbus_bus::input::InputError> {
-    use tapbus_bus::input::InputError;
-    let mut delays =
-        tapbus_bus::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-    let mut waited = false;
-    loop {
-        match tapbus_bus::input::subscribe(program, spec).await {
-            Ok(s) => {
-                if waited {
-                    tracing::warn!("{}: input is there, starting", spec.mode);
-                }
-                return Ok(s);
-            }
-            Err(
-                e @ (InputError::Mismatch
-                | InputError::Subscribe(
-                    SubscribeError::Spec(_) | SubscribeError::JetStreamConsumerMismatch { .. },
-                )),
-            ) => return Err(e),
-            Err(e) => {
-                if !waited {
-                    waited = true;
-                    tracing::warn!("waiting for {}: {e}", spec.mode);
-                }
-                tokio::time::sleep(delays.next_delay()).await;
             }
         }
     }
