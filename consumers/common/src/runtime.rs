@@ -95,6 +95,8 @@ pub fn renew_every(inputs: &[ConsumerInputSpec]) -> Option<Duration> {
 /// What reaches the loop from the inputs.
 #[derive(Debug)]
 pub enum Input {
+    /// The input is subscribed (its bus, stream and durable are there).
+    Ready(usize),
     Delivery(usize, Delivery),
     /// The input's subscription cannot go on.
     Ended(usize, String),
@@ -226,6 +228,24 @@ impl Links {
     }
 }
 
+/// One input's reader for a program that runs its own loop (tapbus-tail): the
+/// subscription is waited for ([`tapbus_bus::input::subscribe_waiting`]) and read in a task
+/// of its own, so the program's `select!` only ever cancels a channel receive, never a bus
+/// read. Deliveries (and the end of the subscription) arrive on the returned channel; the
+/// task ends when the guard is dropped.
+pub fn spawn_reader(
+    program: &'static str,
+    spec: ConsumerInputSpec,
+    capacity: usize,
+) -> (mpsc::Receiver<Input>, AbortOnDrop) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let (floor_tx, _) = mpsc::channel(1);
+    let own = Own::new();
+    let links = Links::new(1, &own);
+    let task = tokio::spawn(read(program, 0, spec, tx, floor_tx, links));
+    (rx, AbortOnDrop(task))
+}
+
 /// One input's reader: waits for the subscription, follows its state and backlog, then
 /// hands every delivery to the loop. Runs until the loop drops it.
 async fn read(
@@ -247,6 +267,9 @@ async fn read(
     };
     tracing::info!(input = i, mode = %spec.mode, semantics = ?sub.semantics(), "subscribed");
     links.set(&links.ready, i, true);
+    if tx.send(Input::Ready(i)).await.is_err() {
+        return;
+    }
     let _watch = watch(&sub, i, floors, links.clone());
     loop {
         match sub.next().await {
@@ -502,6 +525,7 @@ where
                 loop {
                     match next {
                         Some(Input::Delivery(i, d)) => core.take(&mut stage, i, d),
+                        Some(Input::Ready(_)) => {}
                         Some(Input::Ended(i, why)) => {
                             tracing::error!(input = i, "{why}");
                             ended = Some(why);

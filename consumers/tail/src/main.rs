@@ -18,6 +18,8 @@ use std::time::Duration;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tapbus_config::{ConfigError, ConsumerInputConfig};
+use tapbus_consumer::runtime::{Input, spawn_reader};
+use tapbus_consumer::{init_logging, stop_signal};
 use tapbus_event::Filter;
 use tokio::time::Instant;
 
@@ -150,37 +152,40 @@ async fn run(
     let deadline = timeout.map(|t| Instant::now() + t);
     let stop = stop_signal();
     tokio::pin!(stop);
-    let subscribe = tapbus_bus::input::subscribe(PROGRAM, &spec);
-    let mut sub = tokio::select! {
-        r = subscribe => match r {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("{PROGRAM}: cannot subscribe: {e}");
-                return ExitCode::from(3);
-            }
-        },
-        _ = sleep_until(deadline) => {
-            eprintln!("{PROGRAM}: the bus could not be subscribed within the timeout");
-            return ExitCode::from(3);
-        }
-        _ = &mut stop => return ExitCode::SUCCESS,
-    };
-    tracing::info!(semantics = ?sub.semantics(), "subscribed");
+    // The subscription is read in a task of its own (a bus read is never a losing
+    // `select!` branch here); it waits for the bus, stream and durable, saying so once.
+    let (mut rx, _reader) = spawn_reader(PROGRAM, spec, 256);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
     let (mut printed, mut filtered, mut bad) = (0u64, 0u64, 0u64);
+    let mut subscribed = false;
     let code = loop {
-        let delivery = tokio::select! {
+        let input = tokio::select! {
             biased;
             _ = &mut stop => break ExitCode::SUCCESS,
-            _ = sleep_until(deadline) => break timed_out(count, printed),
-            d = sub.next() => d,
+            _ = sleep_until(deadline) => {
+                if !subscribed {
+                    eprintln!("{PROGRAM}: the input was not ready within the timeout (the log says what it waited for)");
+                    break ExitCode::from(3);
+                }
+                break timed_out(count, printed);
+            }
+            m = rx.recv() => m,
         };
-        let d = match delivery {
-            Ok(d) => d,
-            Err(e) => {
+        let d = match input {
+            Some(Input::Ready(_)) => {
+                subscribed = true;
+                continue;
+            }
+            Some(Input::Delivery(_, d)) => d,
+            Some(Input::Ended(_, why)) => {
                 let _ = out.flush();
-                eprintln!("{PROGRAM}: subscription ended: {e}");
+                eprintln!("{PROGRAM}: {why}");
+                break ExitCode::from(3);
+            }
+            None => {
+                let _ = out.flush();
+                eprintln!("{PROGRAM}: subscription ended");
                 break ExitCode::from(3);
             }
         };
@@ -232,35 +237,6 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
-    }
-}
-
-async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut i), Ok(mut t)) => {
-            tokio::select! {
-                _ = i.recv() => {}
-                _ = t.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
-    }
-}
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TAPBUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        b.json().init();
-    } else {
-        b.init();
     }
 }
 

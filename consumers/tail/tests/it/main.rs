@@ -317,7 +317,8 @@ fn exit_codes() {
         &["--input", nats.url(), "--filter", "rcode=NXDOMIAN"],
     );
     assert_eq!(t.finish(Duration::from_secs(10)).0, 2);
-    // A JetStream stream that does not exist: 3.
+    // A JetStream stream that does not exist: waited for (one log line), then 3 at the
+    // timeout.
     let js = Nats::start_jetstream(&d.path().join("js"));
     let url = js_url(js.url(), "NOSUCH?durable=x");
     let t = Tail::start(d.path(), "nostream", &["--input", &url, "--timeout", "10s"]);
