@@ -128,7 +128,7 @@ fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
     let aggregate = cfg
         .aggregate
         .validate("aggregate")
-        .map_err(|e| invalid("aggregate", e.to_string()))?;
+        .map_err(|e| invalid(&e.key, e.msg))?;
     let listen = listen_addr(&cfg.metrics_listen).map_err(|e| invalid("metrics_listen", e))?;
     if !(1..=10_000_000).contains(&cfg.max_pending) {
         return Err(invalid("max_pending", "must be between 1 and 10000000"));

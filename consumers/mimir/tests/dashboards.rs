@@ -25,8 +25,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,18 +62,6 @@ const OPERATIONS: &[&str] = &[
     "UPDATE_QUERY",
     "UPDATE_RESPONSE",
 ];
-
-/// tapbus-loki's own counters as its contract names them (issue 10), served to
-/// Prometheus by [`serve_static`] until tapbus-loki is in the workspace.
-const LOKI_CONTRACT_METRICS: &str = "\
-# TYPE tapbus_loki_requests_total counter
-tapbus_loki_requests_total{status=\"204\"} 12
-tapbus_loki_requests_total{status=\"429\"} 1
-# TYPE tapbus_loki_retries_total counter
-tapbus_loki_retries_total 1
-# TYPE tapbus_loki_dropped_lines_total counter
-tapbus_loki_dropped_lines_total{reason=\"too_large\"} 0
-";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -873,31 +860,6 @@ fn promql_names_are_found() {
 
 // --- PromQL against the pipeline ------------------------------------------------------
 
-/// Serves `body` as `/metrics` on `port` (a scrape target) for the rest of the test
-/// process: one connection at a time, each answered and closed.
-fn serve_static(port: u16, body: &'static str) {
-    let l = TcpListener::bind(("127.0.0.1", port)).expect("bind");
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !req.ends_with(b"\r\n\r\n") && req.len() < 65536 {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-}
-
 /// Series in an instant query's answer.
 fn series(answer: &str) -> usize {
     serde_json::from_str::<Value>(answer)
@@ -915,7 +877,6 @@ fn every_promql_expression_parses_and_returns_series_from_the_pipeline() {
     let (broker_port, tcp_port, agg_port, reduce_port, loki_port) =
         (ports[0], ports[1], ports[2], ports[3], ports[4]);
     let addr = |p: u16| format!("127.0.0.1:{p}");
-    serve_static(loki_port, LOKI_CONTRACT_METRICS);
 
     // The processes' own /metrics scraped (their ports picked before Prometheus starts).
     let mimir_ports = free_ports(2);
@@ -996,6 +957,23 @@ fn every_promql_expression_parses_and_returns_series_from_the_pipeline() {
                 nats.url(),
                 "--metrics-listen",
                 &addr(reduce_port),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+
+    // tapbus-loki into the test suite's Loki receiver, scraped like the others: its
+    // counters (errors at 0 included) are on /metrics from its start.
+    let loki_receiver = tapbus_testsupport::loki::LokiReceiver::start();
+    let _loki = Proc::spawn(
+        Command::new(bin("tapbus-loki"))
+            .args([
+                "--input",
+                &durable_input(&nats, "loki"),
+                "--url",
+                &loki_receiver.push_url(),
+                "--metrics-listen",
+                &addr(loki_port),
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null()),

@@ -116,7 +116,7 @@ fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
     let reduce = cfg
         .reduce
         .validate()
-        .map_err(|e| invalid("reduce", e.to_string()))?;
+        .map_err(|e| invalid(&e.key, e.reason))?;
     let listen = listen_addr(&cfg.metrics_listen).map_err(|e| invalid("metrics_listen", e))?;
     if !(1..=10_000_000).contains(&cfg.max_pending) {
         return Err(invalid("max_pending", "must be between 1 and 10000000"));
@@ -216,6 +216,20 @@ mod tests {
         };
         assert!(e(&[]).starts_with("input.url"));
         assert!(e(&["--input", "nats://127.0.0.1:4222"]).starts_with("output.url"));
+        // A key of the [reduce] table is named once, in full.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("r.toml");
+        std::fs::write(&file, "[reduce]\nwindow = \"0s\"\n").expect("write");
+        let err = e(&[
+            "--config",
+            file.to_str().unwrap_or_default(),
+            "--input",
+            "nats://127.0.0.1:4222",
+            "--output",
+            "nats://127.0.0.1:4222",
+        ]);
+        assert!(err.starts_with("reduce.window: "), "{err}");
+        assert_eq!(err.matches("reduce").count(), 1, "{err}");
         assert!(
             e(&[
                 "--input",
