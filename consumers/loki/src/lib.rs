@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod batch;
+pub mod config;
 pub mod labels;
 pub mod push;
 pub mod response;

@@ -12,17 +12,14 @@
 //! rest. SIGINT/SIGTERM push what is batched (within `drain_timeout`), ack it, exit 0.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use serde::{Deserialize, Serialize};
-use tapbus_config::{ConfigError, ConsumerInputConfig, ConsumerInputSpec, SubscribeMode};
+use tapbus_config::ConfigError;
 use tapbus_consumer::runtime::{self, Consumer, Options};
-use tapbus_consumer::{CommonArgs, init_logging, listen_addr};
-use tapbus_loki::labels::{Labeler, LabelsConfig};
-use tapbus_loki::push::Encoding;
-use tapbus_loki::stage::{Endpoint, LokiMetrics, LokiSink, LokiStage, Stamp};
+use tapbus_consumer::{CommonArgs, init_logging};
+use tapbus_loki::config::{Flags, Settings};
+use tapbus_loki::stage::{Endpoint, LokiMetrics, LokiSink, LokiStage};
 
 const PROGRAM: &str = "tapbus-loki";
 
@@ -45,218 +42,14 @@ struct Cli {
     common: CommonArgs,
 }
 
-/// The configuration file (`--config`, then `TAPBUS_*`, then the flags).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct Config {
-    input: ConsumerInputConfig,
-    /// Loki push endpoint (http or https).
-    url: String,
-    /// `X-Scope-OrgID`; empty: not sent.
-    tenant: String,
-    /// HTTP basic auth.
-    username: String,
-    password: String,
-    /// `Authorization: Bearer ...` (instead of basic auth).
-    bearer_token: String,
-    /// PEM CA certificate(s) trusted for https besides the system's.
-    ca_file: String,
-    /// Per request.
-    #[serde(with = "humantime_serde")]
-    timeout: Duration,
-    /// "protobuf" (snappy + logproto.PushRequest) or "json".
-    encoding: Encoding,
-    /// "event" or "received".
-    timestamp: Stamp,
-    /// A batch holds at most this many bytes of lines.
-    batch_max_bytes: usize,
-    /// A batch goes out at the latest this long after its first line.
-    #[serde(with = "humantime_serde")]
-    batch_wait: Duration,
-    /// Messages taken from the bus and not yet acked, at most; reading pauses there.
-    max_pending: usize,
-    /// Retry backoff for 429, 5xx and an unreachable Loki.
-    #[serde(with = "humantime_serde")]
-    min_backoff: Duration,
-    #[serde(with = "humantime_serde")]
-    max_backoff: Duration,
-    /// At SIGINT/SIGTERM, the time to push and ack what is batched.
-    #[serde(with = "humantime_serde")]
-    drain_timeout: Duration,
-    labels: LabelsConfig,
-    /// `/metrics` and `/health`; "" disables.
-    metrics_listen: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            input: ConsumerInputConfig::from_url("nats://127.0.0.1:4222"),
-            url: String::new(),
-            tenant: String::new(),
-            username: String::new(),
-            password: String::new(),
-            bearer_token: String::new(),
-            ca_file: String::new(),
-            timeout: Duration::from_secs(30),
-            encoding: Encoding::Protobuf,
-            timestamp: Stamp::Event,
-            batch_max_bytes: 1 << 20,
-            batch_wait: Duration::from_secs(1),
-            max_pending: 20_000,
-            min_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(30),
-            drain_timeout: Duration::from_secs(10),
-            labels: LabelsConfig::default(),
-            metrics_listen: "127.0.0.1:9638".into(),
-        }
-    }
-}
-
-struct Settings {
-    inputs: Vec<ConsumerInputSpec>,
-    url: reqwest::Url,
-    cfg: Config,
-    labeler: Labeler,
-    ca: Vec<reqwest::Certificate>,
-    listen: Option<std::net::SocketAddr>,
-}
-
-fn invalid(key: &str, msg: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        msg: msg.into(),
-    }
-}
-
 fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
-    let mut cfg: Config = tapbus_config::load(cli.common.config.as_deref(), Config::default())?;
-    if let Some(u) = &cli.input {
-        cfg.input.set_url(u);
-    }
-    if let Some(u) = &cli.url {
-        cfg.url = u.clone();
-    }
-    if let Some(t) = &cli.tenant {
-        cfg.tenant = t.clone();
-    }
-    if let Some(l) = &cli.common.metrics_listen {
-        cfg.metrics_listen = l.clone();
-    }
-    let inputs = input_specs(&cfg.input)?;
-    if cfg.url.is_empty() {
-        return Err(invalid(
-            "url",
-            "missing: give --url http://HOST:3100/loki/api/v1/push",
-        ));
-    }
-    let url = reqwest::Url::parse(&cfg.url)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-        .ok_or_else(|| invalid("url", format!("{:?} is not an http(s) URL", cfg.url)))?;
-    if !cfg.bearer_token.is_empty() && !cfg.username.is_empty() {
-        return Err(invalid(
-            "bearer_token",
-            "only one of bearer_token and username/password",
-        ));
-    }
-    if cfg.username.is_empty() != cfg.password.is_empty() {
-        return Err(invalid("username", "username and password go together"));
-    }
-    let ca = if cfg.ca_file.is_empty() {
-        Vec::new()
-    } else {
-        let pem = std::fs::read(&cfg.ca_file)
-            .map_err(|e| invalid("ca_file", format!("{}: {e}", cfg.ca_file)))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| invalid("ca_file", format!("{}: {e}", cfg.ca_file)))?;
-        if certs.is_empty() {
-            return Err(invalid(
-                "ca_file",
-                format!("{}: no PEM certificate in it", cfg.ca_file),
-            ));
-        }
-        certs
-    };
-    if cfg.timeout < Duration::from_secs(1) {
-        return Err(invalid("timeout", "must be at least 1s"));
-    }
-    if !(1024..=(64 << 20)).contains(&cfg.batch_max_bytes) {
-        return Err(invalid(
-            "batch_max_bytes",
-            "must be between 1024 and 67108864",
-        ));
-    }
-    if cfg.batch_wait < Duration::from_millis(1) || cfg.batch_wait > Duration::from_secs(600) {
-        return Err(invalid("batch_wait", "must be between 1ms and 10m"));
-    }
-    if !(1..=1_000_000).contains(&cfg.max_pending) {
-        return Err(invalid("max_pending", "must be between 1 and 1000000"));
-    }
-    if cfg.min_backoff < Duration::from_millis(10) {
-        return Err(invalid("min_backoff", "must be at least 10ms"));
-    }
-    if cfg.max_backoff < cfg.min_backoff {
-        return Err(invalid("max_backoff", "must be at least min_backoff"));
-    }
-    if cfg.drain_timeout > Duration::from_secs(600) {
-        return Err(invalid("drain_timeout", "must be at most 10m"));
-    }
-    let labeler = Labeler::new(&cfg.labels).map_err(|e| invalid(&e.key, e.msg))?;
-    let listen = listen_addr(&cfg.metrics_listen).map_err(|e| invalid("metrics_listen", e))?;
-    Ok(Settings {
-        inputs,
-        url,
-        cfg,
-        labeler,
-        ca,
-        listen,
+    tapbus_loki::config::settings(&Flags {
+        config: cli.common.config.as_deref(),
+        input: cli.input.as_deref(),
+        url: cli.url.as_deref(),
+        tenant: cli.tenant.as_deref(),
+        metrics_listen: cli.common.metrics_listen.as_deref(),
     })
-}
-
-/// The input's subscriptions: one, or for a NATS core or Redis pub/sub input that names
-/// no subject, the raw events and the reduced records.
-fn input_specs(input: &ConsumerInputConfig) -> Result<Vec<ConsumerInputSpec>, ConfigError> {
-    let spec = input.validate("input", PROGRAM)?;
-    let mut specs = vec![spec.clone()];
-    if input.subscribe.is_none() && !url_names_subject(&input.connect.url) {
-        let second = match &spec.mode {
-            SubscribeMode::Nats {
-                subject,
-                queue_group,
-            } if subject == "dnstap.>" => Some(SubscribeMode::Nats {
-                subject: "tapbus.reduced.>".into(),
-                queue_group: queue_group.clone(),
-            }),
-            SubscribeMode::RedisPubsub { pattern } if pattern == "dnstap.*" => {
-                Some(SubscribeMode::RedisPubsub {
-                    pattern: "tapbus.reduced.*".into(),
-                })
-            }
-            _ => None,
-        };
-        if let Some(mode) = second {
-            specs.push(ConsumerInputSpec {
-                connect: spec.connect.clone(),
-                mode,
-            });
-        }
-    }
-    Ok(specs)
-}
-
-/// Whether a bus URL names what to subscribe (a path, or a subject/pattern parameter).
-fn url_names_subject(url: &str) -> bool {
-    let last = url.rsplit(',').next().unwrap_or(url).trim();
-    match url::Url::parse(last) {
-        Ok(u) => {
-            let redis = matches!(u.scheme(), "redis" | "rediss");
-            (!redis && !u.path().trim_matches('/').is_empty())
-                || u.query_pairs()
-                    .any(|(k, _)| matches!(k.as_ref(), "subject" | "pattern"))
-        }
-        Err(_) => true,
-    }
 }
 
 fn main() -> ExitCode {
@@ -324,7 +117,11 @@ async fn run(s: Settings) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tapbus_loki::stage::line_of;
+    use tapbus_config::{ConsumerInputConfig, SubscribeMode};
+    use tapbus_loki::config::{Config, input_specs};
+    use tapbus_loki::labels::{Labeler, LabelsConfig};
+    use tapbus_loki::push::Encoding;
+    use tapbus_loki::stage::{Stamp, line_of};
 
     fn cli(args: &[&str]) -> Cli {
         Cli::parse_from(std::iter::once(PROGRAM).chain(args.iter().copied()))
