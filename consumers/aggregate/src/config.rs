@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tapbus_config::{ConsumerInputConfig, OutputConfig};
 
 /// The largest `max_identities` / `max_zones`: indices are packed in 20 bits.
 pub const MAX_INTERNED: usize = (1 << 20) - 2;
@@ -164,6 +165,57 @@ impl AggregateConfig {
             top_n: self.top_n,
             top_capacity: self.top_capacity,
         })
+    }
+}
+
+/// tapbus-aggregate's configuration file (`--config`, then `TAPBUS_*`, then the flags).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub input: ConsumerInputConfig,
+    /// Where batches go; absent: no batches, the scrape only.
+    pub output: Option<OutputConfig>,
+    pub aggregate: AggregateConfig,
+    /// `/metrics` and `/health`; "" disables.
+    pub metrics_listen: String,
+    /// Events counted and not yet acknowledged, at most; reading pauses at the bound
+    /// while the output cannot confirm a batch. A batch is also made when it is reached.
+    pub max_pending: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            input: ConsumerInputConfig::default(),
+            output: None,
+            aggregate: AggregateConfig {
+                instance: String::new(),
+                ..AggregateConfig::default()
+            },
+            metrics_listen: "127.0.0.1:9635".into(),
+            max_pending: 20_000,
+        }
+    }
+}
+
+/// The host name as an `instance` (letters, digits, `-`, `_`).
+pub fn host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "tapbus-aggregate".into()
+    } else {
+        name
     }
 }
 

@@ -17,10 +17,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use clap::Parser;
-use serde::{Deserialize, Serialize};
+use tapbus_aggregate::Aggregator;
+use tapbus_aggregate::config::{Config, host_name};
 use tapbus_aggregate::stage::{AggregateStage, Batches};
-use tapbus_aggregate::{AggregateConfig, Aggregator};
-use tapbus_config::{ConfigError, ConsumerInputConfig, OutputConfig};
+use tapbus_config::{ConfigError, OutputConfig};
 use tapbus_consumer::runtime::{self, Consumer, Options};
 use tapbus_consumer::sink::BusSink;
 use tapbus_consumer::{CommonArgs, NoSink, init_logging, listen_addr};
@@ -44,36 +44,6 @@ struct Cli {
     instance: Option<String>,
     #[command(flatten)]
     common: CommonArgs,
-}
-
-/// The configuration file (`--config`, then `TAPBUS_*`, then the flags).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct Config {
-    input: ConsumerInputConfig,
-    /// Where batches go; absent: no batches, the scrape only.
-    output: Option<OutputConfig>,
-    aggregate: AggregateConfig,
-    /// `/metrics` and `/health`; "" disables.
-    metrics_listen: String,
-    /// Events counted and not yet acknowledged, at most; reading pauses at the bound
-    /// while the output cannot confirm a batch. A batch is also made when it is reached.
-    max_pending: usize,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            input: ConsumerInputConfig::default(),
-            output: None,
-            aggregate: AggregateConfig {
-                instance: String::new(),
-                ..AggregateConfig::default()
-            },
-            metrics_listen: "127.0.0.1:9635".into(),
-            max_pending: 20_000,
-        }
-    }
 }
 
 struct Settings {
@@ -146,27 +116,6 @@ fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
         listen,
         max_pending: cfg.max_pending,
     })
-}
-
-/// The host name as an `instance` (letters, digits, `-`, `_`).
-fn host_name() -> String {
-    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let name: String = raw
-        .trim()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if name.is_empty() {
-        "tapbus-aggregate".into()
-    } else {
-        name
-    }
 }
 
 fn main() -> ExitCode {
