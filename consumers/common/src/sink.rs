@@ -92,6 +92,68 @@ pub mod http {
 
     use crate::stage::Attempt;
 
+    /// Where an HTTP sink pushes, and as whom: the URL, the tenant (`X-Scope-OrgID`) and
+    /// basic or bearer authentication. The same keys in tapbus-loki and tapbus-mimir.
+    #[derive(Debug, Clone)]
+    pub struct Target {
+        pub url: reqwest::Url,
+        pub tenant: String,
+        pub username: String,
+        pub password: String,
+        pub bearer_token: String,
+    }
+
+    impl Target {
+        /// Checks the `url`, `username`/`password` and `bearer_token` keys; the error
+        /// names the key (`example`: a URL to show when `url` is missing).
+        pub fn new(
+            url: &str,
+            tenant: &str,
+            username: &str,
+            password: &str,
+            bearer_token: &str,
+            example: &str,
+        ) -> Result<Target, (&'static str, String)> {
+            if url.is_empty() {
+                return Err(("url", format!("missing: give --url {example}")));
+            }
+            let parsed = reqwest::Url::parse(url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .ok_or_else(|| ("url", format!("{url:?} is not an http(s) URL")))?;
+            if !bearer_token.is_empty() && !username.is_empty() {
+                return Err((
+                    "bearer_token",
+                    "only one of bearer_token and username/password".into(),
+                ));
+            }
+            if username.is_empty() != password.is_empty() {
+                return Err(("username", "username and password go together".into()));
+            }
+            Ok(Target {
+                url: parsed,
+                tenant: tenant.into(),
+                username: username.into(),
+                password: password.into(),
+                bearer_token: bearer_token.into(),
+            })
+        }
+
+        /// A POST to the target with its tenant and authentication.
+        pub fn post(&self, client: &reqwest::Client) -> reqwest::RequestBuilder {
+            let mut req = client.post(self.url.clone());
+            if !self.tenant.is_empty() {
+                req = req.header("X-Scope-OrgID", &self.tenant);
+            }
+            if !self.bearer_token.is_empty() {
+                req = req.bearer_auth(&self.bearer_token);
+            } else if !self.username.is_empty() {
+                req = req.basic_auth(&self.username, Some(&self.password));
+            }
+            req
+        }
+    }
+
     /// The longest `Retry-After` honoured.
     pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
@@ -173,6 +235,24 @@ pub mod http {
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn targets_are_checked_key_by_key() {
+            let t = |u: &str, user: &str, pass: &str, bearer: &str| {
+                Target::new(u, "", user, pass, bearer, "http://x/push").map(|_| ())
+            };
+            assert!(t("http://127.0.0.1:3100/loki/api/v1/push", "", "", "").is_ok());
+            assert_eq!(t("", "", "", "").map_err(|e| e.0), Err("url"));
+            assert_eq!(t("ftp://x/", "", "", "").map_err(|e| e.0), Err("url"));
+            assert_eq!(
+                t("http://x/", "a", "b", "c").map_err(|e| e.0),
+                Err("bearer_token")
+            );
+            assert_eq!(
+                t("http://x/", "a", "", "").map_err(|e| e.0),
+                Err("username")
+            );
+        }
 
         #[test]
         fn retry_classes() {

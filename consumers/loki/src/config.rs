@@ -92,6 +92,7 @@ impl Default for Config {
 }
 
 pub struct Settings {
+    pub target: tapbus_consumer::sink::http::Target,
     pub inputs: Vec<ConsumerInputSpec>,
     pub url: reqwest::Url,
     pub cfg: Config,
@@ -123,25 +124,16 @@ pub fn settings(flags: &Flags<'_>) -> Result<Settings, ConfigError> {
         cfg.metrics_listen = l.to_string();
     }
     let inputs = input_specs(&cfg.input)?;
-    if cfg.url.is_empty() {
-        return Err(invalid(
-            "url",
-            "missing: give --url http://HOST:3100/loki/api/v1/push",
-        ));
-    }
-    let url = reqwest::Url::parse(&cfg.url)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-        .ok_or_else(|| invalid("url", format!("{:?} is not an http(s) URL", cfg.url)))?;
-    if !cfg.bearer_token.is_empty() && !cfg.username.is_empty() {
-        return Err(invalid(
-            "bearer_token",
-            "only one of bearer_token and username/password",
-        ));
-    }
-    if cfg.username.is_empty() != cfg.password.is_empty() {
-        return Err(invalid("username", "username and password go together"));
-    }
+    let target = tapbus_consumer::sink::http::Target::new(
+        &cfg.url,
+        &cfg.tenant,
+        &cfg.username,
+        &cfg.password,
+        &cfg.bearer_token,
+        "http://HOST:3100/loki/api/v1/push",
+    )
+    .map_err(|(k, m)| invalid(k, m))?;
+    let url = target.url.clone();
     let ca = if cfg.ca_file.is_empty() {
         Vec::new()
     } else {
@@ -184,6 +176,7 @@ pub fn settings(flags: &Flags<'_>) -> Result<Settings, ConfigError> {
     let labeler = Labeler::new(&cfg.labels).map_err(|e| invalid(&e.key, e.msg))?;
     let listen = listen_addr(&cfg.metrics_listen).map_err(|e| invalid("metrics_listen", e))?;
     Ok(Settings {
+        target,
         inputs,
         url,
         cfg,

@@ -19,7 +19,7 @@ use tapbus_config::ConfigError;
 use tapbus_consumer::runtime::{self, Consumer, Options};
 use tapbus_consumer::{CommonArgs, init_logging};
 use tapbus_loki::config::{Flags, Settings};
-use tapbus_loki::stage::{Endpoint, LokiMetrics, LokiSink, LokiStage};
+use tapbus_loki::stage::{LokiMetrics, LokiSink, LokiStage};
 
 const PROGRAM: &str = "tapbus-loki";
 
@@ -89,18 +89,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         http = http.tls_certs_merge(s.ca.clone());
     }
     let http = http.build().context("HTTP client")?;
-    let sink = LokiSink::new(
-        http,
-        Endpoint {
-            url: s.url.clone(),
-            tenant: c.tenant.clone(),
-            username: c.username.clone(),
-            password: c.password.clone(),
-            bearer_token: c.bearer_token.clone(),
-            encoding: c.encoding,
-        },
-        metrics.clone(),
-    );
+    let sink = LokiSink::new(http, s.target.clone(), c.encoding, metrics.clone());
     let stage = LokiStage::new(
         s.labeler.clone(),
         c.timestamp,

@@ -316,22 +316,12 @@ impl LokiMetrics {
     }
 }
 
-/// Where pushes go and how.
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    pub url: reqwest::Url,
-    pub tenant: String,
-    pub username: String,
-    pub password: String,
-    pub bearer_token: String,
-    pub encoding: Encoding,
-}
-
 /// Encodes a batch once and POSTs it until Loki answered for good.
 #[derive(Debug)]
 pub struct LokiSink {
     http: reqwest::Client,
-    to: Endpoint,
+    to: http::Target,
+    encoding: Encoding,
     encoder: Encoder,
     /// The body of the batch being tried (encoded once, sent again as is).
     body: Option<(u64, Bytes, Vec<StreamInfo>)>,
@@ -339,10 +329,16 @@ pub struct LokiSink {
 }
 
 impl LokiSink {
-    pub fn new(http: reqwest::Client, to: Endpoint, metrics: LokiMetrics) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        to: http::Target,
+        encoding: Encoding,
+        metrics: LokiMetrics,
+    ) -> Self {
         LokiSink {
             http,
             to,
+            encoding,
             encoder: Encoder::new(),
             body: None,
             metrics,
@@ -369,7 +365,7 @@ impl Sink<LokiBatch> for LokiSink {
                     entries: s.entries.len(),
                 })
                 .collect();
-            match self.encoder.encode(self.to.encoding, &b.sealed.streams) {
+            match self.encoder.encode(self.encoding, &b.sealed.streams) {
                 Ok(body) => self.body = Some((b.n, body, infos)),
                 Err(e) => {
                     tracing::error!(lines, "{e}; batch dropped");
@@ -383,20 +379,11 @@ impl Sink<LokiBatch> for LokiSink {
         let Some((_, body, infos)) = self.body.as_ref() else {
             return Attempt::Done;
         };
-        let to = &self.to;
-        let mut req = self
-            .http
-            .post(to.url.clone())
-            .header("Content-Type", to.encoding.content_type())
+        let req = self
+            .to
+            .post(&self.http)
+            .header("Content-Type", self.encoding.content_type())
             .body(body.clone());
-        if !to.tenant.is_empty() {
-            req = req.header("X-Scope-OrgID", &to.tenant);
-        }
-        if !to.bearer_token.is_empty() {
-            req = req.bearer_auth(&to.bearer_token);
-        } else if !to.username.is_empty() {
-            req = req.basic_auth(&to.username, Some(&to.password));
-        }
         let t0 = std::time::Instant::now();
         let (status, attempt) = http::push(req, |status, text| match response::outcome(status) {
             Outcome::Written if response::blocked(text) => {

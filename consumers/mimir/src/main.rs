@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tapbus_config::{ConfigError, ConsumerInputConfig};
 use tapbus_consumer::runtime::{self, Consumer, Options};
 use tapbus_consumer::{CommonArgs, init_logging, listen_addr};
-use tapbus_mimir::stage::{Endpoint, MimirMetrics, MimirSink, MimirStage};
+use tapbus_mimir::stage::{MimirMetrics, MimirSink, MimirStage};
 
 const PROGRAM: &str = "tapbus-mimir";
 
@@ -72,6 +72,7 @@ impl Default for Config {
 }
 
 struct Settings {
+    target: tapbus_consumer::sink::http::Target,
     input: tapbus_config::ConsumerInputSpec,
     url: reqwest::Url,
     cfg: Config,
@@ -102,30 +103,22 @@ fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
     let input = cfg
         .input
         .validate_reading("input", PROGRAM, "tapbus.metrics.>")?;
-    if cfg.url.is_empty() {
-        return Err(invalid(
-            "url",
-            "missing: give --url http://HOST:PORT/api/v1/push",
-        ));
-    }
-    let url = reqwest::Url::parse(&cfg.url)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-        .ok_or_else(|| invalid("url", format!("{:?} is not an http(s) URL", cfg.url)))?;
-    if !cfg.bearer_token.is_empty() && !cfg.username.is_empty() {
-        return Err(invalid(
-            "bearer_token",
-            "only one of bearer_token and username/password",
-        ));
-    }
-    if cfg.username.is_empty() != cfg.password.is_empty() {
-        return Err(invalid("username", "username and password go together"));
-    }
+    let target = tapbus_consumer::sink::http::Target::new(
+        &cfg.url,
+        &cfg.tenant,
+        &cfg.username,
+        &cfg.password,
+        &cfg.bearer_token,
+        "http://HOST:PORT/api/v1/push",
+    )
+    .map_err(|(k, m)| invalid(k, m))?;
+    let url = target.url.clone();
     if cfg.timeout < Duration::from_secs(1) {
         return Err(invalid("timeout", "must be at least 1s"));
     }
     let listen = listen_addr(&cfg.metrics_listen).map_err(|e| invalid("metrics_listen", e))?;
     Ok(Settings {
+        target,
         input,
         url,
         cfg,
@@ -161,18 +154,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let metrics = MimirMetrics::default();
     metrics.register(consumer.registry());
     let c = &s.cfg;
-    let sink = MimirSink::new(
-        Endpoint {
-            url: s.url.clone(),
-            tenant: c.tenant.clone(),
-            username: c.username.clone(),
-            password: c.password.clone(),
-            bearer_token: c.bearer_token.clone(),
-            timeout: c.timeout,
-        },
-        metrics,
-    )
-    .context("HTTP client")?;
+    let sink = MimirSink::new(s.target.clone(), c.timeout, metrics).context("HTTP client")?;
     tracing::info!(url = %s.url, "writing to");
     consumer
         .run(

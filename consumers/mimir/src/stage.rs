@@ -147,29 +147,22 @@ impl MimirMetrics {
     }
 }
 
-/// Where requests go and how.
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    pub url: reqwest::Url,
-    pub tenant: String,
-    pub username: String,
-    pub password: String,
-    pub bearer_token: String,
-    pub timeout: Duration,
-}
-
 /// POSTs each request to the remote-write endpoint.
 #[derive(Debug)]
 pub struct MimirSink {
     http: reqwest::Client,
-    to: Endpoint,
+    to: http::Target,
     metrics: MimirMetrics,
 }
 
 impl MimirSink {
-    pub fn new(to: Endpoint, metrics: MimirMetrics) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        to: http::Target,
+        timeout: Duration,
+        metrics: MimirMetrics,
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
-            .timeout(to.timeout)
+            .timeout(timeout)
             .user_agent(concat!("tapbus-mimir/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(MimirSink { http, to, metrics })
@@ -178,22 +171,13 @@ impl MimirSink {
 
 impl Sink<Request> for MimirSink {
     async fn send(&mut self, r: &Request) -> Attempt {
-        let to = &self.to;
-        let mut req = self
-            .http
-            .post(to.url.clone())
+        let req = self
+            .to
+            .post(&self.http)
             .header("Content-Encoding", "snappy")
             .header("Content-Type", "application/x-protobuf")
             .header("X-Prometheus-Remote-Write-Version", "0.1.0")
             .body(r.body.clone());
-        if !to.tenant.is_empty() {
-            req = req.header("X-Scope-OrgID", &to.tenant);
-        }
-        if !to.bearer_token.is_empty() {
-            req = req.bearer_auth(&to.bearer_token);
-        } else if !to.username.is_empty() {
-            req = req.basic_auth(&to.username, Some(&to.password));
-        }
         let m = &self.metrics;
         let (_, a) = http::push(req, |status, body| {
             if (200..300).contains(&status) {
