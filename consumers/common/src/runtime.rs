@@ -30,7 +30,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
@@ -424,7 +424,24 @@ where
         own.clone(),
     ))));
     let mut batch_tx = Some(batch_tx);
-    let mut core = Core::new(opts, own);
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<AckHandle>();
+    let acking = Arc::new(AtomicUsize::new(0));
+    // Wakes a loop that paused reading at max_pending once acks went out.
+    let acked = Arc::new(tokio::sync::Notify::new());
+    let mut acker = Some(AbortOnDrop(tokio::spawn({
+        let (own, acking, acked) = (own.clone(), acking.clone(), acked.clone());
+        async move {
+            while let Some(h) = ack_rx.recv().await {
+                ack(h, &own).await;
+                acking.fetch_sub(1, Ordering::Relaxed);
+                own.pending.dec();
+                if ack_rx.is_empty() {
+                    acked.notify_one();
+                }
+            }
+        }
+    })));
+    let mut core = Core::new(opts, own, ack_tx, acking.clone());
     let mut outstanding = 0usize;
     let mut renew = opts.renew_every.map(|p| {
         let mut t = tokio::time::interval_at(Instant::now() + p, p);
@@ -444,7 +461,7 @@ where
         let mut flushed_all = false;
         while outstanding < 2 {
             let now = Instant::now();
-            let why = if draining || core.held.len() >= opts.max_pending {
+            let why = if draining || core.pending() >= opts.max_pending {
                 Flush::All
             } else if stage.due().is_some_and(|t| t <= Instant::now()) {
                 Flush::Due
@@ -478,7 +495,7 @@ where
             }
             break;
         }
-        let reading = !draining && core.held.len() < opts.max_pending;
+        let reading = !draining && core.pending() < opts.max_pending;
         let due = if draining || outstanding >= 2 {
             None
         } else {
@@ -497,7 +514,7 @@ where
                     Some(r) => {
                         outstanding = outstanding.saturating_sub(1);
                         stage.settled(r.covers, &r.outcome);
-                        core.settle(r.covers).await;
+                        core.settle(r.covers);
                     }
                     None => {
                         // The sink task ended (it only does when its channel closes).
@@ -519,6 +536,7 @@ where
                 None => floors_open = false,
             },
             () = tokio::time::sleep_until(due.unwrap_or_else(far)), if due.is_some() => {}
+            () = acked.notified(), if !draining && !reading => {}
             m = rx.recv(), if reading => {
                 let mut next = m;
                 let mut n = 0;
@@ -540,7 +558,7 @@ where
                         }
                     }
                     n += 1;
-                    if n >= 1024 || core.held.len() >= opts.max_pending {
+                    if n >= 1024 || core.pending() >= opts.max_pending {
                         break;
                     }
                     match rx.try_recv() {
@@ -550,13 +568,27 @@ where
                 }
                 stage.sync_metrics();
                 tracing::debug!(taken = n, held = core.held.len(), "messages taken");
-                core.ack_now().await;
+                core.gauges();
             }
         }
     }
     // Whatever is still held was not confirmed by the deadline.
     drop(sink);
-    let left = core.held.take_all().len();
+    let Core { held, acks, .. } = core;
+    drop(acks);
+    if let Some(mut a) = acker.take() {
+        let left = deadline
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(opts.drain_timeout);
+        if tokio::time::timeout(left, &mut a.0).await.is_err() {
+            tracing::warn!(
+                left = acking.load(Ordering::Relaxed),
+                "acks not sent by the drain deadline (the bus delivers those messages again)"
+            );
+        }
+    }
+    let mut held = held;
+    let left = held.take_all().len();
     if left > 0 {
         own.unsettled.inc_by(left as u64);
         tracing::warn!(
@@ -578,21 +610,48 @@ struct Core<'a> {
     held: Held<AckHandle>,
     handled: Vec<Handled>,
     evicted: u64,
-    /// Handles to ack once the current run of messages is taken.
-    to_ack: Vec<AckHandle>,
+    /// Acks go to a task of their own: the loop never waits on a bus write (an ack to a
+    /// connection that is down would hold it, and with it SIGTERM and the deadline).
+    acks: mpsc::UnboundedSender<AckHandle>,
+    /// Handed to the ack task and not sent yet (counted in `max_pending`).
+    acking: Arc<AtomicUsize>,
     bad_logged: bool,
 }
 
 impl<'a> Core<'a> {
-    fn new(opts: &'a Options, own: &'a Own) -> Self {
+    fn new(
+        opts: &'a Options,
+        own: &'a Own,
+        acks: mpsc::UnboundedSender<AckHandle>,
+        acking: Arc<AtomicUsize>,
+    ) -> Self {
         Core {
             opts,
             own,
             held: Held::default(),
             handled: Vec::new(),
             evicted: 0,
-            to_ack: Vec::new(),
+            acks,
+            acking,
             bad_logged: false,
+        }
+    }
+
+    /// Messages taken and not acked: held, or waiting for the ack task.
+    fn pending(&self) -> usize {
+        self.held.len() + self.acking.load(Ordering::Relaxed)
+    }
+
+    /// Hands `h` to the ack task; `fresh`: a message not held before (it now counts as
+    /// pending until the ack task sent its ack; a held one already did).
+    fn ack(&self, h: AckHandle, fresh: bool) {
+        self.acking.fetch_add(1, Ordering::Relaxed);
+        if fresh {
+            self.own.pending.inc();
+        }
+        if self.acks.send(h).is_err() {
+            self.acking.fetch_sub(1, Ordering::Relaxed);
+            self.own.pending.dec();
         }
     }
 
@@ -618,10 +677,12 @@ impl<'a> Core<'a> {
         {
             own.duplicates.inc();
             match self.held.token_of(i, s) {
-                Some(t) => self.held.hold(t, d.into_ack(), i, Some(s)),
-                None => self.to_ack.push(d.into_ack()),
+                Some(t) => {
+                    self.held.hold(t, d.into_ack(), i, Some(s));
+                    own.pending.inc();
+                }
+                None => self.ack(d.into_ack(), true),
             }
-            own.pending.set(self.held.len() as i64);
             return;
         }
         let verdict = stage.push(
@@ -637,33 +698,27 @@ impl<'a> Core<'a> {
             h.insert(s);
         }
         match verdict {
-            Verdict::Ack => self.to_ack.push(d.into_ack()),
-            Verdict::Hold(t) => self.held.hold(t, d.into_ack(), i, seq),
+            Verdict::Ack => self.ack(d.into_ack(), true),
+            Verdict::Hold(t) => {
+                self.held.hold(t, d.into_ack(), i, seq);
+                own.pending.inc();
+            }
             Verdict::Bad(why) => {
                 own.bad.inc();
                 if !self.bad_logged {
                     self.bad_logged = true;
                     tracing::warn!(subject = %d.subject, "message skipped: {why} (further ones are counted in tapbus_consumer_bad_total)");
                 }
-                self.to_ack.push(d.into_ack());
+                self.ack(d.into_ack(), true);
             }
         }
-        own.pending.set(self.held.len() as i64);
-    }
-
-    async fn ack_now(&mut self) {
-        for h in std::mem::take(&mut self.to_ack) {
-            ack(h, self.own).await;
-        }
-        self.gauges();
     }
 
     /// A batch covering `covers` was written (or dropped for good): ack its holds.
-    async fn settle(&mut self, covers: u64) {
+    fn settle(&mut self, covers: u64) {
         for e in self.held.release_below(covers) {
-            ack(e.handle, self.own).await;
+            self.ack(e.handle, false);
         }
-        self.own.pending.set(self.held.len() as i64);
     }
 
     async fn renew(&mut self) {
