@@ -92,6 +92,24 @@ pub fn renew_every(inputs: &[ConsumerInputSpec]) -> Option<Duration> {
         .map(|w| (w / 3).max(Duration::from_secs(1)))
 }
 
+/// `max_pending`, lowered to the smallest `max_ack_pending` of the JetStream inputs: the
+/// server delivers no more than that unacked, so a stage holding that many would get
+/// nothing more until its next due time (aggregate's interval, reduce's idle flush) and
+/// the input would crawl at `max_ack_pending` per interval. At the bound everything is
+/// flushed, as at `max_pending`.
+pub fn max_pending_for(max_pending: usize, inputs: &[ConsumerInputSpec]) -> usize {
+    inputs
+        .iter()
+        .filter_map(|i| match &i.mode {
+            SubscribeMode::JetStream {
+                max_ack_pending, ..
+            } => usize::try_from(*max_ack_pending).ok(),
+            _ => None,
+        })
+        .fold(max_pending, usize::min)
+        .max(1)
+}
+
 /// What reaches the loop from the inputs.
 #[derive(Debug)]
 pub enum Input {
@@ -147,10 +165,19 @@ impl Consumer {
         E: Fn() -> String + Clone + Send + Sync + 'static,
     {
         let Consumer {
-            opts,
+            mut opts,
             registry,
             own,
         } = self;
+        let bound = max_pending_for(opts.max_pending, &inputs);
+        if bound < opts.max_pending {
+            tracing::info!(
+                max_pending = opts.max_pending,
+                bound,
+                "holding at most the inputs' max_ack_pending (the server delivers no more unacked)"
+            );
+            opts.max_pending = bound;
+        }
         let registry = Arc::new(registry);
         if let Some(addr) = listen {
             let reg = registry.clone();
@@ -687,5 +714,29 @@ pub async fn ack(h: AckHandle, own: &Own) {
 pub fn count_drops(own: &Own, c: Arc<AtomicU64>) {
     if let Ok(mut v) = own.input_dropped.lock() {
         v.push(c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(url: &str) -> ConsumerInputSpec {
+        let mut c = tapbus_config::ConsumerInputConfig::default();
+        c.set_url(url);
+        c.validate("input", "test").expect("valid input")
+    }
+
+    #[test]
+    fn max_pending_is_bounded_by_the_jetstream_inputs_max_ack_pending() {
+        let js = input("jetstream://127.0.0.1:4222/DNSTAP?durable=a");
+        let small = input("jetstream://127.0.0.1:4222/DNSTAP?durable=b&max_ack_pending=100");
+        let core = input("nats://127.0.0.1:4222/dnstap.>");
+        // The default max_ack_pending (4096) is below aggregate's and reduce's max_pending.
+        assert_eq!(max_pending_for(20_000, std::slice::from_ref(&js)), 4096);
+        assert_eq!(max_pending_for(1000, std::slice::from_ref(&js)), 1000);
+        assert_eq!(max_pending_for(20_000, &[js, small, core.clone()]), 100);
+        assert_eq!(max_pending_for(20_000, &[core]), 20_000);
+        assert_eq!(max_pending_for(20_000, &[]), 20_000);
     }
 }
