@@ -132,8 +132,27 @@ impl Consumer {
     }
 
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        log_text(&self.log)
     }
+}
+
+/// A log file's text without the terminal colours tracing writes (`ESC [ ... m`).
+fn log_text(p: &std::path::Path) -> String {
+    let raw = std::fs::read_to_string(p).unwrap_or_default();
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// nats-server (on a fixed port and store, so it can be killed and started again), the
@@ -217,7 +236,7 @@ impl Pipeline {
             }
         }
         cmd.args(["--input", &self.input(kind), "--metrics-listen", &addr])
-            .env("TAPBUS_LOG", "info")
+            .env("TAPBUS_LOG", "info,async_nats=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));
@@ -361,7 +380,7 @@ impl Pipeline {
         run.env = vec![
             ("TAPBUS_OUTPUTS__BUS__URL".into(), self.url()),
             ("TAPBUS_OUTPUTS__BUS__JETSTREAM".into(), "true".into()),
-            ("TAPBUS_LOG".into(), "info".into()),
+            ("TAPBUS_LOG".into(), "info,async_nats=warn".into()),
         ];
         run.log = Some(self.broker_log());
         run
@@ -536,10 +555,19 @@ fn unsettled_logged(log: &str) -> Option<u64> {
 }
 
 #[test]
-fn unsettled_is_read_from_the_drain_warning() {
+fn unsettled_is_read_from_the_drain_warning_with_or_without_colours() {
     let l = "2026-12-07T18:00:00Z  WARN tapbus_consumer::runtime: drain_timeout passed with messages whose output was not confirmed: not acked, the bus delivers them again left=4096";
     assert_eq!(unsettled_logged(&format!("x\n{l}\ny")), Some(4096));
     assert_eq!(unsettled_logged("nothing"), None);
+    // As a consumer writes it to a file: with colours.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("x.log");
+    std::fs::write(
+        &f,
+        "\u{1b}[2m2026-12-07T19:07:51.780744Z\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m drain_timeout passed with messages whose output was not confirmed \u{1b}[3mleft\u{1b}[0m\u{1b}[2m=\u{1b}[0m881\n",
+    )
+    .expect("write");
+    assert_eq!(unsettled_logged(&log_text(&f)), Some(881));
 }
 
 /// nats-server is SIGKILLed a third into a paced replay and started again 2 s later on
@@ -728,19 +756,33 @@ fn sigterm_with_the_bus_down_exits_within_the_drain_deadline_and_says_what_is_un
     for c in &mut p.consumers {
         c.proc.signal("TERM");
     }
+    // Each one's exit, as soon as it happens.
+    let mut exits: Vec<Option<(ExitStatus, Duration)>> = vec![None; p.consumers.len()];
+    while exits.iter().any(Option::is_none) && t0.elapsed() < DRAIN + EXIT_MARGIN {
+        for (c, e) in p.consumers.iter_mut().zip(exits.iter_mut()) {
+            if e.is_none() {
+                *e = c.proc.try_wait().map(|st| (st, t0.elapsed()));
+            }
+        }
+        pause(Duration::from_millis(10));
+    }
     let mut report = Vec::new();
-    for c in &mut p.consumers {
-        let limit = c.kind.drain() + EXIT_MARGIN;
-        let st: Option<ExitStatus> = c.proc.wait_within(limit.saturating_sub(t0.elapsed()));
-        let took = t0.elapsed();
+    for (c, e) in p.consumers.iter().zip(exits) {
         let log = c.log_text();
-        let st = st.unwrap_or_else(|| {
+        let (st, took) = e.unwrap_or_else(|| {
             panic!(
-                "tapbus-{} still runs {took:?} after SIGTERM with its bus down (deadline {:?})\n{log}",
+                "tapbus-{} still runs {:?} after SIGTERM with its bus down (deadline {:?})\n{log}",
                 c.kind.name(),
+                t0.elapsed(),
                 c.kind.drain()
             )
         });
+        assert!(
+            took <= c.kind.drain() + EXIT_MARGIN,
+            "tapbus-{} exited {took:?} after SIGTERM (deadline {:?})\n{log}",
+            c.kind.name(),
+            c.kind.drain()
+        );
         assert!(st.success(), "tapbus-{}: {st}\n{log}", c.kind.name());
         let left = unsettled_logged(&log);
         let h = held[c.kind.name()] as u64;
@@ -807,9 +849,7 @@ fn started_before_nats_server_and_the_stream_everything_waits_then_is_exact() {
                         c.kind.name()
                     );
                 }
-                let broker_waits = std::fs::read_to_string(&broker_log)
-                    .unwrap_or_default()
-                    .contains("waiting for");
+                let broker_waits = log_text(&broker_log).contains("waiting for");
                 if !(all && broker_waits) {
                     return false;
                 }
@@ -831,8 +871,7 @@ fn started_before_nats_server_and_the_stream_everything_waits_then_is_exact() {
                         .collect();
                     waited.insert(c.kind.name(), lines);
                 }
-                let b: Vec<String> = std::fs::read_to_string(&broker_log)
-                    .unwrap_or_default()
+                let b: Vec<String> = log_text(&broker_log)
                     .lines()
                     .filter(|l| l.contains("waiting for"))
                     .map(str::to_owned)
