@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use tapbus_bus::subscribe::{AckHandle, Delivery, Subscriber};
+use tapbus_bus::subscribe::{AckFlush, AckHandle, Delivery, Subscriber};
 use tapbus_config::{ConsumerInputSpec, SubscribeMode};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -559,6 +559,18 @@ where
     }
     // Whatever is still held was not confirmed by the deadline.
     drop(sink);
+    // The acks sent are queued on the inputs' connections: written out before the process
+    // exits (else the bus delivers those messages again to the next process), within what
+    // is left of the deadline (at least a moment: acks sent just before it).
+    let left = deadline
+        .map(|t| t.saturating_duration_since(Instant::now()))
+        .unwrap_or(opts.drain_timeout)
+        .max(ACK_FLUSH_AT_LEAST);
+    if tokio::time::timeout(left, core.flush_acks()).await.is_err() {
+        tracing::warn!(
+            "the last acks were not written to the bus in time: it may deliver those messages again"
+        );
+    }
     let left = core.held.take_all().len();
     if left > 0 {
         own.unsettled.inc_by(left as u64);
@@ -574,6 +586,10 @@ where
     }
 }
 
+/// How long a stopping process waits for its last acks to be written when its drain
+/// deadline has already passed.
+const ACK_FLUSH_AT_LEAST: Duration = Duration::from_millis(200);
+
 /// The loop's bookkeeping around [`Held`] and [`Handled`], and the acks to send.
 struct Core<'a> {
     opts: &'a Options,
@@ -584,6 +600,8 @@ struct Core<'a> {
     /// Handles to ack once the current run of messages is taken.
     to_ack: Vec<AckHandle>,
     bad_logged: bool,
+    /// Per input: what writes its acks out ([`Core::flush_acks`]).
+    flushes: Vec<Option<AckFlush>>,
 }
 
 impl<'a> Core<'a> {
@@ -596,6 +614,16 @@ impl<'a> Core<'a> {
             evicted: 0,
             to_ack: Vec::new(),
             bad_logged: false,
+            flushes: Vec::new(),
+        }
+    }
+
+    /// Waits until the acks sent on every input were written out to the bus.
+    async fn flush_acks(&self) {
+        for f in self.flushes.iter().flatten() {
+            if let Err(e) = f.flush().await {
+                tracing::debug!("flushing acks: {e}");
+            }
         }
     }
 
@@ -614,6 +642,12 @@ impl<'a> Core<'a> {
         own.received.inc();
         if d.delivered > 1 {
             own.redelivered.inc();
+        }
+        if self.flushes.len() <= i {
+            self.flushes.resize_with(i + 1, || None);
+        }
+        if self.flushes[i].is_none() && d.needs_ack() {
+            self.flushes[i] = Some(d.ack_flush());
         }
         let seq = d.seq;
         if let Some(s) = seq
