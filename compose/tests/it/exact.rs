@@ -699,7 +699,9 @@ fn every_consumer_sigtermed_and_restarted_mid_stream_leaves_every_store_exact() 
 /// consumer gets SIGTERM at once. Each exits 0 within its drain deadline; reduce and
 /// aggregate, whose output is the dead bus, log what they could not settle (the runtime's
 /// "drain_timeout passed ... left=N", N their held messages), which the bus delivers
-/// again to the next process.
+/// again to the next process. (`tapbus_consumer_unsettled_total` counts the same N, but
+/// only just before the exit: no scrape can see it.) loki and mimir hold nothing (loki's
+/// Loki is up); loki still waits out its deadline for its last acks to reach the bus.
 #[test]
 fn sigterm_with_the_bus_down_exits_within_the_drain_deadline_and_says_what_is_unsettled() {
     let _one = one_at_a_time();
