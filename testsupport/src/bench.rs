@@ -3,7 +3,7 @@
 //! capture by a real broker.
 
 use std::io::Read as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -57,11 +57,17 @@ pub fn fill_jetstream(broker: &Path, nats_url: &str, capture: &str, copies: usiz
         .sum()
 }
 
-/// What [`replay_core`] measured of the broker.
+/// What [`replay_core`] and [`Paced::stop`] measured of the broker.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Replay {
     /// `tapbus_published_total` at the broker's last metrics scrape (a lower bound).
     pub published: f64,
+    /// `tapbus_dropped_total` (every output and reason) at the same scrape
+    /// ([`Paced::stop`] only).
+    pub dropped: f64,
+    /// `tapbus_events_total` (events decoded and handed to the outputs) at the same
+    /// scrape ([`Paced::stop`] only).
+    pub events: f64,
     /// The broker's utime + stime over the copies.
     pub broker_cpu: f64,
     /// Wall time from the first broker's start to the last one's exit.
@@ -120,6 +126,46 @@ pub struct Paced {
     _dir: tempfile::TempDir,
 }
 
+/// What [`Paced::start`] runs: a broker reading Frame Streams on a unix socket of its own
+/// (`-i unix://… --metrics-listen …`, given by [`Paced`]), configured further by `args`
+/// and `env`, and `fstrm_blast` writing `count` data frames of `file` (cycled) into it at
+/// `rate` frames/s.
+#[derive(Clone, Debug)]
+pub struct PacedRun {
+    pub broker: PathBuf,
+    /// A Frame Streams file: a capture of the test data ([`crate::testdata::path`]) or one
+    /// a test wrote ([`crate::testdata::distinct_copies`]).
+    pub file: PathBuf,
+    pub count: u64,
+    pub rate: u64,
+    /// More broker arguments (`["-o", url]`).
+    pub args: Vec<String>,
+    /// The broker's environment (its outputs as `TAPBUS_OUTPUTS__NAME__*`, `TAPBUS_LOG`);
+    /// no `TAPBUS_*` variable of the caller's own environment reaches it.
+    pub env: Vec<(String, String)>,
+    /// The broker's standard error goes here (appended); `None`: discarded.
+    pub log: Option<PathBuf>,
+    /// How long the broker may take to listen and `ready()` to hold.
+    pub ready_timeout: Duration,
+}
+
+impl PacedRun {
+    /// `count` frames of `file` at `rate` frames/s through `broker`, configured by `args`
+    /// and `env` alone, its log discarded, ready within 15 s.
+    pub fn new(broker: &Path, file: &Path, count: u64, rate: u64) -> PacedRun {
+        PacedRun {
+            broker: broker.to_path_buf(),
+            file: file.to_path_buf(),
+            count,
+            rate,
+            args: Vec::new(),
+            env: Vec::new(),
+            log: None,
+            ready_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
 impl Paced {
     /// Starts the broker, waits until it listens and `ready()` holds (the subscriber under
     /// test is up), then writes the frames.
@@ -129,9 +175,20 @@ impl Paced {
         capture: &str,
         count: u64,
         rate: u64,
-        mut ready: impl FnMut() -> bool,
+        ready: impl FnMut() -> bool,
     ) -> Paced {
-        let blast = broker
+        let mut run = PacedRun::new(broker, &crate::testdata::path(capture), count, rate);
+        run.args = vec!["-o".into(), nats_url.into()];
+        run.env = vec![("TAPBUS_LOG".into(), "warn".into())];
+        Paced::start(run, ready)
+    }
+
+    /// [`Paced::run`] with everything set by `run`: starts the broker, waits until it
+    /// listens (socket and `/metrics`) and `ready()` holds, then writes the frames and
+    /// returns once the writer got FINISH.
+    pub fn start(run: PacedRun, mut ready: impl FnMut() -> bool) -> Paced {
+        let blast = run
+            .broker
             .parent()
             .map(|d| d.join("examples/fstrm_blast"))
             .filter(|p| p.exists())
@@ -141,18 +198,36 @@ impl Paced {
         let dir = tempfile::tempdir().expect("tempdir");
         let sock = dir.path().join("dnstap.sock");
         let metrics_addr = format!("127.0.0.1:{}", crate::free_port());
-        let mut b = crate::proc::Proc::spawn(
-            Command::new(broker)
-                .args(["-i", &format!("unix://{}", sock.display())])
-                .args(["-o", nats_url, "--metrics-listen", &metrics_addr])
-                .env("TAPBUS_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
+        let mut cmd = Command::new(&run.broker);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("TAPBUS_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(["-i", &format!("unix://{}", sock.display())])
+            .args(["--metrics-listen", &metrics_addr])
+            .args(&run.args)
+            .envs(run.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null());
+        match &run.log {
+            Some(p) => cmd.stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+            ),
+            None => cmd.stderr(Stdio::null()),
+        };
+        let mut b = crate::proc::Proc::spawn(&mut cmd);
         let t = Instant::now();
         while !(sock.exists() && crate::http_get(&metrics_addr, "/metrics").is_some() && ready()) {
             assert!(b.is_running(), "the broker exited");
-            assert!(t.elapsed() < Duration::from_secs(15), "not ready in 15 s");
+            assert!(
+                t.elapsed() < run.ready_timeout,
+                "not ready in {:?}",
+                run.ready_timeout
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -160,17 +235,19 @@ impl Paced {
         let started = Instant::now();
         let mut w = crate::proc::Proc::spawn(
             Command::new(&blast)
+                .args(["--file", &run.file.display().to_string()])
                 .args([
-                    "--file",
-                    &crate::testdata::path(capture).display().to_string(),
+                    "--count",
+                    &run.count.to_string(),
+                    "--rate",
+                    &run.rate.to_string(),
                 ])
-                .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
                 .args(["--unix", &sock.display().to_string()])
                 .stdout(Stdio::null()),
         );
         // Paced: count / rate seconds, and a margin; a writer stuck on a stalled broker is
         // killed (on drop) rather than hanging the bench.
-        let limit = Duration::from_secs_f64(count as f64 / rate.max(1) as f64 * 2.0 + 30.0);
+        let limit = Duration::from_secs_f64(run.count as f64 / run.rate.max(1) as f64 * 2.0 + 30.0);
         let status = w
             .wait_within(limit)
             .expect("fstrm_blast did not finish in time");
@@ -185,17 +262,27 @@ impl Paced {
         }
     }
 
-    /// Ends the broker; returns what it published (its last metrics) and its CPU since
-    /// the first frame.
+    /// The broker's `/metrics` now (empty when it does not answer).
+    pub fn metrics(&self) -> crate::prom::Scrape {
+        crate::prom::scrape(&self.metrics_addr)
+    }
+
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.broker.pid()
+    }
+
+    /// Ends the broker; returns what it published, dropped and handed to its outputs (its
+    /// last metrics) and its CPU since the first frame.
     pub fn stop(mut self) -> Replay {
-        let published = metric(
-            &crate::http_get(&self.metrics_addr, "/metrics").unwrap_or_default(),
-            "tapbus_published_total",
-        );
+        let m = self.metrics();
+        let sum = |name: &str| crate::prom::sum(&m, name, &[]);
         let broker_cpu = cpu_secs(self.broker.pid(), clock_ticks()) - self.broker_cpu0;
         let _ = self.broker.terminate();
         Replay {
-            published,
+            published: sum("tapbus_published_total"),
+            dropped: sum("tapbus_dropped_total"),
+            events: sum("tapbus_events_total"),
             broker_cpu,
             seconds: self.seconds,
         }

@@ -98,6 +98,59 @@ pub fn events_in(file: &Path) -> impl Iterator<Item = Vec<u8>> + use<> {
     })
 }
 
+/// Writes to `dst` `copies` copies of the capture `name`'s data frames, one after the
+/// other, as a unidirectional Frame Streams file; copy `k` has every dnstap time (query and
+/// response) moved `k` times the capture's span (whole seconds, plus one) later. No two
+/// events of the file are alike, and event time runs on from copy to copy as in one longer
+/// capture: a replay of it cannot be mistaken for a repetition (Loki keeps one of two
+/// identical lines, reduce's records of a window repeated in event time would share ids).
+/// Returns the number of data frames written.
+pub fn distinct_copies(name: &str, copies: u64, dst: &Path) -> u64 {
+    use prost::Message as _;
+    use tapbus_proto::dnstap::Dnstap;
+    let src = path(name);
+    let bytes = std::fs::read(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    let (frames, _) = fstrm::decode_all(&bytes, fstrm::DEFAULT_MAX_DATA_FRAME);
+    let msgs: Vec<Dnstap> = frames
+        .into_iter()
+        .filter_map(|f| match f {
+            fstrm::Frame::Data(d) => Some(d),
+            _ => None,
+        })
+        .map(|d| Dnstap::decode(d).unwrap_or_else(|e| panic!("{name}: a frame: {e}")))
+        .collect();
+    let secs = |d: &Dnstap| {
+        let m = d.message.as_ref();
+        [
+            m.and_then(|m| m.query_time_sec),
+            m.and_then(|m| m.response_time_sec),
+        ]
+    };
+    let all: Vec<u64> = msgs.iter().flat_map(secs).flatten().collect();
+    let (lo, hi) = (
+        all.iter().min().copied().unwrap_or(0),
+        all.iter().max().copied().unwrap_or(0),
+    );
+    let span = hi - lo + 1;
+    let mut out: Vec<Vec<u8>> = Vec::with_capacity(msgs.len() * copies as usize);
+    for k in 0..copies {
+        for d in &msgs {
+            let mut d = d.clone();
+            if let Some(m) = d.message.as_mut() {
+                for t in [&mut m.query_time_sec, &mut m.response_time_sec] {
+                    if let Some(t) = t.as_mut() {
+                        *t += k * span;
+                    }
+                }
+            }
+            out.push(d.encode_to_vec());
+        }
+    }
+    let file = crate::fstrm::unidirectional_bytes(crate::fstrm::DNSTAP_CONTENT_TYPE, &out);
+    std::fs::write(dst, file).unwrap_or_else(|e| panic!("{}: {e}", dst.display()));
+    out.len() as u64
+}
+
 /// The `dnstap.peer-name` of the events [`events_in`] makes.
 pub const PEER: &str = "testdata";
 
@@ -210,6 +263,41 @@ mod tests {
         assert_eq!(v["dnstap"]["peer-name"], PEER, "{v}");
         assert_eq!(events_in(&path("unbound.fstrm")).take(3).count(), 3);
         assert!(events("malformed/empty.fstrm").is_empty());
+    }
+
+    #[test]
+    fn distinct_copies_differ_only_in_time_and_run_on_in_event_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dst = dir.path().join("three.fstrm");
+        let n = expected_count("unbound.fstrm");
+        assert_eq!(distinct_copies("unbound.fstrm", 3, &dst), 3 * n as u64);
+        let evs: Vec<serde_json::Value> = events_in(&dst)
+            .map(|e| serde_json::from_slice(&e).expect("event JSON"))
+            .collect();
+        assert_eq!(evs.len(), 3 * n);
+        let lines: std::collections::BTreeSet<String> = evs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(lines.len(), 3 * n, "every event differs");
+        // The first copy is the capture; the others differ from it in time alone, later
+        // than everything before them.
+        let first: Vec<serde_json::Value> = events("unbound.fstrm")
+            .iter()
+            .map(|e| serde_json::from_slice(e).expect("event JSON"))
+            .collect();
+        assert_eq!(evs[..n], first[..]);
+        let ts = |e: &serde_json::Value| e["dnstap"]["timestamp"].as_u64().unwrap_or(0);
+        let last_of_first = first.iter().map(ts).max().expect("times");
+        for (k, copy) in evs.chunks(n).enumerate().skip(1) {
+            assert!(copy.iter().all(|e| ts(e) > last_of_first), "copy {k}");
+            for (a, b) in copy.iter().zip(&first) {
+                let (mut a, mut b) = (a.clone(), b.clone());
+                for e in [&mut a, &mut b] {
+                    let t = &mut e["dnstap"];
+                    t["timestamp"] = 0.into();
+                    t["timestamp-rfc3339ns"] = "".into();
+                }
+                assert_eq!(a, b, "copy {k}: only the time differs");
+            }
+        }
     }
 
     #[test]

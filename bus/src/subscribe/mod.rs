@@ -114,6 +114,14 @@ impl Delivery {
         !matches!(self.ack, Ack::None)
     }
 
+    /// What has this message's ack, once sent, written out to the bus ([`AckFlush`]).
+    pub fn ack_flush(&self) -> AckFlush {
+        match &self.ack {
+            Ack::JetStream(a) => AckFlush(Some(a.client())),
+            _ => AckFlush(None),
+        }
+    }
+
     /// The ack handle alone, for a consumer that holds the message past its handling: the
     /// subject and payload are freed, what is kept is tens of bytes.
     pub fn into_ack(self) -> AckHandle {
@@ -165,6 +173,30 @@ impl AckHandle {
     /// A handle whose ack does nothing (tests, at-most-once inputs).
     pub fn none() -> Self {
         AckHandle(Ack::None)
+    }
+}
+
+/// Writes out the acks a consumer has sent on one input ([`Delivery::ack_flush`]). A
+/// JetStream ack is a publish queued on the client's connection: `ack()` returns before it
+/// was written, so a process that exits right after its last acks loses them and the
+/// server delivers those messages again. [`AckFlush::flush`] returns once everything
+/// queued before it was written and the server answered; at once for the other buses
+/// (NATS core and Redis pub/sub have no acks, a Redis stream's `XACK` was answered when
+/// `ack()` returned; MQTT PUBACKs are not covered).
+#[derive(Clone, Debug, Default)]
+pub struct AckFlush(Option<std::sync::Arc<async_nats::Client>>);
+
+impl AckFlush {
+    /// Waits as long as it takes (a disconnected client flushes once it is connected
+    /// again): bound it with a timeout.
+    pub async fn flush(&self) -> Result<(), AckError> {
+        match &self.0 {
+            Some(c) => c
+                .flush()
+                .await
+                .map_err(|e| AckError::JetStream(e.to_string())),
+            None => Ok(()),
+        }
     }
 }
 

@@ -433,6 +433,11 @@ impl JsAck {
         self.send(AckKind::Progress).await
     }
 
+    /// The connection its `+ACK` goes out on ([`super::AckFlush`]).
+    pub(super) fn client(&self) -> Arc<async_nats::Client> {
+        self.client.clone()
+    }
+
     async fn send(&self, kind: AckKind) -> Result<(), AckError> {
         let payload: Bytes = kind.into();
         self.client

@@ -3,7 +3,9 @@
 //! [`compose`] checks the compose stack statically and loads every tapbus config it mounts
 //! with the real binaries; [`named`] runs Debian's named with `named/`'s configs and
 //! follows their dnstap through the broker to NATS; [`demo`] runs `scripts/demo.sh`, the
-//! whole pipeline, and checks every store against what was sent.
+//! whole pipeline, and checks every store against what was sent; [`exact`] runs the
+//! JetStream pipeline through nats-server crashes, consumer restarts and any start order,
+//! and checks every store is exact.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use tapbus_deploy_tests::services;
 
 mod compose;
 mod demo;
+mod exact;
 mod named;
 
 pub fn compose_dir() -> PathBuf {
@@ -103,6 +106,9 @@ pub fn binaries() -> &'static BTreeMap<String, PathBuf> {
         for b in &wanted {
             cmd.args(["-p", b, "--bin", b]);
         }
+        // The paced Frame Streams writer of [`exact`] (found beside the broker by
+        // `testsupport::bench::Paced`).
+        cmd.args(["--example", "fstrm_blast"]);
         let st = cmd.current_dir(root()).status().expect("cargo build");
         assert!(st.success(), "building {wanted:?} failed");
         wanted

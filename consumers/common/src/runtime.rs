@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use tapbus_bus::subscribe::{AckHandle, Delivery, Subscriber};
+use tapbus_bus::subscribe::{AckFlush, AckHandle, Delivery, Subscriber};
 use tapbus_config::{ConsumerInputSpec, SubscribeMode};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -90,6 +90,24 @@ pub fn renew_every(inputs: &[ConsumerInputSpec]) -> Option<Duration> {
         })
         .min()
         .map(|w| (w / 3).max(Duration::from_secs(1)))
+}
+
+/// `max_pending`, lowered to the smallest `max_ack_pending` of the JetStream inputs: the
+/// server delivers no more than that unacked, so a stage holding that many would get
+/// nothing more until its next due time (aggregate's interval, reduce's idle flush) and
+/// the input would crawl at `max_ack_pending` per interval. At the bound everything is
+/// flushed, as at `max_pending`.
+pub fn max_pending_for(max_pending: usize, inputs: &[ConsumerInputSpec]) -> usize {
+    inputs
+        .iter()
+        .filter_map(|i| match &i.mode {
+            SubscribeMode::JetStream {
+                max_ack_pending, ..
+            } => usize::try_from(*max_ack_pending).ok(),
+            _ => None,
+        })
+        .fold(max_pending, usize::min)
+        .max(1)
 }
 
 /// What reaches the loop from the inputs.
@@ -149,10 +167,19 @@ impl Consumer {
         E: Fn() -> String + Clone + Send + Sync + 'static,
     {
         let Consumer {
-            opts,
+            mut opts,
             registry,
             own,
         } = self;
+        let bound = max_pending_for(opts.max_pending, &inputs);
+        if bound < opts.max_pending {
+            tracing::info!(
+                max_pending = opts.max_pending,
+                bound,
+                "holding at most the inputs' max_ack_pending (the server delivers no more unacked)"
+            );
+            opts.max_pending = bound;
+        }
         let registry = Arc::new(registry);
         if let Some(addr) = listen {
             let reg = registry.clone();
@@ -574,18 +601,42 @@ where
     }
     // Whatever is still held was not confirmed by the deadline.
     drop(sink);
-    let Core { held, acks, .. } = core;
+    let Core {
+        held,
+        acks,
+        flushes,
+        ..
+    } = core;
+    // The ack task sends what was handed to it, then the acks queued on the inputs'
+    // connections are written out before the process exits (else the bus delivers those
+    // messages again to the next process), within what is left of the deadline (at least a
+    // moment: acks sent just before it).
     drop(acks);
-    if let Some(mut a) = acker.take() {
-        let left = deadline
+    let left = || {
+        deadline
             .map(|t| t.saturating_duration_since(Instant::now()))
-            .unwrap_or(opts.drain_timeout);
-        if tokio::time::timeout(left, &mut a.0).await.is_err() {
-            tracing::warn!(
-                left = acking.load(Ordering::Relaxed),
-                "acks not sent by the drain deadline (the bus delivers those messages again)"
-            );
+            .unwrap_or(opts.drain_timeout)
+            .max(ACK_FLUSH_AT_LEAST)
+    };
+    if let Some(mut a) = acker.take()
+        && tokio::time::timeout(left(), &mut a.0).await.is_err()
+    {
+        tracing::warn!(
+            left = acking.load(Ordering::Relaxed),
+            "acks not sent by the drain deadline (the bus delivers those messages again)"
+        );
+    }
+    let flush = async {
+        for f in flushes.iter().flatten() {
+            if let Err(e) = f.flush().await {
+                tracing::debug!("flushing acks: {e}");
+            }
         }
+    };
+    if tokio::time::timeout(left(), flush).await.is_err() {
+        tracing::warn!(
+            "the last acks were not written to the bus in time: it may deliver those messages again"
+        );
     }
     let mut held = held;
     let left = held.take_all().len();
@@ -603,6 +654,10 @@ where
     }
 }
 
+/// How long a stopping process waits for its last acks to be written when its drain
+/// deadline has already passed.
+const ACK_FLUSH_AT_LEAST: Duration = Duration::from_millis(200);
+
 /// The loop's bookkeeping around [`Held`] and [`Handled`], and the acks to send.
 struct Core<'a> {
     opts: &'a Options,
@@ -616,6 +671,8 @@ struct Core<'a> {
     /// Handed to the ack task and not sent yet (counted in `max_pending`).
     acking: Arc<AtomicUsize>,
     bad_logged: bool,
+    /// Per input: what writes its acks out to the bus at exit.
+    flushes: Vec<Option<AckFlush>>,
 }
 
 impl<'a> Core<'a> {
@@ -634,6 +691,7 @@ impl<'a> Core<'a> {
             acks,
             acking,
             bad_logged: false,
+            flushes: Vec::new(),
         }
     }
 
@@ -670,6 +728,12 @@ impl<'a> Core<'a> {
         own.received.inc();
         if d.delivered > 1 {
             own.redelivered.inc();
+        }
+        if self.flushes.len() <= i {
+            self.flushes.resize_with(i + 1, || None);
+        }
+        if self.flushes[i].is_none() && d.needs_ack() {
+            self.flushes[i] = Some(d.ack_flush());
         }
         let seq = d.seq;
         if let Some(s) = seq
@@ -766,5 +830,29 @@ pub async fn ack(h: AckHandle, own: &Own) {
 pub fn count_drops(own: &Own, c: Arc<AtomicU64>) {
     if let Ok(mut v) = own.input_dropped.lock() {
         v.push(c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(url: &str) -> ConsumerInputSpec {
+        let mut c = tapbus_config::ConsumerInputConfig::default();
+        c.set_url(url);
+        c.validate("input", "test").expect("valid input")
+    }
+
+    #[test]
+    fn max_pending_is_bounded_by_the_jetstream_inputs_max_ack_pending() {
+        let js = input("jetstream://127.0.0.1:4222/DNSTAP?durable=a");
+        let small = input("jetstream://127.0.0.1:4222/DNSTAP?durable=b&max_ack_pending=100");
+        let core = input("nats://127.0.0.1:4222/dnstap.>");
+        // The default max_ack_pending (4096) is below aggregate's and reduce's max_pending.
+        assert_eq!(max_pending_for(20_000, std::slice::from_ref(&js)), 4096);
+        assert_eq!(max_pending_for(1000, std::slice::from_ref(&js)), 1000);
+        assert_eq!(max_pending_for(20_000, &[js, small, core.clone()]), 100);
+        assert_eq!(max_pending_for(20_000, &[core]), 20_000);
+        assert_eq!(max_pending_for(20_000, &[]), 20_000);
     }
 }
