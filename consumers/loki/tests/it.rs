@@ -435,7 +435,18 @@ fn outage_refused_then_5xx_then_429_loses_nothing() {
         || r.len() >= first + 5000,
     );
     r.down();
-    let at_down = r.len();
+    // A push Loki had already read may still be stored: count from when the receiver is
+    // still (no change for 1 s, at most 10 s).
+    let mut at_down = r.len();
+    let t0 = Instant::now();
+    let mut still = Instant::now();
+    while still.elapsed() < Duration::from_secs(1) && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        if r.len() != at_down {
+            at_down = r.len();
+            still = Instant::now();
+        }
+    }
     // More events arrive while Loki is down.
     published.extend(replay(nats.url(), "kresd.fstrm"));
     std::thread::sleep(Duration::from_secs(30));
