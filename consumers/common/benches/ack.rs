@@ -66,8 +66,10 @@ async fn fill(url: &str, count: u64) -> jetstream::stream::Stream {
             .await
             .expect("publish");
         inflight.push(f.into_future());
-        if inflight.len() >= 1024 {
-            inflight.next().await.map(|r| r.expect("stored"));
+        if inflight.len() >= 1024
+            && let Some(r) = inflight.next().await
+        {
+            r.expect("stored");
         }
     }
     while let Some(r) = inflight.next().await {
@@ -113,11 +115,10 @@ async fn run(stream: &jetstream::stream::Stream, mode: Mode, count: u64, nats_pi
             Mode::DoubleSeq => m.double_ack().await.expect("double ack"),
             Mode::DoubleWindow(w) => {
                 inflight.push(async move { m.double_ack().await });
-                if inflight.len() >= w {
-                    inflight
-                        .next()
-                        .await
-                        .map(|r: Result<(), _>| r.expect("double ack"));
+                if inflight.len() >= w
+                    && let Some(r) = inflight.next().await
+                {
+                    r.expect("double ack");
                 }
             }
         }

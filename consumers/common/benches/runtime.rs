@@ -41,7 +41,9 @@ fn sequences(run: u64) -> Vec<u64> {
     if run == 0 {
         return (1..=SEQS).collect();
     }
-    (1..=2 * SEQS).filter(|s| (s - 1) / run % 2 == 0).collect()
+    (1..=2 * SEQS)
+        .filter(|s| ((s - 1) / run).is_multiple_of(2))
+        .collect()
 }
 
 fn handled(c: &mut Criterion) {
