@@ -91,8 +91,8 @@ impl Delivery {
         match self.ack {
             Ack::None => Ok(()),
             Ack::JetStream(a) => a.ack().await,
-            Ack::Mqtt(a) => a.ack().await,
-            Ack::RedisStream(a) => a.ack().await,
+            Ack::Mqtt(a) => (*a).ack().await,
+            Ack::RedisStream(a) => (*a).ack().await,
             Ack::Memory(a) => a.ack(),
         }
     }
@@ -150,8 +150,8 @@ impl AckHandle {
         match self.0 {
             Ack::None => Ok(()),
             Ack::JetStream(a) => a.ack().await,
-            Ack::Mqtt(a) => a.ack().await,
-            Ack::RedisStream(a) => a.ack().await,
+            Ack::Mqtt(a) => (*a).ack().await,
+            Ack::RedisStream(a) => (*a).ack().await,
             Ack::Memory(a) => a.ack(),
         }
     }
@@ -171,6 +171,10 @@ impl AckHandle {
     }
 
     /// A handle whose ack does nothing (tests, at-most-once inputs).
+    ///
+    /// ```
+    /// assert!(std::mem::size_of::<tapbus_bus::subscribe::AckHandle>() <= 32);
+    /// ```
     pub fn none() -> Self {
         AckHandle(Ack::None)
     }
@@ -205,8 +209,10 @@ impl AckFlush {
 enum Ack {
     None,
     JetStream(nats::JsAck),
-    Mqtt(mqtt::MqttAck),
-    RedisStream(redis_stream::StreamAck),
+    // Boxed: the enum is as large as its largest variant, and a consumer holds one per
+    // message it waits to ack (the JetStream handle is 24 bytes).
+    Mqtt(Box<mqtt::MqttAck>),
+    RedisStream(Box<redis_stream::StreamAck>),
     Memory(memory::MemoryAck),
 }
 

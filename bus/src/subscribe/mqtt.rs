@@ -438,12 +438,12 @@ impl Core {
                     return true;
                 }
             };
-            Ack::Mqtt(MqttAck {
+            Ack::Mqtt(Box::new(MqttAck {
                 acks: self.acks.clone(),
                 client: self.client.clone(),
                 seq,
                 done: false,
-            })
+            }))
         } else {
             Ack::None
         };

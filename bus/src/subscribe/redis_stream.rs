@@ -449,13 +449,13 @@ impl RedisStreamSubscriber {
                 payload,
                 delivered,
                 Some(e.id.clone()),
-                Ack::RedisStream(StreamAck {
+                Ack::RedisStream(Box::new(StreamAck {
                     con: self.acker.clone(),
                     key: self.spec.key.clone(),
                     group: self.spec.group.clone(),
                     id: e.id,
                     _permit: permit,
-                }),
+                })),
             ));
         }
         if !junk.is_empty() {
