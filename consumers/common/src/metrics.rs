@@ -217,6 +217,68 @@ impl Collector for Backlog {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
+/// A counter by `reason`, bounded: the known reasons are exported at 0 from the start;
+/// past 64 other distinct reasons, new ones count as `other`. What a consumer drops, by
+/// why (tapbus-loki's lines, tapbus-mimir's batches).
+#[derive(Debug, Clone)]
+pub struct ByReason {
+    family: prometheus_client::metrics::family::Family<Reason, Counter>,
+    known: &'static [&'static str],
+    others: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+impl ByReason {
+    pub const MAX_OTHERS: usize = 64;
+
+    pub fn new(known: &'static [&'static str]) -> Self {
+        let b = ByReason {
+            family: Default::default(),
+            known,
+            others: Arc::default(),
+        };
+        for k in known {
+            let _ = b.family.get_or_create(&Reason {
+                reason: (*k).into(),
+            });
+        }
+        b
+    }
+
+    /// Registers the family as `name` (`_total` is added).
+    pub fn register(&self, r: &mut Registry, name: &str, help: &str) {
+        r.register(name, help, self.family.clone());
+    }
+
+    pub fn inc_by(&self, reason: &str, n: u64) {
+        let reason = if self.known.contains(&reason) {
+            reason
+        } else {
+            let mut o = self
+                .others
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if o.contains(reason) {
+                reason
+            } else if o.len() < Self::MAX_OTHERS {
+                o.insert(reason.to_string());
+                reason
+            } else {
+                "other"
+            }
+        };
+        self.family
+            .get_or_create(&Reason {
+                reason: reason.into(),
+            })
+            .inc_by(n);
+    }
+}
+
 /// Renders a registry as Prometheus text, after `extra` (a consumer's own exposition,
 /// such as aggregate's DNS metrics). Served as `text/plain; version=0.0.4`.
 pub fn render(registry: &Registry, extra: &str) -> String {
@@ -276,6 +338,25 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn by_reason_starts_known_reasons_at_zero_and_bounds_the_others() {
+        let b = ByReason::new(&["http_400"]);
+        let mut reg = Registry::default();
+        b.register(&mut reg, "x_dropped", "dropped");
+        assert!(render(&reg, "").contains("x_dropped_total{reason=\"http_400\"} 0"));
+        for i in 0..100 {
+            b.inc_by(&format!("r{i}"), 1);
+        }
+        // A reason seen before the bound keeps its own series.
+        b.inc_by("r0", 1);
+        let text = render(&reg, "");
+        assert!(
+            text.contains("x_dropped_total{reason=\"other\"} 36"),
+            "{text}"
+        );
+        assert!(text.contains("x_dropped_total{reason=\"r0\"} 2"), "{text}");
+    }
 
     #[test]
     fn every_series_is_there_at_zero_and_backlog_only_once_known() {

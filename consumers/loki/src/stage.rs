@@ -9,8 +9,8 @@
 //! in-progress acks meanwhile.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tapbus_consumer::metrics::ByReason;
 
 use bytes::Bytes;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -173,11 +173,6 @@ impl Stage for LokiStage {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Reason {
-    reason: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Status {
     status: String,
 }
@@ -189,8 +184,7 @@ pub struct LokiMetrics {
     pushed: Counter,
     requests: Family<Status, Counter>,
     retries: Counter,
-    dropped: Family<Reason, Counter>,
-    reasons: Arc<Mutex<usize>>,
+    dropped: ByReason,
     batch_lines: Histogram,
     batch_bytes: Histogram,
     push_duration: Histogram,
@@ -224,8 +218,7 @@ impl Default for LokiMetrics {
             pushed: Counter::default(),
             requests: Family::default(),
             retries: Counter::default(),
-            dropped: Family::default(),
-            reasons: Arc::default(),
+            dropped: ByReason::new(REASONS),
             batch_lines: Histogram::new([
                 1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 20000.0, 50000.0,
             ]),
@@ -262,10 +255,10 @@ impl LokiMetrics {
             "push requests sent again after 429, 5xx or no answer",
             self.retries.clone(),
         );
-        r.register(
+        self.dropped.register(
+            r,
             "tapbus_loki_dropped_lines",
             "lines not stored, by Loki's reason, http_<status> or bad_message",
-            self.dropped.clone(),
         );
         r.register(
             "tapbus_loki_batch_lines",
@@ -282,11 +275,6 @@ impl LokiMetrics {
             "time of one push request until Loki's answer",
             self.push_duration.clone(),
         );
-        for reason in REASONS {
-            let _ = self.dropped.get_or_create(&Reason {
-                reason: (*reason).into(),
-            });
-        }
         for status in ["204", "400", "429", "500", "error"] {
             let _ = self.requests.get_or_create(&Status {
                 status: status.into(),
@@ -296,23 +284,7 @@ impl LokiMetrics {
 
     /// Counts `n` lines dropped for `reason`; past 64 other reasons, as `other`.
     pub fn dropped(&self, reason: &str, n: u64) {
-        let known = REASONS.contains(&reason);
-        let reason = if known {
-            reason
-        } else {
-            let mut k = self.reasons.lock().unwrap_or_else(PoisonError::into_inner);
-            if *k < 64 {
-                *k += 1;
-                reason
-            } else {
-                "other"
-            }
-        };
-        self.dropped
-            .get_or_create(&Reason {
-                reason: reason.into(),
-            })
-            .inc_by(n);
+        self.dropped.inc_by(reason, n);
     }
 }
 

@@ -7,12 +7,10 @@
 //! dropped for good and counted by reason (Mimir's `err-mimir-*` id or `http_<status>`).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use tapbus_consumer::metrics::ByReason;
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tapbus_consumer::sink::http;
 use tapbus_consumer::{Attempt, Flush, Flushed, Msg, Sink, Stage, Verdict};
@@ -81,19 +79,24 @@ impl Stage for MimirStage {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Reason {
-    reason: String,
-}
-
 /// `tapbus_mimir_*`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MimirMetrics {
     samples: Counter,
     requests: Counter,
     retries: Counter,
-    dropped: Family<Reason, Counter>,
-    reasons: Arc<Mutex<usize>>,
+    dropped: ByReason,
+}
+
+impl Default for MimirMetrics {
+    fn default() -> Self {
+        MimirMetrics {
+            samples: Counter::default(),
+            requests: Counter::default(),
+            retries: Counter::default(),
+            dropped: ByReason::new(KNOWN),
+        }
+    }
 }
 
 /// Refusal reasons exported at 0 from the start.
@@ -116,34 +119,15 @@ impl MimirMetrics {
             "requests sent again after 429, 5xx or no answer",
             self.retries.clone(),
         );
-        r.register(
+        self.dropped.register(
+            r,
             "tapbus_mimir_dropped",
             "batches the receiver refused for good, by Mimir's err-mimir-* id or http_<status>",
-            self.dropped.clone(),
         );
-        for k in KNOWN {
-            let _ = self.dropped.get_or_create(&Reason {
-                reason: (*k).into(),
-            });
-        }
     }
 
     fn drop_batch(&self, reason: &str) {
-        let mut n = self.reasons.lock().unwrap_or_else(PoisonError::into_inner);
-        let known = KNOWN.contains(&reason);
-        let reason = if known || *n < 64 {
-            if !known {
-                *n += 1;
-            }
-            reason
-        } else {
-            "other"
-        };
-        self.dropped
-            .get_or_create(&Reason {
-                reason: reason.into(),
-            })
-            .inc();
+        self.dropped.inc_by(reason, 1);
     }
 }
 
