@@ -39,11 +39,18 @@ pub enum ConfigError {
     Invalid { key: String, msg: String },
 }
 
-fn invalid(key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        msg: msg.into(),
+impl ConfigError {
+    /// `key: msg`.
+    pub fn invalid(key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.into(),
+            msg: msg.into(),
+        }
     }
+}
+
+fn invalid(key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+    ConfigError::invalid(key, msg)
 }
 
 /// The broker's configuration file (`config/broker.toml` is a documented example).

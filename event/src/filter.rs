@@ -215,6 +215,52 @@ impl Filter {
     pub fn is_empty(&self) -> bool {
         self.terms.is_empty()
     }
+
+    /// The terms of both: an event must match `self` and `other`.
+    #[must_use]
+    pub fn and(mut self, other: Filter) -> Filter {
+        self.terms.extend(other.terms);
+        self
+    }
+
+    /// `identity=ID` for one identity taken as it is (spaces and commas included), as
+    /// `tapbus-top` builds it from the identities it has seen.
+    pub fn identity_is(id: &str) -> Filter {
+        Filter::term(Field::Identity, Test::Text(vec![id.to_owned()]))
+    }
+
+    /// `operation=OP`.
+    pub fn operation_is(op: Operation) -> Filter {
+        Filter::term(Field::Operation, Test::Operation(vec![op]))
+    }
+
+    /// `qname~TEXT` with TEXT taken literally: the qname contains it, in any case. Blank
+    /// text gives the empty filter; text too long for the regex size limit is an error.
+    pub fn qname_contains(text: &str) -> Result<Filter, FilterError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(Filter::default());
+        }
+        let re = RegexBuilder::new(&regex::escape(text))
+            .case_insensitive(true)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| FilterError {
+                term: format!("qname~{text}"),
+                reason: format!("bad regex: {e}"),
+            })?;
+        Ok(Filter::term(Field::Qname, Test::Regex(re)))
+    }
+
+    fn term(field: Field, test: Test) -> Filter {
+        Filter {
+            terms: vec![Term {
+                field,
+                negate: false,
+                test,
+            }],
+        }
+    }
 }
 
 impl std::str::FromStr for Filter {
@@ -493,6 +539,32 @@ mod tests {
 
     fn std_event() -> String {
         event(Some("www.Example.com"), "10.1.2.3", "2001:db8::53")
+    }
+
+    #[test]
+    fn built_terms_match_like_parsed_ones() {
+        let e = std_event();
+        let v = EventView::parse(e.as_bytes()).expect("event");
+        let q = |t: &str| Filter::qname_contains(t).expect("literal");
+        assert!(q("EXAMPLE").matches(&v));
+        assert!(q("w.ex").matches(&v));
+        // Taken literally: `.` is no wildcard and `(` no group.
+        assert!(!q("www-example").matches(&v));
+        assert!(!q("www(").matches(&v));
+        assert!(q("  ").is_empty());
+        assert!(Filter::identity_is("unbound-1").matches(&v));
+        assert!(!Filter::identity_is("unbound").matches(&v));
+        // An identity with a comma is one identity, not a list.
+        assert!(!Filter::identity_is("x,Unbound-1").matches(&v));
+        let both = Filter::operation_is(Operation::ClientResponse).and(q("example"));
+        assert!(both.matches(&v));
+        assert_eq!(both.to_string(), "operation=CLIENT_RESPONSE qname~example");
+        assert_eq!(both, Filter::parse(&both.to_string()).expect("round trip"));
+        assert!(
+            !Filter::operation_is(Operation::ClientQuery)
+                .and(q("example"))
+                .matches(&v)
+        );
     }
 
     #[test]

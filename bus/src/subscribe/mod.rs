@@ -117,8 +117,11 @@ impl Delivery {
     /// What has this message's ack, once sent, written out to the bus ([`AckFlush`]).
     pub fn ack_flush(&self) -> AckFlush {
         match &self.ack {
-            Ack::JetStream(a) => AckFlush(Some(a.client())),
-            _ => AckFlush(None),
+            Ack::JetStream(a) => AckFlush(Flush::Nats(a.client())),
+            Ack::Mqtt(a) => a
+                .flush()
+                .map_or_else(AckFlush::default, |f| AckFlush(Flush::Mqtt(f))),
+            _ => AckFlush::default(),
         }
     }
 
@@ -180,26 +183,41 @@ impl AckHandle {
     }
 }
 
-/// Writes out the acks a consumer has sent on one input ([`Delivery::ack_flush`]). A
-/// JetStream ack is a publish queued on the client's connection: `ack()` returns before it
-/// was written, so a process that exits right after its last acks loses them and the
-/// server delivers those messages again. [`AckFlush::flush`] returns once everything
-/// queued before it was written and the server answered; at once for the other buses
-/// (NATS core and Redis pub/sub have no acks, a Redis stream's `XACK` was answered when
-/// `ack()` returned; MQTT PUBACKs are not covered).
+/// Writes out the acks a consumer has sent on one input ([`Delivery::ack_flush`]), for a
+/// process that stops: an ack queued and not yet written is lost with the process, and
+/// the bus delivers that message again.
+///
+/// - JetStream: an ack is a publish queued on the client's connection (`ack()` returns
+///   before it was written); [`AckFlush::flush`] returns once everything queued before
+///   it was written and the server answered.
+/// - MQTT: a PUBACK is queued for rumqttc's event loop; the flush queues a DISCONNECT
+///   after the PUBACKs sent so far and returns once it was written, so they were too.
+///   The subscription ends there, and the event loop lives on (also after the
+///   subscriber was dropped) while an `AckFlush` of it exists.
+/// - NATS core and Redis pub/sub have no acks, and a Redis stream's `XACK` was answered
+///   when `ack()` returned: at once.
 #[derive(Clone, Debug, Default)]
-pub struct AckFlush(Option<std::sync::Arc<async_nats::Client>>);
+pub struct AckFlush(Flush);
+
+#[derive(Clone, Debug, Default)]
+enum Flush {
+    #[default]
+    None,
+    Nats(std::sync::Arc<async_nats::Client>),
+    Mqtt(mqtt::MqttFlush),
+}
 
 impl AckFlush {
-    /// Waits as long as it takes (a disconnected client flushes once it is connected
+    /// Waits as long as it takes (a disconnected NATS client flushes once it is connected
     /// again): bound it with a timeout.
     pub async fn flush(&self) -> Result<(), AckError> {
         match &self.0 {
-            Some(c) => c
+            Flush::Nats(c) => c
                 .flush()
                 .await
                 .map_err(|e| AckError::JetStream(e.to_string())),
-            None => Ok(()),
+            Flush::Mqtt(f) => f.flush().await,
+            Flush::None => Ok(()),
         }
     }
 }

@@ -38,7 +38,7 @@
 //! meanwhile). Topic aliases (MQTT 5) are not resolved: the server must not use them
 //! (rumqttc's default topic-alias maximum is 0, so mosquitto does not).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -142,8 +142,10 @@ pub struct MqttSubscriber {
     rx: mpsc::Receiver<Result<Delivery, SubscribeError>>,
     semantics: Semantics,
     connected: watch::Receiver<bool>,
-    client: Client,
-    _task: AbortOnDrop,
+    shared: Arc<Shared>,
+    /// The event-loop task: aborted when the subscriber and every [`MqttFlush`] of its
+    /// deliveries are gone.
+    _task: Arc<AbortOnDrop>,
 }
 
 impl MqttSubscriber {
@@ -157,14 +159,16 @@ impl MqttSubscriber {
         let what = format!("MQTT {addr}:{port} {}", spec.subscription());
         let (client, el) = rumqttc::AsyncClient::new(opts, request_capacity(spec));
         let client = Client::V4(client);
-        let (core, rx, connected) = Core::new(what, spec, client.clone());
-        let task = tokio::spawn(drive_v4(el, core));
+        let (core, rx, connected) = Core::new(what, spec, client);
+        let shared = core.shared.clone();
+        let task = Arc::new(AbortOnDrop(tokio::spawn(drive_v4(el, core))));
+        let _ = shared.task.set(Arc::downgrade(&task));
         Ok(MqttSubscriber {
             rx,
             semantics,
             connected,
-            client,
-            _task: AbortOnDrop(task),
+            shared,
+            _task: task,
         })
     }
 
@@ -183,14 +187,16 @@ impl MqttSubscriber {
         let what = format!("MQTT5 {addr}:{port} {}", spec.subscription());
         let (client, el) = rumqttc::v5::AsyncClient::new(opts, request_capacity(spec));
         let client = Client::V5(client);
-        let (core, rx, connected) = Core::new(what, spec, client.clone());
-        let task = tokio::spawn(drive_v5(el, core));
+        let (core, rx, connected) = Core::new(what, spec, client);
+        let shared = core.shared.clone();
+        let task = Arc::new(AbortOnDrop(tokio::spawn(drive_v5(el, core))));
+        let _ = shared.task.set(Arc::downgrade(&task));
         Ok(MqttSubscriber {
             rx,
             semantics,
             connected,
-            client,
-            _task: AbortOnDrop(task),
+            shared,
+            _task: task,
         })
     }
 
@@ -211,16 +217,15 @@ impl MqttSubscriber {
         self.semantics
     }
 
-    /// Sends DISCONNECT and waits (up to `limit`) until it went out: the server then drops
-    /// a clean session at once and keeps a persistent one. Unacked messages stay unacked.
-    pub async fn close(mut self, limit: Duration) {
-        let sent = match &self.client {
-            Client::V4(c) => c.disconnect().await.is_ok(),
-            Client::V5(c) => c.disconnect().await.is_ok(),
+    /// Sends DISCONNECT after every PUBACK queued so far and waits (up to `limit`) until it
+    /// was written: the server then drops a clean session at once and keeps a persistent
+    /// one. Unacked messages stay unacked; the subscription ends.
+    pub async fn close(self, limit: Duration) {
+        let flush = MqttFlush {
+            shared: self.shared.clone(),
+            _task: self._task.clone(),
         };
-        if sent {
-            let _ = tokio::time::timeout(limit, &mut self._task.0).await;
-        }
+        let _ = tokio::time::timeout(limit, flush.flush()).await;
     }
 }
 
@@ -251,6 +256,13 @@ enum Pub {
 }
 
 impl Client {
+    async fn disconnect(&self) -> Result<(), String> {
+        match self {
+            Client::V4(c) => c.disconnect().await.map_err(|e| e.to_string()),
+            Client::V5(c) => c.disconnect().await.map_err(|e| e.to_string()),
+        }
+    }
+
     async fn puback(&self, p: &Pub) -> Result<(), AckError> {
         match (self, p) {
             (Client::V4(c), Pub::V4(p)) => {
@@ -288,11 +300,22 @@ impl Client {
 
 type Held = OrderedAcks<(Pub, OwnedSemaphorePermit)>;
 
+/// What the subscriber, its event loop and every ack handle share.
+#[derive(Debug)]
+struct Shared {
+    acks: Mutex<Held>,
+    client: Client,
+    /// Set by the event loop once a DISCONNECT was written (`Ok`), or when it stopped
+    /// before one could be (`Err`).
+    closed: watch::Receiver<Option<Result<(), String>>>,
+    /// The event-loop task, for [`MqttFlush`] (weak: the task's own state holds this).
+    task: OnceLock<Weak<AbortOnDrop>>,
+}
+
 /// The ack handle of one QoS 1 message.
 #[derive(Debug)]
 pub(super) struct MqttAck {
-    acks: Arc<Mutex<Held>>,
-    client: Client,
+    shared: Arc<Shared>,
     seq: u64,
     done: bool,
 }
@@ -300,10 +323,19 @@ pub(super) struct MqttAck {
 impl MqttAck {
     pub(super) async fn ack(mut self) -> Result<(), AckError> {
         self.done = true;
-        let mut acks = self.acks.lock().await;
+        let mut acks = self.shared.acks.lock().await;
         let outcome = acks.ack(self.seq);
         // PUBACKs are queued while the lock is held, so they go out in release order.
-        release(&self.client, outcome).await
+        release(&self.shared.client, outcome).await
+    }
+
+    /// The flush of this message's subscription; `None` once its event loop is gone.
+    pub(super) fn flush(&self) -> Option<MqttFlush> {
+        let task = self.shared.task.get()?.upgrade()?;
+        Some(MqttFlush {
+            shared: self.shared.clone(),
+            _task: task,
+        })
     }
 }
 
@@ -313,17 +345,52 @@ impl Drop for MqttAck {
             return;
         }
         // Dropped without an ack: let the acks after it go (in order, under the lock).
-        let acks = self.acks.clone();
-        let client = self.client.clone();
+        let shared = self.shared.clone();
         let seq = self.seq;
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let mut a = acks.lock().await;
+                let mut a = shared.acks.lock().await;
                 let outcome = a.abandon(seq);
-                if let Err(e) = release(&client, outcome).await {
+                if let Err(e) = release(&shared.client, outcome).await {
                     tracing::debug!(target: "tapbus_bus::subscribe", "MQTT acks after an abandoned message: {e}");
                 }
             });
+        }
+    }
+}
+
+/// Writes out the PUBACKs queued on one subscription ([`super::AckFlush`]): rumqttc
+/// queues a PUBACK for its event loop, which writes requests in order, so a DISCONNECT
+/// queued after them has been written only once they were. It keeps the event loop alive
+/// (also after the subscriber was dropped), and ends the subscription: for a process
+/// that stops.
+#[derive(Clone, Debug)]
+pub(super) struct MqttFlush {
+    shared: Arc<Shared>,
+    _task: Arc<AbortOnDrop>,
+}
+
+impl MqttFlush {
+    pub(super) async fn flush(&self) -> Result<(), AckError> {
+        let mut closed = self.shared.closed.clone();
+        if closed.borrow().is_none() {
+            // Queued after every PUBACK sent so far (the acks lock orders them).
+            let _order = self.shared.acks.lock().await;
+            self.shared
+                .client
+                .disconnect()
+                .await
+                .map_err(|e| AckError::Mqtt(format!("DISCONNECT not queued: {e}")))?;
+        }
+        match closed.wait_for(Option::is_some).await {
+            Ok(done) => match done.as_ref() {
+                Some(Ok(())) => Ok(()),
+                Some(Err(e)) => Err(AckError::Mqtt(e.clone())),
+                None => Err(AckError::Mqtt("not closed".into())),
+            },
+            Err(_) => Err(AckError::Mqtt(
+                "the event loop ended before the acks were written".into(),
+            )),
         }
     }
 }
@@ -350,8 +417,8 @@ struct Core {
     link: LinkState,
     filter: String,
     qos: u8,
-    client: Client,
-    acks: Arc<Mutex<Held>>,
+    shared: Arc<Shared>,
+    closed: watch::Sender<Option<Result<(), String>>>,
     permits: Arc<Semaphore>,
     held: Option<OwnedSemaphorePermit>,
     tx: mpsc::Sender<Result<Delivery, SubscribeError>>,
@@ -370,12 +437,18 @@ impl Core {
         let link = LinkState::new(what);
         let connected = link.subscribe();
         let (tx, rx) = mpsc::channel(spec.max_pending);
+        let (closed, closed_rx) = watch::channel(None);
         let core = Core {
             link,
             filter: spec.subscription(),
             qos: spec.qos,
-            client,
-            acks: Arc::new(Mutex::new(OrderedAcks::new(spec.max_pending))),
+            shared: Arc::new(Shared {
+                acks: Mutex::new(OrderedAcks::new(spec.max_pending)),
+                client,
+                closed: closed_rx,
+                task: OnceLock::new(),
+            }),
+            closed,
             permits: Arc::new(Semaphore::new(spec.max_pending)),
             held: None,
             tx,
@@ -383,6 +456,24 @@ impl Core {
             need_subscribe: false,
         };
         (core, rx, connected)
+    }
+
+    /// The DISCONNECT a flush queued was written: every PUBACK before it was too.
+    fn disconnected(&self) {
+        tracing::debug!(target: "tapbus_bus::subscribe", "{}: disconnected, acks written", self.link.what);
+        self.closed.send_replace(Some(Ok(())));
+    }
+
+    /// The event loop stops without having written a DISCONNECT.
+    fn stopped(&self, why: String) {
+        self.closed.send_if_modified(|c| {
+            if c.is_none() {
+                *c = Some(Err(why));
+                true
+            } else {
+                false
+            }
+        });
     }
 
     /// Waits until one more QoS 1 message may be held; false when the subscriber is gone.
@@ -397,7 +488,7 @@ impl Core {
             }
         }
         if self.need_subscribe {
-            match self.client.try_subscribe(&self.filter, self.qos) {
+            match self.shared.client.try_subscribe(&self.filter, self.qos) {
                 Ok(()) => self.need_subscribe = false,
                 Err(e) => {
                     tracing::debug!(target: "tapbus_bus::subscribe", "{}: subscribe queued later: {e}", self.link.what)
@@ -431,7 +522,7 @@ impl Core {
                 tracing::error!(target: "tapbus_bus::subscribe", "{}: QoS 1 message without a slot; not acked", self.link.what);
                 return true;
             };
-            let seq = match self.acks.lock().await.arrive((p, permit)) {
+            let seq = match self.shared.acks.lock().await.arrive((p, permit)) {
                 Ok(seq) => seq,
                 Err(_) => {
                     tracing::error!(target: "tapbus_bus::subscribe", "{}: ack window full; message not acked", self.link.what);
@@ -439,8 +530,7 @@ impl Core {
                 }
             };
             Ack::Mqtt(Box::new(MqttAck {
-                acks: self.acks.clone(),
-                client: self.client.clone(),
+                shared: self.shared.clone(),
                 seq,
                 done: false,
             }))
@@ -475,7 +565,7 @@ impl Core {
 
     async fn failed(&mut self, e: impl std::fmt::Display) {
         self.link.down(e);
-        let dropped = self.acks.lock().await.reset();
+        let dropped = self.shared.acks.lock().await.reset();
         if dropped > 0 {
             tracing::debug!(target: "tapbus_bus::subscribe", "{}: {dropped} unacked messages of the lost connection will not be acked", self.link.what);
         }
@@ -488,7 +578,7 @@ impl Core {
 }
 
 async fn drive_v4(mut el: rumqttc::EventLoop, mut core: Core) {
-    use rumqttc::{Event, Packet, QoS, SubscribeReasonCode};
+    use rumqttc::{Event, Outgoing, Packet, QoS, SubscribeReasonCode};
     while core.ready().await {
         match el.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => core.connected(ack.session_present),
@@ -497,7 +587,7 @@ async fn drive_v4(mut el: rumqttc::EventLoop, mut core: Core) {
                 let payload = p.payload.clone();
                 let (dup, qos1) = (p.dup, p.qos == QoS::AtLeastOnce);
                 if !core.publish(topic, Pub::V4(p), payload, dup, qos1).await {
-                    return;
+                    break;
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(s))) => {
@@ -507,17 +597,32 @@ async fn drive_v4(mut el: rumqttc::EventLoop, mut core: Core) {
                     .any(|c| matches!(c, SubscribeReasonCode::Failure))
                     .then(|| "failure return code".to_string());
                 if !core.suback(refused).await {
-                    return;
+                    return core.stopped("the subscription was refused".into());
                 }
             }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return core.disconnected(),
             Ok(_) => {}
-            Err(rumqttc::ConnectionError::RequestsDone) => return,
+            Err(rumqttc::ConnectionError::RequestsDone) => {
+                return core.stopped("the client is gone".into());
+            }
             Err(e) => core.failed(e).await,
+        }
+    }
+    // The subscriber is gone; a flush may still want the PUBACKs queued so far written.
+    // Messages arriving now are not taken (never acked: the server delivers them again).
+    loop {
+        match el.poll().await {
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return core.disconnected(),
+            Ok(_) => {}
+            Err(e) => {
+                return core.stopped(format!("connection lost before the acks were written: {e}"));
+            }
         }
     }
 }
 
 async fn drive_v5(mut el: rumqttc::v5::EventLoop, mut core: Core) {
+    use rumqttc::Outgoing;
     use rumqttc::v5::Event;
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
@@ -529,7 +634,7 @@ async fn drive_v5(mut el: rumqttc::v5::EventLoop, mut core: Core) {
                 let payload = p.payload.clone();
                 let (dup, qos1) = (p.dup, p.qos == QoS::AtLeastOnce);
                 if !core.publish(topic, Pub::V5(p), payload, dup, qos1).await {
-                    return;
+                    break;
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(s))) => {
@@ -539,12 +644,24 @@ async fn drive_v5(mut el: rumqttc::v5::EventLoop, mut core: Core) {
                     .find(|c| !matches!(c, SubscribeReasonCode::Success(_)))
                     .map(|c| format!("{c:?}"));
                 if !core.suback(refused).await {
-                    return;
+                    return core.stopped("the subscription was refused".into());
                 }
             }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return core.disconnected(),
             Ok(_) => {}
-            Err(rumqttc::v5::ConnectionError::RequestsDone) => return,
+            Err(rumqttc::v5::ConnectionError::RequestsDone) => {
+                return core.stopped("the client is gone".into());
+            }
             Err(e) => core.failed(e).await,
+        }
+    }
+    loop {
+        match el.poll().await {
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return core.disconnected(),
+            Ok(_) => {}
+            Err(e) => {
+                return core.stopped(format!("connection lost before the acks were written: {e}"));
+            }
         }
     }
 }

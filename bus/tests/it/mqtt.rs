@@ -256,6 +256,78 @@ async fn persistent_session_redelivers(version: u8) {
     assert_quiet(&mut third, Duration::from_millis(1000)).await;
 }
 
+/// A process that acks its last messages and stops at once: the ack flush writes the
+/// queued PUBACKs (then DISCONNECT) although the subscriber is already dropped, so
+/// mosquitto got every PUBACK and the next subscriber of the session gets nothing again.
+async fn acks_flushed_at_exit(version: u8) {
+    init_tracing();
+    let m = broker().await;
+    let id = format!("flush-v{version}");
+    let spec = MqttSpec::new("f/#");
+    let make = |port: u16| -> Subscriber {
+        match version {
+            5 => {
+                let mut o = v5(port, &id);
+                o.set_clean_start(false)
+                    .set_session_expiry_interval(Some(300));
+                MqttSubscriber::v5(o, &spec)
+            }
+            _ => {
+                let mut o = v4(port, &id);
+                o.set_clean_session(false);
+                MqttSubscriber::v4(o, &spec)
+            }
+        }
+        .expect("subscriber")
+        .into()
+    };
+    let mut first = make(m.port());
+    wait_subscribed(&m, &id, 1).await;
+    publish(m.port(), "f/x", "a", 50).await;
+    let mut got = Vec::new();
+    let mut flush = None;
+    for _ in 0..50 {
+        let d = take(&mut first, 1, Duration::from_secs(10)).await.remove(0);
+        flush.get_or_insert_with(|| d.ack_flush());
+        got.push(String::from_utf8_lossy(&d.payload).into_owned());
+        d.ack().await.expect("ack");
+    }
+    // Stop as a process does: the subscriber (and its reader) goes first, then the flush.
+    drop(first);
+    let flush = flush.expect("a delivery");
+    timeout(Duration::from_secs(5), flush.flush())
+        .await
+        .expect("flushed in time")
+        .expect("flushed");
+    assert_eq!(
+        got.iter().cloned().collect::<BTreeSet<_>>(),
+        numbered("a", 50)
+    );
+    // mosquitto's log may lag its socket a little.
+    for _ in 0..50 {
+        if pubacks_received(&m, &id).len() >= 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pubacks_received(&m, &id).len(), 50, "{}", m.log_text());
+    // Flushing again is a no-op.
+    flush.flush().await.expect("second flush");
+    let mut next = make(m.port());
+    wait_connected(&next, true, Duration::from_secs(5)).await;
+    assert_quiet(&mut next, Duration::from_millis(1000)).await;
+}
+
+#[tokio::test]
+async fn v311_acks_flushed_at_exit() {
+    acks_flushed_at_exit(4).await;
+}
+
+#[tokio::test]
+async fn v5_acks_flushed_at_exit() {
+    acks_flushed_at_exit(5).await;
+}
+
 #[tokio::test]
 async fn v311_persistent_session_redelivers_unacked() {
     persistent_session_redelivers(4).await;

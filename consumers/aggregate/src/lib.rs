@@ -107,6 +107,7 @@ pub mod config;
 pub mod exposition;
 pub mod labels;
 pub mod metrics;
+pub mod settings;
 pub mod stage;
 /// The space-saving top-k of the top-N series, shared with tapbus-top.
 pub use tapbus_event::topk as top;

@@ -12,18 +12,16 @@
 //! reset), and what was counted but not yet acked when a process dies is delivered again
 //! and counted by the next one (docs/aggregate.md).
 
+use clap::Parser;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
-
-use clap::Parser;
 use tapbus_aggregate::Aggregator;
-use tapbus_aggregate::config::{Config, host_name};
+use tapbus_aggregate::settings::{Flags, Settings};
 use tapbus_aggregate::stage::{AggregateStage, Batches};
-use tapbus_config::{ConfigError, OutputConfig};
+use tapbus_config::ConfigError;
 use tapbus_consumer::runtime::{self, Consumer, Options};
 use tapbus_consumer::sink::BusSink;
-use tapbus_consumer::{CommonArgs, NoSink, init_logging, listen_addr};
+use tapbus_consumer::{CommonArgs, NoSink, init_logging};
 
 const PROGRAM: &str = "tapbus-aggregate";
 
@@ -46,75 +44,13 @@ struct Cli {
     common: CommonArgs,
 }
 
-struct Settings {
-    input: tapbus_config::ConsumerInputSpec,
-    output: Option<tapbus_config::OutputSpec>,
-    aggregate: tapbus_aggregate::AggregateSpec,
-    instance: String,
-    interval: Duration,
-    listen: Option<std::net::SocketAddr>,
-    max_pending: usize,
-}
-
-fn invalid(key: &str, msg: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        msg: msg.into(),
-    }
-}
-
 fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
-    let mut cfg: Config = tapbus_config::load(cli.common.config.as_deref(), Config::default())?;
-    if let Some(url) = &cli.input {
-        cfg.input.set_url(url);
-    }
-    if let Some(url) = &cli.output {
-        cfg.output
-            .get_or_insert_with(OutputConfig::default)
-            .set_url(url);
-    }
-    if let Some(l) = &cli.common.metrics_listen {
-        cfg.metrics_listen = l.clone();
-    }
-    if let Some(i) = &cli.instance {
-        cfg.aggregate.instance = i.clone();
-    }
-    if cfg.aggregate.instance.is_empty() {
-        cfg.aggregate.instance = host_name();
-    }
-    if cfg.input.connect.url.is_empty() {
-        return Err(invalid(
-            "input.url",
-            "missing: give --input URL or an [input] table with a url",
-        ));
-    }
-    let input = cfg.input.validate("input", PROGRAM)?;
-    let output = match &cfg.output {
-        Some(o) => Some(o.validate("output", "batches")?),
-        None => None,
-    };
-    let instance = cfg.aggregate.instance.clone();
-    let interval = cfg.aggregate.interval;
-    let aggregate = cfg
-        .aggregate
-        .validate("aggregate")
-        .map_err(|e| invalid(&e.key, e.msg))?;
-    let listen = listen_addr(&cfg.metrics_listen).map_err(|e| invalid("metrics_listen", e))?;
-    if !(1..=10_000_000).contains(&cfg.max_pending) {
-        return Err(invalid("max_pending", "must be between 1 and 10000000"));
-    }
-    if output.is_some() {
-        // An event is acked after the next batch that counts it: up to one interval.
-        input.check_hold("input", interval, "aggregate.interval")?;
-    }
-    Ok(Settings {
-        input,
-        output,
-        aggregate,
-        instance,
-        interval,
-        listen,
-        max_pending: cfg.max_pending,
+    tapbus_aggregate::settings::settings(&Flags {
+        config: cli.common.config.as_deref(),
+        input: cli.input.as_deref(),
+        output: cli.output.as_deref(),
+        metrics_listen: cli.common.metrics_listen.as_deref(),
+        instance: cli.instance.as_deref(),
     })
 }
 
@@ -182,6 +118,9 @@ async fn run(s: Settings) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+    use tapbus_aggregate::config::Config;
+    use tapbus_config::OutputConfig;
 
     fn cli(args: &[&str]) -> Cli {
         Cli::parse_from(std::iter::once(PROGRAM).chain(args.iter().copied()))

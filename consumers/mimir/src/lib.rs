@@ -4,5 +4,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod settings;
 pub mod stage;
 pub mod write;

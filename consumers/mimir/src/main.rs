@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use serde::{Deserialize, Serialize};
-use tapbus_config::{ConfigError, ConsumerInputConfig};
+use tapbus_config::ConfigError;
 use tapbus_consumer::runtime::{self, Consumer, Options};
-use tapbus_consumer::{CommonArgs, init_logging, listen_addr};
+use tapbus_consumer::{CommonArgs, init_logging};
+use tapbus_mimir::settings::{Flags, Settings};
 use tapbus_mimir::stage::{MimirMetrics, MimirSink, MimirStage};
 
 const PROGRAM: &str = "tapbus-mimir";
@@ -36,93 +36,13 @@ struct Cli {
     common: CommonArgs,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct Config {
-    input: ConsumerInputConfig,
-    /// Remote-write endpoint (http or https).
-    url: String,
-    /// `X-Scope-OrgID` (Mimir multi-tenancy); empty: not sent.
-    tenant: String,
-    /// HTTP basic auth.
-    username: String,
-    password: String,
-    /// `Authorization: Bearer ...` (instead of basic auth).
-    bearer_token: String,
-    /// Per request.
-    #[serde(with = "humantime_serde")]
-    timeout: Duration,
-    /// `/metrics` and `/health`; "" disables.
-    metrics_listen: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            input: ConsumerInputConfig::from_url("nats://127.0.0.1:4222/tapbus.metrics.>"),
-            url: String::new(),
-            tenant: String::new(),
-            username: String::new(),
-            password: String::new(),
-            bearer_token: String::new(),
-            timeout: Duration::from_secs(30),
-            metrics_listen: "127.0.0.1:9637".into(),
-        }
-    }
-}
-
-struct Settings {
-    target: tapbus_consumer::sink::http::Target,
-    input: tapbus_config::ConsumerInputSpec,
-    url: reqwest::Url,
-    cfg: Config,
-    listen: Option<std::net::SocketAddr>,
-}
-
-fn invalid(key: &str, msg: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        msg: msg.into(),
-    }
-}
-
 fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
-    let mut cfg: Config = tapbus_config::load(cli.common.config.as_deref(), Config::default())?;
-    if let Some(u) = &cli.input {
-        cfg.input.set_url(u);
-    }
-    if let Some(u) = &cli.url {
-        cfg.url = u.clone();
-    }
-    if let Some(t) = &cli.tenant {
-        cfg.tenant = t.clone();
-    }
-    if let Some(l) = &cli.common.metrics_listen {
-        cfg.metrics_listen = l.clone();
-    }
-    let input = cfg
-        .input
-        .validate_reading("input", PROGRAM, "tapbus.metrics.>")?;
-    let target = tapbus_consumer::sink::http::Target::new(
-        &cfg.url,
-        &cfg.tenant,
-        &cfg.username,
-        &cfg.password,
-        &cfg.bearer_token,
-        "http://HOST:PORT/api/v1/push",
-    )
-    .map_err(|(k, m)| invalid(k, m))?;
-    let url = target.url.clone();
-    if cfg.timeout < Duration::from_secs(1) {
-        return Err(invalid("timeout", "must be at least 1s"));
-    }
-    let listen = listen_addr(&cfg.metrics_listen).map_err(|e| invalid("metrics_listen", e))?;
-    Ok(Settings {
-        target,
-        input,
-        url,
-        cfg,
-        listen,
+    tapbus_mimir::settings::settings(&Flags {
+        config: cli.common.config.as_deref(),
+        input: cli.input.as_deref(),
+        url: cli.url.as_deref(),
+        tenant: cli.tenant.as_deref(),
+        metrics_listen: cli.common.metrics_listen.as_deref(),
     })
 }
 
@@ -170,6 +90,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tapbus_mimir::settings::Config;
 
     fn cli(args: &[&str]) -> Cli {
         Cli::parse_from(std::iter::once(PROGRAM).chain(args.iter().copied()))

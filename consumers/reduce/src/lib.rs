@@ -32,6 +32,7 @@
 pub mod config;
 pub mod record;
 pub mod reducer;
+pub mod settings;
 pub mod stage;
 
 pub use config::{ConfigError, KeyField, ReduceConfig, ReduceSpec, ReductionConfig, ReductionSpec};

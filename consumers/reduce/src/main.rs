@@ -12,17 +12,15 @@
 //! closed early (`close_all`; events for it that come later make late records, so sums
 //! stay exact).
 
-use std::process::ExitCode;
-use std::time::Duration;
-
 use clap::Parser;
-use serde::{Deserialize, Serialize};
-use tapbus_config::{ConfigError, ConsumerInputConfig, OutputConfig, OutputKind};
+use std::process::ExitCode;
+use tapbus_config::{ConfigError, OutputKind};
 use tapbus_consumer::runtime::{self, Consumer, Options};
 use tapbus_consumer::sink::BusSink;
-use tapbus_consumer::{CommonArgs, init_logging, listen_addr};
+use tapbus_consumer::{CommonArgs, init_logging};
+use tapbus_reduce::Reducer;
+use tapbus_reduce::settings::{Flags, Settings};
 use tapbus_reduce::stage::ReduceStage;
-use tapbus_reduce::{ReduceConfig, Reducer};
 
 const PROGRAM: &str = "tapbus-reduce";
 
@@ -41,105 +39,12 @@ struct Cli {
     common: CommonArgs,
 }
 
-/// The configuration file (`--config`, then `TAPBUS_*`, then the flags).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct Config {
-    input: ConsumerInputConfig,
-    output: OutputConfig,
-    reduce: ReduceConfig,
-    /// `/metrics` and `/health`; "" disables.
-    metrics_listen: String,
-    /// Events placed in windows and not yet acknowledged, at most: at the bound every open
-    /// window is closed early.
-    max_pending: usize,
-    /// With no event for this long, every open window is closed (a stream that stopped
-    /// still gets its last records). Default 15s (window + lateness).
-    #[serde(with = "humantime_serde")]
-    idle_flush: Duration,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            input: ConsumerInputConfig::default(),
-            output: OutputConfig::default(),
-            reduce: ReduceConfig::default(),
-            metrics_listen: "127.0.0.1:9636".into(),
-            max_pending: 200_000,
-            idle_flush: Duration::from_secs(15),
-        }
-    }
-}
-
-struct Settings {
-    input: tapbus_config::ConsumerInputSpec,
-    output: tapbus_config::OutputSpec,
-    reduce: tapbus_reduce::ReduceSpec,
-    listen: Option<std::net::SocketAddr>,
-    max_pending: usize,
-    idle_flush: Duration,
-}
-
-fn invalid(key: &str, msg: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        msg: msg.into(),
-    }
-}
-
 fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
-    let mut cfg: Config = tapbus_config::load(cli.common.config.as_deref(), Config::default())?;
-    if let Some(url) = &cli.input {
-        cfg.input.set_url(url);
-    }
-    if let Some(url) = &cli.output {
-        cfg.output.set_url(url);
-    }
-    if let Some(l) = &cli.common.metrics_listen {
-        cfg.metrics_listen = l.clone();
-    }
-    if cfg.input.connect.url.is_empty() {
-        return Err(invalid(
-            "input.url",
-            "missing: give --input URL or an [input] table with a url",
-        ));
-    }
-    if cfg.output.connect.url.is_empty() {
-        return Err(invalid(
-            "output.url",
-            "missing: give --output URL or an [output] table with a url",
-        ));
-    }
-    let input = cfg.input.validate("input", PROGRAM)?;
-    let output = cfg.output.validate("output", "records")?;
-    let reduce = cfg
-        .reduce
-        .validate()
-        .map_err(|e| invalid(&e.key, e.reason))?;
-    let listen = listen_addr(&cfg.metrics_listen).map_err(|e| invalid("metrics_listen", e))?;
-    if !(1..=10_000_000).contains(&cfg.max_pending) {
-        return Err(invalid("max_pending", "must be between 1 and 10000000"));
-    }
-    if cfg.idle_flush < Duration::from_secs(1) {
-        return Err(invalid("idle_flush", "must be at least 1s"));
-    }
-    // A live event waits for its window to close (the window plus the lateness, in event
-    // time, which is wall time for live traffic) or, when traffic stops, for idle_flush.
-    let hold = Duration::from_nanos(reduce.window_ns.saturating_add(reduce.lateness_ns))
-        .max(cfg.idle_flush);
-    input.check_hold(
-        "input",
-        hold,
-        "the longest wait for a window to close (reduce.window + reduce.lateness, or idle_flush)",
-    )?;
-    Ok(Settings {
-        input,
-        output,
-        reduce,
-        listen,
-        max_pending: cfg.max_pending,
-        idle_flush: cfg.idle_flush,
+    tapbus_reduce::settings::settings(&Flags {
+        config: cli.common.config.as_deref(),
+        input: cli.input.as_deref(),
+        output: cli.output.as_deref(),
+        metrics_listen: cli.common.metrics_listen.as_deref(),
     })
 }
 
@@ -190,6 +95,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tapbus_reduce::settings::Config;
 
     fn cli(args: &[&str]) -> Cli {
         Cli::parse_from(std::iter::once(PROGRAM).chain(args.iter().copied()))

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use tapbus_config::{ConfigError, ConsumerInputConfig, ConsumerInputSpec};
 use tapbus_event::EventView;
 use tapbus_top::prom::BrokerHealth;
-use tapbus_top::stats::{Snapshot, Stats};
+use tapbus_top::stats::{Filter, Snapshot, Stats};
 use tapbus_top::ui::{self, App, BrokerStatus, Conn, Status, View, ViewState};
 
 const PROGRAM: &str = "tapbus-top";
@@ -77,6 +77,15 @@ struct Cli {
     /// logs nothing and --once logs to standard error).
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
+    /// Count only the events this filter expression matches (the language of
+    /// `tapbus-tail --filter`, docs/filters.md), e.g. 'rcode=SERVFAIL qname=*.example.com'.
+    /// The keys' filters apply on top of it.
+    #[arg(long, value_name = "EXPR", default_value = "")]
+    filter: String,
+    /// Load and validate the configuration, print a one-line summary and exit (0 valid,
+    /// 2 invalid, naming the key); starts nothing.
+    #[arg(long)]
+    check: bool,
 }
 
 fn parse_size(s: &str) -> Result<(u16, u16), String> {
@@ -122,7 +131,27 @@ impl Clock {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (spec, url, broker) = match settings(&cli) {
+    if cli.check {
+        return tapbus_consumer::check(PROGRAM, settings(&cli), |s| {
+            format!(
+                "input {} ({}), filter {}, broker_metrics {}",
+                s.url,
+                s.input.mode,
+                if s.filter.is_empty() {
+                    "none".into()
+                } else {
+                    s.filter.to_string()
+                },
+                s.broker.as_deref().unwrap_or("off"),
+            )
+        });
+    }
+    let Settings {
+        input: spec,
+        url,
+        broker,
+        filter,
+    } = match settings(&cli) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{PROGRAM}: configuration error: {e}");
@@ -135,8 +164,10 @@ fn main() -> ExitCode {
     // panics on its first request.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let clock = Arc::new(Clock(Instant::now()));
+    let mut stats = Stats::new(clock.ms());
+    stats.set_filter(Filter::new(filter), clock.ms());
     let shared: SharedRef = Arc::new(Mutex::new(Shared {
-        stats: Stats::new(clock.ms()),
+        stats,
         conn: Conn::Connecting,
         broker: broker.as_ref().map(|u| BrokerStatus {
             url: u.clone(),
@@ -181,7 +212,16 @@ fn main() -> ExitCode {
     code
 }
 
-fn settings(cli: &Cli) -> Result<(ConsumerInputSpec, String, Option<String>), ConfigError> {
+/// What the flags and the file resolve to.
+struct Settings {
+    input: ConsumerInputSpec,
+    /// The input URL without its password (it is shown on screen).
+    url: String,
+    broker: Option<String>,
+    filter: tapbus_event::Filter,
+}
+
+fn settings(cli: &Cli) -> Result<Settings, ConfigError> {
     let mut cfg: TopConfig = tapbus_config::load(cli.config.as_deref(), TopConfig::default())?;
     if let Some(url) = &cli.input {
         cfg.input.set_url(url);
@@ -211,7 +251,16 @@ fn settings(cli: &Cli) -> Result<(ConsumerInputSpec, String, Option<String>), Co
             msg: format!("{b:?}: expected an http:// URL"),
         });
     }
-    Ok((spec, redact(&cfg.input.connect.url), broker))
+    let filter = tapbus_event::Filter::parse(&cli.filter).map_err(|e| ConfigError::Invalid {
+        key: "--filter".into(),
+        msg: e.to_string(),
+    })?;
+    Ok(Settings {
+        input: spec,
+        url: redact(&cfg.input.connect.url),
+        broker,
+        filter,
+    })
 }
 
 /// The URL without a password (it is shown on screen).
@@ -506,7 +555,10 @@ fn ui_loop(
     go_on: &dyn Fn() -> bool,
     status: &dyn Fn(&Shared) -> Status,
 ) -> anyhow::Result<()> {
-    let mut app = App::default();
+    let mut app = App {
+        filter: lock(shared).stats.filter().clone(),
+        ..App::default()
+    };
     let take = |paused: bool, prev: Option<(Snapshot, Status)>| {
         let s = lock(shared);
         let st = status(&s);
@@ -658,24 +710,25 @@ mod tests {
     #[test]
     fn the_example_configuration_loads() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/top.toml");
-        let (spec, url, broker) = settings(&cli(&["--config", path])).expect("config/top.toml");
-        assert_eq!(url, "nats://127.0.0.1:4222");
-        assert_eq!(broker.as_deref(), Some("http://127.0.0.1:9634/metrics"));
-        let _ = spec;
+        let s = settings(&cli(&["--config", path])).expect("config/top.toml");
+        assert_eq!(s.url, "nats://127.0.0.1:4222");
+        assert_eq!(s.broker.as_deref(), Some("http://127.0.0.1:9634/metrics"));
+        assert!(s.filter.is_empty());
     }
 
     #[test]
     fn defaults_and_bad_values() {
-        let (_, url, broker) = settings(&cli(&[])).expect("defaults");
-        assert_eq!((url.as_str(), broker), (DEFAULT_INPUT, None));
-        let (_, url, _) =
+        let s = settings(&cli(&[])).expect("defaults");
+        assert_eq!((s.url.as_str(), s.broker), (DEFAULT_INPUT, None));
+        let s =
             settings(&cli(&["--input", "nats://u:secret@127.0.0.1:4222"])).expect("password url");
-        assert!(!url.contains("secret"), "{url}");
+        assert!(!s.url.contains("secret"), "{}", s.url);
         for bad in [
             &["--once", "0"][..],
             &["--refresh", "1ms"],
             &["--broker-metrics", "127.0.0.1:9634"],
             &["--input", "gopher://x"],
+            &["--filter", "qtype=NOPE"],
         ] {
             assert!(settings(&cli(bad)).is_err(), "{bad:?}");
         }

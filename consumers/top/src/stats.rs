@@ -330,74 +330,113 @@ fn kind(op: Operation) -> u32 {
     op.code().div_ceil(2).min(15)
 }
 
-/// Which events count: all of them, or those of one identity, operation and/or qname.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Which events count: those of the `--filter` expression (the filter language of
+/// `tapbus-tail` and the broker's outputs, [`tapbus_event::Filter`]) and of the identity,
+/// operation and qname the keys set. Matching goes through one shared
+/// [`tapbus_event::Filter`] built from all of them.
+#[derive(Clone, Debug, Default)]
 pub struct Filter {
-    /// Exactly this `dnstap.identity`.
-    pub identity: Option<String>,
-    /// Exactly this operation.
-    pub operation: Option<Operation>,
-    /// The qname contains this (ASCII case-insensitive; stored in lower case).
-    pub qname: Option<String>,
+    base: tapbus_event::Filter,
+    identity: Option<String>,
+    operation: Option<Operation>,
+    qname: Option<String>,
+    qname_filter: tapbus_event::Filter,
+    matcher: tapbus_event::Filter,
+}
+
+impl PartialEq for Filter {
+    fn eq(&self, other: &Self) -> bool {
+        self.base == other.base
+            && self.identity == other.identity
+            && self.operation == other.operation
+            && self.qname == other.qname
+    }
 }
 
 impl Filter {
-    /// A filter on a qname substring (empty text: no qname filter).
-    pub fn set_qname(&mut self, text: &str) {
+    /// The filter of a `--filter` expression, with nothing set by the keys.
+    pub fn new(base: tapbus_event::Filter) -> Filter {
+        let mut f = Filter {
+            base,
+            ..Filter::default()
+        };
+        f.rebuild();
+        f
+    }
+
+    /// Exactly this `dnstap.identity` (ASCII case-insensitive), or any.
+    pub fn set_identity(&mut self, id: Option<String>) {
+        self.identity = id;
+        self.rebuild();
+    }
+
+    /// Exactly this operation, or any.
+    pub fn set_operation(&mut self, op: Option<Operation>) {
+        self.operation = op;
+        self.rebuild();
+    }
+
+    /// The qname contains this text (ASCII case-insensitive, taken literally); blank text:
+    /// no qname condition. On an error (a text too long for the regex limit) nothing
+    /// changes.
+    pub fn set_qname(&mut self, text: &str) -> Result<(), tapbus_event::FilterError> {
         let t = text.trim().to_ascii_lowercase();
+        self.qname_filter = tapbus_event::Filter::qname_contains(&t)?;
         self.qname = (!t.is_empty()).then_some(t);
+        self.rebuild();
+        Ok(())
+    }
+
+    /// Drops what the keys set; the `--filter` expression stays.
+    pub fn clear(&mut self) {
+        *self = Filter::new(std::mem::take(&mut self.base));
+    }
+
+    /// The identity set by the keys.
+    pub fn identity(&self) -> Option<&str> {
+        self.identity.as_deref()
+    }
+
+    /// The operation set by the keys.
+    pub fn operation(&self) -> Option<Operation> {
+        self.operation
+    }
+
+    /// The qname text set by the keys (lower case).
+    pub fn qname(&self) -> Option<&str> {
+        self.qname.as_deref()
+    }
+
+    fn rebuild(&mut self) {
+        let mut m = self.base.clone();
+        if let Some(id) = &self.identity {
+            m = m.and(tapbus_event::Filter::identity_is(id));
+        }
+        if let Some(op) = self.operation {
+            m = m.and(tapbus_event::Filter::operation_is(op));
+        }
+        self.matcher = m.and(self.qname_filter.clone());
     }
 
     /// Whether `ev` passes.
     pub fn matches(&self, ev: &EventView<'_>) -> bool {
-        if let Some(id) = &self.identity
-            && ev.identity().unwrap_or("") != id
-        {
-            return false;
-        }
-        if self.operation.is_some_and(|op| op != ev.operation()) {
-            return false;
-        }
-        if let Some(sub) = &self.qname {
-            let Some(q) = ev.qname() else { return false };
-            if !contains_ignore_case(q, sub) {
-                return false;
-            }
-        }
-        true
+        self.matcher.matches(ev)
     }
 
     /// No condition at all.
     pub fn is_empty(&self) -> bool {
-        self == &Filter::default()
+        self.matcher.is_empty()
     }
 
-    /// `identity=ns1 operation=CLIENT_QUERY qname~foo`, or `none`.
+    /// The filter in the filter language (`identity=ns1 operation=CLIENT_QUERY
+    /// qname~foo`), or `none`.
     pub fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        if let Some(i) = &self.identity {
-            parts.push(format!("identity={i}"));
-        }
-        if let Some(o) = &self.operation {
-            parts.push(format!("operation={o}"));
-        }
-        if let Some(q) = &self.qname {
-            parts.push(format!("qname~{q}"));
-        }
-        if parts.is_empty() {
+        if self.matcher.is_empty() {
             "none".into()
         } else {
-            parts.join(" ")
+            self.matcher.to_string()
         }
     }
-}
-
-/// `needle` is lower case already.
-fn contains_ignore_case(hay: &str, needle: &str) -> bool {
-    let (h, n) = (hay.as_bytes(), needle.as_bytes());
-    n.is_empty()
-        || h.windows(n.len())
-            .any(|w| w.iter().zip(n).all(|(a, b)| a.to_ascii_lowercase() == *b))
 }
 
 /// Per-identity facts that survive filter changes.
@@ -1141,26 +1180,20 @@ pub(crate) mod tests {
     #[test]
     fn filter_applies_to_every_table_and_restarts_them() {
         let mut s = known();
-        s.set_filter(
-            Filter {
-                identity: Some("ns1".into()),
-                ..Filter::default()
-            },
-            5_000,
-        );
+        let mut ns1 = Filter::default();
+        ns1.set_identity(Some("ns1".into()));
+        s.set_filter(ns1, 5_000);
         let empty = s.snapshot(5_000, 10);
         assert_eq!(empty.events.0, 0);
         assert_eq!(empty.events_total, 10, "the unfiltered count goes on");
         assert_eq!(empty.identities, vec!["ns1", "ns2"]);
         // Replay the known stream into a model that already filters.
         let mut f = Stats::new(0);
-        let mut flt = Filter {
-            identity: Some("ns1".into()),
-            ..Filter::default()
-        };
-        flt.set_qname("EXAMPLE.COM");
+        let mut flt = Filter::default();
+        flt.set_identity(Some("ns1".into()));
+        flt.set_qname("EXAMPLE.COM").expect("qname");
         f.set_filter(flt.clone(), 0);
-        assert_eq!(f.filter().describe(), "identity=ns1 qname~example.com");
+        assert_eq!(f.filter().describe(), "identity=ns1 qname~example\\.com");
         for json in known_events() {
             feed(&mut f, &json, 1_000);
         }
@@ -1174,13 +1207,9 @@ pub(crate) mod tests {
         assert!(snap.qnames.iter().all(|r| r.key.contains("example.com")));
         assert_eq!(snap.served.total.count, 3);
         // An operation filter.
-        f.set_filter(
-            Filter {
-                operation: Some(Operation::ClientQuery),
-                ..Filter::default()
-            },
-            2_000,
-        );
+        let mut queries = Filter::default();
+        queries.set_operation(Some(Operation::ClientQuery));
+        f.set_filter(queries, 2_000);
         for json in known_events() {
             feed(&mut f, &json, 2_000);
         }
@@ -1191,6 +1220,34 @@ pub(crate) mod tests {
             f.operations(),
             vec![Operation::ClientQuery, Operation::ClientResponse]
         );
+    }
+
+    #[test]
+    fn keys_add_to_the_filter_expression() {
+        let base = tapbus_event::Filter::parse("rcode!=SERVFAIL").expect("expr");
+        let mut f = Filter::new(base);
+        assert_eq!(f.describe(), "rcode!=SERVFAIL");
+        f.set_identity(Some("ns1".into()));
+        f.set_qname("Example.COM").expect("qname");
+        assert_eq!(
+            f.describe(),
+            "rcode!=SERVFAIL identity=ns1 qname~example\\.com"
+        );
+        let mut s = Stats::new(0);
+        s.set_filter(f.clone(), 0);
+        for json in known_events() {
+            feed(&mut s, &json, 1_000);
+        }
+        let snap = s.snapshot(1_000, 10);
+        assert!(Snapshot::row(&snap.rcodes, "SERVFAIL").is_none());
+        assert!(snap.qnames.iter().all(|r| r.key.contains("example.com")));
+        assert!(snap.events.0 > 0);
+        // `c` clears what the keys set; the expression stays.
+        f.clear();
+        assert_eq!(f.describe(), "rcode!=SERVFAIL");
+        assert!(!f.is_empty());
+        f = Filter::default();
+        assert_eq!(f.describe(), "none");
     }
 
     fn known_events() -> Vec<String> {

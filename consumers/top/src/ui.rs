@@ -135,11 +135,9 @@ impl App {
         }
         if let Some(buf) = &mut self.editing {
             match k.code {
-                KeyCode::Enter => {
-                    let text = std::mem::take(buf);
-                    self.filter.set_qname(&text);
-                    self.editing = None;
-                }
+                // A text the filter refuses (none of at most 253 characters is) stays in
+                // the editor.
+                KeyCode::Enter if self.filter.set_qname(buf).is_ok() => self.editing = None,
                 KeyCode::Esc => self.editing = None,
                 KeyCode::Backspace => {
                     buf.pop();
@@ -171,11 +169,17 @@ impl App {
                 self.set_view(View::ALL[(self.current().index() + n - 1) % n]);
             }
             KeyCode::Char('/') => {
-                self.editing = Some(self.filter.qname.clone().unwrap_or_default())
+                self.editing = Some(self.filter.qname().unwrap_or_default().to_owned())
             }
-            KeyCode::Char('i') => self.filter.identity = cycle(&self.filter.identity, identities),
-            KeyCode::Char('o') => self.filter.operation = cycle(&self.filter.operation, operations),
-            KeyCode::Char('c') => self.filter = Filter::default(),
+            KeyCode::Char('i') => {
+                let next = cycle(&self.filter.identity().map(str::to_owned), identities);
+                self.filter.set_identity(next);
+            }
+            KeyCode::Char('o') => {
+                let next = cycle(&self.filter.operation(), operations);
+                self.filter.set_operation(next);
+            }
+            KeyCode::Char('c') => self.filter.clear(),
             KeyCode::Down | KeyCode::Char('j') => self.scroll = self.scroll.saturating_add(1),
             KeyCode::Up | KeyCode::Char('k') => self.scroll = self.scroll.saturating_sub(1),
             KeyCode::PageDown => self.scroll = self.scroll.saturating_add(10),
@@ -997,13 +1001,13 @@ mod tests {
         let s = model();
         let mut app = App::default();
         key(&mut app, KeyCode::Char('i'), &s);
-        assert_eq!(app.filter.identity.as_deref(), Some("ns1"));
+        assert_eq!(app.filter.identity(), Some("ns1"));
         key(&mut app, KeyCode::Char('i'), &s);
-        assert_eq!(app.filter.identity.as_deref(), Some("ns2"));
+        assert_eq!(app.filter.identity(), Some("ns2"));
         key(&mut app, KeyCode::Char('i'), &s);
-        assert_eq!(app.filter.identity, None);
+        assert_eq!(app.filter.identity(), None);
         key(&mut app, KeyCode::Char('o'), &s);
-        assert_eq!(app.filter.operation, Some(Operation::ClientQuery));
+        assert_eq!(app.filter.operation(), Some(Operation::ClientQuery));
         key(&mut app, KeyCode::Char('c'), &s);
         assert!(app.filter.is_empty());
         key(&mut app, KeyCode::Char('/'), &s);
@@ -1022,7 +1026,7 @@ mod tests {
         assert!(!app.quit, "q is text while typing");
         key(&mut app, KeyCode::Backspace, &s);
         key(&mut app, KeyCode::Enter, &s);
-        assert_eq!(app.filter.qname.as_deref(), Some("nope"));
+        assert_eq!(app.filter.qname(), Some("nope"));
         // The binary hands the filter to the model, which counts only what matches.
         let mut s2 = Stats::new(0);
         s2.set_filter(app.filter.clone(), 0);

@@ -120,8 +120,18 @@ fn once_prints_every_view_of_a_capture() {
             .stdout(std::fs::File::create(&out).expect("out"))
             .stderr(std::fs::File::create(&err).expect("err")),
     );
+    // A second one counts only the client queries (--filter, the language of tapbus-tail).
+    let (fout, ferr) = (d.path().join("fout"), d.path().join("ferr"));
+    let mut filtered = Proc::spawn(
+        Command::new(top_bin())
+            .args(["--input", nats.url(), "--once", &n, "--duration", "60s"])
+            .args(["--filter", "operation=client_query qname!=nothing.invalid"])
+            .env("TAPBUS_LOG", "info")
+            .stdout(std::fs::File::create(&fout).expect("out"))
+            .stderr(std::fs::File::create(&ferr).expect("err")),
+    );
     wait_until("tapbus-top subscribed", Duration::from_secs(20), || {
-        read(&err).contains("subscribed")
+        read(&err).contains("subscribed") && read(&ferr).contains("subscribed")
     });
     publish_garbage(nats.url());
     publish(nats.url());
@@ -129,6 +139,21 @@ fn once_prints_every_view_of_a_capture() {
         .wait_within(Duration::from_secs(70))
         .unwrap_or_else(|| panic!("tapbus-top did not exit: {}", read(&err)));
     assert_eq!(st.code(), Some(0), "stderr: {}", read(&err));
+    let st = filtered
+        .wait_within(Duration::from_secs(70))
+        .unwrap_or_else(|| panic!("filtered tapbus-top did not exit: {}", read(&ferr)));
+    assert_eq!(st.code(), Some(0), "stderr: {}", read(&ferr));
+    let ftext = read(&fout);
+    assert!(
+        ftext.contains("filter: operation=CLIENT_QUERY qname!=nothing.invalid"),
+        "{ftext}"
+    );
+    assert!(ftext.contains("│CLIENT_QUERY "), "{ftext}");
+    assert!(!ftext.contains("│CLIENT_RESPONSE "), "{ftext}");
+    assert!(
+        !ftext.contains("│NOERROR "),
+        "no responses, so no rcodes: {ftext}"
+    );
     let text = read(&out);
     // Seven views of 24 lines, none wider than 80 columns.
     assert_eq!(text.lines().count(), 7 * 24);
@@ -373,4 +398,29 @@ fn no_terminal_and_bad_usage() {
         .expect("run tapbus-top");
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("broker_metrics"));
+    // --check validates and starts nothing; a bad --filter is named.
+    let o = Command::new(top_bin())
+        .args(["--check", "--filter", "rcode=nxdomain  client=10.0.0.0/8"])
+        .output()
+        .expect("run tapbus-top");
+    assert_eq!(o.status.code(), Some(0));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with("tapbus-top: configuration ok: input nats://127.0.0.1:4222"),
+        "{out}"
+    );
+    assert!(
+        out.contains("filter rcode=NXDOMAIN client=10.0.0.0/8"),
+        "{out}"
+    );
+    let o = Command::new(top_bin())
+        .args(["--check", "--filter", "rcode=BOGUS"])
+        .output()
+        .expect("run tapbus-top");
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--filter: bad filter term `rcode=BOGUS`"),
+        "{err}"
+    );
 }
