@@ -16,14 +16,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use serde::{Deserialize, Serialize};
-use tapbus_config::{ConfigError, ConsumerInputConfig};
+use tapbus_config::{ConfigError, ConsumerInputSpec};
 use tapbus_consumer::runtime::{Input, spawn_reader};
 use tapbus_consumer::{init_logging, stop_signal};
-use tapbus_event::Filter;
 use tokio::time::Instant;
 
-use crate::tail::{Format, Handled, Tail};
+use crate::tail::{Flags, Handled, Tail};
 
 const PROGRAM: &str = "tapbus-tail";
 
@@ -65,28 +63,12 @@ struct Cli {
     log_format: String,
 }
 
-/// The configuration file (`--config`, then `TAPBUS_*`).
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct TailConfig {
-    input: ConsumerInputConfig,
-    /// Filter expression applied to every event (with any --filter).
-    filter: Option<String>,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.check {
-        return match settings(&cli) {
-            Ok((spec, _)) => {
-                println!("{PROGRAM}: configuration ok: input {}", spec.mode);
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{PROGRAM}: configuration error: {e}");
-                ExitCode::from(2)
-            }
-        };
+        return tapbus_consumer::check(PROGRAM, settings(&cli), |(spec, tail)| {
+            format!("input {}, {}", spec.mode, tail.describe())
+        });
     }
     init_logging(&cli.log_format);
     let (spec, tail) = match settings(&cli) {
@@ -109,42 +91,18 @@ fn main() -> ExitCode {
     rt.block_on(run(spec, tail, cli.count, cli.timeout))
 }
 
-fn settings(cli: &Cli) -> Result<(tapbus_config::ConsumerInputSpec, Tail), ConfigError> {
-    let mut cfg: TailConfig = tapbus_config::load(cli.config.as_deref(), TailConfig::default())?;
-    if let Some(url) = &cli.input {
-        cfg.input.set_url(url);
-    }
-    if cfg.input.connect.url.is_empty() {
-        return Err(ConfigError::Invalid {
-            key: "input.url".into(),
-            msg: "missing: give --input URL or an [input] table with a url".into(),
-        });
-    }
-    let spec = cfg.input.validate("input", PROGRAM)?;
-    let mut filters = Vec::new();
-    for (key, expr) in cfg
-        .filter
-        .iter()
-        .map(|f| ("filter", f))
-        .chain(cli.filters.iter().map(|f| ("--filter", f)))
-    {
-        filters.push(Filter::parse(expr).map_err(|e| ConfigError::Invalid {
-            key: key.into(),
-            msg: format!("{expr:?}: {e}"),
-        })?);
-    }
-    if cli.count == Some(0) {
-        return Err(ConfigError::Invalid {
-            key: "--count".into(),
-            msg: "must be at least 1".into(),
-        });
-    }
-    let format = if cli.json { Format::Json } else { Format::Text };
-    Ok((spec, Tail::new(filters, format)))
+fn settings(cli: &Cli) -> Result<(ConsumerInputSpec, Tail), ConfigError> {
+    tail::settings(&Flags {
+        config: cli.config.as_deref(),
+        input: cli.input.as_deref(),
+        filters: &cli.filters,
+        count: cli.count,
+        json: cli.json,
+    })
 }
 
 async fn run(
-    spec: tapbus_config::ConsumerInputSpec,
+    spec: ConsumerInputSpec,
     mut tail: Tail,
     count: Option<u64>,
     timeout: Option<Duration>,
@@ -159,6 +117,7 @@ async fn run(
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
     let (mut printed, mut filtered, mut bad) = (0u64, 0u64, 0u64);
     let mut subscribed = false;
+    let mut acks = None;
     let code = loop {
         let input = tokio::select! {
             biased;
@@ -211,6 +170,7 @@ async fn run(
                 }
             }
         }
+        acks.get_or_insert_with(|| d.ack_flush());
         if let Err(e) = d.ack().await {
             tracing::warn!("ack failed (the bus may deliver the message again): {e}");
         }
@@ -219,6 +179,18 @@ async fn run(
         }
     };
     let _ = out.flush();
+    // The last acks are written to the bus before the process goes (else it delivers
+    // those messages again); a bus that is gone gets a moment, not more.
+    if let Some(a) = acks
+        && !matches!(
+            tokio::time::timeout(Duration::from_secs(2), a.flush()).await,
+            Ok(Ok(()))
+        )
+    {
+        tracing::warn!(
+            "the last acks may not have reached the bus: it may deliver those messages again"
+        );
+    }
     tracing::info!(printed, filtered, bad, "stopped");
     code
 }
@@ -237,22 +209,5 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every key the configuration file accepts is documented: in docs/tail.md, `[input]` in
-    /// docs/bus-urls.md.
-    #[test]
-    fn every_config_key_is_documented() {
-        let mut cfg = TailConfig::default();
-        cfg.input.subscribe = Some(
-            serde_json::from_value(serde_json::json!({"mode": "jetstream"})).expect("subscribe"),
-        );
-        let v = serde_json::to_value(&cfg).expect("serialise");
-        tapbus_testsupport::docs::assert_documented(&v, "tail.md", &[("input", "bus-urls.md")]);
     }
 }

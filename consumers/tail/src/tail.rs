@@ -4,7 +4,69 @@
 
 use std::io::Write;
 
+use serde::{Deserialize, Serialize};
+use tapbus_config::{ConfigError, ConsumerInputConfig, ConsumerInputSpec};
 use tapbus_event::{EventView, Filter, ViewError};
+
+const PROGRAM: &str = "tapbus-tail";
+
+/// What the command line sets over the file and the environment.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Flags<'a> {
+    pub config: Option<&'a std::path::Path>,
+    pub input: Option<&'a str>,
+    pub filters: &'a [String],
+    pub count: Option<u64>,
+    pub json: bool,
+}
+
+/// The configuration file (`--config`, then `TAPBUS_*`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TailConfig {
+    pub input: ConsumerInputConfig,
+    /// Filter expression applied to every event (with any --filter).
+    pub filter: Option<String>,
+}
+
+/// Loads the file and the environment, applies the flags and validates.
+pub fn settings(flags: &Flags<'_>) -> Result<(ConsumerInputSpec, Tail), ConfigError> {
+    let mut cfg: TailConfig = tapbus_config::load(flags.config, TailConfig::default())?;
+    if let Some(url) = flags.input {
+        cfg.input.set_url(url);
+    }
+    if cfg.input.connect.url.is_empty() {
+        return Err(ConfigError::Invalid {
+            key: "input.url".into(),
+            msg: "missing: give --input URL or an [input] table with a url".into(),
+        });
+    }
+    let spec = cfg.input.validate("input", PROGRAM)?;
+    let mut filters = Vec::new();
+    for (key, expr) in cfg
+        .filter
+        .iter()
+        .map(|f| ("filter", f))
+        .chain(flags.filters.iter().map(|f| ("--filter", f)))
+    {
+        filters.push(Filter::parse(expr).map_err(|e| ConfigError::Invalid {
+            key: key.into(),
+            msg: format!("{expr:?}: {e}"),
+        })?);
+    }
+    if flags.count == Some(0) {
+        return Err(ConfigError::Invalid {
+            key: "--count".into(),
+            msg: "must be at least 1".into(),
+        });
+    }
+    let format = if flags.json {
+        Format::Json
+    } else {
+        Format::Text
+    };
+    Ok((spec, Tail::new(filters, format)))
+}
 
 /// What became of one message.
 #[derive(Debug, PartialEq)]
@@ -41,6 +103,20 @@ impl Tail {
             filters,
             format,
             line: String::with_capacity(256),
+        }
+    }
+
+    /// `filter A; filter B, text` for `--check`.
+    pub fn describe(&self) -> String {
+        let filters: Vec<String> = self.filters.iter().map(|f| format!("filter {f}")).collect();
+        let format = match self.format {
+            Format::Text => "text",
+            Format::Json => "json",
+        };
+        if filters.is_empty() {
+            format!("no filter, {format}")
+        } else {
+            format!("{}, {format}", filters.join("; "))
         }
     }
 
@@ -139,5 +215,17 @@ mod tests {
             assert!(matches!(h, Handled::Bad(_)), "{bad:?}: {h:?}");
             assert!(out.is_empty());
         }
+    }
+
+    /// Every key the configuration file accepts is documented: in docs/tail.md, `[input]` in
+    /// docs/bus-urls.md.
+    #[test]
+    fn every_config_key_is_documented() {
+        let mut cfg = TailConfig::default();
+        cfg.input.subscribe = Some(
+            serde_json::from_value(serde_json::json!({"mode": "jetstream"})).expect("subscribe"),
+        );
+        let v = serde_json::to_value(&cfg).expect("serialise");
+        tapbus_testsupport::docs::assert_documented(&v, "tail.md", &[("input", "bus-urls.md")]);
     }
 }

@@ -126,6 +126,7 @@ fn once_prints_every_view_of_a_capture() {
         Command::new(top_bin())
             .args(["--input", nats.url(), "--once", &n, "--duration", "60s"])
             .args(["--filter", "operation=client_query qname!=nothing.invalid"])
+            .args(["--size", "160x24"])
             .env("TAPBUS_LOG", "info")
             .stdout(std::fs::File::create(&fout).expect("out"))
             .stderr(std::fs::File::create(&ferr).expect("err")),
@@ -316,7 +317,7 @@ fn live_under_tmux_80x24() {
     }
     tmux.keys("1");
     let f = tmux.wait_for("the filtered overview", |s| {
-        s.contains("filter: qname~no-such") && s.contains("Servers (")
+        s.contains("filter: qname~no\\-such") && s.contains("Servers (")
     });
     assert!(f.contains("Servers (0)"), "{f}");
     assert!(
