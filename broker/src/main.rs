@@ -115,15 +115,46 @@ fn summary(s: &tapbus_config::BrokerSettings) -> String {
         .outputs
         .iter()
         .map(|o| {
-            let what = match &o.kind {
-                OutputKind::Nats(n) => match &n.jetstream {
-                    Some(js) => format!("nats jetstream stream={}", js.stream),
-                    None => "nats".into(),
-                },
-                OutputKind::Mqtt(_) => "mqtt".into(),
-                OutputKind::Redis(_) => "redis".into(),
+            let mut what = match &o.kind {
+                OutputKind::Nats(n) => {
+                    let servers = tapbus_bus::connect::nats::servers_for_logs(
+                        &tapbus_bus::connect::nats::server_list(&n.connect),
+                    );
+                    match &n.jetstream {
+                        Some(js) => format!(
+                            "{servers} jetstream stream={} stream_subjects={} subject={}",
+                            js.stream,
+                            js.subjects.join(","),
+                            n.subject
+                        ),
+                        None => format!("{servers} subject={}", n.subject),
+                    }
+                }
+                OutputKind::Mqtt(m) => format!(
+                    "mqtt://{}:{} topic={} qos={}",
+                    m.connect.host, m.connect.port, m.topic, m.qos
+                ),
+                OutputKind::Redis(r) => {
+                    let url = tapbus_bus::connect::nats::servers_for_logs(std::slice::from_ref(
+                        &r.connect.url,
+                    ));
+                    match &r.mode {
+                        tapbus_config::RedisMode::Publish(t) => {
+                            format!("{url} mode=publish subject={t}")
+                        }
+                        tapbus_config::RedisMode::List { key, max_len } => {
+                            format!("{url} mode=list key={key} max_len={max_len}")
+                        }
+                        tapbus_config::RedisMode::Stream { key, max_len } => {
+                            format!("{url} mode=stream key={key} max_len={max_len}")
+                        }
+                    }
+                }
                 OutputKind::Stdout => "stdout".into(),
             };
+            if let Some(f) = &o.filter {
+                what.push_str(&format!(" filter=\"{f}\""));
+            }
             format!("{}={what}", o.name)
         })
         .collect();

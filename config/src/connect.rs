@@ -232,6 +232,7 @@ impl ConnectConfig {
 
     fn nats(&self, key: &str, url: &str) -> Result<NatsConnect, ConfigError> {
         let mut servers = Vec::new();
+        let mut url_auth = None;
         for server in url.split(',') {
             let server = server.trim();
             // jetstream:// is a subscriber's shorthand for a NATS connection.
@@ -253,14 +254,56 @@ impl ConnectConfig {
                     format!("expected HOST:PORT after the scheme, got {server:?}"),
                 ));
             }
-            servers.push(server);
+            // Credentials in the URL (`nats://USER:PASSWORD@HOST:PORT`, or a token as
+            // `nats://TOKEN@HOST:PORT`) are taken out of it: they become the
+            // authentication, and the URL that is kept (and logged) has none.
+            if let Some(c) = userinfo(&parsed) {
+                if url_auth.as_ref().is_some_and(|u| u != &c) {
+                    return Err(invalid(
+                        format!("{key}.url"),
+                        "the servers of the list carry different credentials",
+                    ));
+                }
+                url_auth = Some(c);
+            }
+            let mut bare = parsed.clone();
+            let _ = bare.set_username("");
+            let _ = bare.set_password(None);
+            servers.push(bare.to_string());
         }
+        let mut from_keys = self.clone();
+        if let Some((user, password)) = url_auth {
+            if let Some(k) = [
+                ("username", self.username.is_some()),
+                ("password", self.password.is_some()),
+                ("token", self.token.is_some()),
+                ("nkey_seed", self.nkey_seed.is_some()),
+                ("creds", self.creds.is_some()),
+            ]
+            .iter()
+            .find(|(_, set)| *set)
+            .map(|(k, _)| *k)
+            {
+                return Err(invalid(
+                    format!("{key}.{k}"),
+                    "the URL carries credentials too: give them in one place",
+                ));
+            }
+            match password {
+                Some(p) => {
+                    from_keys.username = Some(user);
+                    from_keys.password = Some(p);
+                }
+                None => from_keys.token = Some(user),
+            }
+        }
+        let this = &from_keys;
         // At most one authentication method.
         let methods = [
-            ("username", self.username.is_some()),
-            ("token", self.token.is_some()),
-            ("nkey_seed", self.nkey_seed.is_some()),
-            ("creds", self.creds.is_some()),
+            ("username", this.username.is_some()),
+            ("token", this.token.is_some()),
+            ("nkey_seed", this.nkey_seed.is_some()),
+            ("creds", this.creds.is_some()),
         ];
         let set: Vec<&str> = methods
             .iter()
@@ -276,7 +319,7 @@ impl ConnectConfig {
                 ),
             ));
         }
-        let auth = match (&self.username, &self.password) {
+        let auth = match (&this.username, &this.password) {
             (Some(u), Some(p)) => NatsAuth::UserPassword {
                 user: u.clone(),
                 password: p.clone(),
@@ -284,29 +327,29 @@ impl ConnectConfig {
             (Some(_), None) => return Err(invalid(format!("{key}.username"), "needs a password")),
             (None, Some(_)) => return Err(invalid(format!("{key}.password"), "needs a username")),
             (None, None) => {
-                if let Some(t) = &self.token {
+                if let Some(t) = &this.token {
                     if t.is_empty() {
                         return Err(invalid(format!("{key}.token"), "must not be empty"));
                     }
                     NatsAuth::Token(t.clone())
-                } else if let Some(p) = need_file(key, "nkey_seed", &self.nkey_seed)? {
+                } else if let Some(p) = need_file(key, "nkey_seed", &this.nkey_seed)? {
                     NatsAuth::NkeySeed(p)
-                } else if let Some(p) = need_file(key, "creds", &self.creds)? {
+                } else if let Some(p) = need_file(key, "creds", &this.creds)? {
                     NatsAuth::Creds(p)
                 } else {
                     NatsAuth::None
                 }
             }
         };
-        let tls_ca = need_file(key, "tls_ca", &self.tls_ca)?;
-        let tls_cert = need_file(key, "tls_cert", &self.tls_cert)?;
-        let tls_key = need_file(key, "tls_key", &self.tls_key)?;
+        let tls_ca = need_file(key, "tls_ca", &this.tls_ca)?;
+        let tls_cert = need_file(key, "tls_cert", &this.tls_cert)?;
+        let tls_key = need_file(key, "tls_key", &this.tls_key)?;
         match (&tls_cert, &tls_key) {
             (Some(_), None) => return Err(invalid(format!("{key}.tls_cert"), "needs tls_key")),
             (None, Some(_)) => return Err(invalid(format!("{key}.tls_key"), "needs tls_cert")),
             _ => {}
         }
-        let require_tls = self.require_tls.unwrap_or(false)
+        let require_tls = this.require_tls.unwrap_or(false)
             || servers.iter().any(|s| s.starts_with("tls://"))
             || tls_ca.is_some()
             || tls_cert.is_some();
@@ -360,7 +403,24 @@ impl ConnectConfig {
             ));
         }
         let tls_ca = need_file(key, "tls_ca", &self.tls_ca)?;
-        if self.password.is_some() && self.username.is_none() {
+        let (mut username, mut password) = (self.username.clone(), self.password.clone());
+        if let Some((user, pass)) = userinfo(&parsed) {
+            if let Some(k) = [
+                ("username", username.is_some()),
+                ("password", password.is_some()),
+            ]
+            .iter()
+            .find(|(_, set)| *set)
+            .map(|(k, _)| *k)
+            {
+                return Err(invalid(
+                    format!("{key}.{k}"),
+                    "the URL carries credentials too: give them in one place",
+                ));
+            }
+            (username, password) = (Some(user), pass);
+        }
+        if password.is_some() && username.is_none() {
             return Err(invalid(format!("{key}.password"), "needs a username"));
         }
         let client_id = self
@@ -381,11 +441,27 @@ impl ConnectConfig {
             version,
             client_id,
             keep_alive,
-            username: self.username.clone(),
-            password: self.password.clone(),
+            username,
+            password,
             max_packet_size,
         })
     }
+}
+
+/// The user and password of a URL's authority, percent-decoded; `None` without a user.
+fn userinfo(u: &url::Url) -> Option<(String, Option<String>)> {
+    if u.username().is_empty() {
+        return None;
+    }
+    let user = percent_decode(u.username());
+    Some((user, u.password().map(percent_decode)))
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| s.to_string())
 }
 
 fn redis(key: &str, url: &str) -> Result<RedisConnect, ConfigError> {

@@ -611,14 +611,14 @@ fn validate_input(key: &str, i: &InputConfig) -> Result<InputSpec, ConfigError> 
 }
 
 fn validate_output(name: &str, o: &OutputConfig) -> Result<OutputSpec, ConfigError> {
-    validate_output_at(&format!("outputs.{name}"), name, o)
+    validate_output_at(&format!("outputs.{name}"), name, o, true)
 }
 
 impl OutputConfig {
     /// Checks one output as a consumer's publishing side (`tapbus-reduce --output URL`):
     /// errors name keys under `key` (e.g. `output.url`); `name` labels its metrics.
     pub fn validate(&self, key: &str, name: &str) -> Result<OutputSpec, ConfigError> {
-        validate_output_at(key, name, self)
+        validate_output_at(key, name, self, false)
     }
 
     /// Applies a `--output URL` flag on top of the file and environment: the URL replaces
@@ -639,8 +639,103 @@ impl OutputConfig {
     }
 }
 
-fn validate_output_at(key: &str, name: &str, o: &OutputConfig) -> Result<OutputSpec, ConfigError> {
+/// The keys an output URL's path and query may set ([`with_url_keys`]).
+const URL_KEYS: &str = "subject (or the path), topic (or the path), qos, jetstream, stream, \
+stream_subjects, stream_max_bytes, stream_max_age, stream_max_msgs, stream_replicas, \
+ack_window, marker_timeout, mode, key, max_len, queue, filter";
+
+/// An output URL's path and query are keys of its table, so one URL says everything:
+/// `nats://HOST:PORT/SUBJECT?jetstream=true&stream=DNSTAP`, `mqtt://HOST:PORT/TOPIC?qos=1`,
+/// `redis://HOST:PORT/DB?mode=list&key=dnstap`. The path is the NATS subject or the MQTT
+/// topic (a Redis URL's path is its database). A parameter that is no output key, or one
+/// that the table sets to another value, is an error naming it; what the URL does not set
+/// comes from the table. Returns the table with the URL reduced to its connection part.
+fn with_url_keys(key: &str, o: &OutputConfig) -> Result<OutputConfig, ConfigError> {
+    let url = o.connect.url.trim();
+    if !matches!(
+        scheme_of(url),
+        "nats" | "tls" | "mqtt" | "mqtts" | "redis" | "rediss"
+    ) {
+        return Ok(o.clone());
+    }
+    let (conn, q) = subscribe::split_url(key, url)?;
+    let mut e = o.clone();
+    e.connect.url = conn;
+    fn put<T: PartialEq + std::fmt::Debug>(
+        key: &str,
+        k: &str,
+        slot: &mut Option<T>,
+        v: T,
+    ) -> Result<(), ConfigError> {
+        match slot {
+            Some(old) if *old != v => Err(invalid(
+                format!("{key}.{k}"),
+                format!("the URL sets {v:?} and the key {old:?}: give it in one place"),
+            )),
+            _ => {
+                *slot = Some(v);
+                Ok(())
+            }
+        }
+    }
+    let bad =
+        |k: &str, v: &str, what: &str| invalid(format!("{key}.url"), format!("{k}={v:?}: {what}"));
+    for (k, v) in q {
+        let num = |v: &str| v.parse::<i64>().map_err(|_| bad(&k, v, "not a number"));
+        let size = |v: &str| v.parse::<usize>().map_err(|_| bad(&k, v, "not a number"));
+        let dur = |v: &str| humantime::parse_duration(v).map_err(|e| bad(&k, v, &e.to_string()));
+        match k.as_str() {
+            "subject" => put(key, &k, &mut e.subject, v)?,
+            "topic" => put(key, &k, &mut e.topic, v)?,
+            "stream" => put(key, &k, &mut e.stream, v)?,
+            "mode" => put(key, &k, &mut e.mode, v)?,
+            "key" => put(key, &k, &mut e.key, v)?,
+            "filter" => put(key, &k, &mut e.filter, v)?,
+            "qos" => {
+                let n = v.parse::<u8>().map_err(|_| bad(&k, &v, "use 0 or 1"))?;
+                put(key, &k, &mut e.qos, n)?
+            }
+            "jetstream" => {
+                let b = match v.as_str() {
+                    "true" | "1" | "yes" => true,
+                    "false" | "0" | "no" => false,
+                    _ => return Err(bad(&k, &v, "use true or false")),
+                };
+                put(key, &k, &mut e.jetstream, b)?
+            }
+            "stream_subjects" => {
+                let list = v.split(',').map(|s| s.trim().to_string()).collect();
+                put(key, &k, &mut e.stream_subjects, list)?
+            }
+            "stream_max_bytes" => put(key, &k, &mut e.stream_max_bytes, num(&v)?)?,
+            "stream_max_msgs" => put(key, &k, &mut e.stream_max_msgs, num(&v)?)?,
+            "stream_max_age" => put(key, &k, &mut e.stream_max_age, dur(&v)?)?,
+            "marker_timeout" => put(key, &k, &mut e.marker_timeout, dur(&v)?)?,
+            "stream_replicas" => put(key, &k, &mut e.stream_replicas, size(&v)?)?,
+            "ack_window" => put(key, &k, &mut e.ack_window, size(&v)?)?,
+            "max_len" => put(key, &k, &mut e.max_len, size(&v)?)?,
+            "queue" => put(key, &k, &mut e.queue, size(&v)?)?,
+            _ => {
+                return Err(invalid(
+                    format!("{key}.url"),
+                    format!("unknown parameter {k:?}; an output URL takes {URL_KEYS}"),
+                ));
+            }
+        }
+    }
+    Ok(e)
+}
+
+/// `templated`: the output publishes on its `subject` template (the broker's outputs; a
+/// consumer's records and batches have subjects of their own).
+fn validate_output_at(
+    key: &str,
+    name: &str,
+    o: &OutputConfig,
+    templated: bool,
+) -> Result<OutputSpec, ConfigError> {
     let key = key.to_string();
+    let o = &with_url_keys(&key, o)?;
     let url = o.connect.url.trim();
     let queue = o.queue.unwrap_or(16384);
     if queue == 0 {
@@ -703,7 +798,7 @@ fn validate_output_at(key: &str, name: &str, o: &OutputConfig) -> Result<OutputS
     } else if scheme == "jetstream" {
         return Err(invalid(
             format!("{key}.url"),
-            "jetstream:// is a subscriber URL; a JetStream output is nats://... with jetstream = true",
+            "jetstream:// is a subscriber URL; a JetStream output is nats://HOST:PORT?jetstream=true&stream=DNSTAP (or jetstream = true in its table)",
         ));
     } else {
         match o
@@ -720,7 +815,7 @@ fn validate_output_at(key: &str, name: &str, o: &OutputConfig) -> Result<OutputS
                 }
                 other => other,
             })? {
-            BusConnect::Nats(c) => OutputKind::Nats(validate_nats(&key, c, o)?),
+            BusConnect::Nats(c) => OutputKind::Nats(validate_nats(&key, c, o, templated)?),
             BusConnect::Mqtt(c) => OutputKind::Mqtt(validate_mqtt(&key, c, o)?),
             BusConnect::Redis(c) => OutputKind::Redis(validate_redis(&key, c, o)?),
         }
@@ -763,6 +858,7 @@ fn validate_nats(
     key: &str,
     connect: NatsConnect,
     o: &OutputConfig,
+    templated: bool,
 ) -> Result<NatsSpec, ConfigError> {
     let t = o.subject.as_deref().unwrap_or(Template::DEFAULT_NATS);
     let subject = Template::parse(t, Flavor::Nats)
@@ -820,6 +916,23 @@ fn validate_nats(
                 "must be between 1 and 5 (JetStream's limit)",
             ));
         }
+        // Every subject the template renders must be stored by the stream, or every event
+        // would be refused at run time (and dropped as publish_error).
+        let tokens = subject.tokens();
+        if templated && !subjects.iter().any(|f| covers(f, &tokens)) {
+            return Err(invalid(
+                format!("{key}.stream_subjects"),
+                format!(
+                    "{subjects:?} does not cover the subject {:?}: every event would be refused by the stream (e.g. add \"{}.>\")",
+                    subject.to_string(),
+                    tokens
+                        .first()
+                        .cloned()
+                        .flatten()
+                        .unwrap_or_else(|| "dnstap".into())
+                ),
+            ));
+        }
         let ack_window = o.ack_window.unwrap_or(1024);
         if !(1..=1 << 20).contains(&ack_window) {
             return Err(invalid(
@@ -861,6 +974,24 @@ fn validate_nats(
         jetstream,
         marker_timeout,
     })
+}
+
+/// Whether the NATS subject filter `filter` (`dnstap.>`, `a.*.c`) matches every subject of
+/// the template tokens (`None`: a token that varies).
+fn covers(filter: &str, tokens: &[Option<String>]) -> bool {
+    let f: Vec<&str> = filter.trim().split('.').collect();
+    for (i, ft) in f.iter().enumerate() {
+        if *ft == ">" {
+            return i < tokens.len();
+        }
+        match tokens.get(i) {
+            None => return false,
+            Some(_) if *ft == "*" => {}
+            Some(Some(t)) if t == ft => {}
+            Some(_) => return false,
+        }
+    }
+    f.len() == tokens.len()
 }
 
 fn validate_redis(
@@ -1356,6 +1487,201 @@ mod tests {
             o.filter = Some("rcode=NXDOMIAN".into());
         }
         assert!(err_of(&c).starts_with("outputs.stdout.filter:"));
+    }
+
+    /// One output from a URL alone: its validated spec, or the error.
+    fn output(url: &str) -> Result<OutputSpec, String> {
+        let mut c = BrokerConfig::default();
+        c.add_input_url("tcp://127.0.0.1:6000");
+        c.add_output_url(url);
+        c.validate()
+            .map(|s| s.outputs[0].clone())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn output_urls_carry_their_keys() {
+        let OutputKind::Nats(n) = output("nats://127.0.0.1:4222?jetstream=true&stream=DNS")
+            .expect("valid")
+            .kind
+        else {
+            panic!("nats")
+        };
+        let js = n.jetstream.expect("jetstream");
+        assert_eq!(
+            (js.stream.as_str(), js.subjects.clone()),
+            ("DNS", vec!["dnstap.>".to_string()])
+        );
+        assert_eq!(n.connect.servers, "nats://127.0.0.1:4222");
+        // The path is the subject template (braces percent-encoded or not).
+        let OutputKind::Nats(n) = output(
+            "nats://127.0.0.1:4222/dns.%7Bidentity%7D.{operation}?jetstream=1&stream_subjects=dns.>,x.>&stream_max_age=7d",
+        )
+        .expect("valid")
+        .kind
+        else {
+            panic!("nats")
+        };
+        assert_eq!(n.subject.to_string(), "dns.{identity}.{operation}");
+        let js = n.jetstream.expect("jetstream");
+        assert_eq!(js.subjects, ["dns.>", "x.>"]);
+        assert_eq!(js.max_age, Some(Duration::from_secs(7 * 86400)));
+        let OutputKind::Redis(r) =
+            output("redis://127.0.0.1:6379/2?mode=list&key=dnstap&max_len=50")
+                .expect("valid")
+                .kind
+        else {
+            panic!("redis")
+        };
+        assert_eq!(
+            r.mode,
+            RedisMode::List {
+                key: "dnstap".into(),
+                max_len: 50
+            }
+        );
+        assert_eq!(r.connect.url, "redis://127.0.0.1:6379/2");
+        let OutputKind::Mqtt(m) = output("mqtt://127.0.0.1:1883/dns/{identity}?qos=1")
+            .expect("valid")
+            .kind
+        else {
+            panic!("mqtt")
+        };
+        assert_eq!((m.topic.to_string().as_str(), m.qos), ("dns/{identity}", 1));
+        let o = output("nats://127.0.0.1:4222?queue=7&filter=rcode%3DNXDOMAIN").expect("valid");
+        assert_eq!(o.queue, 7);
+        assert_eq!(
+            o.filter.map(|f| f.to_string()).as_deref(),
+            Some("rcode=NXDOMAIN")
+        );
+        // Unknown parameters, bad values and disagreements are refused, naming the key.
+        let e = output("redis://127.0.0.1:6379?mode=list&keys=dnstap").expect_err("typo");
+        assert!(
+            e.starts_with("outputs.redis.url: unknown parameter \"keys\""),
+            "{e}"
+        );
+        let e = output("nats://127.0.0.1:4222?jetstream=maybe").expect_err("bad bool");
+        assert!(
+            e.starts_with("outputs.nats.url: jetstream=\"maybe\""),
+            "{e}"
+        );
+        let e = output("mqtt://127.0.0.1?qos=2").expect_err("qos");
+        assert!(e.starts_with("outputs.mqtt.qos: must be 0 or 1"), "{e}");
+        let e = output("nats://127.0.0.1:4222?stream=X").expect_err("no jetstream");
+        assert_eq!(e, "outputs.nats.stream: needs jetstream = true");
+        let mut c = BrokerConfig::default();
+        c.add_input_url("tcp://127.0.0.1:6000");
+        c.add_output_url("nats://127.0.0.1:4222/a.b");
+        if let Some(o) = c.outputs.values_mut().next() {
+            o.subject = Some("c.d".into());
+        }
+        let e = err_of(&c);
+        assert!(
+            e.starts_with("outputs.nats.subject: the URL sets \"a.b\" and the key \"c.d\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_stream_must_store_what_the_output_publishes() {
+        let e = output("nats://127.0.0.1:4222/my.subject?jetstream=true").expect_err("not covered");
+        assert!(e.starts_with("outputs.nats.stream_subjects: [\"dnstap.>\"] does not cover the subject \"my.subject\""), "{e}");
+        assert!(
+            output("nats://127.0.0.1:4222/my.subject?jetstream=true&stream_subjects=my.>").is_ok()
+        );
+        assert!(
+            output("nats://127.0.0.1:4222/my.subject?jetstream=true&stream_subjects=my.subject")
+                .is_ok()
+        );
+        assert!(
+            output("nats://127.0.0.1:4222/a.{identity}?jetstream=true&stream_subjects=a.*").is_ok()
+        );
+        let e = output("nats://127.0.0.1:4222/a.{identity}.x?jetstream=true&stream_subjects=a.*")
+            .expect_err("too short");
+        assert!(e.contains("does not cover"), "{e}");
+        let e = output("nats://127.0.0.1:4222/a.{identity}?jetstream=true&stream_subjects=a.b")
+            .expect_err("literal vs placeholder");
+        assert!(e.contains("does not cover"), "{e}");
+        assert!(
+            output("nats://127.0.0.1:4222/a-{identity}.b?jetstream=true&stream_subjects=*.b")
+                .is_ok()
+        );
+        assert!(
+            output("nats://127.0.0.1:4222/a?jetstream=true&stream_subjects=a.>").is_err(),
+            "> needs a token"
+        );
+        // A consumer's records have subjects of their own: no template to cover.
+        let mut o = OutputConfig::from_url("nats://127.0.0.1:4222?jetstream=true&stream=REDUCED");
+        o.stream_subjects = Some(vec!["tapbus.reduced.>".into()]);
+        assert!(o.validate("output", "records").is_ok());
+    }
+
+    #[test]
+    fn credentials_in_urls_are_used_and_kept_out_of_the_url() {
+        let OutputKind::Nats(n) = output("nats://tapbus:s%40cret@127.0.0.1:4222")
+            .expect("valid")
+            .kind
+        else {
+            panic!("nats")
+        };
+        assert_eq!(
+            n.connect.auth,
+            NatsAuth::UserPassword {
+                user: "tapbus".into(),
+                password: "s@cret".into()
+            }
+        );
+        assert_eq!(n.connect.servers, "nats://127.0.0.1:4222");
+        let OutputKind::Nats(n) = output("nats://tok@127.0.0.1:4222,nats://tok@127.0.0.1:4223")
+            .expect("valid")
+            .kind
+        else {
+            panic!("nats")
+        };
+        assert_eq!(n.connect.auth, NatsAuth::Token("tok".into()));
+        assert_eq!(
+            n.connect.servers,
+            "nats://127.0.0.1:4222,nats://127.0.0.1:4223"
+        );
+        let e = output("nats://a:b@127.0.0.1:4222,nats://c:d@127.0.0.1:4223").expect_err("two");
+        assert!(e.contains("different credentials"), "{e}");
+        let mut c = BrokerConfig::default();
+        c.add_input_url("tcp://127.0.0.1:6000");
+        c.add_output_url("nats://a:b@127.0.0.1:4222");
+        if let Some(o) = c.outputs.values_mut().next() {
+            o.connect.token = Some("t".into());
+        }
+        assert_eq!(
+            err_of(&c),
+            "outputs.nats.token: the URL carries credentials too: give them in one place"
+        );
+        let OutputKind::Mqtt(m) = output("mqtts://dns:pw@broker.example:8883/t")
+            .expect("valid")
+            .kind
+        else {
+            panic!("mqtt")
+        };
+        assert_eq!(
+            (m.connect.username.as_deref(), m.connect.password.as_deref()),
+            (Some("dns"), Some("pw"))
+        );
+        // A subscriber URL too.
+        let i = subscribe::InputConfig::from_url("jetstream://u:p@127.0.0.1:4222/DNSTAP?durable=x")
+            .validate("input", "t")
+            .expect("valid");
+        let BusConnect::Nats(n) = &i.connect else {
+            panic!("nats")
+        };
+        assert_eq!(
+            (n.servers.as_str(), &n.auth),
+            (
+                "nats://127.0.0.1:4222",
+                &NatsAuth::UserPassword {
+                    user: "u".into(),
+                    password: "p".into()
+                }
+            )
+        );
     }
 
     #[test]

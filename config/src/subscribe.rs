@@ -300,11 +300,16 @@ impl InputConfig {
 
 /// Splits a subscriber URL into the connection URL and what its path and query say about
 /// the subscription (`stream`, `subject`, `topic`, `durable`, ...).
-fn split_url(key: &str, raw: &str) -> Result<(String, BTreeMap<String, String>), ConfigError> {
+pub(crate) fn split_url(
+    key: &str,
+    raw: &str,
+) -> Result<(String, BTreeMap<String, String>), ConfigError> {
     let scheme = scheme_of(raw);
-    // A NATS server list: only the last URL may carry a path or query.
-    let (head, last) = match raw.rsplit_once(',') {
-        Some((h, l)) => (Some(h), l.trim()),
+    // A NATS server list: only the last URL may carry a path or query (in which a comma
+    // is part of a value): the list is split at the last comma before the last `://`.
+    let last_scheme = raw.rfind("://").unwrap_or(0);
+    let (head, last) = match raw[..last_scheme].rfind(',') {
+        Some(i) => (Some(&raw[..i]), raw[i + 1..].trim()),
         None => (None, raw),
     };
     let parsed = url::Url::parse(last)

@@ -69,6 +69,23 @@ pub enum TemplateError {
     Forbidden(char),
 }
 
+impl std::fmt::Display for Template {
+    /// The template as written (`dnstap.{identity}.{operation}`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for p in &self.parts {
+            f.write_str(match p {
+                Part::Lit(l) => l.as_str(),
+                Part::Identity => "{identity}",
+                Part::Operation => "{operation}",
+                Part::Qtype => "{qtype}",
+                Part::Rcode => "{rcode}",
+                Part::Protocol => "{protocol}",
+            })?;
+        }
+        Ok(())
+    }
+}
+
 impl Template {
     /// The default NATS subject template.
     pub const DEFAULT_NATS: &'static str = "dnstap.{identity}.{operation}";
@@ -120,6 +137,35 @@ impl Template {
             return Err(TemplateError::EmptyToken);
         }
         Ok(Template { parts, flavor })
+    }
+
+    /// The tokens every rendered subject has, separator by separator: `Some(text)` where
+    /// the token is always that text, `None` where a placeholder makes it vary
+    /// (`dnstap.{identity}.{operation}` -> `dnstap`, any, any).
+    pub fn tokens(&self) -> Vec<Option<String>> {
+        let sep = self.flavor.separator();
+        let mut out = vec![Some(String::new())];
+        for p in &self.parts {
+            match p {
+                Part::Lit(l) => {
+                    let mut pieces = l.split(sep);
+                    if let Some(first) = pieces.next()
+                        && let Some(Some(t)) = out.last_mut()
+                    {
+                        t.push_str(first);
+                    }
+                    for piece in pieces {
+                        out.push(Some(piece.to_string()));
+                    }
+                }
+                _ => {
+                    if let Some(t) = out.last_mut() {
+                        *t = None;
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The part of a summary this template reads (unused fields cleared): two summaries

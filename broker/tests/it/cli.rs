@@ -225,7 +225,7 @@ fn an_output_flag_keeps_the_inputs_of_the_environment_and_the_file() {
     );
     assert!(
         text.contains(
-            "inputs a=tcp:127.0.0.1:6001 tcp=tcp:127.0.0.1:6002; outputs bus=nats log=stdout stdout=stdout"
+            "inputs a=tcp:127.0.0.1:6001 tcp=tcp:127.0.0.1:6002; outputs bus=nats://127.0.0.1:4222 subject=dnstap.{identity}.{operation} log=stdout stdout=stdout"
         ),
         "{text}"
     );

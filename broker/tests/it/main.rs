@@ -20,3 +20,4 @@ mod replay;
 mod restart;
 mod start_order;
 mod tls;
+mod url_keys;

@@ -789,7 +789,9 @@ fn every_mounted_tapbus_config_loads_with_the_real_binary() {
         line("broker")
     );
     assert!(line("broker").contains("coredns=tcp:0.0.0.0:6000"));
-    assert!(line("broker").contains("nats=nats jetstream stream=DNSTAP"));
+    assert!(line("broker").contains(
+        " jetstream stream=DNSTAP stream_subjects=dnstap.> subject=dnstap.{identity}.{operation}"
+    ));
     assert!(line("reduce").contains("jetstream stream=DNSTAP durable=reduce"));
     assert!(line("reduce").contains("tapbus.reduced.client tapbus.reduced.qname"));
     assert!(line("aggregate").contains("batches to tapbus.metrics.compose"));
