@@ -33,12 +33,19 @@ use crate::ingress::{Shared, Started};
 use crate::metrics::Metrics;
 
 /// How a broker run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Shut down on request, or every file input was read completely.
     Clean,
     /// Only file inputs, and at least one of them ended with an error.
     FileErrors,
+    /// Only file inputs, read completely, but an output dropped events (its bus refused
+    /// them or was down past the drain deadline): the replay is incomplete.
+    Dropped {
+        output: String,
+        dropped: u64,
+        events: u64,
+    },
 }
 
 /// A broker that cannot start (bad address, unreadable certificate...).
@@ -112,7 +119,8 @@ pub async fn run(
     }
 
     let mut outcome = Outcome::Clean;
-    if listeners.is_empty() {
+    let replay = listeners.is_empty();
+    if replay {
         // Only files: publish them completely (or until a signal), then drain and exit.
         let all = futures::future::join_all(files);
         tokio::select! {
@@ -152,14 +160,23 @@ pub async fn run(
             tracing::warn!(output = %name, events = left, "output still draining at the shutdown deadline; its events are counted as dropped");
         }
         let published = m.published.get();
+        let events = offered.load(Ordering::Relaxed);
+        let dropped = m.dropped();
         tracing::info!(
             output = %name,
-            events = offered.load(Ordering::Relaxed),
+            events,
             published,
-            dropped = m.dropped(),
+            dropped,
             filtered = m.filtered.get(),
             "output closed"
         );
+        if replay && dropped > 0 && matches!(outcome, Outcome::Clean) {
+            outcome = Outcome::Dropped {
+                output: name.to_string(),
+                dropped,
+                events,
+            };
+        }
     }
     shutdown.cancel();
     if let Some(h) = http {

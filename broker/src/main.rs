@@ -72,6 +72,17 @@ fn main() -> ExitCode {
                 tracing::error!("finished; some input files were malformed (see above)");
                 ExitCode::FAILURE
             }
+            Ok(Outcome::Dropped {
+                output,
+                dropped,
+                events,
+            }) => {
+                tracing::error!(%output, dropped, events, "finished, but the output dropped events (tapbus_dropped_total says why)");
+                eprintln!(
+                    "tapbus-broker: output {output} dropped {dropped} of {events} events: the replay is incomplete"
+                );
+                ExitCode::FAILURE
+            }
             Err(e) => {
                 tracing::error!("cannot start: {e}");
                 eprintln!("tapbus-broker: {e}");

@@ -342,6 +342,14 @@ where
 impl BrokerConfig {
     /// Adds an input given on the command line (`--input URL`), named after its scheme.
     pub fn add_input_url(&mut self, url: &str) {
+        // An entry of the file or the environment named after the scheme and without a url
+        // (`TAPBUS_INPUTS__UNIX__MODE=0660` with `--input unix://...`) gets this url.
+        if let Some(i) = self.inputs.get_mut(&base_name(scheme_of(url)))
+            && i.url.trim().is_empty()
+        {
+            i.url = url.to_string();
+            return;
+        }
         let name = unique_name(&self.inputs, scheme_of(url));
         self.inputs.insert(
             name,
@@ -352,8 +360,17 @@ impl BrokerConfig {
         );
     }
 
-    /// Adds an output given on the command line (`--output URL`).
+    /// Adds an output given on the command line (`--output URL`). An output of the file or
+    /// the environment named after the URL's scheme and without a url of its own
+    /// (`TAPBUS_OUTPUTS__NATS__JETSTREAM=true` with `--output nats://...`) takes the URL
+    /// and keeps its other keys.
     pub fn add_output_url(&mut self, url: &str) {
+        if let Some(o) = self.outputs.get_mut(&base_name(scheme_of(url)))
+            && o.connect.url.trim().is_empty()
+        {
+            o.connect.url = url.to_string();
+            return;
+        }
         let name = unique_name(&self.outputs, scheme_of(url));
         self.outputs.insert(
             name,
@@ -459,11 +476,16 @@ impl BrokerConfig {
     }
 }
 
-fn unique_name<V>(map: &BTreeMap<String, V>, base: &str) -> String {
-    let base: String = base
+/// The name a command-line URL's entry gets: its scheme, `+` and the like as `_`.
+fn base_name(scheme: &str) -> String {
+    scheme
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
+        .collect()
+}
+
+fn unique_name<V>(map: &BTreeMap<String, V>, base: &str) -> String {
+    let base = base_name(base);
     if !map.contains_key(&base) {
         return base;
     }
@@ -574,9 +596,25 @@ fn validate_input(key: &str, i: &InputConfig) -> Result<InputSpec, ConfigError> 
             path: abs_path(key, rest)?,
             backoff: backoff()?,
         },
-        "file" => InputSpec::File {
-            path: abs_path(key, rest)?,
-        },
+        "file" => {
+            let path = abs_path(key, rest)?;
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_dir() => {
+                    return Err(invalid(
+                        format!("{key}.url"),
+                        format!("{} is a directory, not a capture file", path.display()),
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(invalid(
+                        format!("{key}.url"),
+                        format!("cannot read {}: {e}", path.display()),
+                    ));
+                }
+            }
+            InputSpec::File { path }
+        }
         other => {
             return Err(invalid(
                 format!("{key}.url"),
@@ -735,6 +773,12 @@ fn validate_output_at(
     templated: bool,
 ) -> Result<OutputSpec, ConfigError> {
     let key = key.to_string();
+    if o.connect.url.trim().is_empty() {
+        return Err(invalid(
+            format!("{key}.url"),
+            "missing: every output needs a url (or give it with --output URL, which fills the output named after its scheme)",
+        ));
+    }
     let o = &with_url_keys(&key, o)?;
     let url = o.connect.url.trim();
     let queue = o.queue.unwrap_or(16384);
@@ -1204,6 +1248,40 @@ mod tests {
             let c = load_with_flags(None, &defaults, &[], &["stdout"])?;
             let (_, o) = urls_in(&c);
             assert_eq!(o, ["nats=nats://10.0.0.1:4222", "stdout=stdout"]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn environment_keys_complete_the_entry_a_flag_names() {
+        figment::Jail::expect_with(|jail| {
+            // `--output nats://...` and TAPBUS_OUTPUTS__NATS__JETSTREAM=true: one output.
+            jail.set_env("TAPBUS_OUTPUTS__NATS__JETSTREAM", "true");
+            jail.set_env("TAPBUS_INPUTS__DIAL_TCP__RECONNECT_MAX", "3s");
+            let c = load_with_flags(
+                None,
+                &BrokerConfig::default(),
+                &["dial+tcp://127.0.0.1:6000"],
+                &["nats://127.0.0.1:4222"],
+            )?;
+            let (i, o) = urls_in(&c);
+            assert_eq!(i, ["dial_tcp=dial+tcp://127.0.0.1:6000"]);
+            assert_eq!(o, ["nats=nats://127.0.0.1:4222"]);
+            let s = c.validate().expect("valid");
+            let OutputKind::Nats(n) = &s.outputs[0].kind else {
+                panic!("nats")
+            };
+            assert_eq!(
+                n.jetstream.as_ref().map(|j| j.stream.as_str()),
+                Some("DNSTAP")
+            );
+            // Without the flag, the url-less entry is named as such.
+            jail.clear_env();
+            jail.set_env("TAPBUS_OUTPUTS__NATS__JETSTREAM", "true");
+            let c = load_with_flags(None, &BrokerConfig::default(), &["tcp://127.0.0.1:1"], &[])?;
+            let e = c.validate().expect_err("no url").to_string();
+            assert!(e.starts_with("outputs.nats.url: missing"), "{e}");
             Ok(())
         });
     }
@@ -1756,7 +1834,7 @@ mod tests {
         c.add_input_url("tcp://0.0.0.0:6000");
         c.add_input_url("tcp://0.0.0.0:6001");
         c.add_input_url("dial+tcp://127.0.0.1:6002");
-        c.add_input_url("file:///var/log/named.dnstap");
+        c.add_input_url("file:///dev/null");
         c.add_output_url("nats://127.0.0.1:4222");
         c.add_output_url("stdout");
         let s = c.validate().expect("valid");

@@ -114,6 +114,30 @@ async fn file_input_publishes_everything_and_exits() {
     assert_eq!(queries, 50001);
 }
 
+/// A replay whose output cannot deliver (no NATS listening, a 1 s drain deadline) reads
+/// the file completely, counts every event as dropped, and exits 1 saying so: a script
+/// must not take an incomplete replay for a finished one.
+#[test]
+fn a_replay_whose_output_dropped_events_fails() {
+    let name = "unbound.fstrm";
+    let n = expected_count(name);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tapbus-broker"))
+        .args(["-i", &format!("file://{}", capture(name).display())])
+        .args(["-o", &format!("nats://127.0.0.1:{}", free_port())])
+        .args(["--metrics-listen", ""])
+        .env("TAPBUS_DRAIN_TIMEOUT", "1s")
+        .output()
+        .expect("run broker");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "output nats dropped {n} of {n} events: the replay is incomplete"
+        )),
+        "{err}"
+    );
+}
+
 /// Many senders at once: every connection's stream arrives complete and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_connections() {
