@@ -45,12 +45,12 @@ fn main() -> ExitCode {
     let settings = match load(&cli) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("tapbus-broker: configuration error: {e:#}");
+            tapbus_config::errln!("tapbus-broker: configuration error: {e:#}");
             return ExitCode::from(2);
         }
     };
     if cli.check {
-        println!("tapbus-broker: configuration ok: {}", summary(&settings));
+        tapbus_config::outln!("tapbus-broker: configuration ok: {}", summary(&settings));
         return ExitCode::SUCCESS;
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("tapbus-broker: cannot start the runtime: {e}");
+            tapbus_config::errln!("tapbus-broker: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -78,14 +78,14 @@ fn main() -> ExitCode {
                 events,
             }) => {
                 tracing::error!(%output, dropped, events, "finished, but the output dropped events (tapbus_dropped_total says why)");
-                eprintln!(
+                tapbus_config::errln!(
                     "tapbus-broker: output {output} dropped {dropped} of {events} events: the replay is incomplete"
                 );
                 ExitCode::FAILURE
             }
             Err(e) => {
                 tracing::error!("cannot start: {e}");
-                eprintln!("tapbus-broker: {e}");
+                tapbus_config::errln!("tapbus-broker: {e}");
                 ExitCode::from(2)
             }
         }
@@ -182,7 +182,7 @@ fn init_logging(format: &str) {
     // a second while a server is down) would be a line; tapbus logs them itself, once per
     // change of state. TAPBUS_LOG replaces the whole filter.
     let filter = tracing_subscriber::EnvFilter::try_from_env("TAPBUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=off"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -218,8 +218,8 @@ fn bus_for_logs(connect: &BusConnect) -> String {
 /// a mode that does not fit the URL, unusable connection settings) are returned at once.
 ///
 /// A NATS core subscription is made once the client is connected (so the server has it
-/// when this returns). MQTT needs no waiting: its client connects (and reconnects) by
-/// itself and subscribes once connected, so it starts at once.
+/// when this returns). An MQTT client connects (and reconnects) by itself and subscribes
+/// once connected: this returns once the server accepted the connection.
 ///
 /// Cancel-safe: dropping the future (on SIGTERM) leaves nothing subscribed and nothing
 /// made on the server but a durable it had just created; the NATS client it made is
@@ -312,6 +312,16 @@ pub async fn subscribe_waiting(
                     Err(e) => return Err(e),
                 }
             }
+        }
+        (BusConnect::Mqtt(_), _) => {
+            // The client connects (and reconnects) by itself, logging the wait; the input
+            // is ready once the server took the connection.
+            let sub = subscribe(program, spec).await?;
+            let mut up = sub.connected();
+            if up.wait_for(|c| *c).await.is_err() {
+                return Err(SubscribeError::Closed.into());
+            }
+            Ok(sub)
         }
         _ => subscribe(program, spec).await,
     }

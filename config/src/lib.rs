@@ -28,6 +28,26 @@ pub use subscribe::{
     SubscribeConfig, SubscribeMode,
 };
 
+/// `eprintln!` that never panics: a line on standard error, or nothing when it is closed
+/// (`tapbus-tail ... 2>&1 | head -1` closes it after one line; `eprintln!` would panic
+/// and the process exit 101). For the binaries' user-facing messages.
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+/// `println!` that never panics (a closed standard output loses the line).
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// A configuration that cannot be run. The message always names the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

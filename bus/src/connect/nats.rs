@@ -110,6 +110,7 @@ pub async fn options(
     // line says what the process waits for.
     let ever_connected = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let waiting_for = servers_for_logs(&server_list(spec));
+    let last_server_error = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
     let mut opts = ConnectOptions::new()
         .name(client_name)
         .retry_on_initial_connect()
@@ -124,6 +125,7 @@ pub async fn options(
             let slow = slow.clone();
             let ever_connected = ever_connected.clone();
             let waiting_for = waiting_for.clone();
+            let last_server_error = last_server_error.clone();
             async move {
                 match event {
                     async_nats::Event::SlowConsumer(sid) => {
@@ -132,6 +134,9 @@ pub async fn options(
                         }
                     }
                     async_nats::Event::Connected => {
+                        if let Ok(mut last) = last_server_error.lock() {
+                            *last = None;
+                        }
                         on_state(true);
                         ever_connected.store(true, std::sync::atomic::Ordering::Relaxed);
                         quiet.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -142,7 +147,22 @@ pub async fn options(
                         tracing::warn!(bus = %name, "NATS disconnected; reconnecting");
                     }
                     async_nats::Event::ServerError(e) => {
-                        tracing::warn!(bus = %name, "NATS server error: {e}");
+                        // The same refusal at every reconnect attempt (a wrong password:
+                        // several a second) is logged once until connected.
+                        let text = e.to_string();
+                        let repeat = match last_server_error.lock() {
+                            Ok(mut last) => {
+                                let same = last.as_deref() == Some(text.as_str());
+                                *last = Some(text.clone());
+                                same
+                            }
+                            Err(_) => false,
+                        };
+                        if repeat {
+                            tracing::debug!(bus = %name, "NATS server error: {text}");
+                        } else {
+                            tracing::warn!(bus = %name, "NATS server error: {text} (repeats are logged at debug level until connected)");
+                        }
                     }
                     async_nats::Event::ClientError(e) => {
                         if quiet.swap(true, std::sync::atomic::Ordering::Relaxed) {

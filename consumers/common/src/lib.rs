@@ -56,7 +56,7 @@ where
     let s = match settings {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("{program}: configuration error: {e}");
+            tapbus_config::errln!("{program}: configuration error: {e}");
             return ExitCode::from(2);
         }
     };
@@ -67,14 +67,14 @@ where
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("{program}: cannot start the runtime: {e}");
+            tapbus_config::errln!("{program}: cannot start the runtime: {e}");
             return ExitCode::from(3);
         }
     };
     match rt.block_on(run(s)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{program}: {e:#}");
+            tapbus_config::errln!("{program}: {e:#}");
             ExitCode::from(3)
         }
     }
@@ -91,11 +91,11 @@ pub fn check<S>(
     use std::process::ExitCode;
     match settings {
         Ok(s) => {
-            println!("{program}: configuration ok: {}", summary(&s));
+            tapbus_config::outln!("{program}: configuration ok: {}", summary(&s));
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("{program}: configuration error: {e}");
+            tapbus_config::errln!("{program}: configuration error: {e}");
             ExitCode::from(2)
         }
     }
@@ -118,13 +118,18 @@ pub async fn stop_signal() {
     }
 }
 
-/// Logs to standard error, filtered by `TAPBUS_LOG` (default `warn`), as text or JSON.
+/// Logs to standard error, filtered by `TAPBUS_LOG` (default `warn`, without async-nats's
+/// own lines), as text (coloured only on a terminal) or JSON.
 pub fn init_logging(format: &str) {
+    // async-nats logs each failed reconnect attempt itself; tapbus logs every change of
+    // state once (bus/src/connect/nats.rs). TAPBUS_LOG replaces the whole filter.
     let filter = tracing_subscriber::EnvFilter::try_from_env("TAPBUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,async_nats=off"));
+    // Colour only for a terminal: a file, a pipe or journald gets plain text.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if format == "json" {
         b.json().init();
     } else {

@@ -74,7 +74,7 @@ fn main() -> ExitCode {
     let (spec, tail) = match settings(&cli) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("{PROGRAM}: configuration error: {e}");
+            tapbus_config::errln!("{PROGRAM}: configuration error: {e}");
             return ExitCode::from(2);
         }
     };
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("{PROGRAM}: cannot start the runtime: {e}");
+            tapbus_config::errln!("{PROGRAM}: cannot start the runtime: {e}");
             return ExitCode::from(3);
         }
     };
@@ -124,7 +124,7 @@ async fn run(
             _ = &mut stop => break ExitCode::SUCCESS,
             _ = sleep_until(deadline) => {
                 if !subscribed {
-                    eprintln!("{PROGRAM}: the input was not ready within the timeout (the log says what it waited for)");
+                    tapbus_config::errln!("{PROGRAM}: the input was not ready within the timeout (the log says what it waited for)");
                     break ExitCode::from(3);
                 }
                 break timed_out(count, printed);
@@ -139,12 +139,12 @@ async fn run(
             Some(Input::Delivery(_, d)) => d,
             Some(Input::Ended(_, why)) => {
                 let _ = out.flush();
-                eprintln!("{PROGRAM}: {why}");
+                tapbus_config::errln!("{PROGRAM}: {why}");
                 break ExitCode::from(3);
             }
             None => {
                 let _ = out.flush();
-                eprintln!("{PROGRAM}: subscription ended");
+                tapbus_config::errln!("{PROGRAM}: subscription ended");
                 break ExitCode::from(3);
             }
         };
@@ -156,7 +156,7 @@ async fn run(
             Ok(h) => h,
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("{PROGRAM}: cannot write to standard output: {e}");
+                tapbus_config::errln!("{PROGRAM}: cannot write to standard output: {e}");
                 break ExitCode::from(3);
             }
         };
@@ -198,7 +198,7 @@ async fn run(
 fn timed_out(count: Option<u64>, printed: u64) -> ExitCode {
     match count {
         Some(n) if printed < n => {
-            eprintln!("{PROGRAM}: timeout after {printed} of {n} events");
+            tapbus_config::errln!("{PROGRAM}: timeout after {printed} of {n} events");
             ExitCode::from(1)
         }
         _ => ExitCode::SUCCESS,

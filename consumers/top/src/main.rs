@@ -154,7 +154,7 @@ fn main() -> ExitCode {
     } = match settings(&cli) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("{PROGRAM}: configuration error: {e}");
+            tapbus_config::errln!("{PROGRAM}: configuration error: {e}");
             return ExitCode::from(2);
         }
     };
@@ -178,7 +178,7 @@ fn main() -> ExitCode {
     let reader = match start_background(spec, broker, shared.clone(), clock.clone(), stop.clone()) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("{PROGRAM}: cannot start the runtime: {e}");
+            tapbus_config::errln!("{PROGRAM}: cannot start the runtime: {e}");
             return ExitCode::from(3);
         }
     };
@@ -193,7 +193,7 @@ fn main() -> ExitCode {
         None => match interactive(&cli, deadline, &shared, &clock, &stop, &status) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("{PROGRAM}: {e:#}");
+                tapbus_config::errln!("{PROGRAM}: {e:#}");
                 ExitCode::from(3)
             }
         },
@@ -203,7 +203,7 @@ fn main() -> ExitCode {
     let _ = reader.recv_timeout(Duration::from_secs(2));
     let s = lock(&shared);
     if let Conn::Ended(why) = &s.conn {
-        eprintln!("{PROGRAM}: {why}");
+        tapbus_config::errln!("{PROGRAM}: {why}");
         if s.stats.events() == 0 && code == ExitCode::SUCCESS {
             return ExitCode::from(3);
         }
@@ -670,14 +670,14 @@ fn once(
     if reached {
         ExitCode::SUCCESS
     } else {
-        eprintln!("{PROGRAM}: stopped before {n} events");
+        tapbus_config::errln!("{PROGRAM}: stopped before {n} events");
         ExitCode::from(1)
     }
 }
 
 fn init_logging(file: Option<&std::path::Path>, stderr_ok: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TAPBUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,async_nats=off"));
     let b = tracing_subscriber::fmt().with_env_filter(filter);
     if let Some(path) = file {
         match std::fs::OpenOptions::new()
@@ -688,13 +688,15 @@ fn init_logging(file: Option<&std::path::Path>, stderr_ok: bool) {
             Ok(f) => {
                 b.with_ansi(false).with_writer(Mutex::new(f)).init();
             }
-            Err(e) => eprintln!(
+            Err(e) => tapbus_config::errln!(
                 "{PROGRAM}: cannot open the log file {}: {e}",
                 path.display()
             ),
         }
     } else if stderr_ok {
-        b.with_writer(std::io::stderr).init();
+        b.with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
     }
 }
 

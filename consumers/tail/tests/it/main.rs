@@ -323,6 +323,46 @@ fn exit_codes() {
     let url = js_url(js.url(), "NOSUCH?durable=x");
     let t = Tail::start(d.path(), "nostream", &["--input", &url, "--timeout", "10s"]);
     assert_eq!(t.finish(Duration::from_secs(20)).0, 3);
+    // One rule for every bus: a server that is not there within --timeout is 3 (a bus
+    // that is up but brings fewer than --count events is 1, above).
+    let port = tapbus_testsupport::free_port();
+    for (name, input) in [
+        ("down-nats", format!("nats://127.0.0.1:{port}")),
+        (
+            "down-js",
+            format!("jetstream://127.0.0.1:{port}/DNSTAP?durable=x"),
+        ),
+        ("down-mqtt", format!("mqtt://127.0.0.1:{port}")),
+        ("down-redis", format!("redis://127.0.0.1:{port}")),
+        (
+            "down-redis-stream",
+            format!("redis://127.0.0.1:{port}?stream=s&group=g"),
+        ),
+    ] {
+        let t = Tail::start(
+            d.path(),
+            name,
+            &["--input", &input, "--count", "1", "--timeout", "2s"],
+        );
+        assert_eq!(t.finish(Duration::from_secs(20)).0, 3, "{input}");
+    }
+    // Standard error closed after the first line (`2>&1 | head -1`): no panic (101).
+    let mut proc = Proc::spawn(
+        Command::new(tail_bin())
+            .args([
+                "--input",
+                &format!("nats://127.0.0.1:{port}"),
+                "--timeout",
+                "2s",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    drop(proc.child.stderr.take());
+    let st = proc
+        .wait_within(Duration::from_secs(20))
+        .expect("tapbus-tail exits");
+    assert_eq!(st.code(), Some(3));
 }
 
 /// A consumer that took messages and never acknowledged them (its standard output is a
