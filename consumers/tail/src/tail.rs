@@ -120,12 +120,15 @@ impl Tail {
         }
     }
 
-    /// Handles one message; `out` gets at most one line. An error from `out` is returned
-    /// as is (the caller decides: a closed pipe ends the program quietly).
+    /// Handles one message: a dnstap event, a reduced record (`tapbus.reduced.*`) or a
+    /// metric batch (`tapbus.metrics.*`). `out` gets one line (a batch in text: a header
+    /// line and one line per series). Filters are about events: with a filter, records
+    /// and batches are filtered out. An error from `out` is returned as is (the caller
+    /// decides: a closed pipe ends the program quietly).
     pub fn handle(&mut self, payload: &[u8], out: &mut impl Write) -> std::io::Result<Handled> {
         let view = match EventView::parse(payload) {
             Ok(v) => v,
-            Err(e) => return Ok(Handled::Bad(describe(&e))),
+            Err(e) => return self.other(payload, &describe(&e), out),
         };
         if !self.filters.iter().all(|f| f.matches(&view)) {
             return Ok(Handled::Filtered);
@@ -144,6 +147,136 @@ impl Tail {
         }
         Ok(Handled::Printed)
     }
+
+    /// A message that is no event: a record or a batch is printed, anything else is bad
+    /// (`why` says what the event parser found).
+    fn other(
+        &mut self,
+        payload: &[u8],
+        why: &str,
+        out: &mut impl Write,
+    ) -> std::io::Result<Handled> {
+        let Some(kind) = Other::of(payload) else {
+            return Ok(Handled::Bad(why.to_owned()));
+        };
+        if !self.filters.is_empty() {
+            return Ok(Handled::Filtered);
+        }
+        match self.format {
+            Format::Json => {
+                out.write_all(payload)?;
+                out.write_all(b"\n")?;
+            }
+            Format::Text => {
+                self.line.clear();
+                kind.write_text(&mut self.line);
+                out.write_all(self.line.as_bytes())?;
+            }
+        }
+        Ok(Handled::Printed)
+    }
+}
+
+/// The other tapbus messages on the bus.
+enum Other {
+    /// tapbus-reduce's record (consumers/reduce/record.schema.json).
+    Record(serde_json::Map<String, serde_json::Value>),
+    /// tapbus-aggregate's batch (consumers/aggregate/batch.schema.json).
+    Batch(serde_json::Map<String, serde_json::Value>),
+}
+
+impl Other {
+    fn of(payload: &[u8]) -> Option<Other> {
+        let serde_json::Value::Object(m) = serde_json::from_slice(payload).ok()? else {
+            return None;
+        };
+        let has = |k: &[&str]| k.iter().all(|k| m.contains_key(*k));
+        if has(&["reduction", "window-start", "key", "count"]) {
+            Some(Other::Record(m))
+        } else if has(&["instance", "seq", "timestamp_ms", "series"]) && m["series"].is_array() {
+            Some(Other::Batch(m))
+        } else {
+            None
+        }
+    }
+
+    /// `RECORD 2026-11-22T02:41:30.000000000Z client ns1 qname=example.com query-ip=10.0.0.1 count=3 bytes=180 late`
+    /// (key fields by name)
+    /// or `BATCH agg-1 seq=7 2026-...Z 412 series` and then `  name{label="v",...} value`.
+    fn write_text(&self, line: &mut String) {
+        use std::fmt::Write as _;
+        let text = |v: Option<&serde_json::Value>| match v {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Null) | None => "-".into(),
+            Some(other) => other.to_string(),
+        };
+        match self {
+            Other::Record(m) => {
+                let _ = write!(
+                    line,
+                    "RECORD {} {} {}",
+                    text(m.get("window-start")),
+                    text(m.get("reduction")),
+                    text(m.get("identity"))
+                );
+                if let Some(serde_json::Value::Object(key)) = m.get("key") {
+                    for (k, v) in key {
+                        let _ = write!(line, " {k}={}", text(Some(v)));
+                    }
+                }
+                let _ = write!(
+                    line,
+                    " count={} bytes={}",
+                    text(m.get("count")),
+                    text(m.get("bytes"))
+                );
+                for flag in ["late", "overflow"] {
+                    if m.get(flag) == Some(&serde_json::Value::Bool(true)) {
+                        let _ = write!(line, " {flag}");
+                    }
+                }
+                line.push('\n');
+            }
+            Other::Batch(m) => {
+                let series = m["series"].as_array().map_or(&[][..], Vec::as_slice);
+                let ts = m
+                    .get("timestamp_ms")
+                    .and_then(serde_json::Value::as_i64)
+                    .and_then(|ms| u64::try_from(ms).ok())
+                    .map_or("-".into(), |ms| rfc3339_ms(ms));
+                let _ = writeln!(
+                    line,
+                    "BATCH {} seq={} {ts} {} series",
+                    text(m.get("instance")),
+                    text(m.get("seq")),
+                    series.len()
+                );
+                for s in series {
+                    let _ = write!(line, "  {}", text(s.get("name")));
+                    if let Some(serde_json::Value::Object(labels)) = s.get("labels") {
+                        line.push('{');
+                        for (i, (k, v)) in labels.iter().enumerate() {
+                            if i > 0 {
+                                line.push(',');
+                            }
+                            let _ =
+                                write!(line, "{k}={}", serde_json::Value::String(text(Some(v))));
+                        }
+                        line.push('}');
+                    }
+                    let _ = writeln!(line, " {}", text(s.get("value")));
+                }
+            }
+        }
+    }
+}
+
+/// Milliseconds since the epoch as RFC 3339 (UTC), as the events write their times.
+fn rfc3339_ms(ms: u64) -> String {
+    let mut out = Vec::with_capacity(32);
+    let nanos = u32::try_from(ms % 1000).unwrap_or(0) * 1_000_000;
+    tapbus_proto::event::json::rfc3339_ns(&mut out, ms / 1000, nanos);
+    String::from_utf8_lossy(&out).trim_matches('"').to_owned()
 }
 
 fn describe(e: &ViewError) -> String {
@@ -215,6 +348,53 @@ mod tests {
             assert!(matches!(h, Handled::Bad(_)), "{bad:?}: {h:?}");
             assert!(out.is_empty());
         }
+    }
+
+    const RECORD: &str = r#"{"id":"client.1795315290000000000.0123456789abcdef0123456789abcdef","reduction":"client","window-start":"2026-11-22T02:41:30.000000000Z","window-start-ns":1795315290000000000,"window-end":"2026-11-22T02:41:40.000000000Z","window-end-ns":1795315300000000000,"identity":"ns1","key":{"query-ip":"10.0.0.1","qname":"example.com","rcode":null},"count":3,"first-ns":1795315290000000001,"last-ns":1795315299000000000,"bytes":180,"late":true,"overflow":false}"#;
+    const BATCH: &str = r#"{"instance":"agg-1","seq":7,"timestamp_ms":1795315298535,"series":[{"name":"dnstap_messages_total","labels":{"instance":"agg-1","identity":"ns1"},"value":42.0},{"name":"dnstap_up","labels":{"instance":"agg-1"},"value":1.0}]}"#;
+
+    #[test]
+    fn records_and_batches_are_printed_too() {
+        let mut t = Tail::new(vec![], Format::Text);
+        let (h, out) = run(&mut t, RECORD.as_bytes());
+        assert_eq!(h, Handled::Printed);
+        assert_eq!(
+            out,
+            "RECORD 2026-11-22T02:41:30.000000000Z client ns1 qname=example.com query-ip=10.0.0.1 rcode=- count=3 bytes=180 late\n"
+        );
+        let (h, out) = run(&mut t, BATCH.as_bytes());
+        assert_eq!(h, Handled::Printed);
+        assert_eq!(
+            out,
+            "BATCH agg-1 seq=7 2026-11-22T02:41:38.535000000Z 2 series\n  dnstap_messages_total{identity=\"ns1\",instance=\"agg-1\"} 42.0\n  dnstap_up{instance=\"agg-1\"} 1.0\n"
+        );
+        let mut j = Tail::new(vec![], Format::Json);
+        for m in [RECORD, BATCH] {
+            let (h, out) = run(&mut j, m.as_bytes());
+            assert_eq!(h, Handled::Printed);
+            assert_eq!(out, format!("{m}\n"), "passed through byte for byte");
+        }
+        // Filters are about events: records and batches do not match them.
+        let mut f = Tail::new(
+            vec![Filter::parse("rcode=NXDOMAIN").expect("filter")],
+            Format::Json,
+        );
+        assert_eq!(
+            run(&mut f, RECORD.as_bytes()),
+            (Handled::Filtered, String::new())
+        );
+        assert_eq!(
+            run(&mut f, BATCH.as_bytes()),
+            (Handled::Filtered, String::new())
+        );
+        // Other JSON stays bad, with the event parser's reason.
+        let (h, _) = run(&mut t, br#"{"reduction":"x"}"#);
+        assert!(matches!(h, Handled::Bad(_)), "{h:?}");
+        let (h, _) = run(
+            &mut t,
+            br#"{"instance":"a","seq":1,"timestamp_ms":1,"series":{}}"#,
+        );
+        assert!(matches!(h, Handled::Bad(_)), "{h:?}");
     }
 
     /// Every key the configuration file accepts is documented: in docs/tail.md, `[input]` in
