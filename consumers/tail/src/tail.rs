@@ -243,7 +243,7 @@ impl Other {
                     .get("timestamp_ms")
                     .and_then(serde_json::Value::as_i64)
                     .and_then(|ms| u64::try_from(ms).ok())
-                    .map_or("-".into(), |ms| rfc3339_ms(ms));
+                    .map_or("-".into(), rfc3339_ms);
                 let _ = writeln!(
                     line,
                     "BATCH {} seq={} {ts} {} series",
