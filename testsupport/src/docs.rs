@@ -185,9 +185,102 @@ fn toml_names(line: &str, key: &str) -> bool {
     false
 }
 
+/// The metric families of a `/metrics` text that `pages` do not document, each with the
+/// labels its line leaves out (`["tapbus_reduce_jumps_total (undocumented)",
+/// "tapbus_dropped_total: label reason"]`).
+///
+/// A family is documented by a line of a page (a table row, a list item) that names it in
+/// an inline code span (as written, or without `_total`, `_bucket`, `_sum`, `_count`), and
+/// its labels by code spans on that same line (`output`, `reason="queue_full"`). The
+/// histogram's `le`, the summary's `quantile`, and `instance` and `job` (a scrape adds
+/// them) need no mention.
+pub fn undocumented_metrics(exposition: &str, pages: &[&str]) -> Vec<String> {
+    let text: String = pages.iter().map(|p| page(p)).collect::<Vec<_>>().join("\n");
+    // Every line's code-span tokens.
+    let lines: Vec<Vec<String>> = text
+        .lines()
+        .map(|l| {
+            l.split('`')
+                .skip(1)
+                .step_by(2)
+                .flat_map(|span| {
+                    span.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        })
+        .collect();
+    let scrape = crate::prom::Scrape::parse(exposition);
+    let mut families: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for s in &scrape.series {
+        let labels = families.entry(s.name.clone()).or_default();
+        labels.extend(
+            s.labels
+                .keys()
+                .filter(|k| !matches!(k.as_str(), "le" | "quantile" | "instance" | "job"))
+                .cloned(),
+        );
+    }
+    let mut out = Vec::new();
+    for (name, labels) in families {
+        let mut names = vec![name.clone()];
+        for suffix in ["_total", "_bucket", "_sum", "_count", "_created"] {
+            if let Some(base) = name.strip_suffix(suffix) {
+                names.push(base.to_owned());
+                names.push(format!("{base}_total"));
+            }
+        }
+        let documenting: Vec<&Vec<String>> = lines
+            .iter()
+            .filter(|toks| toks.iter().any(|t| names.contains(t)))
+            .collect();
+        if documenting.is_empty() {
+            out.push(format!("{name} (undocumented)"));
+            continue;
+        }
+        for l in labels {
+            if !documenting.iter().any(|toks| toks.contains(&l)) {
+                out.push(format!("{name}: label {l}"));
+            }
+        }
+    }
+    out
+}
+
+/// Panics unless every family (and label) of `process`'s `/metrics` text is documented in
+/// `pages` ([`undocumented_metrics`]).
+pub fn assert_metrics_documented(exposition: &str, process: &str, pages: &[&str]) {
+    let missing = undocumented_metrics(exposition, pages);
+    assert!(
+        missing.is_empty(),
+        "{process} exports metrics that docs/{} do not describe (a table row naming the \
+         family and each label in code spans): {missing:#?}",
+        pages.join(", docs/")
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metric_families_and_labels_are_looked_up_per_line() {
+        let text = "# TYPE tapbus_dropped_total counter\n\
+            tapbus_dropped_total{output=\"a\",reason=\"queue_full\"} 0\n\
+            # TYPE tapbus_consumer_pending gauge\n\
+            tapbus_consumer_pending{instance=\"x\"} 0\n\
+            # TYPE tapbus_new_total counter\n\
+            tapbus_new_total 0\n";
+        // metrics.md documents tapbus_dropped_total with output and reason; consumers.md
+        // documents tapbus_consumer_pending; nobody tapbus_new_total.
+        let missing = undocumented_metrics(text, &["metrics.md", "consumers.md"]);
+        assert_eq!(missing, ["tapbus_new_total (undocumented)"]);
+        let missing = undocumented_metrics(text, &["metrics.md"]);
+        assert!(missing.contains(&"tapbus_consumer_pending (undocumented)".to_string()));
+    }
     use serde_json::json;
 
     const DOC: &str = "\

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tapbus_consumer::metrics::ByReason;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tapbus_consumer::sink::http;
 use tapbus_consumer::{Attempt, Flush, Flushed, Msg, Sink, Stage, Verdict};
@@ -79,20 +80,31 @@ impl Stage for MimirStage {
     }
 }
 
+/// The `outcome` of a remote-write request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
 /// `tapbus_mimir_*`.
 #[derive(Debug, Clone)]
 pub struct MimirMetrics {
     samples: Counter,
-    requests: Counter,
+    requests: Family<Outcome, Counter>,
     retries: Counter,
     dropped: ByReason,
 }
 
 impl Default for MimirMetrics {
     fn default() -> Self {
+        let requests = Family::default();
+        // Every outcome exported at 0 from the start.
+        for outcome in ["written", "retried", "refused"] {
+            let _ = requests.get_or_create(&Outcome { outcome });
+        }
         MimirMetrics {
             samples: Counter::default(),
-            requests: Counter::default(),
+            requests,
             retries: Counter::default(),
             dropped: ByReason::new(KNOWN),
         }
@@ -111,7 +123,7 @@ impl MimirMetrics {
         );
         r.register(
             "tapbus_mimir_requests",
-            "remote-write requests the receiver took (2xx)",
+            "remote-write requests sent, by outcome: written (2xx), retried (429, 5xx or no answer), refused (any other status: the batch is dropped)",
             self.requests.clone(),
         );
         r.register(
@@ -173,16 +185,18 @@ impl Sink<Request> for MimirSink {
             Attempt::Dropped { reason }
         })
         .await;
-        match &a {
+        let outcome = match &a {
             Attempt::Done => {
                 m.samples.inc_by(r.samples as u64);
-                m.requests.inc();
+                "written"
             }
             Attempt::Retry { .. } => {
                 m.retries.inc();
+                "retried"
             }
-            Attempt::Dropped { .. } => {}
-        }
+            Attempt::Dropped { .. } => "refused",
+        };
+        m.requests.get_or_create(&Outcome { outcome }).inc();
         a
     }
 }

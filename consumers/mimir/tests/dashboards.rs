@@ -1094,4 +1094,40 @@ fn every_promql_expression_parses_and_returns_series_from_the_pipeline() {
     wrong.sort();
     wrong.dedup();
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // The docs against reality: every family each process exports (the pipeline has run,
+    // so the labelled ones have series), with its labels, is described in its pages.
+    let mut undocumented = Vec::new();
+    for (process, port, pages) in [
+        ("tapbus-broker", broker_port, &["metrics.md"][..]),
+        (
+            "tapbus-aggregate",
+            agg_port,
+            &["aggregate.md", "consumers.md"][..],
+        ),
+        (
+            "tapbus-reduce",
+            reduce_port,
+            &["reduce.md", "consumers.md"][..],
+        ),
+        (
+            "tapbus-mimir",
+            mimir_ports[0],
+            &["mimir.md", "consumers.md"][..],
+        ),
+        ("tapbus-loki", loki_port, &["loki.md", "consumers.md"][..]),
+    ] {
+        let text = prom::scrape(&addr(port)).text;
+        assert!(!text.is_empty(), "{process}: no /metrics");
+        undocumented.extend(
+            tapbus_testsupport::docs::undocumented_metrics(&text, pages)
+                .into_iter()
+                .map(|m| format!("{process}: {m} (docs/{})", pages.join(", docs/"))),
+        );
+    }
+    assert!(
+        undocumented.is_empty(),
+        "metrics the docs do not describe (a table row naming the family and each label in \
+         code spans): {undocumented:#?}"
+    );
 }

@@ -139,7 +139,7 @@ fn retries_5xx_and_429_until_written_and_drops_a_400_by_its_reason() {
         Duration::from_secs(30),
         || {
             let t = http_get(&addr, "/metrics").unwrap_or_default();
-            metric(&t, "tapbus_mimir_requests_total", &[]) == Some(1)
+            metric(&t, "tapbus_mimir_requests_total", &[("outcome", "written")]) == Some(1)
         },
     );
     publish(2);
@@ -161,6 +161,18 @@ fn retries_5xx_and_429_until_written_and_drops_a_400_by_its_reason() {
         Some(2),
         "{text}"
     );
+    // Every request counted by outcome: 503 and 429 retried, 204 written, 400 refused.
+    for (outcome, n) in [("retried", 2), ("written", 1), ("refused", 1)] {
+        assert_eq!(
+            metric(
+                &text,
+                "tapbus_mimir_requests_total",
+                &[("outcome", outcome)]
+            ),
+            Some(n),
+            "{outcome}: {text}"
+        );
+    }
     assert_eq!(
         metric(
             &text,
