@@ -29,6 +29,9 @@ def main(args):
 
     def on_message(client, userdata, msg):
         nonlocal seen
+        # Messages already on their way when --count was reached are not printed.
+        if args.count and seen >= args.count:
+            return
         ev = json.loads(msg.payload)
         dns, tap = ev["dns"], ev["dnstap"]
         print(msg.topic, tap["identity"], tap["operation"], dns["qname"], dns["rcode"], flush=True)

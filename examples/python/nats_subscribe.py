@@ -22,6 +22,9 @@ async def main(args):
 
     async def on_event(msg):
         nonlocal seen
+        # Messages already on their way when --count was reached are not printed.
+        if args.count and seen >= args.count:
+            return
         ev = json.loads(msg.data)
         dns, tap = ev["dns"], ev["dnstap"]
         print(msg.subject, tap["identity"], tap["operation"], dns["qname"], dns["rcode"], flush=True)

@@ -55,7 +55,10 @@ def stream(r, args, deadline):
         if deadline and time.monotonic() >= deadline:
             return seen
         # ">": entries never delivered to this group; block up to a second for new ones.
-        reply = r.xreadgroup(args.group, consumer, {args.stream: ">"}, count=100, block=1000)
+        # Only as many as --count still needs: an entry read is pending for this consumer
+        # until it is acked, so reading more would leave them to the group's reclaim.
+        want = min(100, args.count - seen) if args.count else 100
+        reply = r.xreadgroup(args.group, consumer, {args.stream: ">"}, count=want, block=1000)
         for key, entries in reply:
             for entry_id, fields in entries:
                 show(key.decode(), fields[b"data"])

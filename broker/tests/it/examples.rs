@@ -220,8 +220,23 @@ fn python_nats_subscribe() {
         ],
         Some("subscribed"),
     );
+    // `--count 3` prints three, although the rest keeps arriving while it stops.
+    let few = Example::start(
+        &python(),
+        &[
+            example("python/nats_subscribe.py").to_str().expect("utf-8"),
+            "--url",
+            nats.url(),
+            "--count",
+            "3",
+            "--timeout",
+            "30",
+        ],
+        Some("subscribed"),
+    );
     s.replay();
     assert_summaries(&ex.finish(), &reference(), expected_subject);
+    assert_summaries(&few.finish(), &reference()[..3], expected_subject);
 }
 
 #[test]
@@ -245,8 +260,22 @@ fn python_mqtt_subscribe() {
         ],
         Some("subscribed"),
     );
+    let few = Example::start(
+        &python(),
+        &[
+            example("python/mqtt_subscribe.py").to_str().expect("utf-8"),
+            "--url",
+            &mq.url(),
+            "--count",
+            "3",
+            "--timeout",
+            "30",
+        ],
+        Some("subscribed"),
+    );
     s.replay();
     assert_summaries(&ex.finish(), &reference(), expected_topic);
+    assert_summaries(&few.finish(), &reference()[..3], expected_topic);
 }
 
 #[test]
