@@ -114,6 +114,20 @@ impl Delivery {
         !matches!(self.ack, Ack::None)
     }
 
+    /// Hands the message back unhandled, for a consumer that took more than it will
+    /// handle (it stops; drop the subscriber first, or the message may come straight
+    /// back to it): JetStream sends `-NAK`, so the server delivers it again at once
+    /// instead of after `ack_wait`; an MQTT message is abandoned (the acks after it go
+    /// out; a persistent session gets it again after a reconnect); a Redis stream entry
+    /// stays pending for this consumer until the group's `claim_idle` hands it to another
+    /// (Redis has no NAK); the other buses have nothing to hand back.
+    pub async fn release(self) -> Result<(), AckError> {
+        match self.ack {
+            Ack::JetStream(a) => a.nak().await,
+            Ack::None | Ack::Mqtt(_) | Ack::RedisStream(_) | Ack::Memory(_) => Ok(()),
+        }
+    }
+
     /// What has this message's ack, once sent, written out to the bus ([`AckFlush`]).
     pub fn ack_flush(&self) -> AckFlush {
         match &self.ack {

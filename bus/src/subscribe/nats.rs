@@ -433,6 +433,12 @@ impl JsAck {
         self.send(AckKind::Progress).await
     }
 
+    /// `-NAK`: the server delivers the message again at once (to any consumer of the
+    /// durable), instead of after `ack_wait`.
+    pub(super) async fn nak(self) -> Result<(), AckError> {
+        self.send(AckKind::Nak(None)).await
+    }
+
     /// The connection its `+ACK` goes out on ([`super::AckFlush`]).
     pub(super) fn client(&self) -> Arc<async_nats::Client> {
         self.client.clone()

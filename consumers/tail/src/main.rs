@@ -102,7 +102,7 @@ fn settings(cli: &Cli) -> Result<(ConsumerInputSpec, Tail), ConfigError> {
 }
 
 async fn run(
-    spec: ConsumerInputSpec,
+    mut spec: ConsumerInputSpec,
     mut tail: Tail,
     count: Option<u64>,
     timeout: Option<Duration>,
@@ -112,7 +112,17 @@ async fn run(
     tokio::pin!(stop);
     // The subscription is read in a task of its own (a bus read is never a losing
     // `select!` branch here); it waits for the bus, stream and durable, saying so once.
-    let (mut rx, _reader) = spawn_reader(PROGRAM, spec, 256);
+    // With --count N, take no more than N at a time: a JetStream pull asks for at most N,
+    // and at most N wait in the channel. What was taken beyond the count is handed back
+    // at exit (below).
+    let mut capacity = 256;
+    if let Some(n) = count.and_then(|n| usize::try_from(n).ok()) {
+        capacity = capacity.min(n);
+        if let tapbus_config::SubscribeMode::JetStream { batch, .. } = &mut spec.mode {
+            *batch = (*batch).min(n);
+        }
+    }
+    let (mut rx, reader) = spawn_reader(PROGRAM, spec, capacity);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
     let (mut printed, mut filtered, mut bad) = (0u64, 0u64, 0u64);
@@ -179,6 +189,36 @@ async fn run(
         }
     };
     let _ = out.flush();
+    // Messages taken and not printed are handed back (JetStream: NAK, delivered again at
+    // once to the next reader of the durable, in order, instead of after ack_wait). What
+    // a pull already requested arrives within moments: the reader runs until the input
+    // has been quiet for 200 ms (at most 2 s, and at most two channels' worth); then the
+    // subscription goes (so nothing handed back comes back to it) and the messages are
+    // handed back in the order they came.
+    let mut taken = Vec::new();
+    let quiet_until = Instant::now() + Duration::from_secs(2);
+    while taken.len() < 2 * capacity
+        && let Ok(Some(input)) = tokio::time::timeout(
+            Duration::from_millis(200).min(quiet_until.saturating_duration_since(Instant::now())),
+            rx.recv(),
+        )
+        .await
+    {
+        if let Input::Delivery(_, d) = input {
+            acks.get_or_insert_with(|| d.ack_flush());
+            taken.push(d);
+        }
+    }
+    // The reader ends, and its subscription with it (the UNSUB goes out before the NAKs).
+    let mut reader = reader;
+    reader.0.abort();
+    let _ = (&mut reader.0).await;
+    let handed_back = taken.len();
+    for d in taken {
+        if let Err(e) = d.release().await {
+            tracing::debug!("handing a message back: {e}");
+        }
+    }
     // The last acks are written to the bus before the process goes (else it delivers
     // those messages again); a bus that is gone gets a moment, not more.
     if let Some(a) = acks
@@ -191,7 +231,7 @@ async fn run(
             "the last acks may not have reached the bus: it may deliver those messages again"
         );
     }
-    tracing::info!(printed, filtered, bad, "stopped");
+    tracing::info!(printed, filtered, bad, handed_back, "stopped");
     code
 }
 

@@ -173,6 +173,71 @@ fn jetstream_durable_reads_what_the_stream_stored() {
     assert_eq!((code, got.len()), (0, 0), "acked messages came back");
 }
 
+/// `--count 5` on a durable takes at most a few times what it prints (pulls of at most 5,
+/// a channel of 5) and hands back what it took beyond (NAK); what was taken stays bounded
+/// by the count (it was the whole prefetch, 1,906 pending after `--count 5`), and the next
+/// reader of the durable gets every other event exactly once.
+#[test]
+fn jetstream_count_takes_what_it_prints_and_hands_back_the_rest() {
+    let d = dir();
+    let nats = Nats::start_jetstream(&d.path().join("js"));
+    let published = publish(nats.url(), &[("TAPBUS_OUTPUTS__BUS__JETSTREAM", "true")]);
+    let url = js_url(nats.url(), "DNSTAP?durable=few");
+    let first = Tail::start(
+        d.path(),
+        "first",
+        &[
+            "--input",
+            &url,
+            "--json",
+            "--count",
+            "5",
+            "--timeout",
+            "30s",
+        ],
+    );
+    let (code, got) = first.finish(Duration::from_secs(40));
+    assert_eq!(code, 0, "exit code");
+    assert_eq!(got, published[..5]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let info = rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream("DNSTAP").await.expect("stream");
+        let mut c: async_nats::jetstream::consumer::PullConsumer =
+            stream.get_consumer("few").await.expect("durable");
+        c.info().await.expect("info").clone()
+    });
+    // Bounded by the count: a pull of 5, a channel of 5 and what was handed back (NAKed
+    // messages stay pending until they are delivered again).
+    assert!(
+        info.num_ack_pending <= 20,
+        "taken and not printed: {}",
+        info.num_ack_pending
+    );
+    let rest = published.len() - 5;
+    let second = Tail::start(
+        d.path(),
+        "second",
+        &[
+            "--input",
+            &url,
+            "--json",
+            "--count",
+            &rest.to_string(),
+            "--timeout",
+            "50s",
+        ],
+    );
+    let (code, got) = second.finish(Duration::from_secs(60));
+    assert_eq!((code, got.len()), (0, rest), "the rest");
+    let mut want = published[5..].to_vec();
+    let mut got = got;
+    want.sort();
+    got.sort();
+    assert!(got == want, "the rest, each once");
+}
+
 /// The consumer names on a stream, read with the JetStream API.
 fn consumer_names(nats_url: &str, stream: &str) -> Vec<String> {
     use futures::TryStreamExt as _;
