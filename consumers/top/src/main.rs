@@ -175,7 +175,15 @@ fn main() -> ExitCode {
         }),
     }));
     let stop = Arc::new(AtomicBool::new(false));
-    let reader = match start_background(spec, broker, shared.clone(), clock.clone(), stop.clone()) {
+    // --once N reads exactly N messages (the rest stays on the bus, unacked).
+    let reader = match start_background(
+        spec,
+        broker,
+        cli.once,
+        shared.clone(),
+        clock.clone(),
+        stop.clone(),
+    ) {
         Ok(r) => r,
         Err(e) => {
             tapbus_config::errln!("{PROGRAM}: cannot start the runtime: {e}");
@@ -279,6 +287,7 @@ fn redact(url: &str) -> String {
 fn start_background(
     spec: ConsumerInputSpec,
     broker: Option<String>,
+    limit: Option<u64>,
     shared: SharedRef,
     clock: Arc<Clock>,
     stop: Arc<AtomicBool>,
@@ -297,7 +306,7 @@ fn start_background(
                     }
                     tokio::spawn(signals(stop.clone()));
                     tokio::select! {
-                        _ = read(spec, shared.clone(), clock) => {}
+                        _ = read(spec, limit, shared.clone(), clock) => {}
                         _ = stopped(&stop) => {}
                     }
                     // A reader that ended (the bus refused us) leaves the screen showing
@@ -342,7 +351,8 @@ async fn signals(stop: Arc<AtomicBool>) {
 }
 
 /// The bus reader: every message into the model, then acked.
-async fn read(spec: ConsumerInputSpec, shared: SharedRef, clock: Arc<Clock>) {
+/// Reads the bus into the model; with a `limit`, stops after that many messages.
+async fn read(spec: ConsumerInputSpec, limit: Option<u64>, shared: SharedRef, clock: Arc<Clock>) {
     let mut sub = match tapbus_bus::input::subscribe(PROGRAM, &spec).await {
         Ok(s) => s,
         Err(e) => {
@@ -394,6 +404,12 @@ async fn read(spec: ConsumerInputSpec, shared: SharedRef, clock: Arc<Clock>) {
             ack_errors += 1;
             if ack_errors == 1 {
                 tracing::warn!("ack failed (the bus may deliver the message again): {e}");
+            }
+        }
+        if let Some(n) = limit {
+            let s = lock(&shared);
+            if s.stats.events() + s.stats.bad() >= n {
+                return;
             }
         }
     }

@@ -131,8 +131,20 @@ fn once_prints_every_view_of_a_capture() {
             .stdout(std::fs::File::create(&fout).expect("out"))
             .stderr(std::fs::File::create(&ferr).expect("err")),
     );
+    // A third reads exactly ten messages (the garbage one and nine events), however many
+    // more arrive meanwhile.
+    let (tout, terr) = (d.path().join("tout"), d.path().join("terr"));
+    let mut ten = Proc::spawn(
+        Command::new(top_bin())
+            .args(["--input", nats.url(), "--once", "10", "--duration", "60s"])
+            .env("TAPBUS_LOG", "info")
+            .stdout(std::fs::File::create(&tout).expect("out"))
+            .stderr(std::fs::File::create(&terr).expect("err")),
+    );
     wait_until("tapbus-top subscribed", Duration::from_secs(20), || {
-        read(&err).contains("subscribed") && read(&ferr).contains("subscribed")
+        read(&err).contains("subscribed")
+            && read(&ferr).contains("subscribed")
+            && read(&terr).contains("subscribed")
     });
     publish_garbage(nats.url());
     publish(nats.url());
@@ -144,6 +156,16 @@ fn once_prints_every_view_of_a_capture() {
         .wait_within(Duration::from_secs(70))
         .unwrap_or_else(|| panic!("filtered tapbus-top did not exit: {}", read(&ferr)));
     assert_eq!(st.code(), Some(0), "stderr: {}", read(&ferr));
+    let st = ten
+        .wait_within(Duration::from_secs(70))
+        .unwrap_or_else(|| panic!("tapbus-top --once 10 did not exit: {}", read(&terr)));
+    assert_eq!(st.code(), Some(0), "stderr: {}", read(&terr));
+    let ttext = read(&tout);
+    assert!(
+        ttext.contains("| events 9 | bad 1 |"),
+        "--once 10: {}",
+        ttext.lines().nth(23).unwrap_or_default()
+    );
     let ftext = read(&fout);
     assert!(
         ftext.contains("filter: operation=CLIENT_QUERY qname!=nothing.invalid"),
