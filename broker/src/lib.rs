@@ -81,11 +81,18 @@ pub async fn run(
         .collect();
 
     let inputs_stop = shutdown.child_token();
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let http = match settings.metrics_listen {
         Some(addr) => Some(
-            http::start(addr, metrics.clone(), fanout.gauges(), shutdown.clone())
-                .await
-                .map_err(StartError::Http)?,
+            http::start(
+                addr,
+                metrics.clone(),
+                fanout.gauges(),
+                ready.clone(),
+                shutdown.clone(),
+            )
+            .await
+            .map_err(StartError::Http)?,
         ),
         None => None,
     };
@@ -110,6 +117,9 @@ pub async fn run(
             }
         }
     }
+
+    // Every input listens (or reads its file): /health says 200 from now on.
+    ready.store(true, Ordering::Release);
 
     let mut outcome = Outcome::Clean;
     if listeners.is_empty() {
