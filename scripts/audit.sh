@@ -43,7 +43,7 @@ else
   db="$default_db"
 fi
 if [ -f "$db/SNAPSHOT.md" ]; then
-  echo "advisory database: $db ($(grep -m1 -o 'commit [0-9a-f]* of [0-9-]*' "$db/SNAPSHOT.md" || echo snapshot))" >&2
+  echo "advisory database: $db ($(grep -m1 -o '[0-9a-f]\{40\} of [0-9-]*' "$db/SNAPSHOT.md" || echo snapshot))" >&2
 else
   echo "advisory database: $db" >&2
 fi

@@ -36,9 +36,10 @@ echo "+ ${build[*]}" >&2
 "${build[@]}"
 
 mkdir -p "$target_dir/debian"
-# The dev profile's directory is target/debug.
-out="$(cargo deb --locked --no-build --profile "$PROFILE" -p tapbus-broker \
-  --output "$target_dir/debian/")"
+deb_args=(--locked --no-build --profile "$PROFILE" -p tapbus-broker --output "$target_dir/debian/")
+# A dev package is for tests: fast compression (its unoptimised binaries are large).
+if [ "$PROFILE" = "dev" ]; then deb_args+=(--fast); fi
+out="$(cargo deb "${deb_args[@]}")"
 deb="$(printf '%s\n' "$out" | tail -n 1)"
 if [ ! -f "$deb" ]; then
   echo "cargo deb did not report a package file (output: $out)" >&2

@@ -22,7 +22,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tapbus_testsupport::jetstream::stream_messages;
+use tapbus_testsupport::jetstream::{stream_info_messages, stream_messages};
 use tapbus_testsupport::proc::Proc;
 use tapbus_testsupport::servers::Nats;
 use tapbus_testsupport::{free_ports, need, wait_until};
@@ -120,7 +120,6 @@ fn proc_ids(pid: u32) -> (u32, u32, Vec<u32>) {
 }
 
 /// What the test changed on the machine, undone on drop (also when the test fails).
-#[derive(Default)]
 struct Machine {
     user_existed: bool,
     group_existed: bool,
@@ -208,9 +207,7 @@ impl AsUnit {
 
 #[test]
 fn debian_package_installs_runs_and_removes() {
-    let uid = String::from_utf8_lossy(&ok(Command::new("id").arg("-u")))
-        .trim()
-        .to_string();
+    let uid = ok(Command::new("id").arg("-u")).trim().to_string();
     assert_eq!(
         uid, "0",
         "this test installs the Debian package with dpkg and runs its broker as the user \
@@ -250,7 +247,8 @@ fn debian_package_installs_runs_and_removes() {
     let mut machine = Machine {
         user_existed: getent("passwd", "tapbus").is_some(),
         group_existed: getent("group", "dnstap").is_some(),
-        ..Machine::default()
+        unbound_added: false,
+        runtime_dir: None,
     };
 
     // --- the package builds
@@ -350,7 +348,7 @@ fn debian_package_installs_runs_and_removes() {
     // initgroups(User, Group): Group and the groups listing the user, then
     // SupplementaryGroups=.
     let mut groups = vec![gid];
-    for line in String::from_utf8_lossy(&ok(Command::new("getent").arg("group"))).lines() {
+    for line in ok(Command::new("getent").arg("group")).lines() {
         let f: Vec<&str> = line.split(':').collect();
         if f.len() == 4 && f[3].split(',').any(|m| m == user) {
             groups.push(f[2].parse().expect("gid"));
@@ -403,7 +401,7 @@ fn debian_package_installs_runs_and_removes() {
             // for /metrics and /health.
             ("TAPBUS_OUTPUTS__NATS__URL".into(), nats.url().to_string()),
             ("TAPBUS_METRICS_LISTEN".into(), metrics_addr.clone()),
-            ("TAPBUS_HEALTH_TIMEOUT".into(), "30".into()),
+            ("WAIT_HEALTH_TIMEOUT".into(), "30".into()),
         ],
     };
     let exec_start: Vec<String> = unit_value(&unit, "ExecStart")
@@ -467,11 +465,12 @@ fn debian_package_installs_runs_and_removes() {
             "--regid=unbound",
             "--init-groups",
             "--",
-            "python3",
-            "-c",
-            probe,
         ])
-        .arg(&sock));
+        .arg(need("python3"))
+        .args(["-c", probe])
+        .arg(&sock)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin"));
     assert!(
         !o.status.success() && text(&o).contains("PermissionError"),
         "the user unbound outside dnstap connected to {}: {}",
@@ -593,11 +592,10 @@ dnstap:
     }
     // A query and a response per lookup, stored in the stream the packaged configuration
     // names (JetStream: the packaged consumers read it).
-    let mut stored = Vec::new();
     wait_until("the events in JetStream", Duration::from_secs(30), || {
-        stored = stream_messages(nats.url(), "DNSTAP");
-        stored.len() >= 2 * queries.len()
+        stream_info_messages(nats.url(), "DNSTAP").unwrap_or(0) >= 2 * queries.len() as u64
     });
+    let stored = stream_messages(nats.url(), "DNSTAP");
     assert_eq!(stored.len(), 2 * queries.len(), "{}", logs());
     let events: Vec<(String, Value)> = stored
         .iter()
