@@ -9,6 +9,8 @@
 #   scripts/package.sh                 release build, then the .deb
 #   PROFILE=dev scripts/package.sh     the dev profile's binaries (what the test suite
 #                                      builds; cargo-deb warns that it is not for releases)
+#   NO_BUILD=1                         package the binaries already in the profile's
+#                                      directory (the package test: the suite built them)
 #
 # CARGO_TARGET_DIR is honoured; the package is written to <target dir>/debian/.
 set -euo pipefail
@@ -30,10 +32,17 @@ fi
 command -v dpkg-deb >/dev/null || { echo "dpkg-deb not found: this script runs on Debian/Ubuntu" >&2; exit 1; }
 
 target_dir="${CARGO_TARGET_DIR:-$(pwd)/target}"
-build=(cargo build --locked --profile "$PROFILE")
-for b in "${BINS[@]}"; do build+=(-p "$b" --bin "$b"); done
-echo "+ ${build[*]}" >&2
-"${build[@]}"
+if [ -z "${NO_BUILD:-}" ]; then
+  build=(cargo build --locked --profile "$PROFILE")
+  for b in "${BINS[@]}"; do build+=(-p "$b" --bin "$b"); done
+  echo "+ ${build[*]}" >&2
+  "${build[@]}"
+else
+  profile_dir="$target_dir/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")"
+  for b in "${BINS[@]}"; do
+    [ -x "$profile_dir/$b" ] || { echo "NO_BUILD: $profile_dir/$b is not built" >&2; exit 1; }
+  done
+fi
 
 mkdir -p "$target_dir/debian"
 deb_args=(--locked --no-build --profile "$PROFILE" -p tapbus-broker --output "$target_dir/debian/")

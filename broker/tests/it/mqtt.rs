@@ -325,7 +325,10 @@ fn mqtts_refuses_a_server_of_another_ca() {
     });
     assert_eq!(broker.metric("tapbus_output_up", &["output=\"mqtt\""]), 0.0);
     let got = sub.finish(Duration::from_secs(10));
-    assert!(got.is_empty(), "events reached an unverified server: {got:?}");
+    assert!(
+        got.is_empty(),
+        "events reached an unverified server: {got:?}"
+    );
     assert!(
         !broker.log_text().contains("MQTT connected"),
         "{}",

@@ -1,6 +1,6 @@
 //! The Debian package for real (docs/deploy.md, "Install from the package"):
-//! `scripts/package.sh` builds it (one build, from the dev profile's binaries the suite
-//! builds anyway), `dpkg -i` installs it on this machine, `systemd-analyze verify` checks
+//! `scripts/package.sh` builds it (once, from the dev profile's binaries the deploy tests
+//! build anyway), `dpkg -i` installs it on this machine, `systemd-analyze verify` checks
 //! every unit, every installed binary passes `--check` with its installed configuration,
 //! the installed broker runs the way `tapbus-broker.service` runs it (its `User=`,
 //! `Group=`, `SupplementaryGroups=`, `RuntimeDirectory=` and `ExecStart=`/`ExecStartPost=`
@@ -439,13 +439,8 @@ fn debian_package_installs_runs_and_removes() {
     );
     assert!(b_groups.contains(&tapbus_gid), "{b_groups:?}");
     let sock = runtime.join("dnstap.sock");
-    let m = std::fs::metadata(&sock).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}\n--- broker\n{}",
-            sock.display(),
-            read(&broker_log)
-        )
-    });
+    let m = std::fs::metadata(&sock)
+        .unwrap_or_else(|e| panic!("{}: {e}\n--- broker\n{}", sock.display(), read(&broker_log)));
     assert_eq!(
         (m.uid(), m.gid(), m.mode() & 0o777),
         (tapbus_uid, dnstap_gid, 0o660),
@@ -460,12 +455,7 @@ fn debian_package_installs_runs_and_removes() {
     );
     let probe = "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])";
     let o = run(Command::new(need("setpriv"))
-        .args([
-            "--reuid=unbound",
-            "--regid=unbound",
-            "--init-groups",
-            "--",
-        ])
+        .args(["--reuid=unbound", "--regid=unbound", "--init-groups", "--"])
         .arg(need("python3"))
         .args(["-c", probe])
         .arg(&sock)
@@ -604,9 +594,7 @@ dnstap:
     for (name, _, rcode) in queries {
         let resp = events
             .iter()
-            .find(|(s, e)| {
-                s == "dnstap.unbound-pkg.client_response" && e["dns"]["qname"] == name
-            })
+            .find(|(s, e)| s == "dnstap.unbound-pkg.client_response" && e["dns"]["qname"] == name)
             .unwrap_or_else(|| panic!("no response for {name}: {events:?}"));
         assert_eq!(resp.1["dns"]["rcode"], rcode, "{resp:?}");
         assert_eq!(resp.1["dnstap"]["identity"], "unbound-pkg");
@@ -670,14 +658,21 @@ dnstap:
     );
 }
 
-/// `scripts/package.sh` with the dev profile into this test's own target directory; the
+/// `scripts/package.sh` on the dev profile's binaries of this test's own target
+/// directory, as [`crate::binaries`] built them for every test of this crate (a build of
+/// its own, for another set of packages, would be a second build of the workspace); the
 /// package's path (the script's last line).
 fn build_package() -> PathBuf {
-    // target/debug/deps/<this test> -> target
-    let exe = std::env::current_exe().expect("current exe");
-    let target_dir = exe
+    let built = crate::binaries();
+    for b in BINARIES {
+        assert!(
+            built.contains_key(&format!("tapbus-{b}")),
+            "tapbus-{b} is not among the binaries the deploy tests build: {built:?}"
+        );
+    }
+    // target/debug/tapbus-broker -> target
+    let target_dir = built["tapbus-broker"]
         .parent()
-        .and_then(Path::parent)
         .and_then(Path::parent)
         .expect("target dir")
         .to_path_buf();
@@ -691,6 +686,7 @@ fn build_package() -> PathBuf {
     }
     cmd.env("CARGO_TARGET_DIR", &target_dir)
         .env("PROFILE", "dev")
+        .env("NO_BUILD", "1")
         .current_dir(root());
     let out = ok(&mut cmd);
     let deb = PathBuf::from(out.lines().last().unwrap_or_default().trim());
