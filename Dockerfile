@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # Every tapbus binary in one small image (compose/docker-compose.yml runs each as its own
 # service): tapbus-broker, tapbus-tail, tapbus-reduce, tapbus-aggregate, tapbus-mimir, and
-# whatever other binaries the workspace has (tapbus-loki, tapbus-top).
+# whatever other binaries the workspace has (tapbus-loki, tapbus-top). libssl3: the TLS of
+# mqtts:// (rumqttc's native-tls backend, see docs/supply-chain.md).
 #   docker build -t tapbus:latest .
 
 FROM rust:1.89-bookworm AS build
@@ -15,7 +16,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  # 10053: the group of the broker's dnstap socket, shared with named's image.
  && groupadd -g 10053 dnstap \

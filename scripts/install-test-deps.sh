@@ -17,6 +17,12 @@
 #   nodejs, npm  Grafana's LogQL grammar (@grafana/lezer-logql, pinned, from npm) in
 #                target/node_modules, which grafana/tests/logql-parse.cjs drives to parse
 #                every LogQL expression of the dashboards
+#   libssl-dev, pkg-config  building openssl-sys: rumqttc's native-tls backend, the TLS of
+#                mqtts:// (docs/supply-chain.md)
+#   dpkg-dev     dpkg-shlibdeps, which cargo-deb runs for the package's Depends
+#                (scripts/package.sh, run by compose/tests' package test)
+#   systemd      systemd-analyze verify on the package's units
+#   curl, adduser, passwd  the package's health wait and maintainer scripts; gpasswd
 # Nothing is started here; every test starts its own servers on free loopback ports.
 set -euo pipefail
 
@@ -36,6 +42,13 @@ command -v dnsperf >/dev/null 2>&1 || need+=(dnsperf)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
+command -v dpkg-shlibdeps >/dev/null 2>&1 || need+=(dpkg-dev)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v adduser >/dev/null 2>&1 || [ -x /usr/sbin/adduser ] || need+=(adduser)
+command -v gpasswd >/dev/null 2>&1 || need+=(passwd)
 # Debian's python3 has no venv/ensurepip without python3-venv.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 

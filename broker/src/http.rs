@@ -2,9 +2,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
@@ -16,13 +17,17 @@ use crate::metrics::Metrics;
 struct St {
     metrics: Arc<Metrics>,
     gauges: Gauges,
+    ready: Arc<AtomicBool>,
 }
 
-/// Binds the endpoint (errors name the key) and serves it until shutdown.
+/// Binds the endpoint (errors name the key) and serves it until shutdown. `/health`
+/// answers 503 until `ready` is set (every input listening, so a DNS server can connect
+/// and a unit's start-up wait is over), 200 after.
 pub async fn start(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     gauges: Gauges,
+    ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let l = tokio::net::TcpListener::bind(addr)
@@ -35,7 +40,11 @@ pub async fn start(
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/health", get(health))
-        .with_state(St { metrics, gauges });
+        .with_state(St {
+            metrics,
+            gauges,
+            ready,
+        });
     Ok(tokio::spawn(async move {
         let _ = axum::serve(l, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -54,9 +63,14 @@ async fn metrics_handler(axum::extract::State(st): axum::extract::State<St>) -> 
     )
 }
 
-async fn health() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        "{\"status\":\"ok\"}\n",
-    )
+async fn health(axum::extract::State(st): axum::extract::State<St>) -> impl IntoResponse {
+    let (status, body) = if st.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "{\"status\":\"ok\"}\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{\"status\":\"starting\"}\n",
+        )
+    };
+    (status, [(header::CONTENT_TYPE, "application/json")], body)
 }

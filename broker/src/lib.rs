@@ -88,11 +88,18 @@ pub async fn run(
         .collect();
 
     let inputs_stop = shutdown.child_token();
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let http = match settings.metrics_listen {
         Some(addr) => Some(
-            http::start(addr, metrics.clone(), fanout.gauges(), shutdown.clone())
-                .await
-                .map_err(StartError::Http)?,
+            http::start(
+                addr,
+                metrics.clone(),
+                fanout.gauges(),
+                ready.clone(),
+                shutdown.clone(),
+            )
+            .await
+            .map_err(StartError::Http)?,
         ),
         None => None,
     };
@@ -117,6 +124,9 @@ pub async fn run(
             }
         }
     }
+
+    // Every input listens (or reads its file): /health says 200 from now on.
+    ready.store(true, Ordering::Release);
 
     let mut outcome = Outcome::Clean;
     let replay = listeners.is_empty();

@@ -20,21 +20,41 @@ pub struct PkiFiles {
 /// Writes a new PKI into `dir`: `ca.pem`, `server.pem` + `server.key` (for `localhost` and
 /// `127.0.0.1`) and `client.pem` + `client.key`, all signed by the CA.
 pub fn write_test_pki(dir: &Path) -> PkiFiles {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa,
+        KeyPair,
+    };
+    // Every certificate has a subject of its own: with rcgen's default subject on all of
+    // them, a leaf's subject equals its issuer's, and OpenSSL (the TLS of mqtts://) takes
+    // it for a self-signed certificate.
+    let named = |mut p: CertificateParams, cn: &str| {
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        p.distinguished_name = dn;
+        p
+    };
+    let mut ca_params = named(
+        CertificateParams::new(Vec::<String>::new()).expect("params"),
+        "tapbus test CA",
+    );
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca =
         CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
     let skey = KeyPair::generate().expect("key");
-    let server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .expect("params")
-        .signed_by(&skey, &ca)
-        .expect("server cert");
+    let server = named(
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("params"),
+        "localhost",
+    )
+    .signed_by(&skey, &ca)
+    .expect("server cert");
     let ckey = KeyPair::generate().expect("key");
-    let client = CertificateParams::new(vec!["dns-server.test".to_string()])
-        .expect("params")
-        .signed_by(&ckey, &ca)
-        .expect("client cert");
+    let client = named(
+        CertificateParams::new(vec!["dns-server.test".to_string()]).expect("params"),
+        "dns-server.test",
+    )
+    .signed_by(&ckey, &ca)
+    .expect("client cert");
     for (f, pem) in [
         ("ca.pem", ca.pem()),
         ("server.pem", server.pem()),

@@ -286,6 +286,56 @@ fn mqtts_with_tls_ca() {
     assert_delivers(&broker, &mq, &sock, "dnsdist.fstrm", "mqttv311", 0);
 }
 
+/// mqtts:// refuses a server whose certificate another CA signed: the output never comes
+/// up, the log says why, and nothing reaches the server.
+#[test]
+fn mqtts_refuses_a_server_of_another_ca() {
+    let pki = tempfile::tempdir().expect("tempdir");
+    write_test_pki(pki.path());
+    let other = tempfile::tempdir().expect("tempdir");
+    write_test_pki(other.path());
+    let tls_port = free_port();
+    let mq = Mosquitto::start_with(
+        free_port(),
+        &format!(
+            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+            pki.path().join("ca.pem").display(),
+            pki.path().join("server.pem").display(),
+            pki.path().join("server.key").display()
+        ),
+    );
+    wait_until("mosquitto TLS listener", Duration::from_secs(10), || {
+        tapbus_testsupport::port_open(tls_port)
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("dnstap.sock");
+    let cfg = write_config_mqtt(
+        dir.path(),
+        &sock,
+        &format!(
+            "url = \"mqtts://localhost:{tls_port}\"\ntls_ca = \"{}\"\n",
+            other.path().join("ca.pem").display()
+        ),
+    );
+    let broker = Broker::start(&["-c", cfg.to_str().expect("utf-8 path")]);
+    let sub = MosquittoSub::start(&mq, 1, "mqttv311", 0, 5);
+    replay(&capture("dnsdist.fstrm"), &sock);
+    wait_until("the TLS failure logged", Duration::from_secs(15), || {
+        broker.log_text().to_lowercase().contains("certificate")
+    });
+    assert_eq!(broker.metric("tapbus_output_up", &["output=\"mqtt\""]), 0.0);
+    let got = sub.finish(Duration::from_secs(10));
+    assert!(
+        got.is_empty(),
+        "events reached an unverified server: {got:?}"
+    );
+    assert!(
+        !broker.log_text().contains("MQTT connected"),
+        "{}",
+        broker.log_text()
+    );
+}
+
 /// The server goes away and comes back: the output logs the loss once, reports down, and
 /// reconnects by itself; events flow again.
 #[test]

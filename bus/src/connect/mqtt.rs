@@ -2,11 +2,9 @@
 //! MQTT 3.1.1 and 5 (client id, keep-alive, credentials, packet size) shared by the
 //! publishing and subscribing sides.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{TlsConfiguration, Transport};
-use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tapbus_config::MqttConnect;
@@ -58,8 +56,13 @@ pub fn options_v5(
     o
 }
 
+/// The TLS of mqtts://, through rumqttc's native-tls backend (OpenSSL on Linux): rumqttc's
+/// rustls backend pulls in rustls-webpki 0.102 and rustls-pemfile, which RustSec flags
+/// (see .cargo/audit.toml and docs/supply-chain.md). The roots are the same as before: the
+/// certificates of `tls_ca`, else the platform's bundle (SSL_CERT_FILE / SSL_CERT_DIR
+/// honoured), and nothing else: OpenSSL's built-in default paths are not added on top.
 fn tls_config(spec: &MqttConnect) -> Result<TlsConfiguration, String> {
-    let mut roots = RootCertStore::empty();
+    use rumqttc::tokio_native_tls::native_tls::{Certificate, Protocol, TlsConnector};
     let certs: Vec<CertificateDer<'static>> = match &spec.tls_ca {
         Some(path) => CertificateDer::pem_file_iter(path)
             .and_then(|it| it.collect())
@@ -83,16 +86,24 @@ fn tls_config(spec: &MqttConnect) -> Result<TlsConfiguration, String> {
         || "system CA bundle".to_string(),
         |p| format!("tls_ca {}", p.display()),
     );
-    let (added, _) = roots.add_parsable_certificates(certs);
+    let mut builder = TlsConnector::builder();
+    builder
+        .disable_built_in_roots(true)
+        .min_protocol_version(Some(Protocol::Tlsv12));
+    let mut added = 0usize;
+    for c in &certs {
+        // Like rustls' add_parsable_certificates: a certificate OpenSSL cannot parse is
+        // skipped; none at all is an error.
+        if let Ok(cert) = Certificate::from_der(c.as_ref()) {
+            builder.add_root_certificate(cert);
+            added += 1;
+        }
+    }
     if added == 0 {
         return Err(format!("{what}: no usable CA certificate"));
     }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(TlsConfiguration::Rustls(Arc::new(cfg)))
+    let connector = builder
+        .build()
+        .map_err(|e| format!("{what}: cannot set up TLS: {e}"))?;
+    Ok(TlsConfiguration::NativeConnector(connector))
 }

@@ -5,7 +5,8 @@
 //! follows their dnstap through the broker to NATS; [`demo`] runs `scripts/demo.sh`, the
 //! whole pipeline, and checks every store against what was sent; [`exact`] runs the
 //! JetStream pipeline through nats-server crashes, consumer restarts and any start order,
-//! and checks every store is exact.
+//! and checks every store is exact; [`package`] builds the Debian package, installs it,
+//! runs its broker as its unit does with a real unbound, and removes it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ mod compose;
 mod demo;
 mod exact;
 mod named;
+mod package;
 
 pub fn compose_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
