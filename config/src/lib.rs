@@ -980,14 +980,16 @@ fn validate_nats(
                 "must be between 1 and 5 (JetStream's limit)",
             ));
         }
-        // Every subject the template renders must be stored by the stream, or every event
-        // would be refused at run time (and dropped as publish_error).
+        // Some subject the template renders must be stored by the stream, or every event
+        // would be refused at run time (and dropped as publish_error). A stream that stores
+        // only some of them (`dnstap.*.client_query`) is allowed: the others are counted
+        // as publish_error (an output `filter` keeps them out instead).
         let tokens = subject.tokens();
-        if templated && !subjects.iter().any(|f| covers(f, &tokens)) {
+        if templated && !subjects.iter().any(|f| overlaps(f, &tokens)) {
             return Err(invalid(
                 format!("{key}.stream_subjects"),
                 format!(
-                    "{subjects:?} does not cover the subject {:?}: every event would be refused by the stream (e.g. add \"{}.>\")",
+                    "{subjects:?} stores none of the subjects {:?}: every event would be refused by the stream (e.g. add \"{}.>\")",
                     subject.to_string(),
                     tokens
                         .first()
@@ -1040,9 +1042,9 @@ fn validate_nats(
     })
 }
 
-/// Whether the NATS subject filter `filter` (`dnstap.>`, `a.*.c`) matches every subject of
-/// the template tokens (`None`: a token that varies).
-fn covers(filter: &str, tokens: &[Option<String>]) -> bool {
+/// Whether the NATS subject filter `filter` (`dnstap.>`, `a.*.c`) matches some subject of
+/// the template tokens (`None`: a token that varies, so it may match any literal).
+fn overlaps(filter: &str, tokens: &[Option<String>]) -> bool {
     let f: Vec<&str> = filter.trim().split('.').collect();
     for (i, ft) in f.iter().enumerate() {
         if *ft == ">" {
@@ -1051,6 +1053,7 @@ fn covers(filter: &str, tokens: &[Option<String>]) -> bool {
         match tokens.get(i) {
             None => return false,
             Some(_) if *ft == "*" => {}
+            Some(None) => {}
             Some(Some(t)) if t == ft => {}
             Some(_) => return false,
         }
@@ -1683,7 +1686,7 @@ mod tests {
     #[test]
     fn a_stream_must_store_what_the_output_publishes() {
         let e = output("nats://127.0.0.1:4222/my.subject?jetstream=true").expect_err("not covered");
-        assert!(e.starts_with("outputs.nats.stream_subjects: [\"dnstap.>\"] does not cover the subject \"my.subject\""), "{e}");
+        assert!(e.starts_with("outputs.nats.stream_subjects: [\"dnstap.>\"] stores none of the subjects \"my.subject\""), "{e}");
         assert!(
             output("nats://127.0.0.1:4222/my.subject?jetstream=true&stream_subjects=my.>").is_ok()
         );
@@ -1696,10 +1699,14 @@ mod tests {
         );
         let e = output("nats://127.0.0.1:4222/a.{identity}.x?jetstream=true&stream_subjects=a.*")
             .expect_err("too short");
-        assert!(e.contains("does not cover"), "{e}");
-        let e = output("nats://127.0.0.1:4222/a.{identity}?jetstream=true&stream_subjects=a.b")
-            .expect_err("literal vs placeholder");
-        assert!(e.contains("does not cover"), "{e}");
+        assert!(e.contains("stores none"), "{e}");
+        // Some identities stored: allowed (the others count as publish_error).
+        assert!(
+            output("nats://127.0.0.1:4222/a.{identity}?jetstream=true&stream_subjects=a.b").is_ok()
+        );
+        let e = output("nats://127.0.0.1:4222/b.{identity}?jetstream=true&stream_subjects=a.*")
+            .expect_err("disjoint");
+        assert!(e.contains("stores none"), "{e}");
         assert!(
             output("nats://127.0.0.1:4222/a-{identity}.b?jetstream=true&stream_subjects=*.b")
                 .is_ok()

@@ -95,7 +95,7 @@ fn bad_output_urls_stop_the_broker_naming_the_key() {
         ),
         (
             "nats://127.0.0.1:4222/my.subject?jetstream=true",
-            "outputs.nats.stream_subjects: [\"dnstap.>\"] does not cover the subject \"my.subject\"",
+            "outputs.nats.stream_subjects: [\"dnstap.>\"] stores none of the subjects \"my.subject\"",
         ),
         (
             "jetstream://127.0.0.1:4222/DNSTAP",
