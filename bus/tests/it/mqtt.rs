@@ -173,6 +173,26 @@ async fn v5_shared_subscription_splits() {
     assert_split(&got, &numbered("s", 200));
 }
 
+/// A QoS 1 subscriber of `spec` with a persistent session under client id `id`
+/// (3.1.1: `clean_session` off; 5: `clean_start` off and a session expiry).
+fn persistent(version: u8, port: u16, id: &str, spec: &MqttSpec) -> Subscriber {
+    match version {
+        5 => {
+            let mut o = v5(port, id);
+            o.set_clean_start(false)
+                .set_session_expiry_interval(Some(300));
+            MqttSubscriber::v5(o, spec)
+        }
+        _ => {
+            let mut o = v4(port, id);
+            o.set_clean_session(false);
+            MqttSubscriber::v4(o, spec)
+        }
+    }
+    .expect("subscriber")
+    .into()
+}
+
 /// A subscriber with a persistent session takes messages and dies without acking; the
 /// next one with the same client id gets them again (DUP, so `delivered == 2`) and the
 /// rest once; after its acks a third one gets nothing.
@@ -181,23 +201,7 @@ async fn persistent_session_redelivers(version: u8) {
     let m = broker().await;
     let id = format!("keep-v{version}");
     let spec = MqttSpec::new("p/#");
-    let make = |port: u16| -> Subscriber {
-        match version {
-            5 => {
-                let mut o = v5(port, &id);
-                o.set_clean_start(false)
-                    .set_session_expiry_interval(Some(300));
-                MqttSubscriber::v5(o, &spec)
-            }
-            _ => {
-                let mut o = v4(port, &id);
-                o.set_clean_session(false);
-                MqttSubscriber::v4(o, &spec)
-            }
-        }
-        .expect("subscriber")
-        .into()
-    };
+    let make = |port: u16| persistent(version, port, &id, &spec);
     let mut first = make(m.port());
     assert_eq!(first.semantics(), Semantics::AtLeastOnce);
     wait_subscribed(&m, &id, 1).await;
@@ -264,23 +268,7 @@ async fn acks_flushed_at_exit(version: u8) {
     let m = broker().await;
     let id = format!("flush-v{version}");
     let spec = MqttSpec::new("f/#");
-    let make = |port: u16| -> Subscriber {
-        match version {
-            5 => {
-                let mut o = v5(port, &id);
-                o.set_clean_start(false)
-                    .set_session_expiry_interval(Some(300));
-                MqttSubscriber::v5(o, &spec)
-            }
-            _ => {
-                let mut o = v4(port, &id);
-                o.set_clean_session(false);
-                MqttSubscriber::v4(o, &spec)
-            }
-        }
-        .expect("subscriber")
-        .into()
-    };
+    let make = |port: u16| persistent(version, port, &id, &spec);
     let mut first = make(m.port());
     wait_subscribed(&m, &id, 1).await;
     publish(m.port(), "f/x", "a", 50).await;

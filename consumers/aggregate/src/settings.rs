@@ -52,12 +52,7 @@ pub fn settings(flags: &Flags<'_>) -> Result<Settings, ConfigError> {
     if cfg.aggregate.instance.is_empty() {
         cfg.aggregate.instance = host_name();
     }
-    if cfg.input.connect.url.is_empty() {
-        return Err(ConfigError::invalid(
-            "input.url",
-            "missing: give --input URL or an [input] table with a url",
-        ));
-    }
+    tapbus_consumer::require_url("input", &cfg.input.connect.url)?;
     let input = cfg.input.validate("input", PROGRAM)?;
     let output = match &cfg.output {
         Some(o) => Some(o.validate("output", "batches")?),
@@ -71,12 +66,7 @@ pub fn settings(flags: &Flags<'_>) -> Result<Settings, ConfigError> {
         .map_err(|e| ConfigError::invalid(&e.key, e.msg))?;
     let listen =
         listen_addr(&cfg.metrics_listen).map_err(|e| ConfigError::invalid("metrics_listen", e))?;
-    if !(1..=10_000_000).contains(&cfg.max_pending) {
-        return Err(ConfigError::invalid(
-            "max_pending",
-            "must be between 1 and 10000000",
-        ));
-    }
+    tapbus_consumer::check_max_pending(cfg.max_pending)?;
     if output.is_some() {
         // An event is acked after the next batch that counts it: up to one interval.
         input.check_hold("input", interval, "aggregate.interval")?;

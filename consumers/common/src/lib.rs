@@ -137,6 +137,29 @@ pub fn init_logging(format: &str) {
     }
 }
 
+/// `TABLE.url: missing: give --TABLE URL or an [TABLE] table with a url` when `url` is
+/// empty (`table` is `input` or `output`).
+pub fn require_url(table: &str, url: &str) -> Result<(), tapbus_config::ConfigError> {
+    if url.trim().is_empty() {
+        return Err(tapbus_config::ConfigError::invalid(
+            format!("{table}.url"),
+            format!("missing: give --{table} URL or an [{table}] table with a url"),
+        ));
+    }
+    Ok(())
+}
+
+/// `max_pending`: 1 to 10,000,000 messages taken and not acked.
+pub fn check_max_pending(n: usize) -> Result<(), tapbus_config::ConfigError> {
+    if !(1..=10_000_000).contains(&n) {
+        return Err(tapbus_config::ConfigError::invalid(
+            "max_pending",
+            "must be between 1 and 10000000",
+        ));
+    }
+    Ok(())
+}
+
 /// Parses a `metrics_listen` value: `""` disables.
 pub fn listen_addr(v: &str) -> Result<Option<std::net::SocketAddr>, String> {
     match v.trim() {

@@ -72,18 +72,8 @@ pub fn settings(flags: &Flags<'_>) -> Result<Settings, ConfigError> {
     if let Some(l) = flags.metrics_listen {
         cfg.metrics_listen = l.to_owned();
     }
-    if cfg.input.connect.url.is_empty() {
-        return Err(ConfigError::invalid(
-            "input.url",
-            "missing: give --input URL or an [input] table with a url",
-        ));
-    }
-    if cfg.output.connect.url.is_empty() {
-        return Err(ConfigError::invalid(
-            "output.url",
-            "missing: give --output URL or an [output] table with a url",
-        ));
-    }
+    tapbus_consumer::require_url("input", &cfg.input.connect.url)?;
+    tapbus_consumer::require_url("output", &cfg.output.connect.url)?;
     let input = cfg.input.validate("input", PROGRAM)?;
     let output = cfg.output.validate("output", "records")?;
     let reduce = cfg
@@ -92,12 +82,7 @@ pub fn settings(flags: &Flags<'_>) -> Result<Settings, ConfigError> {
         .map_err(|e| ConfigError::invalid(&e.key, e.reason))?;
     let listen =
         listen_addr(&cfg.metrics_listen).map_err(|e| ConfigError::invalid("metrics_listen", e))?;
-    if !(1..=10_000_000).contains(&cfg.max_pending) {
-        return Err(ConfigError::invalid(
-            "max_pending",
-            "must be between 1 and 10000000",
-        ));
-    }
+    tapbus_consumer::check_max_pending(cfg.max_pending)?;
     if cfg.idle_flush < Duration::from_secs(1) {
         return Err(ConfigError::invalid("idle_flush", "must be at least 1s"));
     }

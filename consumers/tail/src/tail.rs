@@ -35,12 +35,7 @@ pub fn settings(flags: &Flags<'_>) -> Result<(ConsumerInputSpec, Tail), ConfigEr
     if let Some(url) = flags.input {
         cfg.input.set_url(url);
     }
-    if cfg.input.connect.url.is_empty() {
-        return Err(ConfigError::Invalid {
-            key: "input.url".into(),
-            msg: "missing: give --input URL or an [input] table with a url".into(),
-        });
-    }
+    tapbus_consumer::require_url("input", &cfg.input.connect.url)?;
     let spec = cfg.input.validate("input", PROGRAM)?;
     let mut filters = Vec::new();
     for (key, expr) in cfg
