@@ -42,6 +42,60 @@ pub mod testdata;
 /// The Loki test receiver, its own crate ([`tapbus_loki_receiver`]), under its old path.
 pub use tapbus_loki_receiver as loki;
 
+/// An unbound configuration for the tests: listens on 127.0.0.1:`port` only, answers
+/// `tapbus.test.` from local data, its only upstream a dead loopback port (nothing leaves
+/// 127.0.0.1), and writes bidirectional dnstap (client queries and responses) with
+/// `identity` into the unix socket `sock`. `username` is the user unbound drops to (`""`:
+/// it stays who started it); pid and log files go to `dir` unless `username` is set.
+pub fn unbound_conf(dir: &Path, port: u16, sock: &Path, username: &str, identity: &str) -> String {
+    let (pidfile, logfile) = if username.is_empty() {
+        (
+            format!("{}/unbound.pid", dir.display()),
+            format!("{}/unbound.log", dir.display()),
+        )
+    } else {
+        (String::new(), String::new())
+    };
+    format!(
+        r#"server:
+    interface: 127.0.0.1
+    port: {port}
+    do-ip6: no
+    do-daemonize: no
+    username: "{username}"
+    chroot: ""
+    directory: "{dir}"
+    pidfile: "{pidfile}"
+    use-syslog: no
+    logfile: "{logfile}"
+    verbosity: 1
+    num-threads: 1
+    access-control: 127.0.0.0/8 allow
+    do-not-query-localhost: no
+    module-config: "iterator"
+    local-zone: "tapbus.test." static
+    local-data: "www.tapbus.test. 300 IN A 192.0.2.10"
+    local-data: "mail.tapbus.test. 300 IN MX 10 mx.tapbus.test."
+stub-zone:
+    name: "."
+    stub-addr: 127.0.0.1@9
+remote-control:
+    control-enable: no
+dnstap:
+    dnstap-enable: yes
+    dnstap-bidirectional: yes
+    dnstap-socket-path: "{sock}"
+    dnstap-send-identity: yes
+    dnstap-identity: "{identity}"
+    dnstap-send-version: yes
+    dnstap-log-client-query-messages: yes
+    dnstap-log-client-response-messages: yes
+"#,
+        dir = dir.display(),
+        sock = sock.display()
+    )
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick for port 0).
 pub fn free_port() -> u16 {
     free_ports(1)[0]

@@ -21,44 +21,7 @@ async fn unbound_writes_dnstap_through_the_broker() {
     let conf = dir.path().join("unbound.conf");
     std::fs::write(
         &conf,
-        format!(
-            r#"server:
-    interface: 127.0.0.1
-    port: {port}
-    do-ip6: no
-    do-daemonize: no
-    username: ""
-    chroot: ""
-    directory: "{dir}"
-    pidfile: "{dir}/unbound.pid"
-    use-syslog: no
-    logfile: "{dir}/unbound.log"
-    verbosity: 1
-    num-threads: 1
-    access-control: 127.0.0.0/8 allow
-    do-not-query-localhost: no
-    module-config: "iterator"
-    local-zone: "tapbus.test." static
-    local-data: "www.tapbus.test. 300 IN A 192.0.2.10"
-    local-data: "mail.tapbus.test. 300 IN MX 10 mx.tapbus.test."
-stub-zone:
-    name: "."
-    stub-addr: 127.0.0.1@9
-remote-control:
-    control-enable: no
-dnstap:
-    dnstap-enable: yes
-    dnstap-bidirectional: yes
-    dnstap-socket-path: "{sock}"
-    dnstap-send-identity: yes
-    dnstap-identity: "unbound-it"
-    dnstap-send-version: yes
-    dnstap-log-client-query-messages: yes
-    dnstap-log-client-response-messages: yes
-"#,
-            dir = dir.path().display(),
-            sock = sock.display()
-        ),
+        tapbus_testsupport::unbound_conf(dir.path(), port, &sock, "", "unbound-it"),
     )
     .expect("write unbound.conf");
     let _unbound = Proc::spawn(

@@ -478,44 +478,7 @@ fn debian_package_installs_runs_and_removes() {
     let conf = dir.path().join("unbound.conf");
     std::fs::write(
         &conf,
-        format!(
-            r#"server:
-    interface: 127.0.0.1
-    port: {dns_port}
-    do-ip6: no
-    do-daemonize: no
-    username: "unbound"
-    chroot: ""
-    directory: "{dir}"
-    pidfile: ""
-    use-syslog: no
-    logfile: ""
-    verbosity: 1
-    num-threads: 1
-    access-control: 127.0.0.0/8 allow
-    do-not-query-localhost: no
-    module-config: "iterator"
-    local-zone: "tapbus.test." static
-    local-data: "www.tapbus.test. 300 IN A 192.0.2.10"
-    local-data: "mail.tapbus.test. 300 IN MX 10 mx.tapbus.test."
-stub-zone:
-    name: "."
-    stub-addr: 127.0.0.1@9
-remote-control:
-    control-enable: no
-dnstap:
-    dnstap-enable: yes
-    dnstap-bidirectional: yes
-    dnstap-socket-path: "{sock}"
-    dnstap-send-identity: yes
-    dnstap-identity: "unbound-pkg"
-    dnstap-send-version: yes
-    dnstap-log-client-query-messages: yes
-    dnstap-log-client-response-messages: yes
-"#,
-            dir = dir.path().display(),
-            sock = sock.display()
-        ),
+        tapbus_testsupport::unbound_conf(dir.path(), dns_port, &sock, "unbound", "unbound-pkg"),
     )
     .expect("write unbound.conf");
     std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).expect("chmod");
