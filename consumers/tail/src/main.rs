@@ -125,7 +125,10 @@ async fn run(
     let (mut rx, reader) = spawn_reader(PROGRAM, spec, capacity);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
-    let (mut printed, mut filtered, mut bad) = (0u64, 0u64, 0u64);
+    let (mut printed, mut filtered, mut bad, mut duplicates) = (0u64, 0u64, 0u64, 0u64);
+    // Stream sequences printed: a redelivery of one (an ack lost with the connection, or
+    // a server that hands a message out twice) is acked, not printed again.
+    let mut seen = tapbus_consumer::state::Handled::new(65_536);
     let mut subscribed = false;
     let mut acks = None;
     let code = loop {
@@ -158,6 +161,16 @@ async fn run(
                 break ExitCode::from(3);
             }
         };
+        if let Some(seq) = d.seq {
+            if seen.contains(seq) {
+                duplicates += 1;
+                if let Err(e) = d.ack().await {
+                    tracing::warn!("ack failed (the bus may deliver the message again): {e}");
+                }
+                continue;
+            }
+            seen.insert(seq);
+        }
         let handled = match tail.handle(&d.payload, &mut out).and_then(|h| {
             // The line is on standard output before the message is acknowledged.
             out.flush()?;
@@ -231,7 +244,7 @@ async fn run(
             "the last acks may not have reached the bus: it may deliver those messages again"
         );
     }
-    tracing::info!(printed, filtered, bad, handed_back, "stopped");
+    tracing::info!(printed, filtered, bad, duplicates, handed_back, "stopped");
     code
 }
 

@@ -196,9 +196,11 @@ fn jetstream_count_takes_what_it_prints_and_hands_back_the_rest() {
             "30s",
         ],
     );
+    let first_err = first.err.clone();
     let (code, got) = first.finish(Duration::from_secs(40));
     assert_eq!(code, 0, "exit code");
     assert_eq!(got, published[..5]);
+    let first_log = std::fs::read_to_string(&first_err).unwrap_or_default();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let info = rt.block_on(async {
         let client = async_nats::connect(nats.url()).await.expect("connect");
@@ -229,13 +231,35 @@ fn jetstream_count_takes_what_it_prints_and_hands_back_the_rest() {
             "50s",
         ],
     );
+    let second_err = second.err.clone();
     let (code, got) = second.finish(Duration::from_secs(60));
-    assert_eq!((code, got.len()), (0, rest), "the rest");
+    let second_log = std::fs::read_to_string(&second_err).unwrap_or_default();
+    assert_eq!(
+        (code, got.len()),
+        (0, rest),
+        "the rest; second's log:\n{second_log}"
+    );
     let mut want = published[5..].to_vec();
     let mut got = got;
     want.sort();
     got.sort();
-    assert!(got == want, "the rest, each once");
+    if got != want {
+        let extra: Vec<_> = got.iter().filter(|g| !want.contains(g)).collect();
+        let missing: Vec<_> = want.iter().filter(|w| !got.contains(w)).collect();
+        let first_five: Vec<_> = extra
+            .iter()
+            .filter(|e| published[..5].contains(e))
+            .collect();
+        panic!(
+            "the rest, each once: {} not expected ({} of them among the first 5), {} missing; extra {:?}\nfirst's log:\n{}\nsecond's log:\n{}",
+            extra.len(),
+            first_five.len(),
+            missing.len(),
+            extra.iter().take(3).collect::<Vec<_>>(),
+            first_log,
+            second_log,
+        );
+    }
 }
 
 /// The consumer names on a stream, read with the JetStream API.
