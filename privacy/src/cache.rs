@@ -1,4 +1,4 @@
-//! A bounded, lock-free, direct-mapped cache of full results (original address
+//! A bounded, lock-free, 2-way set-associative cache of full results (original address
 //! -> pseudonym) for the keyed modes: client addresses are pseudonymised here,
 //! per output view, before the event is encoded (broker: session ->
 //! encode(view) -> fanout), and the same clients come back again and again.
@@ -47,13 +47,13 @@ pub(crate) struct ResultCache {
 pub const MAX_CACHE_ENTRIES: usize = 1 << 22;
 
 impl ResultCache {
-    /// `entries` is rounded up to a power of two (at most
+    /// `entries` is rounded up to a power of two (at least 2, at most
     /// [`MAX_CACHE_ENTRIES`]); 0 gives None (no cache).
     pub(crate) fn new(entries: usize) -> Option<Self> {
         if entries == 0 {
             return None;
         }
-        let n = entries.min(MAX_CACHE_ENTRIES).next_power_of_two();
+        let n = entries.clamp(2, MAX_CACHE_ENTRIES).next_power_of_two();
         let slots: Box<[Slot]> = (0..n).map(|_| Slot::default()).collect();
         Some(Self {
             slots,
@@ -64,35 +64,55 @@ impl ResultCache {
         })
     }
 
+    /// The two slots (a 2-way set) `key` may live in, and a victim bit.
     #[inline]
-    fn slot(&self, key: u128) -> &Slot {
-        // Fibonacci hashing of both halves; the top bits pick the slot.
+    fn set(&self, key: u128) -> (&Slot, &Slot, bool) {
+        // Fibonacci hashing of both halves; the top bits pick the set.
         let h =
             ((key >> 64) as u64 ^ (key as u64).rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let i = (h >> 32) as usize & self.mask;
-        // `i <= mask < len`, so this never fails; `get` keeps it panic-free.
-        self.slots.get(i).unwrap_or(&self.slots[0])
+        let i = (h >> 32) as usize & self.mask & !1;
+        // `i + 1 <= mask < len`: `get` never fails, it only keeps this panic-free.
+        let first = self.slots.get(i).unwrap_or(&self.slots[0]);
+        let second = self.slots.get(i + 1).unwrap_or(first);
+        (first, second, h & (1 << 31) != 0)
+    }
+
+    /// The value stored with exactly `key` in `s`, if it is there and was
+    /// not being written while read.
+    #[inline]
+    fn read(s: &Slot, key: u128) -> Option<u128> {
+        let s1 = s.seq.load(Ordering::Acquire);
+        if s1 == 0 || s1 & 1 == 1 {
+            return None;
+        }
+        let kh = s.key_hi.load(Ordering::Relaxed);
+        let kl = s.key_lo.load(Ordering::Relaxed);
+        let vh = s.val_hi.load(Ordering::Relaxed);
+        let vl = s.val_lo.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        let s2 = s.seq.load(Ordering::Relaxed);
+        (s1 == s2 && (u128::from(kh) << 64 | u128::from(kl)) == key)
+            .then_some(u128::from(vh) << 64 | u128::from(vl))
     }
 
     /// The cached value for `key`, or compute it with `f`, store and return it.
     #[inline]
     pub(crate) fn get_or(&self, key: u128, f: impl FnOnce() -> u128) -> u128 {
-        let s = self.slot(key);
-        let s1 = s.seq.load(Ordering::Acquire);
-        if s1 != 0 && s1 & 1 == 0 {
-            let kh = s.key_hi.load(Ordering::Relaxed);
-            let kl = s.key_lo.load(Ordering::Relaxed);
-            let vh = s.val_hi.load(Ordering::Relaxed);
-            let vl = s.val_lo.load(Ordering::Relaxed);
-            fence(Ordering::Acquire);
-            let s2 = s.seq.load(Ordering::Relaxed);
-            if s1 == s2 && (u128::from(kh) << 64 | u128::from(kl)) == key {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                return u128::from(vh) << 64 | u128::from(vl);
-            }
+        let (s0, s1, victim) = self.set(key);
+        if let Some(v) = Self::read(s0, key).or_else(|| Self::read(s1, key)) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return v;
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let v = f();
+        // An empty slot first, else the victim the hash picks.
+        let s = if s0.seq.load(Ordering::Relaxed) == 0 {
+            s0
+        } else if s1.seq.load(Ordering::Relaxed) == 0 || victim {
+            s1
+        } else {
+            s0
+        };
         self.store(s, key, v);
         v
     }
@@ -143,11 +163,11 @@ mod tests {
         assert_eq!(c.get_or(1, || 99), 10, "hit returns the stored value");
         let st = c.stats();
         assert_eq!((st.hits, st.misses), (1, 1));
-        // 5 more keys into 4 slots: at least one eviction, values always right.
-        for k in 2..8u128 {
+        // 15 more keys into 4 slots: evictions, values always right.
+        for k in 2..17u128 {
             assert_eq!(c.get_or(k, || k * 10), k * 10);
         }
-        for k in 1..8u128 {
+        for k in 1..17u128 {
             assert_eq!(c.get_or(k, || k * 10), k * 10);
         }
         assert!(c.stats().evictions >= 1);

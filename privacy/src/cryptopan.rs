@@ -58,49 +58,62 @@ impl CryptoPan {
         })
     }
 
-    /// The flip bits for the first `n` (<= 128) positions of `ext` (the
-    /// address in the top bits of a 128-bit number), as the top `n` bits of
-    /// the result; the other bits are zero. `N` is the family's width (32 or
-    /// 128), so IPv4 does not initialise 128 blocks.
+    /// The flip bits for positions `from..to` (clamped to `N`) of `ext` (the
+    /// address in the top bits of a 128-bit number), at their places in the
+    /// top bits of the result; all other bits are zero. `N` is the family's
+    /// width (32 or 128), so IPv4 does not initialise 128 blocks.
     #[inline]
-    fn flips<const N: usize>(&self, ext: u128, n: u32) -> u128 {
-        let n = (n as usize).min(N);
+    fn flips<const N: usize>(&self, ext: u128, from: u32, to: u32) -> u128 {
+        let to = (to as usize).min(N);
+        let from = (from as usize).min(to);
         let mut blocks = [GenericArray::from([0u8; 16]); N];
-        for (pos, b) in blocks.iter_mut().enumerate().take(n) {
-            let m = top_mask128(pos as u32);
+        let n = to - from;
+        for (i, b) in blocks.iter_mut().enumerate().take(n) {
+            let m = top_mask128((from + i) as u32);
             *b = GenericArray::from(((ext & m) | (self.pad & !m)).to_be_bytes());
         }
         self.cipher.encrypt_blocks(&mut blocks[..n]);
         let mut out = 0u128;
-        for (pos, b) in blocks.iter().enumerate().take(n) {
-            out |= u128::from(b[0] >> 7) << (127 - pos);
+        for (i, b) in blocks.iter().enumerate().take(n) {
+            out |= u128::from(b[0] >> 7) << (127 - (from + i));
         }
         out
     }
 
+    /// IPv4 flip bits for positions `from..to` (<= 32), in place.
+    pub(crate) fn flips_v4(&self, a: u32, from: u32, to: u32) -> u32 {
+        (self.flips::<32>(u128::from(a) << 96, from, to) >> 96) as u32
+    }
+
+    /// IPv6 flip bits for positions `from..to` (<= 128), in place.
+    pub(crate) fn flips_v6(&self, a: u128, from: u32, to: u32) -> u128 {
+        self.flips::<128>(a, from, to)
+    }
+
     /// Anonymise an IPv4 address (as a big-endian number).
+    #[cfg(test)]
     pub(crate) fn v4(&self, a: u32) -> u32 {
-        self.v4_prefix(a, 32)
+        a ^ self.flips_v4(a, 0, 32)
     }
 
     /// The first `len` (<= 32) anonymised bits of `a`, the rest zero: the
     /// anonymised `len`-bit prefix, computing only `len` AES blocks.
     pub(crate) fn v4_prefix(&self, a: u32, len: u32) -> u32 {
         let len = len.min(32);
-        let f = (self.flips::<32>(u128::from(a) << 96, len) >> 96) as u32;
         let m = (top_mask128(len) >> 96) as u32;
-        (a ^ f) & m
+        (a ^ self.flips_v4(a, 0, len)) & m
     }
 
     /// Anonymise an IPv6 address (as a big-endian number).
+    #[cfg(test)]
     pub(crate) fn v6(&self, a: u128) -> u128 {
-        a ^ self.flips::<128>(a, 128)
+        a ^ self.flips_v6(a, 0, 128)
     }
 
     /// The first `len` (<= 128) anonymised bits of `a`, the rest zero.
     pub(crate) fn v6_prefix(&self, a: u128, len: u32) -> u128 {
         let len = len.min(128);
-        (a ^ self.flips::<128>(a, len)) & top_mask128(len)
+        (a ^ self.flips_v6(a, 0, len)) & top_mask128(len)
     }
 }
 
@@ -134,6 +147,22 @@ mod tests {
         let b = 0x2001_0db8_0000_0000_0000_0000_0000_0001u128;
         for len in 0..=128 {
             assert_eq!(c.v6_prefix(b, len), c.v6(b) & top_mask128(len), "len {len}");
+        }
+    }
+
+    #[test]
+    fn split_flips_are_the_whole() {
+        let c = CryptoPan::new(&SAMPLE_KEY).expect("32 bytes");
+        let a = 0xcb00_7123u32;
+        for cut in 0..=32 {
+            assert_eq!(
+                c.flips_v4(a, 0, cut) | c.flips_v4(a, cut, 32),
+                c.flips_v4(a, 0, 32)
+            );
+        }
+        let b = 0x2a02_0ab8_7777_0003_dead_beef_0000_0001u128;
+        for cut in [0, 1, 48, 64, 100, 128] {
+            assert_eq!(c.flips_v6(b, 0, cut) | c.flips_v6(b, cut, 128), c.v6(b) ^ b);
         }
     }
 

@@ -47,16 +47,22 @@
 //! Pseudonymizer::fingerprint(&self) -> Option<String>         // 16 hex of SHA-256(key)
 //! Pseudonymizer::same_view(&self, &Pseudonymizer) -> bool
 //! Pseudonymizer::cache_stats(&self) -> CacheStats   // hits, misses, evictions, capacity
+//! Pseudonymizer::prefix_cache_stats(&self) -> CacheStats  // Crypto-PAn /24 and /64 flips
+//! Pseudonymizer::mode(&self) -> Mode
 //! ```
 //!
 //! # Speed
 //! Crypto-PAn needs one AES block per address bit (32 for IPv4, 128 for
 //! IPv6); they are independent and encrypted as one batch (AES-NI pipelined
 //! by the `aes` crate). The keyed modes also keep a bounded lock-free cache of
-//! full results (`cache_entries`, default 65536 slots of 40 bytes, 0 = off),
+//! full results (`cache_entries`, default 65536 slots of 40 bytes in 2-way sets, 0 = off),
 //! shared by clones; its counters are [`Pseudonymizer::cache_stats`]. A cache
-//! hit returns exactly the value that was computed for that address. Numbers
-//! are in `benches/privacy.rs`.
+//! hit returns exactly the value that was computed for that address.
+//! Crypto-PAn also caches the flip bits of each /24 (IPv4) and /64 (IPv6)
+//! prefix (a second cache of the same size): they depend only on those
+//! prefix bits, so a new address in a known prefix needs only 8 (IPv4) or 64
+//! (IPv6) AES blocks ([`Pseudonymizer::prefix_cache_stats`]). Numbers are in
+//! `benches/privacy.rs`.
 #![forbid(unsafe_code)]
 
 mod cache;
@@ -209,8 +215,17 @@ struct Inner {
     /// The key bytes (keyed modes only), for [`Pseudonymizer::same_view`].
     key: Vec<u8>,
     fingerprint: Option<String>,
+    /// Full results (keyed modes).
     cache: Option<ResultCache>,
+    /// Crypto-PAn only: the flip bits of a /24 (IPv4) or /64 (IPv6), so a
+    /// new address in a known prefix costs 8 (or 64) AES blocks, not 32
+    /// (or 128).
+    prefix_cache: Option<ResultCache>,
 }
+
+/// Crypto-PAn prefix cache boundaries: /24 for IPv4, /64 for IPv6.
+const PAN_PREFIX_V4: u32 = 24;
+const PAN_PREFIX_V6: u32 = 64;
 
 /// Pseudonymises addresses for one privacy view. Cheap to clone (clones
 /// share the key schedule and the cache); `Send + Sync`. `Debug` shows the
@@ -321,6 +336,11 @@ impl Pseudonymizer {
                 } else {
                     None
                 },
+                prefix_cache: if s.client_ip == Mode::CryptoPan {
+                    ResultCache::new(s.cache_entries)
+                } else {
+                    None
+                },
             }),
         })
     }
@@ -364,6 +384,16 @@ impl Pseudonymizer {
     pub fn cache_stats(&self) -> CacheStats {
         self.inner
             .cache
+            .as_ref()
+            .map(ResultCache::stats)
+            .unwrap_or_default()
+    }
+
+    /// Crypto-PAn /24 (IPv4) and /64 (IPv6) prefix cache counters (capacity
+    /// 0 in other modes or with `cache_entries = 0`).
+    pub fn prefix_cache_stats(&self) -> CacheStats {
+        self.inner
+            .prefix_cache
             .as_ref()
             .map(ResultCache::stats)
             .unwrap_or_default()
@@ -440,7 +470,16 @@ impl Pseudonymizer {
                 let h = self.hash(mac, &[&[0x04], &a.to_be_bytes()]);
                 u128::from(u32::from_be_bytes([h[0], h[1], h[2], h[3]]))
             }) as u32,
-            Engine::CryptoPan(c) => self.cached(v4_cache_key(a), || u128::from(c.v4(a))) as u32,
+            Engine::CryptoPan(c) => self.cached(v4_cache_key(a), || {
+                let hi = match &self.inner.prefix_cache {
+                    // Tagged above 2^64 so it never meets an IPv6 /64 key.
+                    Some(pc) => pc.get_or(1 << 64 | u128::from(a >> (32 - PAN_PREFIX_V4)), || {
+                        u128::from(c.flips_v4(a, 0, PAN_PREFIX_V4))
+                    }) as u32,
+                    None => c.flips_v4(a, 0, PAN_PREFIX_V4),
+                };
+                u128::from(a ^ hi ^ c.flips_v4(a, PAN_PREFIX_V4, 32))
+            }) as u32,
         }
     }
 
@@ -454,7 +493,15 @@ impl Pseudonymizer {
                 b.copy_from_slice(&h[..16]);
                 u128::from_be_bytes(b)
             }),
-            Engine::CryptoPan(c) => self.cached(a, || c.v6(a)),
+            Engine::CryptoPan(c) => self.cached(a, || {
+                let hi = match &self.inner.prefix_cache {
+                    Some(pc) => pc.get_or(a >> (128 - PAN_PREFIX_V6), || {
+                        c.flips_v6(a, 0, PAN_PREFIX_V6)
+                    }),
+                    None => c.flips_v6(a, 0, PAN_PREFIX_V6),
+                };
+                a ^ hi ^ c.flips_v6(a, PAN_PREFIX_V6, 128)
+            }),
         }
     }
 

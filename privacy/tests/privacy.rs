@@ -323,10 +323,22 @@ fn cache_never_changes_results() {
     assert_eq!(st.hits + st.misses, 900);
     assert!(st.hits > 0 && st.evictions > 0, "{st:?}");
     assert_eq!(plain.cache_stats().capacity, 0);
+    // neighbours in one /24 and one /64 share the prefix flips
+    let before = cached.prefix_cache_stats();
+    for i in 0..20u8 {
+        let a: IpAddr = Ipv4Addr::new(203, 0, 113, i).into();
+        let b: IpAddr = Ipv6Addr::new(0x2001, 0xdb8, 5, 6, 0, 0, 0, u16::from(i)).into();
+        assert_eq!(cached.addr(a), plain.addr(a));
+        assert_eq!(cached.addr(b), plain.addr(b));
+    }
+    let after = cached.prefix_cache_stats();
+    assert_eq!(after.capacity, 64);
+    assert!(after.hits >= before.hits + 30, "{before:?} {after:?}");
+    assert_eq!(hash_cached.prefix_cache_stats().capacity, 0);
     // clones share the cache
     let c2 = cached.clone();
     c2.addr(pool[0]);
-    assert_eq!(c2.cache_stats().hits + c2.cache_stats().misses, 901);
+    assert_eq!(c2.cache_stats().hits + c2.cache_stats().misses, 941);
 }
 
 #[test]
