@@ -57,7 +57,7 @@ fn v6_set() -> Vec<IpAddr> {
     let mut s = 2u64;
     (0..10_000)
         .map(|_| {
-            let net48: u128 = if rng(&mut s) % 2 == 0 {
+            let net48: u128 = if rng(&mut s).is_multiple_of(2) {
                 0x2001_0db8_0001
             } else {
                 0x2a02_0ab8_7777
@@ -107,8 +107,32 @@ fn bench(c: &mut Criterion) {
             });
             let st = p.cache_stats();
             if st.capacity > 0 {
-                eprintln!("cache {name}/{fam}: {st:?}");
+                eprintln!(
+                    "cache {name}/{fam}: results {st:?} prefixes {:?}",
+                    p.prefix_cache_stats()
+                );
             }
+        }
+        if *fam == "v6" {
+            // Every address new (the result cache misses), its /64 known (the
+            // prefix cache hits): a privacy-address client's next address.
+            let p = &modes[4].1;
+            let mut round = 0u128;
+            g.bench_function("cryptopan/new-iid-known-64/v6", |b| {
+                b.iter(|| {
+                    round += 1;
+                    for &a in set {
+                        let IpAddr::V6(v) = a else { continue };
+                        let a = Ipv6Addr::from(u128::from(v) ^ round << 20);
+                        black_box(p.addr(black_box(IpAddr::V6(a))));
+                    }
+                })
+            });
+            eprintln!(
+                "cache cryptopan/new-iid-known-64/v6: results {:?} prefixes {:?}",
+                p.cache_stats(),
+                p.prefix_cache_stats()
+            );
         }
         let p = &modes[3].1;
         let len = if *fam == "v4" { 24 } else { 56 };
