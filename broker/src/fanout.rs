@@ -24,6 +24,18 @@ struct OutputTx {
     tx: mpsc::Sender<Event>,
     metrics: PublishMetrics,
     filter: Option<tapbus_event::Filter>,
+    /// The privacy view this output publishes: 0 the event as offered, `k` the `k`-th
+    /// of the other views handed to [`Fanout::send`].
+    view: usize,
+}
+
+/// One output's queue, as [`Fanout::new`] takes it.
+#[derive(Debug, Clone)]
+pub struct OutputQueue {
+    pub capacity: usize,
+    pub metrics: PublishMetrics,
+    pub filter: Option<tapbus_event::Filter>,
+    pub view: usize,
 }
 
 /// The sending side of every output queue. Cheap to clone (one per connection).
@@ -42,18 +54,17 @@ pub type EventRx = tapbus_bus::publish::Queue;
 
 impl Fanout {
     /// Creates one queue per output; returns the fan-out and the receivers, in order.
-    pub fn new(
-        outputs: Vec<(usize, PublishMetrics, Option<tapbus_event::Filter>)>,
-    ) -> (Fanout, Vec<EventRx>) {
+    pub fn new(outputs: Vec<OutputQueue>) -> (Fanout, Vec<EventRx>) {
         let mut txs = Vec::with_capacity(outputs.len());
         let mut rxs = Vec::with_capacity(outputs.len());
-        for (cap, metrics, filter) in outputs {
-            let (tx, rx) = mpsc::channel(cap);
-            metrics.capacity.set(cap as i64);
+        for o in outputs {
+            let (tx, rx) = mpsc::channel(o.capacity);
+            o.metrics.capacity.set(o.capacity as i64);
             txs.push(OutputTx {
                 tx,
-                metrics,
-                filter,
+                metrics: o.metrics,
+                filter: o.filter,
+                view: o.view,
             });
             rxs.push(rx);
         }
@@ -66,6 +77,42 @@ impl Fanout {
             },
             rxs,
         )
+    }
+
+    /// The event as output `o` publishes it: the offered one, or one of the other views.
+    fn for_output(o: &OutputTx, ev: &Event, views: &[bytes::Bytes]) -> Event {
+        let mut e = ev.clone();
+        if o.view > 0
+            && let Some(p) = views.get(o.view - 1)
+        {
+            e.payload = p.clone();
+        }
+        e
+    }
+
+    /// Offers the event to every output without waiting; `views` are the other privacy
+    /// views of the same event (the filters read `ev`, the clear one).
+    pub fn send_views(&self, ev: Event, views: &[bytes::Bytes]) {
+        if views.is_empty() {
+            return self.send(ev);
+        }
+        self.offered.fetch_add(1, Ordering::Relaxed);
+        let view = self.filtered.then(|| view(&ev.payload));
+        for o in self.outputs.iter() {
+            if !wants(o, view.as_ref()) {
+                o.metrics.filtered.inc();
+                continue;
+            }
+            match o.tx.try_send(Self::for_output(o, &ev, views)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    o.metrics.dropped_full.inc();
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    o.metrics.dropped_shutdown.inc();
+                }
+            }
+        }
     }
 
     /// Offers the event to every output without waiting.
@@ -97,7 +144,7 @@ impl Fanout {
 
     /// Offers the event to every output, waiting for room. Only for inputs that have no
     /// sender to stall (files): a replay publishes everything instead of dropping.
-    pub async fn send_wait(&self, ev: Event) {
+    pub async fn send_wait(&self, ev: Event, views: &[bytes::Bytes]) {
         self.offered.fetch_add(1, Ordering::Relaxed);
         let view = self.filtered.then(|| view(&ev.payload));
         for o in self.outputs.iter() {
@@ -105,7 +152,7 @@ impl Fanout {
                 o.metrics.filtered.inc();
                 continue;
             }
-            if o.tx.send(ev.clone()).await.is_err() {
+            if o.tx.send(Self::for_output(o, &ev, views)).await.is_err() {
                 o.metrics.dropped_shutdown.inc();
             }
         }
@@ -188,15 +235,31 @@ mod tests {
         ))
     }
 
-    fn output(
-        cap: usize,
-        filter: Option<&str>,
-    ) -> (usize, PublishMetrics, Option<tapbus_event::Filter>) {
-        (
-            cap,
-            PublishMetrics::unregistered(),
-            filter.map(|f| tapbus_event::Filter::parse(f).expect("filter")),
-        )
+    fn output(cap: usize, filter: Option<&str>) -> OutputQueue {
+        OutputQueue {
+            capacity: cap,
+            metrics: PublishMetrics::unregistered(),
+            filter: filter.map(|f| tapbus_event::Filter::parse(f).expect("filter")),
+            view: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_output_gets_its_view_and_filters_read_the_clear_one() {
+        let mut private = output(10, Some("operation=CLIENT_QUERY"));
+        private.view = 1;
+        let (f, mut rxs) = Fanout::new(vec![output(10, None), private]);
+        let other = Bytes::from_static(b"private");
+        f.send_views(op("CLIENT_QUERY"), std::slice::from_ref(&other));
+        f.send_views(op("CLIENT_RESPONSE"), std::slice::from_ref(&other));
+        f.send_wait(op("CLIENT_QUERY"), std::slice::from_ref(&other))
+            .await;
+        let clear: Vec<_> = std::iter::from_fn(|| rxs[0].try_recv().ok()).collect();
+        let private: Vec<_> = std::iter::from_fn(|| rxs[1].try_recv().ok()).collect();
+        assert_eq!(clear.len(), 3);
+        assert!(clear.iter().all(|e| e.payload.starts_with(b"{")));
+        assert_eq!(private.len(), 2);
+        assert!(private.iter().all(|e| e.payload == other));
     }
 
     #[test]
@@ -297,7 +360,7 @@ mod tests {
             let f = f.clone();
             tokio::spawn(async move {
                 for _ in 0..50 {
-                    f.send_wait(op("CLIENT_QUERY")).await;
+                    f.send_wait(op("CLIENT_QUERY"), &[]).await;
                 }
             })
         };

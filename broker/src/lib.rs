@@ -19,6 +19,7 @@ pub mod http;
 pub mod ingress;
 pub mod metrics;
 pub mod session;
+pub mod views;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -55,6 +56,8 @@ pub enum StartError {
     Input(#[from] ingress::StartError),
     #[error("{0}")]
     Http(String),
+    #[error(transparent)]
+    Config(#[from] tapbus_config::ConfigError),
 }
 
 /// Runs the broker until `shutdown` is cancelled or, with only file inputs, until every
@@ -64,11 +67,21 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<Outcome, StartError> {
+    let built = views::build(&settings)?;
+    for line in &built.summary {
+        tracing::info!("{line}");
+    }
     let (fanout, rxs) = Fanout::new(
         settings
             .outputs
             .iter()
-            .map(|o| (o.queue, metrics.output(&o.name), o.filter.clone()))
+            .zip(&built.output_views)
+            .map(|(o, &view)| fanout::OutputQueue {
+                capacity: o.queue,
+                metrics: metrics.output(&o.name),
+                filter: o.filter.clone(),
+                view,
+            })
             .collect(),
     );
     let offered = fanout.offered();
@@ -106,6 +119,7 @@ pub async fn run(
     let shared = Shared {
         metrics: metrics.clone(),
         fanout,
+        encoder: built.encoder.clone(),
         max_frame: settings.max_frame_size,
         handshake_timeout: settings.handshake_timeout,
         connections: Arc::new(Semaphore::new(settings.max_connections)),

@@ -49,10 +49,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Key files and databases are opened now, so a bad one is a configuration error
+    // (also under --check).
+    let views = match tapbus_broker::views::build(&settings) {
+        Ok(v) => v,
+        Err(e) => {
+            tapbus_config::errln!("tapbus-broker: configuration error: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if cli.check {
         tapbus_config::outln!("tapbus-broker: configuration ok: {}", summary(&settings));
+        for line in &views.summary {
+            tapbus_config::outln!("tapbus-broker: {line}");
+        }
         return ExitCode::SUCCESS;
     }
+    drop(views);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

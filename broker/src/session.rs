@@ -23,12 +23,20 @@ use tokio_util::sync::CancellationToken;
 use crate::fanout::{Event, Fanout};
 use crate::metrics::InputMetrics;
 
+static DEFAULT_VIEW: event::View = event::View {
+    addr: None,
+    qname: event::QnameMode::Keep,
+    drop: event::DropFields::EMPTY,
+};
+
 /// Everything a session needs besides its stream.
 #[derive(Debug, Clone)]
 pub struct Ctx {
     pub peer: String,
     pub metrics: InputMetrics,
     pub fanout: Fanout,
+    /// The enrichment and the outputs' privacy views.
+    pub encoder: std::sync::Arc<crate::views::Encoder>,
     pub max_frame: usize,
     pub handshake_timeout: Duration,
     pub shutdown: CancellationToken,
@@ -96,7 +104,9 @@ where
     let mut s = State {
         dec: FrameDecoder::new(ctx.max_frame),
         hs: ReaderHandshake::new(DNSTAP_CONTENT_TYPE),
-        out: Vec::with_capacity(4096),
+        outs: vec![Vec::with_capacity(4096); ctx.encoder.views.len().max(1)],
+        scratch: event::Scratch::default(),
+        views: Vec::new(),
         json: BytesMut::new(),
         identity: Bytes::new(),
         bad_frames: 0,
@@ -144,7 +154,11 @@ where
 struct State {
     dec: FrameDecoder,
     hs: ReaderHandshake,
-    out: Vec<u8>,
+    /// One JSON buffer per view.
+    outs: Vec<Vec<u8>>,
+    scratch: event::Scratch,
+    /// The views after the first, of the event being offered.
+    views: Vec<Bytes>,
     /// Event JSON is copied into shared chunks (one allocation per ~64 KiB, not per event).
     json: BytesMut,
     /// The last identity seen, owned, so queued events do not pin read buffers.
@@ -167,11 +181,11 @@ impl State {
                 if let Some(ev) = self.data(payload, ctx) {
                     if ctx.backpressure {
                         tokio::select! {
-                            _ = ctx.fanout.send_wait(ev) => {}
+                            _ = ctx.fanout.send_wait(ev, &self.views) => {}
                             _ = ctx.shutdown.cancelled() => return Ok(Some(End::Shutdown)),
                         }
                     } else {
-                        ctx.fanout.send(ev);
+                        ctx.fanout.send_views(ev, &self.views);
                     }
                 }
             }
@@ -216,8 +230,24 @@ impl State {
 
     /// Frames become events here.
     fn data(&mut self, payload: Bytes, ctx: &Ctx) -> Option<Event> {
-        self.out.clear();
-        match event::encode(payload, &ctx.peer, &mut self.out) {
+        for o in &mut self.outs {
+            o.clear();
+        }
+        self.views.clear();
+        let enc = &ctx.encoder;
+        let views: &[event::View] = if enc.views.is_empty() {
+            std::slice::from_ref(&DEFAULT_VIEW)
+        } else {
+            &enc.views
+        };
+        match event::encode_views(
+            payload,
+            &ctx.peer,
+            &enc.enrich,
+            views,
+            &mut self.scratch,
+            &mut self.outs,
+        ) {
             Ok(mut summary) => {
                 if summary.identity != self.identity {
                     self.identity = Bytes::copy_from_slice(&summary.identity);
@@ -227,11 +257,20 @@ impl State {
                     ctx.metrics.dns_malformed.inc();
                 }
                 ctx.metrics.events.inc();
-                if self.json.capacity() < self.out.len() {
-                    self.json.reserve(JSON_CHUNK.max(self.out.len()));
+                let mut first = None;
+                for out in &self.outs {
+                    if self.json.capacity() < out.len() {
+                        self.json.reserve(JSON_CHUNK.max(out.len()));
+                    }
+                    self.json.extend_from_slice(out);
+                    let bytes = self.json.split().freeze();
+                    if first.is_none() {
+                        first = Some(bytes);
+                    } else {
+                        self.views.push(bytes);
+                    }
                 }
-                self.json.extend_from_slice(&self.out);
-                Some(Event::event(self.json.split().freeze(), summary))
+                Some(Event::event(first.unwrap_or_default(), summary))
             }
             Err(e) => {
                 ctx.metrics.malformed(e.reason());
@@ -303,11 +342,17 @@ mod tests {
     fn rig(queue: usize, max_frame: usize) -> Rig {
         let metrics = Metrics::new();
         let output = metrics.output("out");
-        let (fanout, mut rxs) = Fanout::new(vec![(queue, output.clone(), None)]);
+        let (fanout, mut rxs) = Fanout::new(vec![crate::fanout::OutputQueue {
+            capacity: queue,
+            metrics: output.clone(),
+            filter: None,
+            view: 0,
+        }]);
         let ctx = Ctx {
             peer: "test-peer".into(),
             metrics: metrics.input("in"),
             fanout,
+            encoder: Default::default(),
             max_frame,
             handshake_timeout: Duration::from_secs(5),
             shutdown: CancellationToken::new(),

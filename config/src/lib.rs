@@ -18,11 +18,13 @@ use serde::{Deserialize, Serialize};
 use tapbus_proto::subject::{Flavor, Template};
 
 pub mod connect;
+pub mod privacy;
 pub mod subscribe;
 
 pub use connect::{
     BusConnect, BusKind, ConnectConfig, MqttConnect, NatsAuth, NatsConnect, RedisConnect, scheme_of,
 };
+pub use privacy::{ClientIp, EnrichConfig, GeoIpConfig, PrivacyConfig, PrivacySpec};
 pub use subscribe::{
     DeliverFrom, InputConfig as ConsumerInputConfig, InputSpec as ConsumerInputSpec,
     SubscribeConfig, SubscribeMode,
@@ -96,6 +98,8 @@ pub struct BrokerConfig {
     /// dropped (default 20s).
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// What is added to every event, once, before any output's privacy view.
+    pub enrich: EnrichConfig,
 }
 
 impl Default for BrokerConfig {
@@ -108,6 +112,7 @@ impl Default for BrokerConfig {
             handshake_timeout: Duration::from_secs(10),
             metrics_listen: "127.0.0.1:9634".into(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            enrich: EnrichConfig::default(),
         }
     }
 }
@@ -208,6 +213,8 @@ pub struct OutputConfig {
     /// `"operation=CLIENT_RESPONSE rcode=NXDOMAIN,SERVFAIL"`; docs/filters.md); the others
     /// are counted in `tapbus_filtered_total{output}`. Default: every event.
     pub filter: Option<String>,
+    /// What this output shows of the client (docs/privacy.md); default: everything.
+    pub privacy: Option<PrivacyConfig>,
 }
 
 /// Validated input.
@@ -320,6 +327,8 @@ pub struct OutputSpec {
     pub queue: usize,
     /// Events not matching are not sent to this output (counted as filtered).
     pub filter: Option<tapbus_event::Filter>,
+    /// The privacy view this output publishes; `None` (or a clear one): the event as is.
+    pub privacy: Option<PrivacySpec>,
 }
 
 /// What the broker runs from: every value checked.
@@ -333,6 +342,7 @@ pub struct BrokerSettings {
     pub metrics_listen: Option<SocketAddr>,
     /// Shared deadline for the outputs to drain at shutdown.
     pub drain_timeout: Duration,
+    pub enrich: EnrichConfig,
 }
 
 /// Environment variable prefix: `TAPBUS_MAX_FRAME_SIZE`, `TAPBUS_OUTPUTS__NATS__URL`, ...
@@ -492,6 +502,10 @@ impl BrokerConfig {
             handshake_timeout: self.handshake_timeout,
             metrics_listen,
             drain_timeout: self.drain_timeout,
+            enrich: {
+                self.enrich.validate()?;
+                self.enrich.clone()
+            },
         })
     }
 }
@@ -891,11 +905,23 @@ fn validate_output_at(
                 .map_err(|e| invalid(format!("{key}.filter"), format!("{f:?}: {e}")))?,
         ),
     };
+    let privacy = match &o.privacy {
+        Some(p) if templated => Some(p.validate(&format!("{key}.privacy"))?),
+        Some(_) => {
+            return Err(invalid(
+                format!("{key}.privacy"),
+                "only applies to the broker's outputs (tapbus-loki has its own privacy table)",
+            ));
+        }
+        None => None,
+    }
+    .filter(|p| !p.is_clear());
     Ok(OutputSpec {
         name: name.to_string(),
         kind,
         queue,
         filter,
+        privacy,
     })
 }
 

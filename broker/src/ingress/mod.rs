@@ -30,6 +30,7 @@ use crate::session::{self, Ctx, End, SessionError};
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub fanout: Fanout,
+    pub encoder: Arc<crate::views::Encoder>,
     pub max_frame: usize,
     pub handshake_timeout: Duration,
     pub connections: Arc<Semaphore>,
@@ -141,6 +142,7 @@ where
         peer,
         metrics: im,
         fanout: shared.fanout.clone(),
+        encoder: shared.encoder.clone(),
         max_frame: shared.max_frame,
         handshake_timeout: shared.handshake_timeout,
         shutdown: shared.shutdown.clone(),

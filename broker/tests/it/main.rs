@@ -15,6 +15,7 @@ mod multi;
 mod nats_creds;
 mod nats_js;
 mod outage;
+mod privacy;
 mod redis;
 mod replay;
 mod restart;

@@ -10,8 +10,11 @@
 //! that is cut short or structurally broken still yields everything read before the damage,
 //! with `malformed-packet: true`.
 
+use std::net::IpAddr;
+
 use super::json;
 use super::rdata;
+use super::view::{AddrMap, QnameMode};
 
 /// What the rest of the broker needs from the DNS message (for subjects and metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -164,15 +167,38 @@ struct Opt {
     rdata_end: usize,
 }
 
+/// What a view and the enrichment change in the `dns` and `edns` blocks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DnsOpts<'a> {
+    /// Transforms the EDNS Client Subnet address.
+    pub addr: Option<&'a dyn super::view::AddrMap>,
+    /// Writes `qname-registered` and `qname-tld`.
+    pub registered: Option<super::view::RegisteredFn>,
+    pub qname: super::view::QnameMode,
+}
+
 /// Writes `"dns":{...},"edns":...` for the message (or for its absence) and returns the
 /// summary used for subjects.
 pub fn write_dns(out: &mut Vec<u8>, msg: Option<&[u8]>) -> DnsSummary {
+    write_dns_with(out, msg, DnsOpts::default())
+}
+
+/// [`write_dns`] for one view, with the enrichment.
+pub fn write_dns_with(out: &mut Vec<u8>, msg: Option<&[u8]>, opts: DnsOpts<'_>) -> DnsSummary {
+    let reg_null: &[u8] = if opts.registered.is_some() {
+        b",\"qname-registered\":null,\"qname-tld\":null"
+    } else {
+        b""
+    };
     let Some(msg) = msg else {
         out.extend_from_slice(
             b"\"dns\":{\"length\":null,\"id\":null,\"opcode\":null,\"rcode\":null,\
 \"qname\":null,\"qtype\":null,\"qclass\":null,\"flags\":null,\
-\"qdcount\":null,\"ancount\":null,\"nscount\":null,\"arcount\":null,\
-\"resource-records\":{\"an\":[],\"ns\":[],\"ar\":[]},\"malformed-packet\":false},\"edns\":null",
+\"qdcount\":null,\"ancount\":null,\"nscount\":null,\"arcount\":null",
+        );
+        out.extend_from_slice(reg_null);
+        out.extend_from_slice(
+            b",\"resource-records\":{\"an\":[],\"ns\":[],\"ar\":[]},\"malformed-packet\":false},\"edns\":null",
         );
         return DnsSummary::default();
     };
@@ -183,8 +209,11 @@ pub fn write_dns(out: &mut Vec<u8>, msg: Option<&[u8]>) -> DnsSummary {
         out.extend_from_slice(
             b",\"id\":null,\"opcode\":null,\"rcode\":null,\"qname\":null,\"qtype\":null,\
 \"qclass\":null,\"flags\":null,\"qdcount\":null,\"ancount\":null,\"nscount\":null,\
-\"arcount\":null,\"resource-records\":{\"an\":[],\"ns\":[],\"ar\":[]},\
-\"malformed-packet\":true},\"edns\":null",
+\"arcount\":null",
+        );
+        out.extend_from_slice(reg_null);
+        out.extend_from_slice(
+            b",\"resource-records\":{\"an\":[],\"ns\":[],\"ar\":[]},\"malformed-packet\":true},\"edns\":null",
         );
         sum.malformed = true;
         return sum;
@@ -231,6 +260,8 @@ pub fn write_dns(out: &mut Vec<u8>, msg: Option<&[u8]>) -> DnsSummary {
     let mut pos = 12;
     let mut malformed = false;
     out.extend_from_slice(b",\"qname\":");
+    // Where the qname's text is in `out`, for the registered domain.
+    let mut qname_at = None;
     if counts[0] == 0 {
         out.extend_from_slice(b"null,\"qtype\":null,\"qclass\":null");
     } else {
@@ -240,6 +271,9 @@ pub fn write_dns(out: &mut Vec<u8>, msg: Option<&[u8]>) -> DnsSummary {
             .and_then(|p| Ok((p, u16_at(msg, p)?, u16_at(msg, p + 2)?)))
         {
             Ok((p, qtype, qclass)) => {
+                if opts.registered.is_some() || opts.qname != QnameMode::Keep {
+                    qname_at = Some(registered_qname(out, mark + 1, opts));
+                }
                 out.extend_from_slice(b"\",\"qtype\":");
                 write_type(out, qtype);
                 out.extend_from_slice(b",\"qclass\":");
@@ -268,8 +302,21 @@ pub fn write_dns(out: &mut Vec<u8>, msg: Option<&[u8]>) -> DnsSummary {
         }
     }
 
+    if opts.registered.is_some() {
+        match qname_at {
+            Some(Reg { registered, tld }) => {
+                out.extend_from_slice(b",\"qname-registered\":");
+                write_opt_owned(out, registered.as_deref());
+                out.extend_from_slice(b",\"qname-tld\":");
+                write_opt_owned(out, tld.as_deref());
+            }
+            None => out.extend_from_slice(reg_null),
+        }
+    }
+
     // Answer, authority and additional sections.
     let mut opt: Option<Opt> = None;
+    let rr_mark = out.len();
     out.extend_from_slice(b",\"resource-records\":{");
     for si in 0..3 {
         out.extend_from_slice(match si {
@@ -308,6 +355,11 @@ pub fn write_dns(out: &mut Vec<u8>, msg: Option<&[u8]>) -> DnsSummary {
         out.push(b']');
     }
     out.push(b'}');
+    if opts.qname == QnameMode::RegisteredDomain {
+        // The records repeat the full name: a view that shortens it leaves them out.
+        out.truncate(rr_mark);
+        out.extend_from_slice(b",\"resource-records\":{\"an\":[],\"ns\":[],\"ar\":[]}");
+    }
     if !malformed && pos < msg.len() {
         // Trailing bytes after the last record: the counts and the bytes disagree.
         malformed = true;
@@ -326,9 +378,57 @@ pub fn write_dns(out: &mut Vec<u8>, msg: Option<&[u8]>) -> DnsSummary {
     out.extend_from_slice(b",\"edns\":");
     match opt {
         None => out.extend_from_slice(b"null"),
-        Some(o) => write_edns(out, msg, o),
+        Some(o) => write_edns(out, msg, o, opts.addr),
     }
     sum
+}
+
+/// The registered domain and public suffix of a qname, owned (the qname's text is
+/// rewritten in place by a view that shortens it).
+struct Reg {
+    registered: Option<String>,
+    tld: Option<String>,
+}
+
+/// The qname's text is `out[start..]` (JSON-escaped presentation form, no closing quote
+/// yet): finds its registered domain and public suffix, and shortens the name in place
+/// when the view asks for it. A name with JSON escapes in it is not looked up.
+fn registered_qname(out: &mut Vec<u8>, start: usize, opts: DnsOpts<'_>) -> Reg {
+    let none = Reg {
+        registered: None,
+        tld: None,
+    };
+    let Some(text) = out.get(start..) else {
+        return none;
+    };
+    if text.contains(&b'\\') {
+        return none;
+    }
+    let Ok(name) = std::str::from_utf8(text) else {
+        return none;
+    };
+    let (registered, tld) = match opts.registered {
+        Some(f) => f(name),
+        None => (None, None),
+    };
+    let reg = Reg {
+        registered: registered.map(str::to_owned),
+        tld: tld.map(str::to_owned),
+    };
+    if opts.qname == QnameMode::RegisteredDomain
+        && let Some(r) = &reg.registered
+    {
+        out.truncate(start);
+        out.extend_from_slice(r.as_bytes());
+    }
+    reg
+}
+
+fn write_opt_owned(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json::str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
 enum RecordKind {
@@ -376,7 +476,7 @@ fn write_record(
     Ok((rend, RecordKind::Plain))
 }
 
-fn write_edns(out: &mut Vec<u8>, msg: &[u8], o: Opt) {
+fn write_edns(out: &mut Vec<u8>, msg: &[u8], o: Opt, addr: Option<&dyn AddrMap>) {
     out.extend_from_slice(b"{\"udp-size\":");
     json::uint(out, o.udp_size);
     out.extend_from_slice(b",\"rcode\":");
@@ -399,13 +499,13 @@ fn write_edns(out: &mut Vec<u8>, msg: &[u8], o: Opt) {
             out.push(b',');
         }
         first = false;
-        write_option(out, code, data);
+        write_option(out, code, data, addr);
         p += 4 + len;
     }
     out.extend_from_slice(b"]}");
 }
 
-fn write_option(out: &mut Vec<u8>, code: u16, data: &[u8]) {
+fn write_option(out: &mut Vec<u8>, code: u16, data: &[u8], addr: Option<&dyn AddrMap>) {
     out.extend_from_slice(b"{\"code\":");
     json::uint(out, code);
     out.extend_from_slice(b",\"name\":\"");
@@ -416,7 +516,7 @@ fn write_option(out: &mut Vec<u8>, code: u16, data: &[u8]) {
         3 if !data.is_empty() && data.iter().all(|c| (0x20..0x7f).contains(c)) => {
             json::lossy(out, data);
         }
-        8 => write_ecs(out, data),
+        8 => write_ecs(out, data, addr),
         15 => write_ede(out, data),
         _ => {
             out.push(b'"');
@@ -428,7 +528,7 @@ fn write_option(out: &mut Vec<u8>, code: u16, data: &[u8]) {
 }
 
 /// EDNS Client Subnet (RFC 7871): `"data":"192.0.2.0/24"` plus the structured fields.
-fn write_ecs(out: &mut Vec<u8>, data: &[u8]) {
+fn write_ecs(out: &mut Vec<u8>, data: &[u8], map: Option<&dyn AddrMap>) {
     let parsed = match data {
         [f0, f1, src, scope, addr @ ..] => {
             let family = u16::from_be_bytes([*f0, *f1]);
@@ -442,6 +542,11 @@ fn write_ecs(out: &mut Vec<u8>, data: &[u8]) {
         _ => None,
     };
     let Some((family, src, scope, addr, width)) = parsed else {
+        if map.is_some() {
+            // Not a well-formed subnet: it cannot be transformed, so it is not shown.
+            out.extend_from_slice(b"null");
+            return;
+        }
         out.push(b'"');
         rdata::hex_lower(out, data);
         out.push(b'"');
@@ -449,6 +554,20 @@ fn write_ecs(out: &mut Vec<u8>, data: &[u8]) {
     };
     let mut full = [0u8; 16];
     full[..addr.len()].copy_from_slice(addr);
+    if let Some(m) = map {
+        let ip = if width == 4 {
+            IpAddr::from([full[0], full[1], full[2], full[3]])
+        } else {
+            IpAddr::from(full)
+        };
+        let len = src.min(if width == 4 { 32 } else { 128 });
+        match m.prefix(ip, len) {
+            IpAddr::V4(a) if width == 4 => full[..4].copy_from_slice(&a.octets()),
+            IpAddr::V6(a) if width == 16 => full = a.octets(),
+            // A transform that changed the family: nothing of the original is shown.
+            _ => full = [0; 16],
+        }
+    }
     out.push(b'"');
     if width == 4 {
         json::ipv4_bare(out, [full[0], full[1], full[2], full[3]]);

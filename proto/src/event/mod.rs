@@ -14,6 +14,11 @@
 pub mod dns;
 pub mod json;
 mod rdata;
+pub mod view;
+
+use std::net::IpAddr;
+
+pub use view::{AddrMap, DropFields, Enrich, GeoWriter, QnameMode, RegisteredFn, View};
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -103,7 +108,8 @@ fn write_opt_enum(out: &mut Vec<u8>, raw: Option<i32>, name: fn(i32) -> Option<&
     }
 }
 
-/// Decodes one dnstap data frame and appends its JSON event to `out`.
+/// Decodes one dnstap data frame and appends its JSON event to `out`, as the broker
+/// publishes it by default (enriched with [`STANDARD`], no privacy view).
 ///
 /// `peer` names the connection the frame came from (written as `dnstap.peer-name`).
 /// On error nothing is appended.
@@ -116,10 +122,153 @@ pub fn encode(frame: Bytes, peer: &str, out: &mut Vec<u8>) -> Result<Summary, Ev
     }
     let msg = tap.message.as_ref().ok_or(EventError::MissingMessage)?;
     let op = msg.r#type.ok_or(EventError::MissingMessageType)?;
-    Ok(write_event(&tap, msg, op, peer, out))
+    let ctx = Ctx {
+        enrich: Some(&STANDARD),
+        geo: None,
+        geo_response: None,
+    };
+    Ok(write_event(
+        &tap,
+        msg,
+        op,
+        peer,
+        &ctx,
+        &View::default(),
+        out,
+    ))
 }
 
-fn write_event(tap: &Dnstap, msg: &Message, op: i32, peer: &str, out: &mut Vec<u8>) -> Summary {
+/// The enrichment the broker applies unless configured otherwise: the registered domain
+/// and public suffix of every qname (no GeoIP: that needs database files).
+pub static STANDARD: Enrich = Enrich {
+    geo: None,
+    geo_response: false,
+    registered: Some(view::registered_domain),
+};
+
+/// The schema version an enriched event carries (`schema-version`); events without it
+/// are version 1 (the same fields, less the enrichment).
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Scratch space [`encode_views`] keeps between events (no allocation per event).
+#[derive(Debug, Default)]
+pub struct Scratch {
+    geo: Vec<u8>,
+    geo_response: Vec<u8>,
+    json: Vec<u8>,
+}
+
+/// Decodes one dnstap data frame once and writes its JSON event once per view:
+/// `outs[i]` gets the event as `views[i]` shows it, enriched by `enrich` (looked up once,
+/// on the clear addresses). `outs` has at least `views.len()` buffers; on error nothing
+/// is appended to any.
+pub fn encode_views(
+    frame: Bytes,
+    peer: &str,
+    enrich: &Enrich,
+    views: &[View],
+    scratch: &mut Scratch,
+    outs: &mut [Vec<u8>],
+) -> Result<Summary, EventError> {
+    let tap = Dnstap::decode(frame)?;
+    match tap.r#type {
+        None => return Err(EventError::MissingType),
+        Some(1) => {}
+        Some(t) => return Err(EventError::UnsupportedType(t)),
+    }
+    let msg = tap.message.as_ref().ok_or(EventError::MissingMessage)?;
+    let op = msg.r#type.ok_or(EventError::MissingMessageType)?;
+    let mut ctx = Ctx {
+        enrich: Some(enrich),
+        geo: None,
+        geo_response: None,
+    };
+    if let Some(g) = &enrich.geo {
+        scratch.geo.clear();
+        scratch.geo_response.clear();
+        if let Some(ip) = addr_of(msg.query_address.as_deref())
+            && g.write_geo(ip, &mut scratch.geo)
+        {
+            ctx.geo = Some(&scratch.geo);
+        }
+        if enrich.geo_response
+            && let Some(ip) = addr_of(msg.response_address.as_deref())
+            && g.write_geo(ip, &mut scratch.geo_response)
+        {
+            ctx.geo_response = Some(&scratch.geo_response);
+        }
+    }
+    let mut summary = None;
+    for (view, out) in views.iter().zip(outs.iter_mut()) {
+        if view.drop.is_empty() {
+            summary = Some(write_event(&tap, msg, op, peer, &ctx, view, out));
+        } else {
+            scratch.json.clear();
+            summary = Some(write_event(
+                &tap,
+                msg,
+                op,
+                peer,
+                &ctx,
+                view,
+                &mut scratch.json,
+            ));
+            view.drop.apply(&scratch.json, out);
+        }
+    }
+    match summary {
+        Some(s) => Ok(s),
+        // No view: the summary alone.
+        None => {
+            scratch.json.clear();
+            Ok(write_event(
+                &tap,
+                msg,
+                op,
+                peer,
+                &ctx,
+                &View::default(),
+                &mut scratch.json,
+            ))
+        }
+    }
+}
+
+/// What every view of one event shares.
+#[derive(Debug, Default)]
+struct Ctx<'a> {
+    enrich: Option<&'a Enrich>,
+    /// The `geo` object of the client, when known.
+    geo: Option<&'a [u8]>,
+    geo_response: Option<&'a [u8]>,
+}
+
+/// An address from its dnstap bytes (4 or 16; IPv4-mapped IPv6 as IPv4).
+fn addr_of(a: Option<&[u8]>) -> Option<IpAddr> {
+    match a? {
+        &[a, b, c, d] => Some(IpAddr::from([a, b, c, d])),
+        b if b.len() == 16 => {
+            let mut o = [0u8; 16];
+            o.copy_from_slice(b);
+            let v6 = std::net::Ipv6Addr::from(o);
+            Some(match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            })
+        }
+        _ => None,
+    }
+}
+
+fn write_event(
+    tap: &Dnstap,
+    msg: &Message,
+    op: i32,
+    peer: &str,
+    ctx: &Ctx<'_>,
+    view: &View,
+    out: &mut Vec<u8>,
+) -> Summary {
     // Responses are described by their response message, queries by their query message;
     // either falls back to the other when only that one was sent.
     let is_response = op > 0 && op % 2 == 0;
@@ -151,11 +300,11 @@ fn write_event(tap: &Dnstap, msg: &Message, op: i32, peer: &str, out: &mut Vec<u
     out.extend_from_slice(b",\"protocol\":");
     write_opt_enum(out, msg.socket_protocol, protocol_name);
     out.extend_from_slice(b",\"query-ip\":");
-    write_addr(out, msg.query_address.as_deref());
+    write_view_addr(out, msg.query_address.as_deref(), view);
     out.extend_from_slice(b",\"query-port\":");
     json::opt_uint(out, msg.query_port);
     out.extend_from_slice(b",\"response-ip\":");
-    write_addr(out, msg.response_address.as_deref());
+    write_view_addr(out, msg.response_address.as_deref(), view);
     out.extend_from_slice(b",\"response-port\":");
     json::opt_uint(out, msg.response_port);
     out.extend_from_slice(b",\"http-protocol\":");
@@ -166,7 +315,15 @@ fn write_event(tap: &Dnstap, msg: &Message, op: i32, peer: &str, out: &mut Vec<u
     });
     out.extend_from_slice(b"},");
 
-    let dns = dns::write_dns(out, wire.map(|b| &b[..]));
+    let dns = dns::write_dns_with(
+        out,
+        wire.map(|b| &b[..]),
+        dns::DnsOpts {
+            addr: view.addr.as_deref(),
+            registered: ctx.enrich.and_then(|e| e.registered),
+            qname: view.qname,
+        },
+    );
 
     out.extend_from_slice(b",\"dnstap\":{\"operation\":");
     write_enum(out, operation_name(op), op);
@@ -206,8 +363,27 @@ fn write_event(tap: &Dnstap, msg: &Message, op: i32, peer: &str, out: &mut Vec<u
     }
     out.extend_from_slice(b",\"peer-name\":");
     json::str(out, peer);
-    write_policy(out, msg.policy.as_ref());
-    out.extend_from_slice(b"}}");
+    write_policy(out, msg.policy.as_ref(), view);
+    out.push(b'}');
+    if let Some(e) = ctx.enrich {
+        if e.geo.is_some() {
+            out.extend_from_slice(b",\"geo\":");
+            match ctx.geo {
+                Some(g) => out.extend_from_slice(g),
+                None => out.extend_from_slice(b"null"),
+            }
+            if e.geo_response {
+                out.extend_from_slice(b",\"geo-response\":");
+                match ctx.geo_response {
+                    Some(g) => out.extend_from_slice(g),
+                    None => out.extend_from_slice(b"null"),
+                }
+            }
+        }
+        out.extend_from_slice(b",\"schema-version\":");
+        json::uint(out, SCHEMA_VERSION);
+    }
+    out.push(b'}');
 
     Summary {
         identity: tap.identity.clone().unwrap_or_default(),
@@ -253,7 +429,22 @@ fn write_addr(out: &mut Vec<u8>, a: Option<&[u8]>) {
     }
 }
 
-fn write_policy(out: &mut Vec<u8>, p: Option<&dnstap::Policy>) {
+/// An address as the view shows it (see [`write_addr`]).
+fn write_view_addr(out: &mut Vec<u8>, a: Option<&[u8]>, view: &View) {
+    match (&view.addr, addr_of(a)) {
+        (Some(_), Some(ip)) => match view.addr(ip) {
+            IpAddr::V4(v4) => json::ipv4(out, v4.octets()),
+            IpAddr::V6(v6) => {
+                out.push(b'"');
+                json::ipv6_bare(out, v6.octets());
+                out.push(b'"');
+            }
+        },
+        _ => write_addr(out, a),
+    }
+}
+
+fn write_policy(out: &mut Vec<u8>, p: Option<&dnstap::Policy>, view: &View) {
     out.extend_from_slice(b",\"policy-type\":");
     json::opt_str(out, p.and_then(|p| p.r#type.as_deref()));
     out.extend_from_slice(b",\"policy-action\":");
@@ -276,7 +467,9 @@ fn write_policy(out: &mut Vec<u8>, p: Option<&dnstap::Policy>) {
     out.extend_from_slice(b",\"policy-value\":");
     match p.and_then(|p| p.value.as_deref().map(|v| (p.r#match, v))) {
         // CLIENT_IP, RESPONSE_IP, NS_IP carry addresses; QNAME, NS_NAME carry names.
-        Some((Some(2 | 3 | 5), v)) if v.len() == 4 || v.len() == 16 => write_addr(out, Some(v)),
+        // A client's address goes through the view like `query-ip`.
+        Some((Some(2), v)) if v.len() == 4 || v.len() == 16 => write_view_addr(out, Some(v), view),
+        Some((Some(3 | 5), v)) if v.len() == 4 || v.len() == 16 => write_addr(out, Some(v)),
         Some((_, v)) => write_name_or_text(out, v),
         None => out.extend_from_slice(b"null"),
     }
@@ -371,6 +564,140 @@ mod tests {
         assert_eq!(v["edns"], serde_json::Value::Null);
         assert_eq!(s.operation, 6);
         assert_eq!(s.protocol, Some(3));
+    }
+
+    /// Every address to a fixed one of its family; prefixes to the zero prefix.
+    #[derive(Debug)]
+    struct Fixed;
+    impl AddrMap for Fixed {
+        fn addr(&self, ip: IpAddr) -> IpAddr {
+            match ip {
+                IpAddr::V4(_) => IpAddr::from([10, 9, 9, 9]),
+                IpAddr::V6(_) => "fd00::9".parse().expect("v6"),
+            }
+        }
+        fn prefix(&self, ip: IpAddr, _len: u8) -> IpAddr {
+            match ip {
+                IpAddr::V4(_) => IpAddr::from([10, 9, 0, 0]),
+                IpAddr::V6(_) => "fd00::".parse().expect("v6"),
+            }
+        }
+    }
+
+    #[derive(Debug)]
+    struct Geo;
+    impl GeoWriter for Geo {
+        fn write_geo(&self, ip: IpAddr, out: &mut Vec<u8>) -> bool {
+            if ip == IpAddr::from([192, 0, 2, 7]) {
+                out.extend_from_slice(br#"{"country":"FR"}"#);
+                true
+            } else {
+                false
+            }
+        }
+    }
+
+    fn last_two(name: &str) -> (Option<&str>, Option<&str>) {
+        let mut it = name.rmatch_indices('.');
+        let tld = it.next().map(|(i, _)| &name[i + 1..]);
+        let reg = it.next().map(|(i, _)| &name[i + 1..]);
+        (reg.or(tld.map(|_| name)), tld)
+    }
+
+    /// A query with an ECS option for 198.51.100.0/24 and a policy CLIENT_IP value.
+    fn with_query() -> Dnstap {
+        let mut t = base();
+        let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1];
+        q.extend_from_slice(b"\x03www\x07example\x03com\x00\x00\x01\x00\x01");
+        // OPT: root name, type 41, class 1232, ttl 0, rdata = ECS option.
+        let ecs = [0u8, 8, 0, 7, 0, 1, 24, 0, 198, 51, 100];
+        q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, ecs.len() as u8]);
+        q.extend_from_slice(&ecs);
+        if let Some(m) = t.message.as_mut() {
+            m.r#type = Some(5);
+            m.query_message = Some(Bytes::from(q));
+        }
+        t
+    }
+
+    fn views_of(t: &Dnstap, views: &[View]) -> Vec<serde_json::Value> {
+        let enrich = Enrich {
+            geo: Some(std::sync::Arc::new(Geo)),
+            geo_response: true,
+            registered: Some(last_two),
+        };
+        let mut outs = vec![Vec::new(); views.len()];
+        encode_views(
+            frame(t),
+            "p",
+            &enrich,
+            views,
+            &mut Scratch::default(),
+            &mut outs,
+        )
+        .expect("encodes");
+        outs.iter()
+            .map(|o| serde_json::from_slice(o).expect("json"))
+            .collect()
+    }
+
+    #[test]
+    fn views_transform_every_client_address_and_share_the_enrichment() {
+        let t = with_query();
+        let private = View {
+            addr: Some(std::sync::Arc::new(Fixed)),
+            qname: QnameMode::RegisteredDomain,
+            drop: DropFields::parse(&["dnstap.extra"]).expect("paths"),
+        };
+        let v = views_of(&t, &[View::default(), private]);
+        let (clear, private) = (&v[0], &v[1]);
+        assert_eq!(clear["network"]["query-ip"], "192.0.2.7");
+        assert_eq!(clear["edns"]["options"][0]["data"], "198.51.100.0/24");
+        assert_eq!(clear["dnstap"]["policy-value"], "10.0.0.1");
+        assert_eq!(clear["dns"]["qname"], "www.example.com");
+        assert_eq!(clear["dns"]["qname-registered"], "example.com");
+        assert_eq!(clear["dns"]["qname-tld"], "com");
+        assert_eq!(clear["geo"]["country"], "FR");
+        assert_eq!(clear["geo-response"], serde_json::Value::Null);
+        assert_eq!(clear["schema-version"], SCHEMA_VERSION);
+        assert!(clear["dnstap"].get("extra").is_some());
+
+        assert_eq!(private["network"]["query-ip"], "10.9.9.9");
+        assert_eq!(private["network"]["response-ip"], "fd00::9");
+        assert_eq!(private["edns"]["options"][0]["data"], "10.9.0.0/24");
+        assert_eq!(private["edns"]["options"][0]["source-prefix"], 24);
+        assert_eq!(private["dnstap"]["policy-value"], "10.9.9.9");
+        assert_eq!(private["dns"]["qname"], "example.com");
+        assert_eq!(private["dns"]["qname-registered"], "example.com");
+        assert_eq!(
+            private["dns"]["resource-records"]["ar"],
+            serde_json::json!([])
+        );
+        // Enrichment is looked up on the clear address, before the view.
+        assert_eq!(private["geo"]["country"], "FR");
+        assert!(private["dnstap"].get("extra").is_none());
+        let text = serde_json::to_string(private).expect("text");
+        for clear_addr in ["192.0.2.7", "198.51.100", "10.0.0.1", "2001:db8::1"] {
+            assert!(!text.contains(clear_addr), "{clear_addr} in {text}");
+        }
+    }
+
+    #[test]
+    fn the_plain_encoder_is_the_standard_clear_view() {
+        let t = with_query();
+        let mut plain = Vec::new();
+        encode(frame(&t), "p", &mut plain).expect("encodes");
+        let mut outs = vec![Vec::new()];
+        encode_views(
+            frame(&t),
+            "p",
+            &STANDARD,
+            &[View::default()],
+            &mut Scratch::default(),
+            &mut outs,
+        )
+        .expect("encodes");
+        assert_eq!(plain, outs[0]);
     }
 
     #[test]

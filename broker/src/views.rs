@@ -1,0 +1,152 @@
+//! Enrichment and privacy views: session -> **encode(enrich, views)** -> fanout.
+//!
+//! The outputs' `[outputs.NAME.privacy]` tables become a list of distinct views: view 0 is
+//! the clear event (what outputs without a privacy table publish, and what every output's
+//! `filter` reads), and outputs with the same privacy settings share one view, so each
+//! event is encoded once per distinct view, not once per output. Key files and GeoIP
+//! databases are opened here, at start, with errors naming their key.
+
+use std::sync::Arc;
+
+use tapbus_config::{BrokerSettings, ClientIp, ConfigError, PrivacySpec};
+use tapbus_proto::event::{AddrMap, Enrich, View};
+
+/// What every session encodes with: the shared enrichment and the distinct views.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    pub enrich: Enrich,
+    /// View 0 is the clear event.
+    pub views: Vec<View>,
+}
+
+impl Default for Encoder {
+    /// The standard enrichment, one clear view.
+    fn default() -> Self {
+        Encoder {
+            enrich: tapbus_proto::event::STANDARD.clone(),
+            views: vec![View::default()],
+        }
+    }
+}
+
+/// The encoder and, for each output in order, the index of its view.
+#[derive(Debug)]
+pub struct Built {
+    pub encoder: Arc<Encoder>,
+    pub output_views: Vec<usize>,
+    /// Lines for the start-up log and `--check`: each view, its outputs, its key's
+    /// fingerprint (never the key).
+    pub summary: Vec<String>,
+}
+
+/// Builds the views of `settings` (reads key files).
+pub fn build(settings: &BrokerSettings) -> Result<Built, ConfigError> {
+    let enrich = Enrich {
+        geo: None,
+        geo_response: false,
+        registered: settings
+            .enrich
+            .registered_domain
+            .then_some(tapbus_proto::event::view::registered_domain as _),
+    };
+    let mut specs: Vec<PrivacySpec> = Vec::new();
+    let mut views = vec![View::default()];
+    let mut output_views = Vec::with_capacity(settings.outputs.len());
+    let mut summary = Vec::new();
+    for o in &settings.outputs {
+        let Some(p) = &o.privacy else {
+            output_views.push(0);
+            continue;
+        };
+        if let Some(i) = specs.iter().position(|s| s == p) {
+            output_views.push(i + 1);
+            continue;
+        }
+        let key = format!("outputs.{}.privacy", o.name);
+        let (addr, fingerprint) = addr_map(&key, &p.client_ip)?;
+        specs.push(p.clone());
+        views.push(View {
+            addr,
+            qname: p.qname,
+            drop: p.drop.clone(),
+        });
+        output_views.push(views.len() - 1);
+        summary.push(format!(
+            "privacy view {} (first used by output {}): client_ip {}{}, qname {:?}, drop_fields [{}]",
+            views.len() - 1,
+            o.name,
+            describe(&p.client_ip),
+            fingerprint
+                .map(|f| format!(" (key fingerprint {f})"))
+                .unwrap_or_default(),
+            p.qname,
+            p.drop.paths().collect::<Vec<_>>().join(", "),
+        ));
+    }
+    Ok(Built {
+        encoder: Arc::new(Encoder { enrich, views }),
+        output_views,
+        summary,
+    })
+}
+
+fn describe(c: &ClientIp) -> String {
+    match c {
+        ClientIp::Keep => "keep".into(),
+        ClientIp::Truncate { v4, v6 } => format!("truncate /{v4} /{v6}"),
+        ClientIp::Hash { key_file } => format!("hash ({})", key_file.display()),
+        ClientIp::CryptoPan { key_file } => format!("cryptopan ({})", key_file.display()),
+    }
+}
+
+/// A view's address transform, with its key's fingerprint for the log.
+type AddrMapOf = (Option<Arc<dyn AddrMap>>, Option<String>);
+
+/// The address transform of a view and its key's fingerprint.
+fn addr_map(key: &str, c: &ClientIp) -> Result<AddrMapOf, ConfigError> {
+    use tapbus_privacy::{Mode, Settings};
+    let mut s = Settings::default();
+    match c {
+        ClientIp::Keep => return Ok((None, None)),
+        ClientIp::Truncate { v4, v6 } => {
+            s.client_ip = Mode::Truncate;
+            s.truncate_v4 = *v4;
+            s.truncate_v6 = *v6;
+        }
+        ClientIp::Hash { key_file } => {
+            s.client_ip = Mode::Hash;
+            s.key_file = Some(key_file.clone());
+        }
+        ClientIp::CryptoPan { key_file } => {
+            s.client_ip = Mode::CryptoPan;
+            s.key_file = Some(key_file.clone());
+        }
+    }
+    let p = tapbus_privacy::Pseudonymizer::new(&s).map_err(|e| {
+        // The crate's message names the setting (`key_file`, `truncate_v4`) and the path.
+        let text = e.to_string();
+        let (k, msg) = match text.split_once(' ') {
+            Some((k, m)) if ["key_file", "truncate_v4", "truncate_v6"].contains(&k) => {
+                (k.to_string(), m.trim_start_matches("= ").to_string())
+            }
+            _ => ("client_ip".to_string(), text.clone()),
+        };
+        ConfigError::invalid(format!("{key}.{k}"), msg)
+    })?;
+    let fingerprint = p.fingerprint();
+    Ok((Some(Arc::new(Pseudonymised(p))), fingerprint))
+}
+
+/// [`tapbus_privacy::Pseudonymizer`] as the encoder's address transform.
+#[derive(Debug)]
+struct Pseudonymised(tapbus_privacy::Pseudonymizer);
+
+impl AddrMap for Pseudonymised {
+    fn addr(&self, ip: std::net::IpAddr) -> std::net::IpAddr {
+        self.0.addr(ip)
+    }
+
+    fn prefix(&self, ip: std::net::IpAddr, len: u8) -> std::net::IpAddr {
+        self.0.prefix(ip, len)
+    }
+}
