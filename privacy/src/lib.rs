@@ -94,7 +94,7 @@ pub const DEFAULT_TRUNCATE_V6: u8 = 48;
 pub const DEFAULT_CACHE_ENTRIES: usize = 1 << 16;
 
 /// How client addresses are written in one output view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Addresses as they are.
@@ -128,7 +128,7 @@ impl fmt::Display for Mode {
 }
 
 /// One privacy view's settings, as written in the configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// The mode for client addresses.

@@ -64,6 +64,10 @@ pub struct Config {
     pub labels: LabelsConfig,
     /// `/metrics` and `/health`; "" disables.
     pub metrics_listen: String,
+    /// What the lines show of client addresses (docs/privacy.md): `client_ip` = keep
+    /// (default), truncate, hash or cryptopan, with `key_file`, `truncate_v4`,
+    /// `truncate_v6`.
+    pub privacy: tapbus_privacy::Settings,
 }
 
 impl Default for Config {
@@ -87,6 +91,7 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(10),
             labels: LabelsConfig::default(),
             metrics_listen: "127.0.0.1:9638".into(),
+            privacy: tapbus_privacy::Settings::default(),
         }
     }
 }
@@ -99,6 +104,8 @@ pub struct Settings {
     pub labeler: Labeler,
     pub ca: Vec<reqwest::Certificate>,
     pub listen: Option<std::net::SocketAddr>,
+    /// `None`: the lines are the messages as read.
+    pub privacy: Option<tapbus_privacy::Pseudonymizer>,
 }
 
 fn invalid(key: &str, msg: impl Into<String>) -> ConfigError {
@@ -175,6 +182,17 @@ pub fn settings(flags: &Flags<'_>) -> Result<Settings, ConfigError> {
     }
     let labeler = Labeler::new(&cfg.labels).map_err(|e| invalid(&e.key, e.msg))?;
     let listen = listen_addr(&cfg.metrics_listen).map_err(|e| invalid("metrics_listen", e))?;
+    let privacy = tapbus_privacy::Pseudonymizer::new(&cfg.privacy).map_err(|e| {
+        // The message starts with the key it is about (`key_file ...`, `truncate_v4 ...`).
+        let text = e.to_string();
+        match text.split_once(' ') {
+            Some((k, m)) if ["key_file", "truncate_v4", "truncate_v6"].contains(&k) => {
+                invalid(&format!("privacy.{k}"), m.trim_start_matches("= "))
+            }
+            _ => invalid("privacy.client_ip", text),
+        }
+    })?;
+    let privacy = (!privacy.is_keep()).then_some(privacy);
     Ok(Settings {
         target,
         inputs,
@@ -183,6 +201,7 @@ pub fn settings(flags: &Flags<'_>) -> Result<Settings, ConfigError> {
         labeler,
         ca,
         listen,
+        privacy,
     })
 }
 

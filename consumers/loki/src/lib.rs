@@ -10,6 +10,7 @@
 pub mod batch;
 pub mod config;
 pub mod labels;
+pub mod privacy;
 pub mod push;
 pub mod response;
 pub mod stage;

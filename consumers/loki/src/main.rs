@@ -96,7 +96,15 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         c.batch_max_bytes,
         c.batch_wait,
         metrics,
-    );
+    )
+    .with_privacy(s.privacy.clone());
+    if let Some(p) = &s.privacy {
+        tracing::info!(
+            client_ip = %p.mode(),
+            key_fingerprint = p.fingerprint().unwrap_or_default(),
+            "lines show pseudonymised client addresses"
+        );
+    }
     tracing::info!(url = %s.url, "pushing to");
     consumer
         .run(s.inputs, s.listen, stage, sink, String::new)

@@ -60,6 +60,9 @@ pub struct LokiStage {
     metrics: LokiMetrics,
     /// The time of the last push (what `due` answers when a batch must go at once).
     last: Instant,
+    /// Client addresses transformed before anything is read from the line.
+    privacy: Option<tapbus_privacy::Pseudonymizer>,
+    rewritten: Vec<u8>,
 }
 
 impl LokiStage {
@@ -81,7 +84,15 @@ impl LokiStage {
             selector: String::with_capacity(256),
             metrics,
             last: Instant::now(),
+            privacy: None,
+            rewritten: Vec::new(),
         }
+    }
+
+    /// Lines show client addresses through `p` (`[privacy]`).
+    pub fn with_privacy(mut self, p: Option<tapbus_privacy::Pseudonymizer>) -> Self {
+        self.privacy = p;
+        self
     }
 
     fn seal(&mut self) {
@@ -124,11 +135,22 @@ impl Stage for LokiStage {
     fn push(&mut self, msg: Msg<'_>, now: Instant) -> Verdict {
         self.metrics.lines.inc();
         self.last = now;
+        let payload = match &self.privacy {
+            None => msg.payload.clone(),
+            Some(p) => {
+                self.rewritten.clear();
+                if let Err(e) = crate::privacy::rewrite(msg.payload, p, &mut self.rewritten) {
+                    self.metrics.dropped("bad_message", 1);
+                    return Verdict::Bad(format!("{e} (on {})", msg.subject));
+                }
+                bytes::Bytes::copy_from_slice(&self.rewritten)
+            }
+        };
         let Some((ts, meta)) = line_of(
             &self.labeler,
             self.stamp,
             msg.subject,
-            msg.payload,
+            &payload,
             &mut self.selector,
         ) else {
             self.metrics.dropped("bad_message", 1);
@@ -141,12 +163,12 @@ impl Stage for LokiStage {
                 format!("not a tapbus event or reduced record on {}", msg.subject)
             });
         };
-        if self.batch.would_overflow(msg.payload.len(), self.max_bytes) {
+        if self.batch.would_overflow(payload.len(), self.max_bytes) {
             self.seal();
         }
         let selector = std::mem::take(&mut self.selector);
         self.batch
-            .add(now.into_std(), &selector, ts, msg.payload.clone(), meta, ());
+            .add(now.into_std(), &selector, ts, payload, meta, ());
         self.selector = selector;
         Verdict::Hold(self.n)
     }
