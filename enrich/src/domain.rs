@@ -22,8 +22,11 @@
 //! * a name with a backslash: the encoder's presentation form escapes a dot inside a
 //!   label as `\.` and other bytes as `\DDD`; such a name's labels cannot be told apart
 //!   without unescaping, and it is not a hostname anyone registers, so it is left out;
-//! * a name with an empty label (`a..com`, `.com`) or longer than 254 bytes (253 plus the
+//! * a name with an empty label (`a..com`, `.com`, `com..`) or longer than 254 bytes (253 plus the
 //!   trailing dot: longer is not a valid presentation-form name).
+//!
+//! Reverse names split like any other: `1.0.0.127.in-addr.arpa` -> `127.in-addr.arpa`,
+//! `in-addr.arpa` (the list has `in-addr.arpa`).
 //!
 //! Non-ASCII bytes (a UTF-8 IDN in Unicode form) are passed to `psl`, whose list has the
 //! Unicode and the punycode forms.
@@ -52,6 +55,7 @@ pub fn domain_parts(qname: &str) -> Option<DomainParts<'_>> {
     if bytes.is_empty()
         || bytes.contains(&b'\\')
         || bytes[0] == b'.'
+        || bytes[bytes.len() - 1] == b'.'
         || bytes.windows(2).any(|w| w == b"..")
     {
         return None;
