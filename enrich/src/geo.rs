@@ -334,9 +334,12 @@ impl Generation {
     }
 }
 
+/// One cache slot: an address and the JSON written for it.
+type Slot = Mutex<Option<(IpAddr, Box<[u8]>)>>;
+
 /// A bounded direct-mapped cache of the JSON written for an address.
 struct Cache {
-    slots: Box<[Mutex<Option<(IpAddr, Box<[u8]>)>>]>,
+    slots: Box<[Slot]>,
     mask: usize,
 }
 
@@ -353,7 +356,7 @@ impl Cache {
         }
     }
 
-    fn slot(&self, ip: IpAddr) -> Option<&Mutex<Option<(IpAddr, Box<[u8]>)>>> {
+    fn slot(&self, ip: IpAddr) -> Option<&Slot> {
         if self.slots.is_empty() {
             return None;
         }

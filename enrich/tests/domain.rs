@@ -143,7 +143,7 @@ fn check_invariants(q: &str) {
 
 #[test]
 fn no_panic_on_random_names() {
-    let mut rng = Rng(0x7a9b_05_c0ffee);
+    let mut rng = Rng(0x7a9b_05c0_ffee);
     const PIECES: &[&str] = &[
         "a", "B", "co", "uk", "com", "COM", "org", "ck", "www", "github", "io", "jp", "kyoto",
         "公司", "cn", "é", "xn--p1ai", ".", ".", ".", "\\", "\\.", "\\032", "-", "_", "*", "!",
