@@ -37,12 +37,15 @@
 //!
 //! # Cache
 //!
-//! Each loaded generation of the databases has a bounded direct-mapped cache
-//! (`cache_size` slots, rounded up to a power of two; 0 turns it off) of the JSON written
-//! for an address. DNS traffic repeats its addresses (a resolver's clients, the servers it
-//! asks), so most lookups are a hash, an uncontended `try_lock` and a copy. A slot held by
-//! another thread is not waited for: the lookup goes to the databases. A reload starts a
-//! new, empty cache with the new generation.
+//! Each loaded generation of the databases has two bounded direct-mapped caches
+//! (`cache_size` slots each, rounded up to a power of two; 0 turns them off) of the JSON
+//! written: one keyed by the address, one by the pair of records the address leads to
+//! (their offsets in the files). DNS traffic repeats its addresses (a resolver's clients,
+//! the servers it asks), so most lookups are a hash, an uncontended `try_lock` and a copy;
+//! a new address in a network already seen costs the two tree walks but no decoding. A
+//! slot held by another thread is not waited for: the lookup goes on without it. A reload
+//! starts new, empty caches with the new generation. Counted by [`GeoIp::cache_hits`]
+//! and [`GeoIp::record_cache_hits`].
 
 use std::{
     fs,
@@ -50,7 +53,7 @@ use std::{
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
@@ -214,7 +217,11 @@ fn open_db(key: &'static str, path: &Path) -> Result<Db, String> {
 struct Generation {
     city: Option<Arc<Db>>,
     asn: Option<Arc<Db>>,
+    /// Address -> JSON.
     cache: Cache,
+    /// Pair of records (data offsets) -> JSON: a new address in a known network costs two
+    /// tree walks, not two decodes.
+    records: Cache,
 }
 
 #[derive(Deserialize)]
@@ -295,15 +302,33 @@ impl Found<'_> {
     }
 }
 
+type Hit<'a> = Option<maxminddb::LookupResult<'a, Vec<u8>>>;
+
 impl Generation {
-    fn find(&self, ip: IpAddr, counters: &Counters) -> Found<'_> {
+    /// Walks the trees: the records of `ip` (data offsets and all), not decoded yet.
+    fn walk(&self, ip: IpAddr, counters: &Counters) -> (Hit<'_>, Hit<'_>) {
+        fn walk<'a>(db: &'a Option<Arc<Db>>, ip: IpAddr, counters: &Counters) -> Hit<'a> {
+            let db = db.as_ref()?;
+            match db.reader.lookup(ip) {
+                Ok(r) if r.has_data() => Some(r),
+                Ok(_) => None,
+                Err(_) => {
+                    counters.lookup_errors.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            }
+        }
+        (
+            walk(&self.city, ip, counters),
+            walk(&self.asn, ip, counters),
+        )
+    }
+
+    /// Decodes the fields of the records found by [`walk`](Self::walk).
+    fn decode<'a>(city: &Hit<'a>, asn: &Hit<'a>, counters: &Counters) -> Found<'a> {
         let mut f = Found::default();
-        if let Some(db) = &self.city {
-            match db
-                .reader
-                .lookup(ip)
-                .and_then(|r| r.decode::<CityRecord<'_>>())
-            {
+        if let Some(r) = city {
+            match r.decode::<CityRecord<'a>>() {
                 Ok(Some(rec)) => {
                     f.country = rec.country.and_then(|c| c.iso_code);
                     f.city = rec.city.and_then(|c| c.names).and_then(|n| n.en);
@@ -314,12 +339,8 @@ impl Generation {
                 }
             }
         }
-        if let Some(db) = &self.asn {
-            match db
-                .reader
-                .lookup(ip)
-                .and_then(|r| r.decode::<AsnRecord<'_>>())
-            {
+        if let Some(r) = asn {
+            match r.decode::<AsnRecord<'a>>() {
                 Ok(Some(rec)) => {
                     f.asn = rec.autonomous_system_number;
                     f.as_org = rec.autonomous_system_organization;
@@ -332,15 +353,42 @@ impl Generation {
         }
         f
     }
+
+    fn find(&self, ip: IpAddr, counters: &Counters) -> Found<'_> {
+        let (city, asn) = self.walk(ip, counters);
+        Self::decode(&city, &asn, counters)
+    }
 }
 
-/// One cache slot: an address and the JSON written for it.
-type Slot = Mutex<Option<(IpAddr, Box<[u8]>)>>;
+/// A cache entry: a key and the JSON written for it.
+type Entry = Option<(u128, Box<[u8]>)>;
+type Slot = Mutex<Entry>;
+type Locked<'a> = Option<MutexGuard<'a, Entry>>;
 
-/// A bounded direct-mapped cache of the JSON written for an address.
+/// A bounded direct-mapped cache of the JSON written for a key: an address
+/// ([`addr_key`]) or a pair of records ([`record_key`]).
 struct Cache {
     slots: Box<[Slot]>,
     mask: usize,
+}
+
+/// An address as a cache key: IPv6 as it is, IPv4 as its IPv4-mapped form (which
+/// [`global`] never passes on as IPv6, so the two cannot collide).
+fn addr_key(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// The records of an address as a cache key: both data offsets (0 for none).
+fn record_key(city: &Hit<'_>, asn: &Hit<'_>) -> u128 {
+    let off = |h: &Hit<'_>| {
+        h.as_ref()
+            .and_then(|r| r.offset())
+            .map_or(0, |o| o as u128 + 1)
+    };
+    (off(city) << 64) | off(asn)
 }
 
 impl Cache {
@@ -356,20 +404,25 @@ impl Cache {
         }
     }
 
-    fn slot(&self, ip: IpAddr) -> Option<&Slot> {
+    /// The slot of `key`, locked, unless the cache is off or another thread holds it.
+    fn lock(&self, key: u128) -> Locked<'_> {
         if self.slots.is_empty() {
             return None;
         }
-        let x = match ip {
-            IpAddr::V4(a) => u64::from(u32::from(a)),
-            IpAddr::V6(a) => {
-                let v = u128::from(a);
-                (v as u64) ^ ((v >> 64) as u64)
-            }
-        };
+        let x = (key as u64) ^ ((key >> 64) as u64);
         let i = (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize & self.mask;
-        self.slots.get(i)
+        self.slots.get(i)?.try_lock().ok()
     }
+}
+
+/// Copies a cached answer for `key` out of `slot`; true when there was one.
+fn copy_hit(slot: &Locked<'_>, key: u128, out: &mut Vec<u8>) -> Option<bool> {
+    let (k, bytes) = slot.as_ref()?.as_ref()?;
+    if *k != key {
+        return None;
+    }
+    out.extend_from_slice(bytes);
+    Some(bytes.first() == Some(&b'{'))
 }
 
 #[derive(Default)]
@@ -379,6 +432,7 @@ struct Counters {
     skipped: AtomicU64,
     lookups: AtomicU64,
     cache_hits: AtomicU64,
+    record_cache_hits: AtomicU64,
     lookup_errors: AtomicU64,
 }
 
@@ -440,6 +494,7 @@ impl GeoIp {
             city,
             asn,
             cache: Cache::new(config.cache_size),
+            records: Cache::new(config.cache_size),
         };
         Ok(GeoIp {
             inner: Arc::new(Inner {
@@ -475,20 +530,31 @@ impl GeoIp {
         };
         c.lookups.fetch_add(1, Ordering::Relaxed);
         let g = self.inner.current.load();
-        let slot = g.cache.slot(ip).and_then(|s| s.try_lock().ok());
-        if let Some(slot) = &slot
-            && let Some((key, bytes)) = slot.as_ref()
-            && *key == ip
-        {
+        let akey = addr_key(ip);
+        let aslot = g.cache.lock(akey);
+        if let Some(object) = copy_hit(&aslot, akey, out) {
             c.cache_hits.fetch_add(1, Ordering::Relaxed);
-            out.extend_from_slice(bytes);
-            return bytes.first() == Some(&b'{');
+            return object;
         }
         let start = out.len();
-        let found = g.find(ip, c);
-        let object = found.write_json(out);
-        if let Some(mut slot) = slot {
-            *slot = Some((ip, out[start..].into()));
+        let (city, asn) = g.walk(ip, c);
+        let rkey = record_key(&city, &asn);
+        let rslot = g.records.lock(rkey);
+        let object = match copy_hit(&rslot, rkey, out) {
+            Some(object) => {
+                c.record_cache_hits.fetch_add(1, Ordering::Relaxed);
+                object
+            }
+            None => {
+                let object = Generation::decode(&city, &asn, c).write_json(out);
+                if let Some(mut slot) = rslot {
+                    *slot = Some((rkey, out[start..].into()));
+                }
+                object
+            }
+        };
+        if let Some(mut slot) = aslot {
+            *slot = Some((akey, out[start..].into()));
         }
         object
     }
@@ -530,6 +596,7 @@ impl GeoIp {
                 city: new_city.or_else(|| cur.city.clone()),
                 asn: new_asn.or_else(|| cur.asn.clone()),
                 cache: Cache::new(inner.config.cache_size),
+                records: Cache::new(inner.config.cache_size),
             }));
         }
         ReloadOutcome { city, asn }
@@ -628,6 +695,14 @@ impl GeoIp {
     /// Lookups answered from the cache.
     pub fn cache_hits(&self) -> u64 {
         self.inner.counters.cache_hits.load(Ordering::Relaxed)
+    }
+
+    /// Lookups not in the address cache whose pair of records was in the record cache.
+    pub fn record_cache_hits(&self) -> u64 {
+        self.inner
+            .counters
+            .record_cache_hits
+            .load(Ordering::Relaxed)
     }
 
     /// Records that could not be decoded (the field is then left out).
