@@ -221,6 +221,23 @@ fn bench(c: &mut Criterion) {
             black_box(uncached.write_geo(black_box(small[i].0), &mut out))
         })
     });
+    // The tree walk alone (maxminddb's lookup, no decoding), City database.
+    let reader = maxminddb::Reader::open_readfile(&city).expect("reader");
+    c.bench_function("mmdb/tree walk city", |b| {
+        b.iter(|| {
+            i = (i + 1) % small.len();
+            black_box(
+                reader
+                    .lookup(black_box(small[i].0))
+                    .map(|r| r.offset())
+                    .ok(),
+            )
+        })
+    });
+    eprintln!(
+        "record cache hits 200k addrs: {:.1} %",
+        100.0 * big_cache.record_cache_hits() as f64 / big_cache.lookups().max(1) as f64
+    );
     eprintln!(
         "cache hit rate: small {:.1} %, 200k addrs {:.1} %",
         100.0 * cached.cache_hits() as f64 / cached.lookups().max(1) as f64,

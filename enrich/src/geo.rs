@@ -37,13 +37,13 @@
 //!
 //! # Cache
 //!
-//! Each loaded generation of the databases has two bounded direct-mapped caches
-//! (`cache_size` slots each, rounded up to a power of two; 0 turns them off) of the JSON
+//! Each loaded generation of the databases has two bounded two-way set-associative caches
+//! (`cache_size` entries each, rounded up to a power of two; 0 turns them off) of the JSON
 //! written: one keyed by the address, one by the pair of records the address leads to
 //! (their offsets in the files). DNS traffic repeats its addresses (a resolver's clients,
 //! the servers it asks), so most lookups are a hash, an uncontended `try_lock` and a copy;
 //! a new address in a network already seen costs the two tree walks but no decoding. A
-//! slot held by another thread is not waited for: the lookup goes on without it. A reload
+//! set held by another thread is not waited for: the lookup goes on without it. A reload
 //! starts new, empty caches with the new generation. Counted by [`GeoIp::cache_hits`]
 //! and [`GeoIp::record_cache_hits`].
 
@@ -86,8 +86,8 @@ pub struct GeoIpConfig {
     /// How often the files are checked for replacement; `0s` turns reloading off.
     #[serde(default = "default_reload_interval", with = "humantime_serde")]
     pub reload_interval: Duration,
-    /// Slots of the per-generation address cache (rounded up to a power of two, at most
-    /// 2^20); 0 turns the cache off.
+    /// Entries of each of the two per-generation caches (module docs; rounded up to a
+    /// power of two, at most 2^20); 0 turns the caches off.
     #[serde(default = "default_cache_size")]
     pub cache_size: usize,
 }
@@ -362,13 +362,14 @@ impl Generation {
 
 /// A cache entry: a key and the JSON written for it.
 type Entry = Option<(u128, Box<[u8]>)>;
-type Slot = Mutex<Entry>;
-type Locked<'a> = Option<MutexGuard<'a, Entry>>;
+/// A set of a two-way set-associative cache: the newest entry first.
+type Set = Mutex<[Entry; 2]>;
+type Locked<'a> = Option<MutexGuard<'a, [Entry; 2]>>;
 
-/// A bounded direct-mapped cache of the JSON written for a key: an address
+/// A bounded two-way set-associative cache of the JSON written for a key: an address
 /// ([`addr_key`]) or a pair of records ([`record_key`]).
 struct Cache {
-    slots: Box<[Slot]>,
+    sets: Box<[Set]>,
     mask: usize,
 }
 
@@ -392,37 +393,43 @@ fn record_key(city: &Hit<'_>, asn: &Hit<'_>) -> u128 {
 }
 
 impl Cache {
+    /// `size` entries (rounded up to a power of two, at least 2) in sets of two; 0: none.
     fn new(size: usize) -> Cache {
-        let size = if size == 0 {
+        let sets = if size == 0 {
             0
         } else {
-            size.min(MAX_CACHE_SIZE).next_power_of_two()
+            (size.min(MAX_CACHE_SIZE).next_power_of_two() / 2).max(1)
         };
         Cache {
-            slots: (0..size).map(|_| Mutex::new(None)).collect(),
-            mask: size.saturating_sub(1),
+            sets: (0..sets).map(|_| Mutex::new([None, None])).collect(),
+            mask: sets.saturating_sub(1),
         }
     }
 
-    /// The slot of `key`, locked, unless the cache is off or another thread holds it.
+    /// The set of `key`, locked, unless the cache is off or another thread holds it.
     fn lock(&self, key: u128) -> Locked<'_> {
-        if self.slots.is_empty() {
+        if self.sets.is_empty() {
             return None;
         }
         let x = (key as u64) ^ ((key >> 64) as u64);
         let i = (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize & self.mask;
-        self.slots.get(i)?.try_lock().ok()
+        self.sets.get(i)?.try_lock().ok()
     }
 }
 
-/// Copies a cached answer for `key` out of `slot`; true when there was one.
-fn copy_hit(slot: &Locked<'_>, key: u128, out: &mut Vec<u8>) -> Option<bool> {
-    let (k, bytes) = slot.as_ref()?.as_ref()?;
-    if *k != key {
-        return None;
-    }
+/// Copies a cached answer for `key` out of `set`; `Some(object?)` when there was one.
+fn copy_hit(set: &Locked<'_>, key: u128, out: &mut Vec<u8>) -> Option<bool> {
+    let (_, bytes) = set.as_ref()?.iter().flatten().find(|(k, _)| *k == key)?;
     out.extend_from_slice(bytes);
     Some(bytes.first() == Some(&b'{'))
+}
+
+/// Puts `key` first in its set; the older of the two goes.
+fn insert(set: Locked<'_>, key: u128, json: &[u8]) {
+    if let Some(mut set) = set {
+        set.swap(0, 1);
+        set[0] = Some((key, json.into()));
+    }
 }
 
 #[derive(Default)]
@@ -547,15 +554,11 @@ impl GeoIp {
             }
             None => {
                 let object = Generation::decode(&city, &asn, c).write_json(out);
-                if let Some(mut slot) = rslot {
-                    *slot = Some((rkey, out[start..].into()));
-                }
+                insert(rslot, rkey, &out[start..]);
                 object
             }
         };
-        if let Some(mut slot) = aslot {
-            *slot = Some((akey, out[start..].into()));
-        }
+        insert(aslot, akey, &out[start..]);
         object
     }
 
@@ -815,6 +818,29 @@ mod tests {
         ] {
             assert_eq!(g(s), None, "{s}");
         }
+    }
+
+    #[test]
+    fn cache_is_bounded_two_way() {
+        let c = Cache::new(2);
+        assert_eq!(c.sets.len(), 1);
+        let mut out = Vec::new();
+        for k in 1..=3u128 {
+            insert(c.lock(k), k, format!("{{\"k\":{k}}}").as_bytes());
+        }
+        assert_eq!(copy_hit(&c.lock(1), 1, &mut out), None, "the oldest went");
+        assert_eq!(copy_hit(&c.lock(2), 2, &mut out), Some(true));
+        assert_eq!(copy_hit(&c.lock(3), 3, &mut out), Some(true));
+        assert_eq!(out, b"{\"k\":2}{\"k\":3}");
+        insert(c.lock(4), 4, b"null");
+        assert_eq!(copy_hit(&c.lock(4), 4, &mut out), Some(false));
+        assert_eq!(Cache::new(5000).sets.len(), 4096);
+        assert_eq!(Cache::new(usize::MAX).sets.len(), MAX_CACHE_SIZE / 2);
+        assert!(Cache::new(0).lock(1).is_none());
+        // A set held elsewhere is not waited for.
+        let c = Cache::new(2);
+        let held = c.lock(1);
+        assert!(held.is_some() && c.lock(1).is_none());
     }
 
     #[test]
