@@ -90,6 +90,16 @@ pub struct GeoIpConfig {
     /// power of two, at most 2^20); 0 turns the caches off.
     #[serde(default = "default_cache_size")]
     pub cache_size: usize,
+    /// Verify every file completely (`Reader::verify`: the whole search tree and data
+    /// section) before using it, at start and at each reload. Off: only the checks of
+    /// opening (metadata, tree layout); a bad record then shows at lookup time as a
+    /// missing field counted by [`GeoIp::lookup_errors`].
+    #[serde(default = "default_verify")]
+    pub verify: bool,
+}
+
+fn default_verify() -> bool {
+    true
 }
 
 fn default_reload_interval() -> Duration {
@@ -110,6 +120,7 @@ impl Default for GeoIpConfig {
             response: false,
             reload_interval: default_reload_interval(),
             cache_size: default_cache_size(),
+            verify: default_verify(),
         }
     }
 }
@@ -187,11 +198,13 @@ struct Db {
 }
 
 /// Opens, verifies and type-checks one database; the error is the reason only.
-fn open_db(key: &'static str, path: &Path) -> Result<Db, String> {
+fn open_db(key: &'static str, path: &Path, verify: bool) -> Result<Db, String> {
     let reader = Reader::open_readfile(path).map_err(|e| e.to_string())?;
-    reader
-        .verify()
-        .map_err(|e| format!("verification failed: {e}"))?;
+    if verify {
+        reader
+            .verify()
+            .map_err(|e| format!("verification failed: {e}"))?;
+    }
     let ty = &reader.metadata().database_type;
     let ok = if key == CITY_KEY {
         ["City", "Country", "Enterprise"]
@@ -475,6 +488,7 @@ impl std::fmt::Debug for GeoIp {
 fn open_at_start(
     key: &'static str,
     path: Option<&Path>,
+    verify: bool,
 ) -> Result<(Option<Arc<Db>>, Option<Stamp>), Error> {
     let Some(path) = path else {
         return Ok((None, None));
@@ -486,7 +500,7 @@ fn open_at_start(
     };
     // Stamp first: a file replaced while it is read is read again at the next check.
     let st = stamp(path).map_err(err)?;
-    let db = open_db(key, path).map_err(err)?;
+    let db = open_db(key, path, verify).map_err(err)?;
     Ok((Some(Arc::new(db)), Some(st)))
 }
 
@@ -495,8 +509,8 @@ impl GeoIp {
     /// address is then `null`); a configured file that is missing or unusable is an error
     /// naming its key and path.
     pub fn open(config: &GeoIpConfig) -> Result<GeoIp, Error> {
-        let (city, city_seen) = open_at_start(CITY_KEY, config.city.as_deref())?;
-        let (asn, asn_seen) = open_at_start(ASN_KEY, config.asn.as_deref())?;
+        let (city, city_seen) = open_at_start(CITY_KEY, config.city.as_deref(), config.verify)?;
+        let (asn, asn_seen) = open_at_start(ASN_KEY, config.asn.as_deref(), config.verify)?;
         let generation = Generation {
             city,
             asn,
@@ -631,7 +645,7 @@ impl GeoIp {
             return (FileOutcome::Unchanged, None);
         }
         *seen = Some(now);
-        match open_db(key, path) {
+        match open_db(key, path, self.inner.config.verify) {
             Ok(db) => {
                 c.reloads.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(key, path = %path.display(), "GeoIP database reloaded");

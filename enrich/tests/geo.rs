@@ -455,3 +455,44 @@ async fn reload_task_picks_up_a_replaced_file() {
         .is_none()
     );
 }
+
+/// A City database whose data section is all 0xff (maps of maps as keys): it opens (metadata and tree are fine) but
+/// fails verification, and its records cannot be decoded.
+fn bad_data_section(path: &std::path::Path) {
+    write_one_country(path, "GB", 2);
+    let mut bytes = std::fs::read(path).expect("read");
+    let (nodes, record_size) = {
+        let r = maxminddb::Reader::open_readfile(path).expect("valid before");
+        (
+            r.metadata().node_count as usize,
+            r.metadata().record_size as usize,
+        )
+    };
+    let data_start = nodes * record_size * 2 / 8 + 16;
+    let marker = b"\xab\xcd\xefMaxMind.com";
+    let data_end = bytes
+        .windows(marker.len())
+        .rposition(|w| w == marker)
+        .expect("metadata marker");
+    bytes[data_start..data_end].fill(0xff);
+    std::fs::write(path, &bytes).expect("write");
+}
+
+#[test]
+fn verification_at_start_and_without_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let city = dir.path().join("bad.mmdb");
+    bad_data_section(&city);
+    let msg = open_err(&config(Some(&city), None));
+    assert!(msg.starts_with("enrich.geoip.city = "), "{msg}");
+    assert!(msg.contains("verification failed"), "{msg}");
+    // Not verified: opens; the records are unreadable, so no field, counted.
+    let g = GeoIp::open(&GeoIpConfig {
+        verify: false,
+        ..config(Some(&city), None)
+    })
+    .expect("opens without verification");
+    assert!(g.lookup(ip("81.2.69.1")).is_empty());
+    assert_eq!(geo_json(&g, ip("81.2.69.1")), (false, Value::Null));
+    assert_eq!(g.lookup_errors(), 2);
+}
