@@ -23,6 +23,8 @@
 #                (scripts/package.sh, run by compose/tests' package test)
 #   systemd      systemd-analyze verify on the package's units
 #   curl, adduser, passwd  the package's health wait and maintainer scripts; gpasswd
+#   libmaxmind-db-writer-perl  MaxMind::DB::Writer, which tapbus-enrich's testutil runs to
+#                write the GeoIP City/ASN test databases (enrich/src/testutil.rs)
 # Nothing is started here; every test starts its own servers on free loopback ports.
 set -euo pipefail
 
@@ -49,6 +51,7 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v adduser >/dev/null 2>&1 || [ -x /usr/sbin/adduser ] || need+=(adduser)
 command -v gpasswd >/dev/null 2>&1 || need+=(passwd)
+perl -MMaxMind::DB::Writer::Tree -e 1 >/dev/null 2>&1 || need+=(libmaxmind-db-writer-perl)
 # Debian's python3 has no venv/ensurepip without python3-venv.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 
