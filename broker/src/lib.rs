@@ -71,6 +71,11 @@ pub async fn run(
     for line in &built.summary {
         tracing::info!("{line}");
     }
+    // A database replaced on disk is reloaded; the task ends with the runtime.
+    let _reload = built.geo.as_ref().and_then(|g| {
+        metrics.watch_geoip(g.clone());
+        g.spawn_reload_task()
+    });
     let (fanout, rxs) = Fanout::new(
         settings
             .outputs

@@ -73,7 +73,21 @@ pub struct Metrics {
     dns_malformed: Family<InputL, Counter>,
     malformed: Family<InputReasonL, Counter>,
     outputs: PublishFamilies,
+    geoip_lookups: Family<ResultL, Counter>,
+    geoip_reloads: Family<ResultL, Counter>,
+    /// The GeoIP databases whose counters the two families above show (read at scrape).
+    geoip: std::sync::Mutex<Option<tapbus_enrich::GeoIp>>,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ResultL {
+    result: &'static str,
+}
+
+/// `tapbus_geoip_lookups_total{result}`.
+const GEOIP_LOOKUPS: [&str; 4] = ["looked_up", "cache_hit", "not_global", "error"];
+/// `tapbus_geoip_reloads_total{result}`.
+const GEOIP_RELOADS: [&str; 2] = ["ok", "failed"];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -100,8 +114,27 @@ impl Metrics {
             dns_malformed: Family::default(),
             malformed: Family::default(),
             outputs: PublishFamilies::default(),
+            geoip_lookups: Family::default(),
+            geoip_reloads: Family::default(),
+            geoip: std::sync::Mutex::new(None),
             registry: Registry::default(),
         };
+        for result in GEOIP_LOOKUPS {
+            let _ = get(&m.geoip_lookups, &ResultL { result });
+        }
+        for result in GEOIP_RELOADS {
+            let _ = get(&m.geoip_reloads, &ResultL { result });
+        }
+        registry.register(
+            "geoip_lookups",
+            "GeoIP/ASN lookups ([enrich.geoip]) by result: looked_up in the databases, cache_hit, not_global (private, loopback... not looked up), error (a record that did not decode)",
+            m.geoip_lookups.clone(),
+        );
+        registry.register(
+            "geoip_reloads",
+            "GeoIP database files replaced on disk and reloaded (ok), or refused (failed: the previous one stays in use)",
+            m.geoip_reloads.clone(),
+        );
         registry.register(
             "connections",
             "dnstap connections accepted (or dialled, or files opened)",
@@ -146,6 +179,38 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Shows the counters of these GeoIP databases.
+    pub fn watch_geoip(&self, g: tapbus_enrich::GeoIp) {
+        if let Ok(mut slot) = self.geoip.lock() {
+            *slot = Some(g);
+        }
+    }
+
+    fn sync_geoip(&self) {
+        let Ok(slot) = self.geoip.lock() else {
+            return;
+        };
+        let Some(g) = slot.as_ref() else {
+            return;
+        };
+        let set = |f: &Family<ResultL, Counter>, result: &'static str, v: u64| {
+            get(f, &ResultL { result })
+                .inner()
+                .store(v, std::sync::atomic::Ordering::Relaxed);
+        };
+        let hits = g.cache_hits();
+        set(
+            &self.geoip_lookups,
+            "looked_up",
+            g.lookups().saturating_sub(hits),
+        );
+        set(&self.geoip_lookups, "cache_hit", hits);
+        set(&self.geoip_lookups, "not_global", g.lookups_skipped());
+        set(&self.geoip_lookups, "error", g.lookup_errors());
+        set(&self.geoip_reloads, "ok", g.reloads());
+        set(&self.geoip_reloads, "failed", g.reload_failures());
+    }
+
     /// Handles for one input (resolved when it starts and once per connection). Every
     /// series of the input, each reason of `tapbus_malformed_total` included, exists from
     /// the first call, at 0.
@@ -188,6 +253,7 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
+        self.sync_geoip();
         let mut s = String::new();
         if prometheus_client::encoding::text::encode(&mut s, &self.registry).is_err() {
             s.clear();

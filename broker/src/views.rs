@@ -37,22 +37,50 @@ pub struct Built {
     /// Lines for the start-up log and `--check`: each view, its outputs, its key's
     /// fingerprint (never the key).
     pub summary: Vec<String>,
+    /// The GeoIP databases, for their reload task and counters.
+    pub geo: Option<tapbus_enrich::GeoIp>,
 }
 
 /// Builds the views of `settings` (reads key files).
 pub fn build(settings: &BrokerSettings) -> Result<Built, ConfigError> {
+    let cfg = &settings.enrich;
+    let geo = if cfg.geoip_on() {
+        let g = tapbus_enrich::GeoIp::open(&cfg.geoip).map_err(|e| match e {
+            tapbus_enrich::Error::Open { key, path, reason } => {
+                ConfigError::invalid(key, format!("{}: {reason}", path.display()))
+            }
+        })?;
+        Some(g)
+    } else {
+        None
+    };
     let enrich = Enrich {
-        geo: None,
-        geo_response: false,
-        registered: settings
-            .enrich
+        geo: geo
+            .clone()
+            .map(|g| Arc::new(g) as Arc<dyn tapbus_proto::event::GeoWriter>),
+        geo_response: cfg.geoip.response,
+        registered: cfg
             .registered_domain
             .then_some(tapbus_proto::event::view::registered_domain as _),
     };
+    let mut summary = Vec::new();
+    if geo.is_some() {
+        let g = &cfg.geoip;
+        summary.push(format!(
+            "GeoIP: city {}, asn {}, response {}, reload every {:?}",
+            g.city
+                .as_ref()
+                .map_or("-".to_string(), |p| p.display().to_string()),
+            g.asn
+                .as_ref()
+                .map_or("-".to_string(), |p| p.display().to_string()),
+            g.response,
+            g.reload_interval,
+        ));
+    }
     let mut specs: Vec<PrivacySpec> = Vec::new();
     let mut views = vec![View::default()];
     let mut output_views = Vec::with_capacity(settings.outputs.len());
-    let mut summary = Vec::new();
     for o in &settings.outputs {
         let Some(p) = &o.privacy else {
             output_views.push(0);
@@ -87,6 +115,7 @@ pub fn build(settings: &BrokerSettings) -> Result<Built, ConfigError> {
         encoder: Arc::new(Encoder { enrich, views }),
         output_views,
         summary,
+        geo,
     })
 }
 

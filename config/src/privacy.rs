@@ -180,32 +180,8 @@ impl Default for EnrichConfig {
     }
 }
 
-/// `[enrich.geoip]`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct GeoIpConfig {
-    /// GeoLite2/GeoIP2 City or Country database (DB-IP's work too): `geo.country`,
-    /// `geo.city`.
-    pub city: Option<PathBuf>,
-    /// GeoLite2 ASN database: `geo.asn`, `geo.as-org`.
-    pub asn: Option<PathBuf>,
-    /// Also look up `response-ip` (as `geo-response`); default false.
-    pub response: bool,
-    /// How often the files are checked for a replacement (default 10s).
-    #[serde(with = "humantime_serde")]
-    pub reload_interval: Duration,
-}
-
-impl Default for GeoIpConfig {
-    fn default() -> Self {
-        GeoIpConfig {
-            city: None,
-            asn: None,
-            response: false,
-            reload_interval: Duration::from_secs(10),
-        }
-    }
-}
+/// `[enrich.geoip]` (the files are opened by the broker, through `tapbus-enrich`).
+pub use tapbus_enrich::GeoIpConfig;
 
 impl EnrichConfig {
     /// Checks the table (the files are opened by the broker).
@@ -224,10 +200,10 @@ impl EnrichConfig {
                 "needs enrich.geoip.city or enrich.geoip.asn",
             ));
         }
-        if g.reload_interval < Duration::from_millis(100) {
+        if !g.reload_interval.is_zero() && g.reload_interval < Duration::from_millis(100) {
             return Err(invalid(
                 "enrich.geoip.reload_interval",
-                "must be at least 100ms",
+                "must be 0s (no reloading) or at least 100ms",
             ));
         }
         Ok(())

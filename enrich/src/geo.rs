@@ -71,7 +71,7 @@ pub const CITY_KEY: &str = "enrich.geoip.city";
 pub const ASN_KEY: &str = "enrich.geoip.asn";
 
 /// `[enrich.geoip]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GeoIpConfig {
     /// A GeoLite2/GeoIP2 (or DB-IP) City or Country database.

@@ -8,6 +8,7 @@ mod dial;
 mod dns_server;
 mod examples;
 mod filter;
+mod geoip;
 mod harness;
 mod malformed;
 mod mqtt;

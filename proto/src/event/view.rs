@@ -34,31 +34,29 @@ pub trait GeoWriter: Send + Sync + Debug {
 /// unknown (`www.example.co.uk` -> `example.co.uk`, `co.uk`).
 pub type RegisteredFn = fn(&str) -> (Option<&str>, Option<&str>);
 
-/// The registered domain (public suffix + one label) and the public suffix of a name in
-/// presentation form, from the public suffix list (`psl`): `www.example.co.uk` ->
-/// (`example.co.uk`, `co.uk`); a name that is itself a public suffix (`co.uk`) -> (None,
-/// `co.uk`); the root and empty names -> (None, None). A trailing dot is ignored. The list
-/// is matched without regard to case, and the result keeps the name's own case. A name
-/// under an unlisted TLD follows the list's default rule (`*`): its last label is the
-/// suffix (`host.lan` -> (`host.lan`, `lan`)).
+/// The registered domain and public suffix of a name in presentation form, from the
+/// public suffix list (`tapbus_enrich::domain_parts`: `www.example.co.uk` ->
+/// (`example.co.uk`, `co.uk`); a bare suffix `co.uk` -> (None, `co.uk`); the root, empty
+/// labels and names with escapes -> (None, None)).
 pub fn registered_domain(name: &str) -> (Option<&str>, Option<&str>) {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    if name.is_empty() || name.len() > 253 {
-        return (None, None);
+    match tapbus_enrich::domain_parts(name) {
+        Some(p) => (p.registered, Some(p.tld)),
+        None => (None, None),
     }
-    let mut lower = [0u8; 253];
-    let bytes = name.as_bytes();
-    for (d, s) in lower.iter_mut().zip(bytes) {
-        *d = s.to_ascii_lowercase();
+}
+
+/// GeoIP and ASN from MaxMind DB files.
+impl GeoWriter for tapbus_enrich::GeoIp {
+    fn write_geo(&self, ip: IpAddr, out: &mut Vec<u8>) -> bool {
+        // The `null` of nothing known is the encoder's to write.
+        let mark = out.len();
+        if tapbus_enrich::GeoIp::write_geo(self, ip, out) {
+            true
+        } else {
+            out.truncate(mark);
+            false
+        }
     }
-    let lower = &lower[..bytes.len()];
-    let Some(suffix) = psl::suffix(lower) else {
-        return (None, None);
-    };
-    let slen = suffix.as_bytes().len();
-    let tld = name.get(name.len() - slen..);
-    let reg = psl::domain(lower).and_then(|d| name.get(name.len() - d.as_bytes().len()..));
-    (reg, tld)
 }
 
 /// The enrichment every view of an event shares, looked up once on the clear event.
