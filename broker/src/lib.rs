@@ -71,6 +71,30 @@ pub async fn run(
     for line in &built.summary {
         tracing::info!("{line}");
     }
+    // SIGHUP: the privacy keys are read again (a rotated key); the views swap at once.
+    {
+        let (settings, encoder) = (settings.clone(), built.encoder.clone());
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match views::reload_keys(&settings, &encoder) {
+                    Ok(lines) => {
+                        tracing::info!("SIGHUP: privacy keys reloaded");
+                        for line in lines {
+                            tracing::info!("{line}");
+                        }
+                    }
+                    Err(e) => tracing::error!(
+                        "SIGHUP: privacy keys not reloaded, the views in use stay: {e}"
+                    ),
+                }
+            }
+        });
+    }
     // A database replaced on disk is reloaded; the task ends with the runtime.
     let _reload = built.geo.as_ref().and_then(|g| {
         metrics.watch_geoip(g.clone());

@@ -36,7 +36,7 @@ pub struct Ctx {
     pub metrics: InputMetrics,
     pub fanout: Fanout,
     /// The enrichment and the outputs' privacy views.
-    pub encoder: std::sync::Arc<crate::views::Encoder>,
+    pub encoder: std::sync::Arc<arc_swap::ArcSwap<crate::views::Encoder>>,
     pub max_frame: usize,
     pub handshake_timeout: Duration,
     pub shutdown: CancellationToken,
@@ -104,7 +104,7 @@ where
     let mut s = State {
         dec: FrameDecoder::new(ctx.max_frame),
         hs: ReaderHandshake::new(DNSTAP_CONTENT_TYPE),
-        outs: vec![Vec::with_capacity(4096); ctx.encoder.views.len().max(1)],
+        outs: vec![Vec::with_capacity(4096); ctx.encoder.load().views.len().max(1)],
         scratch: event::Scratch::default(),
         views: Vec::new(),
         json: BytesMut::new(),
@@ -234,7 +234,10 @@ impl State {
             o.clear();
         }
         self.views.clear();
-        let enc = &ctx.encoder;
+        let enc = ctx.encoder.load();
+        if self.outs.len() < enc.views.len() {
+            self.outs.resize_with(enc.views.len(), Vec::new);
+        }
         let views: &[event::View] = if enc.views.is_empty() {
             std::slice::from_ref(&DEFAULT_VIEW)
         } else {

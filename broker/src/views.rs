@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use tapbus_config::{BrokerSettings, ClientIp, ConfigError, PrivacySpec};
 use tapbus_proto::event::{AddrMap, Enrich, View};
 
@@ -32,7 +34,8 @@ impl Default for Encoder {
 /// The encoder and, for each output in order, the index of its view.
 #[derive(Debug)]
 pub struct Built {
-    pub encoder: Arc<Encoder>,
+    /// Swapped whole when the keys are reloaded; sessions read it per frame.
+    pub encoder: Arc<ArcSwap<Encoder>>,
     pub output_views: Vec<usize>,
     /// Lines for the start-up log and `--check`: each view, its outputs, its key's
     /// fingerprint (never the key).
@@ -78,6 +81,21 @@ pub fn build(settings: &BrokerSettings) -> Result<Built, ConfigError> {
             g.reload_interval,
         ));
     }
+    let (views, output_views, lines) = build_views(settings)?;
+    summary.extend(lines);
+    Ok(Built {
+        encoder: Arc::new(ArcSwap::from_pointee(Encoder { enrich, views })),
+        output_views,
+        summary,
+        geo,
+    })
+}
+
+/// The distinct views (key files read now), each output's view, and the log lines.
+type Views = (Vec<View>, Vec<usize>, Vec<String>);
+
+fn build_views(settings: &BrokerSettings) -> Result<Views, ConfigError> {
+    let mut summary = Vec::new();
     let mut specs: Vec<PrivacySpec> = Vec::new();
     let mut views = vec![View::default()];
     let mut output_views = Vec::with_capacity(settings.outputs.len());
@@ -111,12 +129,20 @@ pub fn build(settings: &BrokerSettings) -> Result<Built, ConfigError> {
             p.drop.paths().collect::<Vec<_>>().join(", "),
         ));
     }
-    Ok(Built {
-        encoder: Arc::new(Encoder { enrich, views }),
-        output_views,
-        summary,
-        geo,
-    })
+    Ok((views, output_views, summary))
+}
+
+/// Reads the key files again (SIGHUP: a rotated key) and swaps the views every session
+/// encodes with; the enrichment stays. On an error the views in use stay, and the error
+/// is returned for the log.
+pub fn reload_keys(
+    settings: &BrokerSettings,
+    encoder: &ArcSwap<Encoder>,
+) -> Result<Vec<String>, ConfigError> {
+    let (views, _, summary) = build_views(settings)?;
+    let enrich = encoder.load().enrich.clone();
+    encoder.store(Arc::new(Encoder { enrich, views }));
+    Ok(summary)
 }
 
 fn describe(c: &ClientIp) -> String {

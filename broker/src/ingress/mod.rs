@@ -30,7 +30,7 @@ use crate::session::{self, Ctx, End, SessionError};
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub fanout: Fanout,
-    pub encoder: Arc<crate::views::Encoder>,
+    pub encoder: Arc<arc_swap::ArcSwap<crate::views::Encoder>>,
     pub max_frame: usize,
     pub handshake_timeout: Duration,
     pub connections: Arc<Semaphore>,

@@ -256,3 +256,87 @@ fn a_bad_key_file_is_refused_at_start_naming_the_key() {
         );
     }
 }
+
+/// A rotated key is a reload: after SIGHUP the view uses the new key file's key (the log
+/// names both fingerprints, never a key), without a restart and without losing events;
+/// a broken key file at reload keeps the view in use.
+#[test]
+fn sighup_rotates_the_key_without_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("cryptopan.key");
+    std::fs::write(&key_file, KEY).expect("key");
+    let old = pseudonymizer(&key_file);
+    let sock = dir.path().join("dnstap.sock");
+    let stdout = dir.path().join("events.jsonl");
+    let log = dir.path().join("broker.log");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let broker = Proc::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tapbus-broker"))
+            .args(["-i", &format!("unix://{}", sock.display()), "-o", "stdout"])
+            .args(["--metrics-listen", &addr])
+            .env("TAPBUS_OUTPUTS__STDOUT__PRIVACY__CLIENT_IP", "cryptopan")
+            .env("TAPBUS_OUTPUTS__STDOUT__PRIVACY__KEY_FILE", &key_file)
+            .env("TAPBUS_LOG", "info")
+            .stdout(std::fs::File::create(&stdout).expect("stdout"))
+            .stderr(std::fs::File::create(&log).expect("log")),
+    );
+    wait_until("broker healthy", Duration::from_secs(20), || {
+        http_get(&addr, "/health").is_some()
+    });
+    let cap = capture("kresd.fstrm");
+    let n = expected_count("kresd.fstrm");
+    let lines = || {
+        std::fs::read_to_string(&stdout)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("event"))
+            .collect::<Vec<_>>()
+    };
+    fstrm_replay_unix(&cap, &sock);
+    wait_until("first replay", Duration::from_secs(20), || {
+        lines().len() >= n
+    });
+
+    let new_key = *b"another-key-for-the-second-half!";
+    std::fs::write(&key_file, new_key).expect("new key");
+    let new = pseudonymizer(&key_file);
+    let hup = |what: &str| {
+        let st = std::process::Command::new("kill")
+            .args(["-HUP", &broker.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success(), "{what}");
+    };
+    hup("rotate");
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let new_fp = new.fingerprint().expect("fingerprint");
+    wait_until("keys reloaded", Duration::from_secs(20), || {
+        log_text().contains(&new_fp)
+    });
+    fstrm_replay_unix(&cap, &sock);
+    wait_until("second replay", Duration::from_secs(20), || {
+        lines().len() >= 2 * n
+    });
+    // A broken key at the next reload: the new key stays in use.
+    std::fs::write(&key_file, b"short").expect("broken key");
+    hup("broken");
+    wait_until("reload refused", Duration::from_secs(20), || {
+        log_text().contains("not reloaded")
+    });
+    fstrm_replay_unix(&cap, &sock);
+    wait_until("third replay", Duration::from_secs(20), || {
+        lines().len() >= 3 * n
+    });
+
+    let reference = reference_events(&cap);
+    let evs = lines();
+    assert_eq!(evs.len(), 3 * n);
+    for (i, ev) in evs.iter().enumerate() {
+        let p = if i < n { &old } else { &new };
+        let want = transformed(&reference[i % n], p);
+        assert_eq!(key(ev), key(&want), "event {i} (key of part {})", i / n);
+    }
+    let text = log_text();
+    assert!(text.contains(&old.fingerprint().expect("fingerprint")));
+    assert!(!text.contains("tapbus-test-key") && !text.contains("another-key"));
+}

@@ -103,8 +103,22 @@ async fn durable_created_then_bound_again() {
         .get_consumer("d1")
         .await
         .expect("durable kept");
-    let info = consumer.info().await.expect("consumer info");
-    assert_eq!(info.ack_floor.stream_sequence, 6);
+    // The server records acks on its own time (under load, after the flush returned):
+    // wait for the floor, bounded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let floor = consumer
+            .info()
+            .await
+            .expect("consumer info")
+            .ack_floor
+            .stream_sequence;
+        if floor == 6 || tokio::time::Instant::now() >= deadline {
+            assert_eq!(floor, 6, "the ack floor after 6 acks");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     publish(js.nats.url(), "n", 0..5).await;
     let (_c2, mut s2) = subscriber(js.nats.url(), &spec("d1")).await;
