@@ -3,6 +3,9 @@
 //! * `prost_decode`: `Dnstap::decode` only, per message;
 //! * `event_encode`: the full `event::encode` (protobuf decode + DNS walk + JSON), per message,
 //!   reusing one output buffer as the broker does;
+//! * `views_clear+truncate`, `views_clear+cryptopan`: `event::encode_views` writing the
+//!   clear event and one pseudonymised view (two JSON events per message), as the broker
+//!   does for two outputs with different privacy settings;
 //! * `fstrm_decode_all`: splitting the whole file into frames, per frame.
 //!
 //! Run with `cargo bench -p tapbus-proto --bench decode`; criterion prints time per
@@ -98,6 +101,51 @@ fn benches(c: &mut Criterion) {
         })
     });
 
+    // Privacy views: the clear event plus one pseudonymised view, each encoded once per
+    // event (what the broker does for two outputs with different privacy settings).
+    let key = std::env::temp_dir().join(format!("tapbus-bench-{}.key", std::process::id()));
+    std::fs::write(&key, [7u8; 32]).expect("key file");
+    for (name, mode) in [
+        ("views_clear+truncate", tapbus_privacy::Mode::Truncate),
+        ("views_clear+cryptopan", tapbus_privacy::Mode::CryptoPan),
+    ] {
+        let p = tapbus_privacy::Pseudonymizer::new(&tapbus_privacy::Settings {
+            client_ip: mode,
+            key_file: (mode == tapbus_privacy::Mode::CryptoPan).then(|| key.clone()),
+            ..Default::default()
+        })
+        .expect("pseudonymizer");
+        let views = [
+            event::View::default(),
+            event::View {
+                addr: Some(std::sync::Arc::new(Anon(p))),
+                ..Default::default()
+            },
+        ];
+        g.bench_function(name, |b| {
+            let mut outs = vec![Vec::with_capacity(4096), Vec::with_capacity(4096)];
+            let mut scratch = event::Scratch::default();
+            b.iter(|| {
+                for f in &frames {
+                    for o in &mut outs {
+                        o.clear();
+                    }
+                    let s = event::encode_views(
+                        f.clone(),
+                        "bench",
+                        &event::STANDARD,
+                        &views,
+                        &mut scratch,
+                        &mut outs,
+                    )
+                    .expect("encodes");
+                    black_box((&s, outs[1].len()));
+                }
+            })
+        });
+    }
+    let _ = std::fs::remove_file(&key);
+
     g.bench_function("fstrm_decode_all", |b| {
         b.iter(|| {
             let (frames, result) = decode_all(black_box(&file), DEFAULT_MAX_DATA_FRAME);
@@ -120,6 +168,19 @@ fn benches(c: &mut Criterion) {
         total,
         total / frames.len().max(1)
     );
+}
+
+/// The privacy crate's transform as the encoder's (what the broker wires).
+#[derive(Debug)]
+struct Anon(tapbus_privacy::Pseudonymizer);
+
+impl event::AddrMap for Anon {
+    fn addr(&self, ip: std::net::IpAddr) -> std::net::IpAddr {
+        self.0.addr(ip)
+    }
+    fn prefix(&self, ip: std::net::IpAddr, len: u8) -> std::net::IpAddr {
+        self.0.prefix(ip, len)
+    }
 }
 
 criterion_group!(decode, benches);
