@@ -130,6 +130,20 @@ fn summary(s: &tapbus_config::BrokerSettings) -> String {
                 InputSpec::Tls { addr, .. } => format!("tls:{addr}"),
                 InputSpec::DialTcp { addr, .. } => format!("dial+tcp:{addr}"),
                 InputSpec::DialUnix { path, .. } => format!("dial+unix:{}", path.display()),
+                InputSpec::DialTls { addr, tls, .. } => format!(
+                    "dial+tls:{addr} (server name {}{}{})",
+                    tls.server_name,
+                    if tls.client.is_some() {
+                        ", client certificate"
+                    } else {
+                        ""
+                    },
+                    if tls.skip_verify {
+                        ", NOT VERIFIED"
+                    } else {
+                        ""
+                    }
+                ),
                 InputSpec::File { path } => format!("file:{}", path.display()),
             };
             format!("{}={what}", i.name)

@@ -142,6 +142,13 @@ pub struct InputConfig {
     pub tls_key: Option<PathBuf>,
     /// tls: PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
     pub tls_client_ca: Option<PathBuf>,
+    /// dial+tls: PEM CA bundle the sender's certificate must chain to (default: the
+    /// system's bundle).
+    pub tls_ca: Option<PathBuf>,
+    /// dial+tls: the name the sender's certificate must carry (default: the URL's host).
+    pub tls_server_name: Option<String>,
+    /// dial+tls: accept any sender certificate (a warning at start); default false.
+    pub tls_skip_verify: Option<bool>,
     /// dial: first reconnect delay (default 100ms), doubled up to `reconnect_max`.
     #[serde(with = "humantime_serde")]
     pub reconnect_min: Option<Duration>,
@@ -242,9 +249,28 @@ pub enum InputSpec {
         path: PathBuf,
         backoff: Backoff,
     },
+    /// `dial+tls://HOST:PORT`: a `dnstap listen tls://` sender (CoreDNS).
+    DialTls {
+        addr: String,
+        backoff: Backoff,
+        tls: DialTlsSpec,
+    },
     File {
         path: PathBuf,
     },
+}
+
+/// How a `dial+tls://` input verifies the sender and presents itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialTlsSpec {
+    /// `None`: the system's CA bundle.
+    pub ca: Option<PathBuf>,
+    /// The client certificate and key (mTLS), both or neither.
+    pub client: Option<(PathBuf, PathBuf)>,
+    /// The name the sender's certificate must carry.
+    pub server_name: String,
+    /// Accept any sender certificate.
+    pub skip_verify: bool,
 }
 
 /// Reconnect delays for dial-out inputs.
@@ -574,7 +600,7 @@ fn validate_input(key: &str, i: &InputConfig) -> Result<InputSpec, ConfigError> 
     let (scheme, rest) = url.split_once("://").ok_or_else(|| {
         invalid(
             format!("{key}.url"),
-            format!("{url:?} is not a URL: use unix://, tcp://, tls://, dial+tcp://, dial+unix:// or file://"),
+            format!("{url:?} is not a URL: use unix://, tcp://, tls://, dial+tcp://, dial+unix://, dial+tls:// or file://"),
         )
     })?;
     let backoff = || -> Result<Backoff, ConfigError> {
@@ -630,6 +656,56 @@ fn validate_input(key: &str, i: &InputConfig) -> Result<InputSpec, ConfigError> 
             path: abs_path(key, rest)?,
             backoff: backoff()?,
         },
+        "dial+tls" => {
+            let addr = host_port(key, rest)?;
+            let client = match (&i.tls_cert, &i.tls_key) {
+                (None, None) => None,
+                (Some(_), None) | (None, Some(_)) => {
+                    return Err(invalid(
+                        format!("{key}.tls_cert"),
+                        "tls_cert and tls_key go together (the client certificate for mTLS)",
+                    ));
+                }
+                (c, k) => Some((
+                    need_path(key, "tls_cert", c)?,
+                    need_path(key, "tls_key", k)?,
+                )),
+            };
+            let ca = match &i.tls_ca {
+                None => None,
+                some => Some(need_path(key, "tls_ca", some)?),
+            };
+            let skip_verify = i.tls_skip_verify.unwrap_or(false);
+            if skip_verify && ca.is_some() {
+                return Err(invalid(
+                    format!("{key}.tls_skip_verify"),
+                    "tls_skip_verify = true accepts any certificate: drop tls_ca, or verify",
+                ));
+            }
+            let host = addr
+                .rsplit_once(':')
+                .map_or(addr.as_str(), |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let server_name = match i.tls_server_name.as_deref().map(str::trim) {
+                Some("") => {
+                    return Err(invalid(format!("{key}.tls_server_name"), "empty"));
+                }
+                Some(n) => n.to_string(),
+                None => host,
+            };
+            InputSpec::DialTls {
+                addr,
+                backoff: backoff()?,
+                tls: DialTlsSpec {
+                    ca,
+                    client,
+                    server_name,
+                    skip_verify,
+                },
+            }
+        }
         "file" => {
             let path = abs_path(key, rest)?;
             match std::fs::metadata(&path) {
@@ -653,23 +729,39 @@ fn validate_input(key: &str, i: &InputConfig) -> Result<InputSpec, ConfigError> 
             return Err(invalid(
                 format!("{key}.url"),
                 format!(
-                    "unsupported scheme {other:?}: use unix, tcp, tls, dial+tcp, dial+unix or file"
+                    "unsupported scheme {other:?}: use unix, tcp, tls, dial+tcp, dial+unix, dial+tls or file"
                 ),
             ));
         }
     };
-    let tls_only = [
-        ("tls_cert", i.tls_cert.is_some()),
-        ("tls_key", i.tls_key.is_some()),
-        ("tls_client_ca", i.tls_client_ca.is_some()),
+    let tls_keys = [
+        ("tls_cert", i.tls_cert.is_some(), "tls:// and dial+tls://"),
+        ("tls_key", i.tls_key.is_some(), "tls:// and dial+tls://"),
+        ("tls_client_ca", i.tls_client_ca.is_some(), "tls://"),
+        ("tls_ca", i.tls_ca.is_some(), "dial+tls://"),
+        (
+            "tls_server_name",
+            i.tls_server_name.is_some(),
+            "dial+tls://",
+        ),
+        (
+            "tls_skip_verify",
+            i.tls_skip_verify.is_some(),
+            "dial+tls://",
+        ),
     ];
-    if let Some((f, _)) = tls_only.iter().find(|(_, set)| *set)
-        && !matches!(spec, InputSpec::Tls { .. })
-    {
-        return Err(invalid(
-            format!("{key}.{f}"),
-            "only applies to tls:// inputs",
-        ));
+    for (f, set, applies) in tls_keys {
+        let ok = match &spec {
+            InputSpec::Tls { .. } => applies.starts_with("tls://"),
+            InputSpec::DialTls { .. } => applies.contains("dial+tls://"),
+            _ => false,
+        };
+        if set && !ok {
+            return Err(invalid(
+                format!("{key}.{f}"),
+                format!("only applies to {applies} inputs"),
+            ));
+        }
     }
     if !matches!(spec, InputSpec::Unix { .. })
         && (i.socket_mode.is_some() || i.socket_group.is_some())

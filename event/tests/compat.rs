@@ -70,11 +70,19 @@ fn version_2_events_are_version_1_events_plus_additions() {
         if new_v["dns"]["qname-registered"].is_string() {
             added += 1;
         }
-        assert_eq!(as_v1(new_v), old_v, "event {i}: more than additions changed");
+        assert_eq!(
+            as_v1(new_v),
+            old_v,
+            "event {i}: more than additions changed"
+        );
         // What a version 1 consumer reads: the same view of both.
         let a = EventView::parse(old.as_bytes()).expect("v1 parses");
         let b = EventView::parse(new).expect("v2 parses");
-        assert_eq!(format!("{a:?}"), format!("{b:?}"), "event {i}: the views differ");
+        assert_eq!(
+            format!("{a:?}"),
+            format!("{b:?}"),
+            "event {i}: the views differ"
+        );
     }
     assert!(added > 150, "registered domains on {added} of 250 events");
 }

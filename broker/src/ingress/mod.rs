@@ -85,6 +85,23 @@ pub async fn start(name: &str, spec: &InputSpec, shared: &Shared) -> Result<Star
         InputSpec::DialUnix { path, backoff } => {
             Started::Listening(dial::start_unix(path, backoff, im, shared.clone()))
         }
+        InputSpec::DialTls { addr, backoff, tls } => {
+            let (connector, server_name) = dial::connector(&tls).map_err(err)?;
+            if tls.skip_verify {
+                tracing::warn!(
+                    input = %im.name,
+                    "tls_skip_verify = true: the sender's certificate is not verified (anyone on the path can pose as it)"
+                );
+            }
+            Started::Listening(dial::start_tls(
+                addr,
+                backoff,
+                connector,
+                server_name,
+                im,
+                shared.clone(),
+            ))
+        }
         InputSpec::File { path } => {
             let f = tokio::fs::File::open(&path)
                 .await

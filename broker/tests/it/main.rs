@@ -5,6 +5,7 @@
 mod accounting;
 mod cli;
 mod dial;
+mod dial_tls;
 mod dns_server;
 mod examples;
 mod filter;
