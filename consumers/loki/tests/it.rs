@@ -782,3 +782,130 @@ fn bad_configuration_exits_2_naming_the_key() {
             .contains("encoding")
     );
 }
+
+/// `[privacy]`: from clear events on the bus, tapbus-loki stores lines whose client
+/// addresses are truncated (every one, ECS prefixes included), with the structured
+/// metadata read from the rewritten line; every event arrives once.
+#[test]
+fn privacy_view_stores_pseudonymised_lines_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start_jetstream(&dir.path().join("js"));
+    let r = LokiReceiver::start_with(old_captures_ok());
+    let mut published = Vec::new();
+    for name in ["unbound.fstrm", "dnsdist.fstrm"] {
+        published.extend(replay(nats.url(), name));
+    }
+    let mut loki = start_loki(
+        dir.path(),
+        "loki",
+        &js_input(&nats, "loki-private"),
+        &r.push_url(),
+        &[],
+        &[
+            ("TAPBUS_LOG", "info"),
+            ("TAPBUS_PRIVACY__CLIENT_IP", "truncate"),
+            ("TAPBUS_PRIVACY__TRUNCATE_V4", "16"),
+            ("TAPBUS_PRIVACY__TRUNCATE_V6", "32"),
+            ("TAPBUS_LABELS__STRUCTURED_METADATA", "[query_address]"),
+        ],
+    );
+    wait(
+        "every line in the receiver",
+        Duration::from_secs(120),
+        &[&loki],
+        || r.len() >= published.len(),
+    );
+    let entries = r.entries();
+    assert_eq!(entries.len(), published.len());
+    // The lines are the published events with every client address truncated.
+    let truncate = |a: &str| -> String {
+        match a.parse::<std::net::IpAddr>().expect("address") {
+            std::net::IpAddr::V4(v4) => {
+                let o = v4.octets();
+                std::net::Ipv4Addr::new(o[0], o[1], 0, 0).to_string()
+            }
+            std::net::IpAddr::V6(v6) => {
+                let mut o = v6.octets();
+                o[4..].fill(0);
+                std::net::Ipv6Addr::from(o).to_string()
+            }
+        }
+    };
+    let mut want: Vec<Value> = published
+        .iter()
+        .map(|p| {
+            let mut ev: Value = serde_json::from_str(p).expect("event");
+            for k in ["query-ip", "response-ip"] {
+                if let Some(a) = ev["network"][k].as_str() {
+                    ev["network"][k] = truncate(a).into();
+                }
+            }
+            if let Some(opts) = ev
+                .get_mut("edns")
+                .and_then(|e| e.get_mut("options"))
+                .and_then(|o| o.as_array_mut())
+            {
+                for o in opts.iter_mut().filter(|o| o["code"] == 8) {
+                    let (a, len) = o["data"]
+                        .as_str()
+                        .and_then(|d| d.split_once('/'))
+                        .map(|(a, l)| (a.to_string(), l.to_string()))
+                        .expect("subnet");
+                    let l: u8 = len.parse().expect("len");
+                    let t = truncate(&a);
+                    // The shorter of the two prefixes: the subnet's own, or the view's.
+                    let ip: std::net::IpAddr = t.parse().expect("ip");
+                    let keep = match ip {
+                        std::net::IpAddr::V4(_) => l.min(16),
+                        std::net::IpAddr::V6(_) => l.min(32),
+                    };
+                    let masked = match a.parse::<std::net::IpAddr>().expect("ip") {
+                        std::net::IpAddr::V4(v4) => {
+                            let m = u32::from(v4)
+                                & (u32::MAX.checked_shl(32 - u32::from(keep)).unwrap_or(0));
+                            std::net::Ipv4Addr::from(m).to_string()
+                        }
+                        std::net::IpAddr::V6(v6) => {
+                            let m = u128::from(v6)
+                                & (u128::MAX.checked_shl(128 - u32::from(keep)).unwrap_or(0));
+                            std::net::Ipv6Addr::from(m).to_string()
+                        }
+                    };
+                    o["data"] = format!("{masked}/{l}").into();
+                }
+            }
+            ev
+        })
+        .collect();
+    let mut got: Vec<Value> = entries
+        .iter()
+        .map(|e| serde_json::from_str(&e.line).expect("line"))
+        .collect();
+    let order = |v: &Value| v.to_string();
+    want.sort_by_key(order);
+    got.sort_by_key(order);
+    assert!(got == want, "the lines are not the truncated events");
+    for e in &entries {
+        let ev: Value = serde_json::from_str(&e.line).expect("line");
+        let meta: BTreeMap<_, _> = e.structured_metadata.iter().cloned().collect();
+        assert_eq!(
+            meta.get("query_address").map(String::as_str),
+            ev["network"]["query-ip"].as_str(),
+            "metadata from the rewritten line"
+        );
+        // (127.53.0.0/24, an ECS subnet, stays as it is: /16 keeps all its set bits.)
+        // Outside the records (DNS data: glue addresses of name servers, not clients).
+        let mut outside = ev.clone();
+        if let Some(d) = outside["dns"].as_object_mut() {
+            d.remove("resource-records");
+        }
+        let outside = outside.to_string();
+        for clear in ["127.53.0.20", "127.53.0.40", "\"::1\""] {
+            assert!(!outside.contains(clear), "{clear} in {}", e.line);
+        }
+    }
+    let text = loki.metrics();
+    assert_eq!(metric(&text, "tapbus_loki_dropped_lines_total", &[]), 0.0);
+    assert!(loki.log().contains("pseudonymised client addresses"));
+    assert!(loki.proc.terminate().success(), "{}", loki.log());
+}
