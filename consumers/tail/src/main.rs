@@ -41,9 +41,14 @@ struct Cli {
     /// TOML configuration file with an [input] table (see config/tail.toml).
     #[arg(short, long, env = "TAPBUS_CONFIG")]
     config: Option<PathBuf>,
-    /// Print the events' JSON (one object per line) instead of the text form.
+    /// Print the events' JSON (one object per line) instead of the text form; the same as
+    /// --format json.
     #[arg(long)]
     json: bool,
+    /// Output: text (one readable line per event, the default), json (the JSON as it
+    /// came, one per line) or yaml (one YAML document per event, for reading one by one).
+    #[arg(long, value_name = "FORMAT")]
+    format: Option<String>,
     /// Only events matching EXPR, e.g. 'operation=CLIENT_RESPONSE rcode=NXDOMAIN
     /// qname~example\.com$' (docs/filters.md); repeatable, all must match.
     #[arg(short, long = "filter", value_name = "EXPR")]
@@ -98,6 +103,7 @@ fn settings(cli: &Cli) -> Result<(ConsumerInputSpec, Tail), ConfigError> {
         filters: &cli.filters,
         count: cli.count,
         json: cli.json,
+        format: cli.format.as_deref(),
     })
 }
 

@@ -18,6 +18,8 @@ pub struct Flags<'a> {
     pub filters: &'a [String],
     pub count: Option<u64>,
     pub json: bool,
+    /// `--format`: text, json or yaml (`--json` is `--format json`).
+    pub format: Option<&'a str>,
 }
 
 /// The configuration file (`--config`, then `TAPBUS_*`).
@@ -55,10 +57,23 @@ pub fn settings(flags: &Flags<'_>) -> Result<(ConsumerInputSpec, Tail), ConfigEr
             msg: "must be at least 1".into(),
         });
     }
-    let format = if flags.json {
-        Format::Json
-    } else {
-        Format::Text
+    let format = match (flags.format, flags.json) {
+        (None, false) => Format::Text,
+        (None | Some("json"), true) | (Some("json"), false) => Format::Json,
+        (Some("text"), false) => Format::Text,
+        (Some("yaml"), false) => Format::Yaml,
+        (Some(f), true) => {
+            return Err(ConfigError::Invalid {
+                key: "--json".into(),
+                msg: format!("is --format json, and --format {f} is given too"),
+            });
+        }
+        (Some(f), false) => {
+            return Err(ConfigError::Invalid {
+                key: "--format".into(),
+                msg: format!("{f:?}: use text, json or yaml"),
+            });
+        }
     };
     Ok((spec, Tail::new(filters, format)))
 }
@@ -81,6 +96,9 @@ pub enum Format {
     Text,
     /// The event's JSON exactly as it came off the bus.
     Json,
+    /// One YAML document per message (`---` first), keys in the JSON's order, for a
+    /// person reading events one by one (like `dnstap -y`).
+    Yaml,
 }
 
 /// Filters and format; reused scratch space.
@@ -107,6 +125,7 @@ impl Tail {
         let format = match self.format {
             Format::Text => "text",
             Format::Json => "json",
+            Format::Yaml => "yaml",
         };
         if filters.is_empty() {
             format!("no filter, {format}")
@@ -133,6 +152,7 @@ impl Tail {
                 out.write_all(payload)?;
                 out.write_all(b"\n")?;
             }
+            Format::Yaml => return yaml(payload, out),
             Format::Text => {
                 self.line.clear();
                 tapbus_event::write_line(&view, &mut self.line);
@@ -162,6 +182,7 @@ impl Tail {
                 out.write_all(payload)?;
                 out.write_all(b"\n")?;
             }
+            Format::Yaml => return yaml(payload, out),
             Format::Text => {
                 self.line.clear();
                 kind.write_text(&mut self.line);
@@ -169,6 +190,101 @@ impl Tail {
             }
         }
         Ok(Handled::Printed)
+    }
+}
+
+/// One YAML document for a JSON message, keys in their order. Every string is written
+/// double-quoted (JSON's escapes are YAML's), so no YAML 1.1 reader takes a timestamp,
+/// `yes` or `on` for anything but the string it is.
+fn yaml(payload: &[u8], out: &mut impl Write) -> std::io::Result<Handled> {
+    let value: serde_norway::Value = match serde_json::from_slice(payload) {
+        Ok(v) => v,
+        Err(e) => return Ok(Handled::Bad(format!("not JSON: {e}"))),
+    };
+    let mut text = String::from("---\n");
+    write_yaml(&value, 0, &mut text);
+    out.write_all(text.as_bytes())?;
+    Ok(Handled::Printed)
+}
+
+/// Block-style YAML of a JSON value at `indent` (a mapping's or sequence's items each on
+/// their own line; scalars and empty collections inline).
+fn write_yaml(v: &serde_norway::Value, indent: usize, out: &mut String) {
+    use serde_norway::Value as Y;
+    let pad = |out: &mut String, n: usize| out.extend(std::iter::repeat_n(' ', n));
+    match v {
+        Y::Mapping(m) if !m.is_empty() => {
+            for (k, v) in m {
+                pad(out, indent);
+                key(k, out);
+                out.push(':');
+                child(v, indent, out);
+            }
+        }
+        Y::Sequence(s) if !s.is_empty() => {
+            for v in s {
+                pad(out, indent);
+                out.push('-');
+                child(v, indent, out);
+            }
+        }
+        other => {
+            pad(out, indent);
+            scalar(other, out);
+            out.push('\n');
+        }
+    }
+}
+
+/// After `key:` or `-`: a scalar on the same line, a collection on the next lines.
+fn child(v: &serde_norway::Value, indent: usize, out: &mut String) {
+    use serde_norway::Value as Y;
+    match v {
+        Y::Mapping(m) if !m.is_empty() => {
+            out.push('\n');
+            write_yaml(v, indent + 2, out);
+        }
+        Y::Sequence(s) if !s.is_empty() => {
+            out.push('\n');
+            write_yaml(v, indent + 2, out);
+        }
+        other => {
+            out.push(' ');
+            scalar(other, out);
+            out.push('\n');
+        }
+    }
+}
+
+/// A key plain when it is a plain word no YAML reader reads as anything else
+/// (`query-ip`), else quoted.
+fn key(k: &serde_norway::Value, out: &mut String) {
+    if let serde_norway::Value::String(s) = k
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && !matches!(
+            s.as_str(),
+            "y" | "n" | "yes" | "no" | "on" | "off" | "true" | "false" | "null"
+        )
+    {
+        out.push_str(s);
+    } else {
+        scalar(k, out);
+    }
+}
+
+fn scalar(v: &serde_norway::Value, out: &mut String) {
+    use serde_norway::Value as Y;
+    match v {
+        Y::Null => out.push_str("null"),
+        Y::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Y::Number(n) => out.push_str(&n.to_string()),
+        Y::String(s) => out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())),
+        Y::Mapping(m) if m.is_empty() => out.push_str("{}"),
+        Y::Sequence(s) if s.is_empty() => out.push_str("[]"),
+        // Not from JSON (tags, non-empty collections as keys): as JSON, a YAML flow form.
+        other => out.push_str(&serde_json::to_string(other).unwrap_or_else(|_| "null".into())),
     }
 }
 
@@ -347,6 +463,38 @@ mod tests {
 
     const RECORD: &str = r#"{"id":"client.1795315290000000000.0123456789abcdef0123456789abcdef","reduction":"client","window-start":"2026-11-22T02:41:30.000000000Z","window-start-ns":1795315290000000000,"window-end":"2026-11-22T02:41:40.000000000Z","window-end-ns":1795315300000000000,"identity":"ns1","key":{"query-ip":"10.0.0.1","qname":"example.com","rcode":null},"count":3,"first-ns":1795315290000000001,"last-ns":1795315299000000000,"bytes":180,"late":true,"overflow":false}"#;
     const BATCH: &str = r#"{"instance":"agg-1","seq":7,"timestamp_ms":1795315298535,"series":[{"name":"dnstap_messages_total","labels":{"instance":"agg-1","identity":"ns1"},"value":42.0},{"name":"dnstap_up","labels":{"instance":"agg-1"},"value":1.0}]}"#;
+
+    #[test]
+    fn yaml_documents_hold_every_field_in_order() {
+        let mut t = Tail::new(Vec::new(), Format::Yaml);
+        let mut out = Vec::new();
+        assert_eq!(
+            t.handle(RESPONSE.as_bytes(), &mut out).expect("write"),
+            Handled::Printed
+        );
+        assert_eq!(
+            t.handle(RESPONSE.as_bytes(), &mut out).expect("write"),
+            Handled::Printed
+        );
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(text.starts_with("---\nnetwork:\n"), "{text}");
+        let want: serde_json::Value = serde_json::from_str(RESPONSE).expect("json");
+        let docs: Vec<serde_json::Value> = text
+            .split("---\n")
+            .filter(|d| !d.is_empty())
+            .map(|d| serde_norway::from_str(d).expect("YAML parses"))
+            .collect();
+        assert_eq!(docs, vec![want.clone(), want]);
+        // The JSON's order, not sorted: network, dns, edns, dnstap.
+        let keys: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .take_while(|l| *l != "---")
+            .filter(|l| !l.starts_with(' '))
+            .filter_map(|l| l.split(':').next())
+            .collect();
+        assert_eq!(keys, ["network", "dns", "edns", "dnstap"]);
+    }
 
     #[test]
     fn records_and_batches_are_printed_too() {

@@ -675,3 +675,62 @@ fn cluster_survives_a_killed_node() {
         "the stream held more than was published"
     );
 }
+
+/// `--format yaml`: one YAML document per event, read back with a YAML 1.1 parser (PyYAML,
+/// as an operator's script would: it takes unquoted timestamps and `on` for dates and
+/// booleans), each the published event.
+#[test]
+fn yaml_documents_over_nats_parse_to_the_published_events() {
+    let nats = Nats::start();
+    let d = dir();
+    let n = testdata::expected_count(CAPTURE).to_string();
+    let tail = Tail::start(
+        d.path(),
+        "tail",
+        &[
+            "--input",
+            nats.url(),
+            "--format",
+            "yaml",
+            "--count",
+            &n,
+            "--timeout",
+            "60s",
+        ],
+    );
+    tail.wait_subscribed();
+    let published = publish(nats.url(), &[]);
+    let out = tail.out.clone();
+    let (code, _) = tail.finish(Duration::from_secs(70));
+    assert_eq!(code, 0, "exit code");
+    // The venv scripts/install-test-deps.sh makes (examples/python/requirements.txt).
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/py-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/install-test-deps.sh",
+        python.display()
+    );
+    let py = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import sys, json, yaml\nfor d in yaml.safe_load_all(open(sys.argv[1])):\n    print(json.dumps(d))",
+        ])
+        .arg(&out)
+        .output()
+        .expect("python3");
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let got: Vec<serde_json::Value> = String::from_utf8_lossy(&py.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let want: Vec<serde_json::Value> = published
+        .iter()
+        .map(|p| serde_json::from_str(p).expect("json"))
+        .collect();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "the YAML documents differ from the events");
+}
