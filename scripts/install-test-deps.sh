@@ -3,6 +3,7 @@
 #   nats-server  the bus the integration tests publish to
 #   fstrm-bin    fstrm_replay / fstrm_capture, real Frame Streams senders and readers
 #   unbound      a real DNS server writing dnstap in the integration tests
+#   nsd          NSD, an authoritative server writing dnstap (broker/tests/it/dns_server.rs)
 #   bind9        BIND named, run with named/'s authoritative and caching configs by
 #                compose/tests (deploy tests)
 #   bind9-dnsutils  dig, to send it queries
@@ -33,6 +34,7 @@ command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=
 command -v fstrm_replay >/dev/null 2>&1 || need+=(fstrm-bin)
 command -v unbound >/dev/null 2>&1 || [ -x /usr/sbin/unbound ] || need+=(unbound)
 command -v named >/dev/null 2>&1 || [ -x /usr/sbin/named ] || need+=(bind9)
+command -v nsd >/dev/null 2>&1 || [ -x /usr/sbin/nsd ] || need+=(nsd)
 command -v dig >/dev/null 2>&1 || need+=(bind9-dnsutils)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
