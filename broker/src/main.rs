@@ -189,6 +189,7 @@ fn summary(s: &tapbus_config::BrokerSettings) -> String {
                     }
                 }
                 OutputKind::Stdout => "stdout".into(),
+                OutputKind::TcpJson { addr, .. } => format!("tcp+json:{addr}"),
             };
             if let Some(f) = &o.filter {
                 what.push_str(&format!(" filter=\"{f}\""));

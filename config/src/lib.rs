@@ -222,6 +222,12 @@ pub struct OutputConfig {
     pub filter: Option<String>,
     /// What this output shows of the client (docs/privacy.md); default: everything.
     pub privacy: Option<PrivacyConfig>,
+    /// tcp+json: first reconnect delay (default 100ms), doubled up to `reconnect_max`.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min: Option<Duration>,
+    /// tcp+json: longest reconnect delay (default 10s).
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Option<Duration>,
 }
 
 /// Validated input.
@@ -287,6 +293,11 @@ pub enum OutputKind {
     Mqtt(MqttSpec),
     Redis(RedisSpec),
     Stdout,
+    /// `tcp+json://HOST:PORT`: JSON lines over TCP (Logstash `tcp` input, `json_lines`).
+    TcpJson {
+        addr: String,
+        backoff: Backoff,
+    },
 }
 
 /// Validated JetStream settings.
@@ -948,6 +959,18 @@ fn validate_output_at(
         only(field, set, &nats, "NATS")?;
     }
     only("mode", o.mode.is_some(), &redis, "Redis")?;
+    only(
+        "reconnect_min",
+        o.reconnect_min.is_some(),
+        &["tcp+json"],
+        "tcp+json",
+    )?;
+    only(
+        "reconnect_max",
+        o.reconnect_max.is_some(),
+        &["tcp+json"],
+        "tcp+json",
+    )?;
     only("key", o.key.is_some(), &redis, "Redis")?;
     only("max_len", o.max_len.is_some(), &redis, "Redis")?;
     let kind = if url == "stdout" || url == "stdout://" {
@@ -963,6 +986,33 @@ fn validate_output_at(
             ));
         }
         OutputKind::Stdout
+    } else if scheme == "tcp+json" {
+        let rest = url.trim_start_matches("tcp+json://");
+        if o.connect
+            != (ConnectConfig {
+                url: o.connect.url.clone(),
+                ..Default::default()
+            })
+        {
+            return Err(invalid(
+                key.clone(),
+                "a tcp+json output takes no connection keys (plain TCP)",
+            ));
+        }
+        let backoff = Backoff {
+            min: o.reconnect_min.unwrap_or(Duration::from_millis(100)),
+            max: o.reconnect_max.unwrap_or(Duration::from_secs(10)),
+        };
+        if backoff.min.is_zero() || backoff.max < backoff.min {
+            return Err(invalid(
+                format!("{key}.reconnect_max"),
+                "reconnect_min must be > 0 and reconnect_max >= reconnect_min",
+            ));
+        }
+        OutputKind::TcpJson {
+            addr: host_port(&key, rest)?,
+            backoff,
+        }
     } else if url.is_empty() {
         return Err(invalid(format!("{key}.url"), "missing"));
     } else if scheme == "jetstream" {
@@ -979,7 +1029,7 @@ fn validate_output_at(
                     invalid(
                         k,
                         format!(
-                            "unsupported output {url:?}: use nats://, mqtt://, mqtts://, redis://, rediss:// or stdout"
+                            "unsupported output {url:?}: use nats://, mqtt://, mqtts://, redis://, rediss://, tcp+json:// or stdout"
                         ),
                     )
                 }

@@ -22,5 +22,6 @@ mod redis;
 mod replay;
 mod restart;
 mod start_order;
+mod tcp_json;
 mod tls;
 mod url_keys;

@@ -8,12 +8,14 @@
 //! * [`mqtt`]: QoS 0 or 1, MQTT 3.1.1 or 5.
 //! * [`redis`]: `PUBLISH`, `RPUSH` (list) or `XADD` (stream), pipelined.
 //! * [`stdout`]: JSON lines.
+//! * [`tcp_json`]: JSON lines over TCP (Logstash `tcp` input), written but unconfirmed.
 
 pub mod mqtt;
 pub mod nats;
 pub mod redis;
 pub mod settle;
 pub mod stdout;
+pub mod tcp_json;
 
 use std::sync::Arc;
 
@@ -83,5 +85,8 @@ pub fn spawn(name: String, kind: OutputKind, rx: Queue, metrics: PublishMetrics)
         OutputKind::Mqtt(m) => tokio::spawn(mqtt::run(name, m, rx, metrics)),
         OutputKind::Redis(r) => tokio::spawn(redis::run(name, r, rx, metrics)),
         OutputKind::Stdout => tokio::spawn(stdout::run(rx, metrics)),
+        OutputKind::TcpJson { addr, backoff } => {
+            tokio::spawn(tcp_json::run(name, addr, backoff, rx, metrics))
+        }
     }
 }
