@@ -3,7 +3,10 @@
 //! what else the machine is doing.
 //!
 //! `cargo build --release -p tapbus-event --example parse_loop &&
-//!  valgrind --tool=callgrind target/release/examples/parse_loop [hand|serde|sonic]`
+//!  valgrind --tool=callgrind target/release/examples/parse_loop [hand|serde|geo]`
+//!
+//! `geo`: the same events with the `geo` object and `schema-version` of a broker with
+//! `[enrich.geoip]` after `dnstap`, read by the hand-written reader.
 
 use std::hint::black_box;
 
@@ -16,9 +19,17 @@ fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(200);
     let path = tapbus_testsupport::testdata::path("bulk-100k.fstrm");
-    let events: Vec<Vec<u8>> = tapbus_testsupport::testdata::events_in(&path)
+    let mut events: Vec<Vec<u8>> = tapbus_testsupport::testdata::events_in(&path)
         .take(200)
         .collect();
+    if which == "geo" {
+        for e in &mut events {
+            e.pop();
+            e.extend_from_slice(
+                br#","geo":{"country":"FR","city":"Paris","asn":3215,"as-org":"Orange"},"schema-version":2}"#,
+            );
+        }
+    }
     if std::env::var_os("SHOW").is_some() {
         println!("{}", String::from_utf8_lossy(&events[0]));
     }

@@ -19,6 +19,8 @@
 //! | `server` | `network.response-ip`: the same |
 //! | `protocol` | `UDP`, `TCP`, `DOT`, `DOH`, `DNSCryptUDP`, `DNSCryptTCP`, `DOQ` |
 //! | `family` | `INET`, `INET6` |
+//! | `country` | `geo.country`, the client's ISO 3166-1 alpha-2 code (`FR`, `de`; ASCII case-insensitive); needs the broker's `[enrich.geoip]` |
+//! | `asn` | `geo.asn`, the client's autonomous system number (`3215`, `AS3215`) |
 //!
 //! An event without the field (no qname, no address, ...) never matches `=` or `~` and
 //! always matches `!=` and `!~`. Values cannot contain spaces; only the regex may contain
@@ -43,7 +45,8 @@ pub struct FilterError {
     pub reason: String,
 }
 
-const FIELDS: &str = "identity, operation, qname, qtype, rcode, client, server, protocol, family";
+const FIELDS: &str =
+    "identity, operation, qname, qtype, rcode, client, server, protocol, family, country, asn";
 
 /// A parsed filter expression (see the [module docs](self)).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -69,6 +72,8 @@ enum Field {
     Server,
     Protocol,
     Family,
+    Country,
+    Asn,
 }
 
 impl Field {
@@ -83,6 +88,8 @@ impl Field {
             "server" => Field::Server,
             "protocol" => Field::Protocol,
             "family" => Field::Family,
+            "country" => Field::Country,
+            "asn" => Field::Asn,
             _ => return None,
         })
     }
@@ -98,6 +105,8 @@ impl Field {
             Field::Server => "server",
             Field::Protocol => "protocol",
             Field::Family => "family",
+            Field::Country => "country",
+            Field::Asn => "asn",
         }
     }
 }
@@ -115,6 +124,8 @@ enum Test {
     Regex(Regex),
     /// client, server.
     Nets(Vec<IpNet>),
+    /// asn.
+    Asns(Vec<u32>),
 }
 
 impl PartialEq for Test {
@@ -127,6 +138,7 @@ impl PartialEq for Test {
             (Test::Names(a), Test::Names(b)) => a == b,
             (Test::Regex(a), Test::Regex(b)) => a.as_str() == b.as_str(),
             (Test::Nets(a), Test::Nets(b)) => a == b,
+            (Test::Asns(a), Test::Asns(b)) => a == b,
             _ => false,
         }
     }
@@ -308,6 +320,7 @@ impl fmt::Display for Term {
             Test::Operation(v) => list(f, v),
             Test::Protocol(v) => list(f, v),
             Test::Family(v) => list(f, v),
+            Test::Asns(v) => list(f, v),
             Test::Names(v) => list(f, v),
             Test::Regex(r) => f.write_str(r.as_str()),
             Test::Nets(v) => {
@@ -387,6 +400,26 @@ impl Term {
         }
         let test = match field {
             Field::Identity => Test::Text(items.iter().map(|s| (*s).to_owned()).collect()),
+            Field::Country => Test::Text(each(&items, |s| {
+                if s.len() == 2 && s.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    Ok(s.to_ascii_uppercase())
+                } else {
+                    Err(err(format!(
+                        "`{s}` is not a country code; use ISO 3166-1 alpha-2 codes (FR, DE, US)"
+                    )))
+                }
+            })?),
+            Field::Asn => Test::Asns(each(&items, |s| {
+                let n = s
+                    .strip_prefix("AS")
+                    .or_else(|| s.strip_prefix("as"))
+                    .unwrap_or(s);
+                n.parse::<u32>().map_err(|_| {
+                    err(format!(
+                        "`{s}` is not an AS number; use a number (3215) or AS3215"
+                    ))
+                })
+            })?),
             Field::Qtype => Test::Text(each(&items, |s| {
                 names::canonical(names::TYPES, "TYPE", s).ok_or_else(|| {
                     err(format!(
@@ -457,11 +490,13 @@ impl Term {
                 let v = match self.field {
                     Field::Identity => ev.identity()?,
                     Field::Qtype => ev.qtype()?,
+                    Field::Country => ev.client_country()?,
                     _ => ev.rcode()?,
                 };
                 items.iter().any(|i| i.eq_ignore_ascii_case(v))
             }
             Test::Operation(items) => items.contains(&ev.operation()),
+            Test::Asns(items) => items.contains(&ev.client_asn()?),
             Test::Protocol(items) => items.contains(&ev.protocol()?),
             Test::Family(items) => items.contains(&ev.family()?),
             Test::Names(items) => {
@@ -565,6 +600,38 @@ mod tests {
                 .and(q("example"))
                 .matches(&v)
         );
+    }
+
+    #[test]
+    fn country_and_asn() {
+        let plain = std_event();
+        let geo = plain.strip_suffix('}').expect("object").to_owned()
+            + r#","geo":{"country":"FR","asn":3215,"as-org":"Orange"},"schema-version":2}"#;
+        let null = plain.strip_suffix('}').expect("object").to_owned() + r#","geo":null}"#;
+        assert!(m("country=FR", &geo));
+        assert!(m("country=de,fr", &geo));
+        assert!(!m("country=DE", &geo));
+        assert!(m("country!=DE", &geo));
+        assert!(m("asn=3215", &geo) && m("asn=AS1,AS3215", &geo));
+        assert!(!m("asn=3216", &geo) && m("asn!=3216", &geo));
+        // Without geo (GeoIP off, a private client): never `=`, always `!=`.
+        for e in [&plain, &null] {
+            assert!(!m("country=FR", e) && m("country!=FR", e));
+            assert!(!m("asn=3215", e) && m("asn!=3215", e));
+        }
+        let f = Filter::parse("country=fr,DE asn=as3215").expect("parses");
+        assert_eq!(f.to_string(), "country=FR,DE asn=3215");
+        assert_eq!(f, Filter::parse(&f.to_string()).expect("round trip"));
+        for bad in [
+            "country=FRA",
+            "country=F1",
+            "asn=x",
+            "asn=-1",
+            "asn=4294967296",
+            "country~F",
+        ] {
+            assert!(Filter::parse(bad).is_err(), "accepted {bad}");
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 
 use crate::ViewError;
-use crate::view::{Dns, Dnstap, Edns, EventView, Family, Flags, Network, Operation, Protocol};
+use crate::view::{Dns, Dnstap, Edns, EventView, Family, Flags, Geo, Network, Operation, Protocol};
 
 type R<T> = Result<T, ViewError>;
 
@@ -50,6 +50,7 @@ pub(crate) fn event(json: &[u8]) -> R<EventView<'_>> {
     let mut dns = None;
     let mut edns = None;
     let mut dnstap = None;
+    let mut geo = None;
     let mut obj = r.object()?;
     while let Some(f) = obj.next_field(&mut r, TOP, Top::Other)? {
         match f {
@@ -57,7 +58,8 @@ pub(crate) fn event(json: &[u8]) -> R<EventView<'_>> {
             Top::Dns => dns = Some(r.dns()?),
             Top::Edns => edns = r.opt(Reader::edns)?,
             Top::Dnstap => dnstap = Some(r.dnstap()?),
-            Top::Other => r.skip()?,
+            Top::Geo => geo = r.opt(Reader::geo)?,
+            Top::GeoResponse | Top::SchemaVersion | Top::Other => r.skip()?,
         }
     }
     r.ws();
@@ -69,6 +71,7 @@ pub(crate) fn event(json: &[u8]) -> R<EventView<'_>> {
         dns: dns.ok_or_else(|| missing("dns"))?,
         edns,
         dnstap: dnstap.ok_or_else(|| missing("dnstap"))?,
+        geo,
     })
 }
 
@@ -179,6 +182,16 @@ keys!(TOP: Top {
     Dns = "dns",
     Edns = "edns",
     Dnstap = "dnstap",
+    Geo = "geo",
+    GeoResponse = "geo-response",
+    SchemaVersion = "schema-version",
+});
+
+keys!(GEO: G {
+    Country = "country",
+    City = "city",
+    Asn = "asn",
+    AsOrg = "as-org",
 });
 
 keys!(NETWORK: Net {
@@ -831,6 +844,22 @@ impl<'a> Reader<'a> {
             }
         }
         Ok(e)
+    }
+
+    /// `geo` (an object; `null` is handled by the caller). Absent keys stay `None`.
+    fn geo(&mut self) -> R<Geo<'a>> {
+        let mut g = Geo::default();
+        let mut obj = self.object()?;
+        while let Some(f) = obj.next_field(self, GEO, G::Other)? {
+            match f {
+                G::Country => g.country = self.ostr()?,
+                G::City => g.city = self.ostr()?,
+                G::Asn => g.asn = self.opt(Self::uint)?,
+                G::AsOrg => g.as_org = self.ostr()?,
+                G::Other => self.skip()?,
+            }
+        }
+        Ok(g)
     }
 
     fn dnstap(&mut self) -> R<Dnstap<'a>> {

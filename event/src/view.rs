@@ -230,6 +230,44 @@ pub struct EventView<'a> {
     /// `dnstap`: operation, identity, times.
     #[serde(borrow)]
     pub dnstap: Dnstap<'a>,
+    /// `geo`: the client's (`query-ip`) country, city and AS (schema version 2, when the
+    /// broker has `[enrich.geoip]`). `None` when the event has none or it is `null`
+    /// (nothing known, an address that is not global, GeoIP off). `geo-response` and
+    /// `schema-version` are skipped.
+    #[serde(borrow, default)]
+    pub geo: Option<Geo<'a>>,
+}
+
+/// `geo`: what the broker's MaxMind databases know about an address. A field the
+/// databases do not know is absent in the event and `None` here.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Geo<'a> {
+    /// ISO 3166-1 alpha-2 country code (`FR`).
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    pub country: Option<Cow<'a, str>>,
+    /// City name (English).
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    pub city: Option<Cow<'a, str>>,
+    /// Autonomous system number.
+    #[serde(default)]
+    pub asn: Option<u32>,
+    /// The AS's organisation.
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    pub as_org: Option<Cow<'a, str>>,
+}
+
+impl Geo<'_> {
+    /// A copy that owns its strings.
+    pub fn into_owned(self) -> Geo<'static> {
+        let own = |c: Option<Cow<'_, str>>| c.map(|c| Cow::Owned(c.into_owned()));
+        Geo {
+            country: own(self.country),
+            city: own(self.city),
+            asn: self.asn,
+            as_org: own(self.as_org),
+        }
+    }
 }
 
 /// `network` (only `http-protocol` is skipped).
@@ -485,6 +523,26 @@ impl<'a> EventView<'a> {
         self.edns.is_some_and(|e| e.dnssec_ok)
     }
 
+    /// `geo.country`: the client's ISO 3166-1 alpha-2 country code.
+    pub fn client_country(&self) -> Option<&str> {
+        self.geo.as_ref()?.country.as_deref()
+    }
+
+    /// `geo.city`: the client's city.
+    pub fn client_city(&self) -> Option<&str> {
+        self.geo.as_ref()?.city.as_deref()
+    }
+
+    /// `geo.asn`: the client's autonomous system number.
+    pub fn client_asn(&self) -> Option<u32> {
+        self.geo.as_ref()?.asn
+    }
+
+    /// `geo.as-org`: the client's AS organisation.
+    pub fn client_as_org(&self) -> Option<&str> {
+        self.geo.as_ref()?.as_org.as_deref()
+    }
+
     /// A copy that owns its strings, to keep beyond the input buffer.
     pub fn into_owned(self) -> EventView<'static> {
         let own = |c: Option<Cow<'_, str>>| c.map(|c| Cow::Owned(c.into_owned()));
@@ -515,6 +573,7 @@ impl<'a> EventView<'a> {
                 latency: self.dnstap.latency,
                 query_zone: own(self.dnstap.query_zone),
             },
+            geo: self.geo.map(Geo::into_owned),
         }
     }
 }

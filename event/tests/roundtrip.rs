@@ -107,6 +107,70 @@ fn compare(view: &EventView<'_>, v: &Value) {
         }
         (None, j) => panic!("edns missing from the view: {j}"),
     }
+    match (&view.geo, &v["geo"]) {
+        (None, Value::Null) => {}
+        (Some(g), j) => {
+            assert!(j.is_object(), "geo: {j}");
+            assert_eq!(g.country.as_deref(), j["country"].as_str());
+            assert_eq!(g.city.as_deref(), j["city"].as_str());
+            assert_eq!(g.asn.map(u64::from), j["asn"].as_u64());
+            assert_eq!(g.as_org.as_deref(), j["as-org"].as_str());
+            assert_eq!(view.client_country(), j["country"].as_str());
+            assert_eq!(view.client_asn().map(u64::from), j["asn"].as_u64());
+        }
+        (None, j) => panic!("geo missing from the view: {j}"),
+    }
+}
+
+/// A stand-in for the broker's MaxMind lookup: a geo object chosen in turn (the test
+/// captures' clients are a handful of loopback addresses), with every shape the encoder
+/// writes (all four fields, some left out, an escaped organisation, a multi-byte city)
+/// and `null` for one lookup in four.
+#[derive(Debug, Default)]
+struct FakeGeo(std::sync::atomic::AtomicU32);
+
+impl tapbus_proto::event::GeoWriter for FakeGeo {
+    fn write_geo(&self, _ip: IpAddr, out: &mut Vec<u8>) -> bool {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Two lookups per event (geo and geo-response): the shape changes per event.
+        let obj: &[u8] = match (n / 2) % 4 {
+            0 => return false,
+            1 => br#"{"country":"FR","city":"Paris","asn":3215,"as-org":"Orange"}"#,
+            2 => br#"{"country":"DE","asn":4294967295}"#,
+            _ => br#"{"city":"S\u00e3o \"Paulo\"","as-org":"A \\ B"}"#,
+        };
+        out.extend_from_slice(obj);
+        true
+    }
+}
+
+/// The capture's events as a broker with `[enrich.geoip]` (and `response = true`) writes
+/// them: `geo`, `geo-response`, `schema-version` and the registered-domain keys.
+fn enriched_events_in(path: &Path) -> Vec<Vec<u8>> {
+    use tapbus_proto::event::view::registered_domain;
+    use tapbus_proto::event::{Enrich, Scratch, View, encode_views};
+    use tapbus_proto::fstrm;
+    let bytes = std::fs::read(path).expect("capture");
+    let (frames, _) = fstrm::decode_all(&bytes, fstrm::DEFAULT_MAX_DATA_FRAME);
+    let enrich = Enrich {
+        geo: Some(std::sync::Arc::new(FakeGeo::default())),
+        geo_response: true,
+        registered: Some(registered_domain),
+    };
+    let views = [View::default()];
+    let mut scratch = Scratch::default();
+    frames
+        .into_iter()
+        .filter_map(|f| {
+            let fstrm::Frame::Data(frame) = f else {
+                return None;
+            };
+            let mut outs = [Vec::new()];
+            encode_views(frame, "p", &enrich, &views, &mut scratch, &mut outs).ok()?;
+            let [out] = outs;
+            Some(out)
+        })
+        .collect()
 }
 
 /// Counts of what the comparison went through, so that the test cannot pass on nothing.
@@ -119,10 +183,16 @@ struct Seen {
     v6_client: usize,
     owned_qname: usize,
     malformed: usize,
+    with_geo: usize,
+    owned_geo: usize,
 }
 
 fn check_file(path: &Path, seen: &mut Seen) {
     let evs = tapbus_testsupport::testdata::events_in(path).collect::<Vec<_>>();
+    check_events(path, &evs, seen);
+}
+
+fn check_events(path: &Path, evs: &[Vec<u8>], seen: &mut Seen) {
     let mut line = String::new();
     for (i, e) in evs.iter().enumerate() {
         let v: Value = serde_json::from_slice(e).expect("encoder writes JSON");
@@ -162,6 +232,12 @@ fn check_file(path: &Path, seen: &mut Seen) {
         seen.v6_client += usize::from(view.client_ip().is_some_and(|ip| ip.is_ipv6()));
         seen.owned_qname += usize::from(matches!(view.dns.qname, Some(Cow::Owned(_))));
         seen.malformed += usize::from(view.dns.malformed_packet);
+        seen.with_geo += usize::from(view.geo.is_some());
+        seen.owned_geo += usize::from(
+            view.geo
+                .as_ref()
+                .is_some_and(|g| matches!(g.city, Some(Cow::Owned(_)))),
+        );
     }
 }
 
@@ -188,6 +264,91 @@ fn every_capture_event_reads_as_its_json() {
     assert!(seen.with_edns > 0 && seen.v6_client > 0, "{seen:?}");
     // Names are borrowed from the input in the common case.
     assert!(seen.owned_qname * 1000 < seen.events, "{seen:?}");
+    // The broker's events without GeoIP have no `geo`.
+    assert_eq!(seen.with_geo, 0, "{seen:?}");
+}
+
+/// The same captures as a broker with `[enrich.geoip]` writes them (schema version 2):
+/// `geo` is read field by field, by both readers alike, in the encoder's key order and in
+/// any other; `geo-response` and `schema-version` are skipped.
+#[test]
+fn enriched_capture_events_read_their_geo() {
+    let mut seen = Seen::default();
+    for name in tapbus_testsupport::testdata::captures() {
+        let path = tapbus_testsupport::testdata::path(&name);
+        let evs = enriched_events_in(&path);
+        assert_eq!(
+            evs.len(),
+            tapbus_testsupport::testdata::expected_count(&name),
+            "{name}"
+        );
+        assert!(
+            evs.iter()
+                .all(|e| e.windows(17).any(|w| w == b"\"schema-version\":")),
+            "{name}: not enriched"
+        );
+        check_events(&path, &evs, &mut seen);
+    }
+    eprintln!("{seen:?}");
+    assert!(seen.events > 100_000, "{seen:?}");
+    // Every shape of the fake lookup came up: objects and nulls, escaped strings.
+    assert!(seen.with_geo > seen.events / 2, "{seen:?}");
+    assert!(seen.with_geo < seen.events, "{seen:?}");
+    assert!(seen.owned_geo > 0, "{seen:?}");
+}
+
+#[test]
+fn geo_fields_and_wrong_geo_types() {
+    let base =
+        r#"{"network":{"query-ip":"81.2.69.1"},"dns":{},"dnstap":{"operation":"CLIENT_QUERY"}"#;
+    let ok = |tail: &str| {
+        let json = format!("{base}{tail}}}");
+        let fast = EventView::parse(json.as_bytes()).map(EventView::into_owned);
+        let slow = EventView::parse_serde_json(json.as_bytes()).map(EventView::into_owned);
+        assert_eq!(fast, slow, "{json}");
+        fast.unwrap_or_else(|e| panic!("{json}: {e}"))
+    };
+    let v = ok(
+        r#","geo":{"country":"FR","city":"Paris","asn":3215,"as-org":"Orange"},"geo-response":{"country":"US"},"schema-version":2"#,
+    );
+    assert_eq!(v.client_country(), Some("FR"));
+    assert_eq!(v.client_city(), Some("Paris"));
+    assert_eq!(v.client_asn(), Some(3215));
+    assert_eq!(v.client_as_org(), Some("Orange"));
+    let v = ok(r#","geo":null,"schema-version":2"#);
+    assert!(v.geo.is_none() && v.client_country().is_none() && v.client_asn().is_none());
+    let v = ok(r#","schema-version":2,"geo":{"as-org":"X","asn":7,"future":[1,{"a":2}]}"#);
+    assert_eq!(v.client_country(), None);
+    assert_eq!(v.client_asn(), Some(7));
+    let v = ok(r#","geo":{}"#);
+    assert_eq!(v.geo, Some(Default::default()));
+    for bad in [
+        r#","geo":"FR""#,
+        r#","geo":{"country":1}"#,
+        r#","geo":{"asn":"3215"}"#,
+        r#","geo":{"asn":-1}"#,
+        r#","geo":{"asn":4294967296}"#,
+        r#","geo":{"asn":1.5}"#,
+        r#","geo":{"city":true}"#,
+        r#","geo":{"country":"FR""#,
+    ] {
+        let json = format!("{base}{bad}}}");
+        assert!(
+            EventView::parse(json.as_bytes()).is_err(),
+            "accepted {json}"
+        );
+        assert!(
+            EventView::parse_serde_json(json.as_bytes()).is_err(),
+            "serde accepted {json}"
+        );
+    }
+    // The serde derive reads a struct from an array too (for every block); the reader
+    // wants the object the encoder writes.
+    let json = format!("{base},\"geo\":[]}}");
+    assert!(
+        EventView::parse(json.as_bytes()).is_err(),
+        "accepted {json}"
+    );
 }
 
 #[test]

@@ -10,6 +10,7 @@
 //! interval = "10s"          # how often the binary publishes a batch
 //! top_n = 10                # ranks exported per identity for qnames and clients, 0: off
 //! top_capacity = 100        # keys the space-saving summary monitors per identity
+//! geo_top_n = 100           # countries / ASNs with a series per identity, 0: off
 //! ```
 
 use std::time::Duration;
@@ -59,6 +60,11 @@ pub struct AggregateConfig {
     /// Keys monitored per identity and family by the space-saving summary (default 100,
     /// at least `top_n`, at most 10,000): more is more accurate for a long tail.
     pub top_capacity: usize,
+    /// Countries and ASNs with their own series per identity in
+    /// `dnstap_client_country_total` / `dnstap_client_asn_total` (default 100, at most
+    /// 10,000; 0 turns both families off). The first `geo_top_n` distinct keys of an
+    /// identity keep a series for good; later new keys are counted as `other`.
+    pub geo_top_n: usize,
 }
 
 impl Default for AggregateConfig {
@@ -72,6 +78,7 @@ impl Default for AggregateConfig {
             interval: Duration::from_secs(10),
             top_n: 10,
             top_capacity: 100,
+            geo_top_n: 100,
         }
     }
 }
@@ -87,6 +94,7 @@ pub struct AggregateSpec {
     pub interval: Duration,
     pub top_n: usize,
     pub top_capacity: usize,
+    pub geo_top_n: usize,
 }
 
 impl AggregateSpec {
@@ -155,6 +163,12 @@ impl AggregateConfig {
                 ),
             ));
         }
+        if self.geo_top_n > 10_000 {
+            return Err(err(
+                "geo_top_n",
+                format!("{}: at most 10000", self.geo_top_n),
+            ));
+        }
         Ok(AggregateSpec {
             instance: inst.to_owned(),
             max_identities: self.max_identities,
@@ -164,6 +178,7 @@ impl AggregateConfig {
             interval: self.interval,
             top_n: self.top_n,
             top_capacity: self.top_capacity,
+            geo_top_n: self.geo_top_n,
         })
     }
 }

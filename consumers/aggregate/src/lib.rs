@@ -58,6 +58,9 @@
 //! | `dnstap_top_qname_info` | gauge (1) | identity, rank, qname | the same |
 //! | `dnstap_top_client_count` | gauge | identity, rank | `*_QUERY` with a query-ip |
 //! | `dnstap_top_client_info` | gauge (1) | identity, rank, client | the same |
+//! | `dnstap_client_country_total` | counter | identity, country | `*_QUERY` (`geo_top_n > 0`) |
+//! | `dnstap_client_asn_total` | counter | identity, asn, as_org | `*_QUERY` (`geo_top_n > 0`) |
+//! | `tapbus_aggregate_geo_folded_total` | counter | metric | `*_QUERY` folded into `other` |
 //! | `tapbus_aggregate_events_total` | counter | | every event |
 //! | `tapbus_aggregate_identity_overflow_total` | counter | | identities beyond `max_identities` |
 //! | `tapbus_aggregate_zone_overflow_total` | counter | | zones beyond `max_zones` |
@@ -91,6 +94,15 @@
 //! `dnstap_top_qname_count * on (instance, identity, rank) group_left (qname)
 //! dnstap_top_qname_info`.
 //!
+//! # Countries and ASNs
+//!
+//! `*_QUERY` events by the client's `geo.country` and `geo.asn` (the broker's
+//! `[enrich.geoip]`), per identity. The first `geo_top_n` distinct keys of an identity
+//! keep a series for good; a new key after that counts as `country="other"` /
+//! `asn="other"` (and in `tapbus_aggregate_geo_folded_total{metric}`), so a key never
+//! moves between a series and `other` and every counter only grows: the sum over an
+//! identity's series is its exact query count. No country / ASN: `unknown`.
+//!
 //! # Bounds
 //!
 //! At most `max_identities` identities (beyond: `identity="other"` / `server="other"`,
@@ -98,7 +110,8 @@
 //! most `max_series` label sets per family: an event that would add one more is left out
 //! of that family only and counted in `tapbus_aggregate_series_dropped_total{metric}`.
 //! Memory is therefore bounded by 8 x `max_series` entries plus the interned strings,
-//! plus 2 x `top_capacity` keys per identity for top-N.
+//! plus 2 x `top_capacity` keys per identity for top-N, plus 2 x (`geo_top_n` + 2) geo
+//! series per identity.
 
 #![forbid(unsafe_code)]
 
@@ -134,6 +147,10 @@ pub(crate) mod testutil {
         pub size: Option<u32>,
         pub latency: Option<f64>,
         pub zone: Option<&'static str>,
+        /// `geo.country`, `geo.asn`, `geo.as-org`; `geo` is `null` when all are `None`.
+        pub country: Option<&'static str>,
+        pub asn: Option<u32>,
+        pub as_org: Option<&'static str>,
     }
 
     impl Default for Ev {
@@ -148,12 +165,30 @@ pub(crate) mod testutil {
                 size: Some(40),
                 latency: None,
                 zone: None,
+                country: None,
+                asn: None,
+                as_org: None,
             }
         }
     }
 
     impl Ev {
         pub fn json(&self) -> Vec<u8> {
+            let mut geo = serde_json::Map::new();
+            if let Some(c) = self.country {
+                geo.insert("country".into(), c.into());
+            }
+            if let Some(a) = self.asn {
+                geo.insert("asn".into(), a.into());
+            }
+            if let Some(o) = self.as_org {
+                geo.insert("as-org".into(), o.into());
+            }
+            let geo = if geo.is_empty() {
+                Value::Null
+            } else {
+                Value::Object(geo)
+            };
             let v: Value = json!({
                 "network": {"family": self.family, "protocol": self.protocol,
                             "query-ip": "192.0.2.1", "query-port": 5353},
@@ -161,6 +196,7 @@ pub(crate) mod testutil {
                         "rcode": self.rcode},
                 "dnstap": {"operation": self.op, "identity": self.identity,
                            "latency": self.latency, "query-zone": self.zone},
+                "geo": geo,
             });
             serde_json::to_vec(&v).expect("json")
         }

@@ -57,6 +57,50 @@ struct Top {
     clients: SpaceSaving<IpAddr>,
 }
 
+/// `dnstap_client_country_total`.
+pub const CLIENT_COUNTRY: &str = "dnstap_client_country_total";
+/// `dnstap_client_asn_total`.
+pub const CLIENT_ASN: &str = "dnstap_client_asn_total";
+/// `tapbus_aggregate_geo_folded_total`.
+const GEO_FOLDED: &str = "tapbus_aggregate_geo_folded_total";
+
+/// The label value of queries whose event has no country (no `geo`, or one without a
+/// country) / no ASN.
+pub const GEO_UNKNOWN: &str = "unknown";
+/// The label value that new keys beyond `geo_top_n` are counted under.
+pub const GEO_OTHER: &str = "other";
+
+/// Longest country and AS organisation label values kept (bytes, cut at a char
+/// boundary): what comes off the bus is bounded before it is stored.
+const MAX_COUNTRY_LEN: usize = 16;
+const MAX_AS_ORG_LEN: usize = 128;
+
+/// `s` cut to at most `max` bytes at a char boundary.
+fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The client countries and ASNs of one identity's `*_QUERY` events. The first
+/// `geo_top_n` distinct keys get a series and keep it (a counter never goes down, nor
+/// vanishes); a new key after that is counted in `other`.
+#[derive(Debug, Clone, Default)]
+struct GeoCounts {
+    countries: FxHashMap<Box<str>, u64>,
+    country_unknown: u64,
+    country_other: u64,
+    /// ASN -> (the AS organisation first seen with it, count).
+    asns: FxHashMap<u32, (Box<str>, u64)>,
+    asn_unknown: u64,
+    asn_other: u64,
+}
+
 /// CoreDNS's request duration buckets: 0.00025 s doubling 16 times to 8.192 s.
 pub const LATENCY_BUCKETS: [f64; 16] = [
     0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024,
@@ -259,6 +303,11 @@ pub struct Aggregator {
     top: Vec<Option<Box<Top>>>,
     /// `"1"`, `"2"`, ... `top_n`: the `rank` label values.
     ranks: Vec<String>,
+    /// By identity index, made at the identity's first query when `geo_top_n > 0`.
+    geo: Vec<Option<Box<GeoCounts>>>,
+    /// Queries counted as `other` because their identity had `geo_top_n` keys:
+    /// countries, ASNs.
+    geo_folded: [u64; 2],
     events: u64,
     invalid_latency: u64,
     dropped: [u64; 8],
@@ -282,6 +331,8 @@ impl Aggregator {
             cd_response_size: FxHashMap::default(),
             top: Vec::new(),
             ranks,
+            geo: Vec::new(),
+            geo_folded: [0; 2],
             events: 0,
             invalid_latency: 0,
             dropped: [0; 8],
@@ -319,6 +370,9 @@ impl Aggregator {
         let id = u64::from(id_index) << ID_SHIFT;
         if self.spec.top_n > 0 && ev.is_query() {
             self.offer_top(id_index as usize, ev);
+        }
+        if self.spec.geo_top_n > 0 && ev.is_query() {
+            self.count_geo(id_index as usize, ev);
         }
         let op = labels::operation(ev.operation());
         let proto = labels::protocol(ev.protocol());
@@ -393,6 +447,131 @@ impl Aggregator {
                 let dr = &mut d[Fam::CdResponseSize as usize];
                 observe(&mut self.cd_response_size, k, &SIZE_BUCKETS, s, max, dr);
             }
+        }
+    }
+
+    /// Queries folded into `other` by the geo families' bound: (family, count).
+    pub fn geo_folded(&self) -> [(&'static str, u64); 2] {
+        [
+            (CLIENT_COUNTRY, self.geo_folded[0]),
+            (CLIENT_ASN, self.geo_folded[1]),
+        ]
+    }
+
+    /// Counts one query of identity `i` by client country and ASN.
+    fn count_geo(&mut self, i: usize, ev: &EventView<'_>) {
+        if self.geo.len() <= i {
+            self.geo.resize_with(i + 1, || None);
+        }
+        let max = self.spec.geo_top_n;
+        let g = self.geo[i].get_or_insert_with(Box::default);
+        match ev.client_country().map(|c| clip(c, MAX_COUNTRY_LEN)) {
+            None | Some("" | GEO_UNKNOWN) => g.country_unknown += 1,
+            // A producer's own "other" cannot make a second series of that name.
+            Some(GEO_OTHER) => g.country_other += 1,
+            Some(c) => {
+                if let Some(n) = g.countries.get_mut(c) {
+                    *n += 1;
+                } else if g.countries.len() < max {
+                    g.countries.insert(c.into(), 1);
+                } else {
+                    g.country_other += 1;
+                    self.geo_folded[0] += 1;
+                }
+            }
+        }
+        match ev.client_asn() {
+            None => g.asn_unknown += 1,
+            Some(asn) => {
+                let n = g.asns.len();
+                match g.asns.entry(asn) {
+                    Entry::Occupied(mut e) => e.get_mut().1 += 1,
+                    Entry::Vacant(e) if n < max => {
+                        let org = match ev.client_as_org().map(|o| clip(o, MAX_AS_ORG_LEN)) {
+                            None | Some("") => GEO_UNKNOWN,
+                            Some(o) => o,
+                        };
+                        e.insert((org.into(), 1));
+                    }
+                    Entry::Vacant(_) => {
+                        g.asn_other += 1;
+                        self.geo_folded[1] += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `dnstap_client_country_total` and `dnstap_client_asn_total`: per identity that has
+    /// queried, its kept keys (sorted), then `other` and `unknown` (always present).
+    fn visit_geo(&self, sink: &mut impl Sink) {
+        let inst = self.spec.instance.as_str();
+        let geos = || {
+            self.geo
+                .iter()
+                .enumerate()
+                .filter_map(|(i, g)| Some((self.identities.name(i as u32), g.as_deref()?)))
+        };
+        sink.family(
+            CLIENT_COUNTRY,
+            "*_QUERY events by the client's country (geo.country, ISO 3166-1 alpha-2) per identity; the first geo_top_n countries of an identity have a series, later ones count as country=\"other\"; no country: country=\"unknown\".",
+            Kind::Counter,
+        );
+        for (id, g) in geos() {
+            let mut keys: Vec<(&str, u64)> =
+                g.countries.iter().map(|(k, v)| (k.as_ref(), *v)).collect();
+            keys.sort_unstable();
+            keys.push((GEO_OTHER, g.country_other));
+            keys.push((GEO_UNKNOWN, g.country_unknown));
+            for (country, v) in keys {
+                let l = [("instance", inst), ("identity", id), ("country", country)];
+                sink.sample(CLIENT_COUNTRY, &l, Le::No, Value::Int(v));
+            }
+        }
+        sink.family(
+            CLIENT_ASN,
+            "*_QUERY events by the client's autonomous system (geo.asn, with the as-org first seen for it, \"unknown\" when none) per identity; the first geo_top_n ASNs of an identity have a series, later ones count as asn=\"other\"; no ASN: asn=\"unknown\".",
+            Kind::Counter,
+        );
+        for (id, g) in geos() {
+            let mut keys: Vec<(u32, &str, u64)> = g
+                .asns
+                .iter()
+                .map(|(k, (org, v))| (*k, org.as_ref(), *v))
+                .collect();
+            keys.sort_unstable();
+            for (asn, org, v) in keys {
+                let asn = asn.to_string();
+                let l = [
+                    ("instance", inst),
+                    ("identity", id),
+                    ("asn", asn.as_str()),
+                    ("as_org", org),
+                ];
+                sink.sample(CLIENT_ASN, &l, Le::No, Value::Int(v));
+            }
+            for (asn, v) in [(GEO_OTHER, g.asn_other), (GEO_UNKNOWN, g.asn_unknown)] {
+                let l = [
+                    ("instance", inst),
+                    ("identity", id),
+                    ("asn", asn),
+                    ("as_org", asn),
+                ];
+                sink.sample(CLIENT_ASN, &l, Le::No, Value::Int(v));
+            }
+        }
+        sink.family(
+            GEO_FOLDED,
+            "*_QUERY events counted as \"other\" in a geo family because their identity already had geo_top_n countries / ASNs.",
+            Kind::Counter,
+        );
+        for (name, v) in self.geo_folded() {
+            sink.sample(
+                GEO_FOLDED,
+                &[("instance", inst), ("metric", name)],
+                Le::No,
+                Value::Int(v),
+            );
         }
     }
 
@@ -614,6 +793,9 @@ impl Aggregator {
 
         if self.spec.top_n > 0 {
             self.visit_top(sink);
+        }
+        if self.spec.geo_top_n > 0 {
+            self.visit_geo(sink);
         }
         sink.family(
             "tapbus_aggregate_events_total",
@@ -942,6 +1124,129 @@ mod aggregator_tests {
                 .find(|(n, _)| *n == "dnstap_messages_total"),
             Some(("dnstap_messages_total", 2))
         );
+    }
+
+    fn geo(country: Option<&'static str>, asn: Option<u32>, org: Option<&'static str>) -> Ev {
+        Ev {
+            country,
+            asn,
+            as_org: org,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn geo_families_count_queries_by_country_and_asn() {
+        let mut a = agg(|_| {});
+        let t = text(&a);
+        // Before any query: the families and the fold counters, no series per identity.
+        assert!(
+            t.contains("# TYPE dnstap_client_country_total counter\n"),
+            "{t}"
+        );
+        assert!(!t.contains("dnstap_client_country_total{"), "{t}");
+        for m in ["dnstap_client_country_total", "dnstap_client_asn_total"] {
+            let want =
+                format!("tapbus_aggregate_geo_folded_total{{instance=\"t1\",metric=\"{m}\"}} 0\n");
+            assert!(t.contains(&want), "{want}\n{t}");
+        }
+        geo(Some("FR"), Some(3215), Some("Orange")).push(&mut a, 3);
+        geo(Some("DE"), None, None).push(&mut a, 1);
+        geo(None, Some(15169), None).push(&mut a, 2);
+        geo(None, None, None).push(&mut a, 4);
+        // Responses are not counted.
+        Ev {
+            op: "CLIENT_RESPONSE",
+            ..geo(Some("FR"), Some(3215), Some("Orange"))
+        }
+        .push(&mut a, 5);
+        let t = text(&a);
+        let c = |country: &str, v: u64| {
+            format!(
+                "dnstap_client_country_total{{instance=\"t1\",identity=\"ns1\",country=\"{country}\"}} {v}\n"
+            )
+        };
+        let s = |asn: &str, org: &str, v: u64| {
+            format!(
+                "dnstap_client_asn_total{{instance=\"t1\",identity=\"ns1\",asn=\"{asn}\",as_org=\"{org}\"}} {v}\n"
+            )
+        };
+        for want in [
+            c("DE", 1),
+            c("FR", 3),
+            c("other", 0),
+            c("unknown", 6),
+            s("3215", "Orange", 3),
+            s("15169", "unknown", 2),
+            s("other", "other", 0),
+            s("unknown", "unknown", 5),
+        ] {
+            assert!(t.contains(&want), "{want}\n{t}");
+        }
+        // Sorted: countries by name, ASNs by number, then other and unknown.
+        let at = |w: &str| t.find(w).expect(w);
+        assert!(at(&c("DE", 1)) < at(&c("FR", 3)) && at(&c("FR", 3)) < at(&c("other", 0)));
+        assert!(at(&s("3215", "Orange", 3)) < at(&s("15169", "unknown", 2)));
+        assert!(!t.contains("=\"\""), "no empty label values");
+    }
+
+    #[test]
+    fn geo_families_are_bounded_and_never_go_down() {
+        let mut a = agg(|c| c.geo_top_n = 2);
+        let countries: [&'static str; 5] = ["FR", "DE", "US", "FR", "BR"];
+        for (i, country) in countries.into_iter().enumerate() {
+            geo(Some(country), Some(100 + i as u32), Some("x")).push(&mut a, 1);
+        }
+        // FR and DE keep their series; US and BR are folded; FR again counts on FR.
+        geo(Some("US"), Some(100), Some("renamed")).push(&mut a, 1);
+        geo(Some("other"), None, None).push(&mut a, 1);
+        let t = text(&a);
+        let l = "{instance=\"t1\",identity=\"ns1\"";
+        for want in [
+            format!("dnstap_client_country_total{l},country=\"FR\"}} 2\n"),
+            format!("dnstap_client_country_total{l},country=\"DE\"}} 1\n"),
+            format!("dnstap_client_country_total{l},country=\"other\"}} 4\n"),
+            // The organisation is the one first seen for the ASN.
+            format!("dnstap_client_asn_total{l},asn=\"100\",as_org=\"x\"}} 2\n"),
+            format!("dnstap_client_asn_total{l},asn=\"101\",as_org=\"x\"}} 1\n"),
+            format!("dnstap_client_asn_total{l},asn=\"other\",as_org=\"other\"}} 3\n"),
+            "tapbus_aggregate_geo_folded_total{instance=\"t1\",metric=\"dnstap_client_country_total\"} 3\n".into(),
+            "tapbus_aggregate_geo_folded_total{instance=\"t1\",metric=\"dnstap_client_asn_total\"} 3\n".into(),
+        ] {
+            assert!(t.contains(&want), "{want}\n{t}");
+        }
+        assert!(
+            !t.contains("country=\"US\"") && !t.contains("asn=\"102\""),
+            "{t}"
+        );
+        let series = t
+            .lines()
+            .filter(|l| l.starts_with("dnstap_client_country_total{"))
+            .count();
+        assert_eq!(series, 2 + 2, "two kept, other, unknown");
+        assert_eq!(
+            a.geo_folded(),
+            [
+                ("dnstap_client_country_total", 3),
+                ("dnstap_client_asn_total", 3)
+            ]
+        );
+    }
+
+    #[test]
+    fn geo_families_off_and_long_values_clipped() {
+        let mut a = agg(|c| c.geo_top_n = 0);
+        geo(Some("FR"), Some(1), None).push(&mut a, 1);
+        let t = text(&a);
+        assert!(
+            !t.contains("dnstap_client_") && !t.contains("geo_folded"),
+            "{t}"
+        );
+        let mut a = agg(|_| {});
+        let long: &'static str = "ééééééééééééééééééééé";
+        geo(Some(long), None, None).push(&mut a, 1);
+        let t = text(&a);
+        assert!(t.contains("country=\"éééééééé\"} 1\n"), "{t}");
     }
 
     #[test]

@@ -216,6 +216,35 @@ fn captures_match_their_summaries() {
             "{name}: coredns"
         );
 
+        // Geo families: every query counted once per family, all under `unknown` (the
+        // captures' clients are loopback: `geo` is absent).
+        let mut queries: BTreeMap<String, u64> = BTreeMap::new();
+        for e in &evs {
+            let v = EventView::parse(e).expect("parses");
+            if v.is_query() {
+                let id = v.identity().unwrap_or("none").to_owned();
+                *queries.entry(id).or_default() += 1;
+            }
+        }
+        for (family, key) in [
+            ("dnstap_client_country_total", "country"),
+            ("dnstap_client_asn_total", "asn"),
+        ] {
+            let sum = |label: &str| {
+                let mut m: BTreeMap<String, u64> = BTreeMap::new();
+                for s in parsed.iter().filter(|s| s.name == family) {
+                    *m.entry(s.labels[label].clone()).or_default() += s.value as u64;
+                }
+                m
+            };
+            let (by_id, by_key) = (sum("identity"), sum(key));
+            let n: u64 = queries.values().sum();
+            let unknown = BTreeMap::from([("other".to_owned(), 0), ("unknown".to_owned(), n)]);
+            assert_eq!(by_key, unknown, "{name}: {family} by {key}");
+            queries.retain(|_, v| *v > 0);
+            assert_eq!(by_id, queries, "{name}: {family} by identity");
+        }
+
         check_top(&name, &evs, &parsed, 1000);
     }
 }

@@ -59,6 +59,11 @@ pub enum Field {
     ResponseAddress,
     /// `network.response-port` (metadata only).
     ResponsePort,
+    /// `geo.country`, the client's country (the broker's `[enrich.geoip]`; metadata only:
+    /// a label per country would multiply every stream).
+    Country,
+    /// `geo.asn`, the client's autonomous system number (metadata only).
+    Asn,
 }
 
 impl Field {
@@ -78,6 +83,8 @@ impl Field {
         Field::QueryPort,
         Field::ResponseAddress,
         Field::ResponsePort,
+        Field::Country,
+        Field::Asn,
     ];
 
     /// The name in the configuration, and as label or metadata name.
@@ -97,11 +104,14 @@ impl Field {
             Field::QueryPort => "query_port",
             Field::ResponseAddress => "response_address",
             Field::ResponsePort => "response_port",
+            Field::Country => "country",
+            Field::Asn => "asn",
         }
     }
 
     /// Whether the field may be a label: names and addresses are unbounded and would
-    /// make a stream per name or client (Loki's cardinality rules).
+    /// make a stream per name or client (Loki's cardinality rules); the client's country
+    /// and AS would multiply every stream by hundreds.
     pub fn label_allowed(self) -> bool {
         !matches!(
             self,
@@ -110,6 +120,8 @@ impl Field {
                 | Field::QueryPort
                 | Field::ResponseAddress
                 | Field::ResponsePort
+                | Field::Country
+                | Field::Asn
         )
     }
 
@@ -131,6 +143,8 @@ impl Field {
             Field::QueryPort => Cow::Owned(ev.network.query_port?.to_string()),
             Field::ResponseAddress => Cow::Owned(ev.network.response_ip?.to_string()),
             Field::ResponsePort => Cow::Owned(ev.network.response_port?.to_string()),
+            Field::Country => Cow::Borrowed(ev.client_country()?),
+            Field::Asn => Cow::Owned(ev.client_asn()?.to_string()),
         };
         (!v.is_empty()).then_some(v)
     }
@@ -602,6 +616,35 @@ mod tests {
                 ("query_address", "192.0.2.1".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn geo_metadata_never_labels() {
+        let l = labeler(|c| {
+            c.structured_metadata = vec![Field::Country, Field::Asn, Field::Qname];
+        })
+        .unwrap();
+        let geo = EVENT.strip_suffix('}').unwrap().to_owned()
+            + r#","geo":{"country":"FR","city":"Paris","asn":3215,"as-org":"Orange"},"schema-version":2}"#;
+        let ev = EventView::parse(geo.as_bytes()).unwrap();
+        assert_eq!(
+            l.event_metadata(&ev),
+            vec![
+                ("country", "FR".to_string()),
+                ("asn", "3215".to_string()),
+                ("qname", "example.com".to_string()),
+            ]
+        );
+        // Without geo (GeoIP off, a private client): no entry.
+        let plain = EventView::parse(EVENT.as_bytes()).unwrap();
+        assert_eq!(
+            l.event_metadata(&plain),
+            vec![("qname", "example.com".to_string())]
+        );
+        for f in [Field::Country, Field::Asn] {
+            let e = labeler(|c| c.fields.push(f)).unwrap_err();
+            assert_eq!(e.key, "labels.fields", "{f:?}");
+        }
     }
 
     #[test]

@@ -30,7 +30,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin, durable_input, start_aggregate_listening, start_mimir_listening};
+use common::{
+    bin, durable_input, geo_capture, geo_dbs, start_aggregate_listening, start_mimir_listening,
+};
 use serde_json::Value;
 use tapbus_testsupport::proc::Proc;
 use tapbus_testsupport::prom;
@@ -921,6 +923,15 @@ fn every_promql_expression_parses_and_returns_series_from_the_pipeline() {
         .collect();
     bad.sort();
     files.extend(bad);
+    // Clients with a country and an ASN (the test captures' are all loopback): a
+    // generated capture and MaxMind DB files for it, so the geo panels have series.
+    let (city, asn) = geo_dbs(dir.path());
+    let geo = dir.path().join("geo.fstrm");
+    geo_capture(&geo, 20);
+    files.push(geo);
+    broker_cmd
+        .env("TAPBUS_ENRICH__GEOIP__CITY", &city)
+        .env("TAPBUS_ENRICH__GEOIP__ASN", &asn);
     for (i, f) in files.iter().enumerate() {
         broker_cmd.env(
             format!("TAPBUS_INPUTS__F{i}__URL"),

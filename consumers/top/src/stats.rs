@@ -33,6 +33,7 @@
 //! The list of identities and operations seen, used to cycle through them, is kept apart
 //! and survives filter changes.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
@@ -505,6 +506,8 @@ struct Agg {
     qnames: TopK,
     clients: TopK,
     domains: TopK,
+    countries: TopK,
+    asns: TopK,
     edns: u64,
     dnssec_ok: u64,
     query_bytes: (u64, u64),
@@ -534,6 +537,8 @@ impl Agg {
             qnames: TopK::new(top_cap),
             clients: TopK::new(top_cap),
             domains: TopK::new(top_cap),
+            countries: TopK::new(top_cap),
+            asns: TopK::new(top_cap),
             edns: 0,
             dnssec_ok: 0,
             query_bytes: (0, 0),
@@ -609,6 +614,11 @@ pub struct Snapshot {
     pub domains: Vec<Row>,
     /// Entries replaced in the top tables (qnames, clients, domains).
     pub evicted: (u64, u64, u64),
+    /// Exchanges by the client's country (`geo.country`) and AS (`AS3215 Orange`), with
+    /// [`GEO_UNKNOWN`] for events without one; entries replaced in them.
+    pub countries: Vec<Row>,
+    pub asns: Vec<Row>,
+    pub evicted_geo: (u64, u64),
     /// Exchanges with EDNS, and with the DO bit.
     pub edns: u64,
     pub dnssec_ok: u64,
@@ -763,6 +773,9 @@ impl Stats {
             clients: a.clients.rows(c, n),
             domains: a.domains.rows(c, n),
             evicted: (a.qnames.evicted(), a.clients.evicted(), a.domains.evicted()),
+            countries: a.countries.rows(c, n),
+            asns: a.asns.rows(c, n),
+            evicted_geo: (a.countries.evicted(), a.asns.evicted()),
             edns: a.edns,
             dnssec_ok: a.dnssec_ok,
             avg_query_bytes: avg(a.query_bytes),
@@ -836,6 +849,15 @@ impl Agg {
         if let Some(ip) = ev.client_ip() {
             self.clients.add(&client_key(ip), now_s);
         }
+        self.countries
+            .add(ev.client_country().unwrap_or(GEO_UNKNOWN), now_s);
+        let asn = ev.client_asn().map_or(Cow::Borrowed(GEO_UNKNOWN), |n| {
+            Cow::Owned(match ev.client_as_org() {
+                Some(org) => format!("AS{n} {org}"),
+                None => format!("AS{n}"),
+            })
+        });
+        self.asns.add(&asn, now_s);
     }
 
     fn latency(&mut self, ev: &EventView<'_>, qname: Option<&str>, now_s: u64) {
@@ -867,6 +889,10 @@ pub fn registered_domain(qname: &str) -> &str {
     psl::domain_str(qname).unwrap_or(qname)
 }
 
+/// The country / AS key of exchanges whose event has none (no `geo`: GeoIP off at the
+/// broker, a private or unknown address).
+pub const GEO_UNKNOWN: &str = "(unknown)";
+
 fn client_key(ip: IpAddr) -> String {
     ip.to_string()
 }
@@ -897,6 +923,64 @@ pub(crate) mod tests {
         format!(
             r#"{{"network":{{"family":"{family}","protocol":"UDP","query-ip":"{client}","query-port":40000,"response-ip":"127.0.0.1","response-port":53,"http-protocol":null}},"dns":{{"length":50,"id":{id},"opcode":0,"rcode":"{rcode}","qname":"{qname}","qtype":"{qtype}","qclass":"IN","flags":null,"qdcount":1,"ancount":0,"nscount":0,"arcount":0,"resource-records":{{"an":[],"ns":[],"ar":[]}},"malformed-packet":false}},"edns":{{"udp-size":1232,"rcode":0,"version":0,"dnssec-ok":1,"options":[]}},"dnstap":{{"operation":"{op}","identity":"{identity}","version":null,"extra":null,"timestamp-rfc3339ns":null,"timestamp":{ts_ns},"latency":{lat},"query-zone":null,"peer-name":null}}}}"#
         )
+    }
+
+    /// [`event`] with a `geo` object (`null` when `geo` is empty) after `dnstap`.
+    pub(crate) fn with_geo(json: &str, geo: &str) -> String {
+        let j = json.strip_suffix('}').expect("an object");
+        let geo = if geo.is_empty() { "null" } else { geo };
+        format!("{j},\"geo\":{geo},\"schema-version\":2}}")
+    }
+
+    #[test]
+    fn countries_and_asns_count_exchanges() {
+        let mut s = Stats::new(0);
+        let ms = 1_000_000u64;
+        let ev = |op: &str, id: u16| {
+            event(
+                op,
+                "ns1",
+                "a.example",
+                "A",
+                "NOERROR",
+                "81.2.69.160",
+                id,
+                ms,
+                None,
+            )
+        };
+        let fr = r#"{"country":"FR","city":"Paris","asn":3215,"as-org":"Orange"}"#;
+        for i in 0..4 {
+            feed(&mut s, &with_geo(&ev("CLIENT_QUERY", i), fr), 1_000);
+            // The response is the same exchange: not counted again.
+            feed(&mut s, &with_geo(&ev("CLIENT_RESPONSE", i), fr), 1_000);
+        }
+        feed(
+            &mut s,
+            &with_geo(&ev("CLIENT_QUERY", 7), r#"{"asn":64500}"#),
+            1_000,
+        );
+        feed(&mut s, &with_geo(&ev("CLIENT_QUERY", 8), ""), 1_000);
+        feed(&mut s, &ev("CLIENT_QUERY", 9), 1_000);
+        let snap = s.snapshot(1_500, 100);
+        let rows = |r: &[Row]| {
+            r.iter()
+                .map(|r| (r.key.clone(), r.count))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            rows(&snap.countries),
+            [("FR".to_owned(), 4), (GEO_UNKNOWN.to_owned(), 3)]
+        );
+        assert_eq!(
+            rows(&snap.asns),
+            [
+                ("AS3215 Orange".to_owned(), 4),
+                (GEO_UNKNOWN.to_owned(), 2),
+                ("AS64500".to_owned(), 1)
+            ]
+        );
+        assert_eq!(snap.evicted_geo, (0, 0));
     }
 
     fn feed(s: &mut Stats, json: &str, now_ms: u64) {

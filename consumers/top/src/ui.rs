@@ -17,7 +17,7 @@ use tapbus_event::Operation;
 use crate::prom::BrokerHealth;
 use crate::stats::{Filter, LatencySummary, Percentiles, Row, Snapshot};
 
-/// The views, in key order (`1` .. `7`).
+/// The views, in key order (`1` .. `8`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum View {
     Overview,
@@ -27,10 +27,11 @@ pub enum View {
     Codes,
     Latency,
     Broker,
+    Geo,
 }
 
 impl View {
-    pub const ALL: [View; 7] = [
+    pub const ALL: [View; 8] = [
         View::Overview,
         View::Qnames,
         View::Clients,
@@ -38,6 +39,7 @@ impl View {
         View::Codes,
         View::Latency,
         View::Broker,
+        View::Geo,
     ];
 
     /// The tab's name.
@@ -50,6 +52,7 @@ impl View {
             View::Codes => "Rcodes",
             View::Latency => "Latency",
             View::Broker => "Broker",
+            View::Geo => "Geo",
         }
     }
 
@@ -159,7 +162,7 @@ impl App {
             KeyCode::Char('q') => self.quit = true,
             KeyCode::Char('?') | KeyCode::Char('h') => self.help = true,
             KeyCode::Char('p') | KeyCode::Char(' ') => self.paused = !self.paused,
-            KeyCode::Char(c @ '1'..='7') => {
+            KeyCode::Char(c @ '1'..='8') => {
                 self.set_view(View::ALL[usize::from(c as u8 - b'1')]);
             }
             KeyCode::Tab | KeyCode::Right => {
@@ -220,7 +223,7 @@ pub fn render(f: &mut Frame, app: &App, snap: &Snapshot, status: &Status) {
         Constraint::Length(1),
     ])
     .areas(f.area());
-    f.render_widget(Paragraph::new(tabs(app.current())), title);
+    f.render_widget(Paragraph::new(tabs(app.current(), title.width)), title);
     f.render_widget(Paragraph::new(summary_line(snap)), summary);
     match app.current() {
         View::Overview => overview(f, body, snap),
@@ -254,6 +257,7 @@ pub fn render(f: &mut Frame, app: &App, snap: &Snapshot, status: &Status) {
         View::Codes => codes(f, body, snap),
         View::Latency => latency(f, body, snap),
         View::Broker => broker(f, body, status.broker.as_ref()),
+        View::Geo => geo(f, body, app.scroll, snap),
     }
     f.render_widget(Paragraph::new(status_line(app, snap, status)), foot);
     if app.help {
@@ -261,8 +265,20 @@ pub fn render(f: &mut Frame, app: &App, snap: &Snapshot, status: &Status) {
     }
 }
 
-fn tabs(cur: View) -> Line<'static> {
-    let mut spans = vec![Span::styled("tapbus-top ", BOLD)];
+/// The view tabs after the program's name, `top` when `tapbus-top` would not leave room
+/// for every tab.
+fn tabs(cur: View, width: u16) -> Line<'static> {
+    let names: usize = View::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, v)| format!("{}:{} ", i + 1, v.name()).len())
+        .sum();
+    let name = if names + "tapbus-top ".len() <= usize::from(width) {
+        "tapbus-top "
+    } else {
+        "top "
+    };
+    let mut spans = vec![Span::styled(name, BOLD)];
     for (i, v) in View::ALL.iter().enumerate() {
         let text = format!("{}:{}", i + 1, v.name());
         spans.push(if *v == cur {
@@ -527,6 +543,19 @@ fn top_table(
     f.render_widget(t, area);
 }
 
+/// Client countries and autonomous systems (the broker's `[enrich.geoip]`): side by side
+/// from 120 columns, else one above the other (AS names need the width).
+fn geo(f: &mut Frame, area: Rect, scroll: usize, s: &Snapshot) {
+    let halves = [Constraint::Percentage(50), Constraint::Percentage(50)];
+    let [a, b] = if area.width >= 120 {
+        Layout::horizontal(halves).areas(area)
+    } else {
+        Layout::vertical(halves).areas(area)
+    };
+    top_table(f, a, "Countries", &s.countries, s.evicted_geo.0, scroll, s);
+    top_table(f, b, "ASNs", &s.asns, s.evicted_geo.1, scroll, s);
+}
+
 fn codes(f: &mut Frame, area: Rect, s: &Snapshot) {
     let [l, r] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(area);
@@ -722,7 +751,7 @@ fn broker(f: &mut Frame, area: Rect, b: Option<&BrokerStatus>) {
 
 fn help(f: &mut Frame, area: Rect) {
     let lines: Vec<Line> = [
-        "1..7, Tab, arrows  switch view",
+        "1..8, Tab, arrows  switch view",
         "/        filter: qname contains (Enter, Esc)",
         "i        cycle the identity filter",
         "o        cycle the operation filter",
@@ -896,12 +925,14 @@ mod tests {
         let snap = s.snapshot(1_500, 100);
         let app = App::default();
         let sc = screen(&app, &snap, &status(), 80, 24);
+        assert!(sc[0].starts_with("top 1:Overview 2:Qnames"), "{}", sc[0]);
+        assert!(has(&sc, "8:Geo"), "every view is named in 80 columns");
+        let wide = screen(&app, &snap, &status(), 100, 24);
         assert!(
-            sc[0].starts_with("tapbus-top 1:Overview 2:Qnames"),
+            wide[0].starts_with("tapbus-top 1:Overview 2:Qnames"),
             "{}",
-            sc[0]
+            wide[0]
         );
-        assert!(has(&sc, "7:Broker"), "every view is named in 80 columns");
         // 35 exchanges in 2 s; 2 NXDOMAIN and 5 SERVFAIL of 35 responses.
         assert!(
             sc[1].starts_with("q/s 17.5  ev/s 32.5  NXDOMAIN 5.7%  SERVFAIL 14.3%"),
@@ -1143,11 +1174,49 @@ mod tests {
     }
 
     #[test]
+    fn geo_view_shows_countries_and_asns() {
+        use crate::stats::tests::with_geo;
+        let mut s = Stats::new(0);
+        let fr = r#"{"country":"FR","asn":3215,"as-org":"Orange"}"#;
+        for (i, geo) in [fr, fr, r#"{"country":"SE"}"#, ""].into_iter().enumerate() {
+            let q = event(
+                "CLIENT_QUERY",
+                "ns1",
+                "a.example",
+                "A",
+                "NOERROR",
+                "81.2.69.160",
+                i as u16,
+                1_000_000,
+                None,
+            );
+            let v = with_geo(&q, geo);
+            s.record(&EventView::parse(v.as_bytes()).expect("event"), 1_500);
+        }
+        let snap = s.snapshot(1_500, 100);
+        let mut app = App::default();
+        key(&mut app, KeyCode::Char('8'), &s);
+        assert_eq!(app.current(), View::Geo);
+        let sc = screen(&app, &snap, &status(), 80, 24);
+        assert!(has(&sc, "Countries (3 shown"), "{}", sc.join("\n"));
+        assert!(row_of(&sc, " FR ").contains("50.0%"), "{}", sc.join("\n"));
+        assert!(has(&sc, "AS3215 Orange"), "{}", sc.join("\n"));
+        assert!(has(&sc, "(unknown)"), "{}", sc.join("\n"));
+        let wide = screen(&app, &snap, &status(), 140, 24);
+        // Side by side from 120 columns.
+        assert!(
+            row_of(&wide, "Countries (").contains("ASNs ("),
+            "{}",
+            wide.join("\n")
+        );
+    }
+
+    #[test]
     fn a_tiny_terminal_does_not_panic() {
         let s = model();
         let snap = s.snapshot(1_500, 100);
         let mut app = App::default();
-        for v in 0..7 {
+        for v in 0..View::ALL.len() {
             app.view = ViewState(View::ALL[v]);
             for (w, h) in [(1, 1), (10, 3), (20, 5), (80, 4)] {
                 app.help = v % 2 == 0;

@@ -178,8 +178,8 @@ fn once_prints_every_view_of_a_capture() {
         "no responses, so no rcodes: {ftext}"
     );
     let text = read(&out);
-    // Seven views of 24 lines, none wider than 80 columns.
-    assert_eq!(text.lines().count(), 7 * 24);
+    // Eight views of 24 lines, none wider than 80 columns.
+    assert_eq!(text.lines().count(), 8 * 24);
     assert!(text.lines().all(|l| l.chars().count() <= 80));
     assert_capture_numbers(&text);
     for title in [
@@ -189,6 +189,8 @@ fn once_prints_every_view_of_a_capture() {
         "Qtypes",
         "Latency",
         "Broker",
+        "Countries (",
+        "ASNs (",
     ] {
         assert!(text.contains(title), "{title} missing");
     }
