@@ -27,6 +27,9 @@ struct OutputTx {
     /// The privacy view this output publishes: 0 the event as offered, `k` the `k`-th
     /// of the other views handed to [`Fanout::send`].
     view: usize,
+    /// A raw dnstap output: it takes the original frame ([`Event::raw`]); the others never
+    /// hold it.
+    raw: bool,
 }
 
 /// One output's queue, as [`Fanout::new`] takes it.
@@ -36,6 +39,8 @@ pub struct OutputQueue {
     pub metrics: PublishMetrics,
     pub filter: Option<tapbus_event::Filter>,
     pub view: usize,
+    /// A raw dnstap output (`dnstap+file`, `dnstap+tcp`, `dnstap+unix`).
+    pub raw: bool,
 }
 
 /// The sending side of every output queue. Cheap to clone (one per connection).
@@ -44,6 +49,11 @@ pub struct Fanout {
     outputs: Arc<[OutputTx]>,
     /// Some output has a filter: events are parsed before they are offered.
     filtered: bool,
+    /// Some output is raw: the session attaches the original frame to each event.
+    wants_raw: bool,
+    /// Some output publishes the JSON or has a filter: the session encodes the event. When
+    /// every output is raw and none filters, the JSON is never built (frames pass through).
+    wants_json: bool,
     /// Events offered to the outputs (each to every output): for every output, offered ==
     /// published + dropped + what its queue and its in-flight set hold.
     offered: Arc<AtomicU64>,
@@ -65,23 +75,42 @@ impl Fanout {
                 metrics: o.metrics,
                 filter: o.filter,
                 view: o.view,
+                raw: o.raw,
             });
             rxs.push(rx);
         }
         let filtered = txs.iter().any(|o| o.filter.is_some());
+        let wants_raw = txs.iter().any(|o| o.raw);
+        let wants_json = filtered || txs.iter().any(|o| !o.raw);
         (
             Fanout {
                 outputs: txs.into(),
                 filtered,
+                wants_raw,
+                wants_json,
                 offered: Arc::new(AtomicU64::new(0)),
             },
             rxs,
         )
     }
 
-    /// The event as output `o` publishes it: the offered one, or one of the other views.
+    /// Whether events need the original frame ([`Event::raw`]): some output is raw.
+    pub fn wants_raw(&self) -> bool {
+        self.wants_raw
+    }
+
+    /// Whether events need their JSON: some output publishes it or filters on it.
+    pub fn wants_json(&self) -> bool {
+        self.wants_json
+    }
+
+    /// The event as output `o` publishes it: the offered one, or one of the other views;
+    /// without the frame unless the output is raw.
     fn for_output(o: &OutputTx, ev: &Event, views: &[bytes::Bytes]) -> Event {
         let mut e = ev.clone();
+        if !o.raw {
+            e.raw = None;
+        }
         if o.view > 0
             && let Some(p) = views.get(o.view - 1)
         {
@@ -129,7 +158,10 @@ impl Fanout {
                 continue;
             }
             let e = if i + 1 == n { ev.take() } else { ev.clone() };
-            let Some(e) = e else { return };
+            let Some(mut e) = e else { return };
+            if !o.raw {
+                e.raw = None;
+            }
             match o.tx.try_send(e) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -241,6 +273,7 @@ mod tests {
             metrics: PublishMetrics::unregistered(),
             filter: filter.map(|f| tapbus_event::Filter::parse(f).expect("filter")),
             view: 0,
+            raw: false,
         }
     }
 

@@ -110,6 +110,7 @@ pub async fn run(
                 metrics: metrics.output(&o.name),
                 filter: o.filter.clone(),
                 view,
+                raw: o.kind.is_raw(),
             })
             .collect(),
     );

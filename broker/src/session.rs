@@ -228,8 +228,18 @@ impl State {
         Ok(None)
     }
 
-    /// Frames become events here.
+    /// Frames become events here. A raw dnstap output gets the original frame beside the
+    /// JSON (a reference-counted handle, no copy); when every output is raw and none has a
+    /// filter, the JSON is not built at all and the frame passes through as it came (not
+    /// decoded, so not checked either: like `fstrm_capture`, a relay of bytes).
     fn data(&mut self, payload: Bytes, ctx: &Ctx) -> Option<Event> {
+        if !ctx.fanout.wants_json() {
+            ctx.metrics.events.inc();
+            let mut ev = Event::event(Bytes::new(), event::Summary::default());
+            ev.raw = Some(payload);
+            return Some(ev);
+        }
+        let raw = ctx.fanout.wants_raw().then(|| payload.clone());
         for o in &mut self.outs {
             o.clear();
         }
@@ -273,7 +283,9 @@ impl State {
                         self.views.push(bytes);
                     }
                 }
-                Some(Event::event(first.unwrap_or_default(), summary))
+                let mut ev = Event::event(first.unwrap_or_default(), summary);
+                ev.raw = raw;
+                Some(ev)
             }
             Err(e) => {
                 ctx.metrics.malformed(e.reason());
@@ -350,6 +362,7 @@ mod tests {
             metrics: output.clone(),
             filter: None,
             view: 0,
+            raw: false,
         }]);
         let ctx = Ctx {
             peer: "test-peer".into(),
