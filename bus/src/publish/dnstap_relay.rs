@@ -290,7 +290,8 @@ pub async fn run(name: String, spec: DnstapRelaySpec, mut rx: Queue, m: PublishM
         }
         match c.write_all(&out).await {
             Ok(()) => {
-                settle(&mut held, held.len(), &m);
+                let all = held.len();
+                settle(&mut held, all, &m);
                 conn = Some(c);
             }
             Err((written, e)) => {
@@ -324,8 +325,12 @@ fn settle(held: &mut VecDeque<Message>, n: usize, m: &PublishMetrics) {
                     t.published();
                 }
             }
-            Some(_) => m.dropped_too_large.inc(),
-            None => m.dropped_error.inc(),
+            Some(_) => {
+                m.dropped_too_large.inc();
+            }
+            None => {
+                m.dropped_error.inc();
+            }
         }
     }
     m.published.inc_by(published);
