@@ -1646,6 +1646,83 @@ mod tests {
     }
 
     #[test]
+    fn raw_dnstap_outputs_from_urls_and_tables() {
+        let one = |url: &str| {
+            let mut c = BrokerConfig::default();
+            c.add_input_url("tcp://127.0.0.1:6000");
+            c.add_output_url(url);
+            c.validate().map(|s| s.outputs[0].kind.clone())
+        };
+        assert_eq!(
+            one("dnstap+file:///var/lib/tapbus/dns.fstrm?rotate_size=1000&rotate_age=1h&keep=3")
+                .expect("valid"),
+            OutputKind::DnstapFile(DnstapFileSpec {
+                path: "/var/lib/tapbus/dns.fstrm".into(),
+                rotate_size: Some(1000),
+                rotate_age: Some(Duration::from_secs(3600)),
+                keep: 3,
+            })
+        );
+        assert_eq!(
+            one("dnstap+file:///d/x.fstrm").expect("valid"),
+            OutputKind::DnstapFile(DnstapFileSpec {
+                path: "/d/x.fstrm".into(),
+                rotate_size: None,
+                rotate_age: None,
+                keep: 10,
+            })
+        );
+        assert_eq!(
+            one("dnstap+tcp://127.0.0.1:6001?reconnect_max=2s").expect("valid"),
+            OutputKind::DnstapRelay(DnstapRelaySpec {
+                target: RelayTarget::Tcp("127.0.0.1:6001".into()),
+                backoff: Backoff {
+                    min: Duration::from_millis(100),
+                    max: Duration::from_secs(2)
+                },
+            })
+        );
+        let OutputKind::DnstapRelay(r) = one("dnstap+unix:///run/d.sock").expect("valid") else {
+            panic!("not a relay");
+        };
+        assert_eq!(r.target, RelayTarget::Unix("/run/d.sock".into()));
+        assert!(OutputKind::DnstapRelay(r).is_raw());
+        for (url, key) in [
+            ("dnstap+file:///d/x.fstrm?keep=0", "outputs.dnstap_file.keep:"),
+            ("dnstap+file:///d/x.fstrm?rotate_size=0", "outputs.dnstap_file.rotate_size:"),
+            ("dnstap+file:///d/x.fstrm?rotate_age=10ms", "outputs.dnstap_file.rotate_age:"),
+            ("dnstap+file:///d/x.fstrm?rotate_size=1k", "outputs.dnstap_file.url:"),
+            ("dnstap+file:///d/x.fstrm?keep=1&keep=2", "outputs.dnstap_file.url:"),
+            ("dnstap+file:///d/", "outputs.dnstap_file.url:"),
+            ("dnstap+file:///d/x.fstrm?subject=a", "outputs.dnstap_file.url:"),
+            ("dnstap+tcp://127.0.0.1:6001?keep=2", "outputs.dnstap_tcp.keep:"),
+            ("dnstap+tcp://nohost", "outputs.dnstap_tcp.url:"),
+            ("dnstap+unix://rel.sock", "outputs.dnstap_unix.url:"),
+            ("dnstap+unix:///s?reconnect_min=0s", "outputs.dnstap_unix.reconnect_min:"),
+            ("nats://127.0.0.1:4222?keep=2", "outputs.nats.url:"),
+        ] {
+            let e = one(url).expect_err(url).to_string();
+            assert!(e.starts_with(key), "{url}: {e}");
+            assert_eq!(e.matches(key.trim_end_matches(':')).count(), 1, "{url}: {e}");
+        }
+        // Table keys: a file key on a relay, privacy on a raw output.
+        let mut c = BrokerConfig::default();
+        c.add_input_url("tcp://127.0.0.1:6000");
+        c.add_output_url("dnstap+tcp://127.0.0.1:6001");
+        if let Some(o) = c.outputs.get_mut("dnstap_tcp") {
+            o.rotate_age = Some(Duration::from_secs(60));
+        }
+        assert!(err_of(&c).starts_with("outputs.dnstap_tcp.rotate_age:"));
+        let mut c = BrokerConfig::default();
+        c.add_input_url("tcp://127.0.0.1:6000");
+        c.add_output_url("stdout");
+        if let Some(o) = c.outputs.get_mut("stdout") {
+            o.keep = Some(2);
+        }
+        assert!(err_of(&c).starts_with("outputs.stdout.keep:"));
+    }
+
+    #[test]
     #[allow(clippy::result_large_err)]
     fn drain_and_marker_timeouts() {
         // Defaults.
