@@ -108,9 +108,7 @@ impl Fanout {
     /// without the frame unless the output is raw.
     fn for_output(o: &OutputTx, ev: &Event, views: &[bytes::Bytes]) -> Event {
         let mut e = ev.clone();
-        if !o.raw {
-            e.raw = None;
-        }
+        raw_for(o, &mut e);
         if o.view > 0
             && let Some(p) = views.get(o.view - 1)
         {
@@ -159,9 +157,7 @@ impl Fanout {
             }
             let e = if i + 1 == n { ev.take() } else { ev.clone() };
             let Some(mut e) = e else { return };
-            if !o.raw {
-                e.raw = None;
-            }
+            raw_for(o, &mut e);
             match o.tx.try_send(e) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -226,6 +222,21 @@ impl Gauges {
                 .map_or(0, |tx| tx.max_capacity() - tx.capacity());
             metrics.depth.set(depth as i64);
         }
+    }
+}
+
+/// The frame as output `o` holds it: none for a JSON output; for a raw output with a
+/// filter, a copy. The frame is a slice of its connection's 256 KiB read buffer and keeps
+/// all of it alive: an unfiltered raw output queues consecutive frames, which share their
+/// buffers, but a selective filter could leave each queued frame pinning a buffer of its
+/// own (16,384 × 256 KiB), so those few frames are copied out instead.
+fn raw_for(o: &OutputTx, e: &mut Event) {
+    if !o.raw {
+        e.raw = None;
+    } else if o.filter.is_some()
+        && let Some(r) = &e.raw
+    {
+        e.raw = Some(bytes::Bytes::copy_from_slice(r));
     }
 }
 

@@ -866,8 +866,7 @@ fn is_dnstap_scheme(scheme: &str) -> bool {
 }
 
 /// The keys a raw dnstap output URL's query may set.
-const DNSTAP_URL_KEYS: &str =
-    "rotate_size, rotate_age, keep (dnstap+file), reconnect_min, reconnect_max (dnstap+tcp, dnstap+unix), queue, filter";
+const DNSTAP_URL_KEYS: &str = "rotate_size, rotate_age, keep (dnstap+file), reconnect_min, reconnect_max (dnstap+tcp, dnstap+unix), queue, filter";
 
 /// [`with_url_keys`] for `dnstap+file`, `dnstap+tcp` and `dnstap+unix`: the path is the
 /// file or socket (kept in the URL), the query sets keys of the table.
@@ -901,13 +900,18 @@ fn with_dnstap_url_keys(key: &str, o: &OutputConfig) -> Result<OutputConfig, Con
     for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
         let (k, v) = (k.to_string(), v.to_string());
         if !seen.insert(k.clone()) {
-            return Err(invalid(format!("{key}.url"), format!("{k:?} is given twice")));
+            return Err(invalid(
+                format!("{key}.url"),
+                format!("{k:?} is given twice"),
+            ));
         }
         let size = |v: &str| v.parse::<usize>().map_err(|_| bad(&k, v, "not a number"));
         let dur = |v: &str| humantime::parse_duration(v).map_err(|e| bad(&k, v, &e.to_string()));
         match k.as_str() {
             "rotate_size" => {
-                let n = v.parse::<u64>().map_err(|_| bad(&k, &v, "not a number of bytes"))?;
+                let n = v
+                    .parse::<u64>()
+                    .map_err(|_| bad(&k, &v, "not a number of bytes"))?;
                 put(key, &k, &mut e.rotate_size, n)?
             }
             "rotate_age" => put(key, &k, &mut e.rotate_age, dur(&v)?)?,
@@ -953,7 +957,9 @@ fn validate_dnstap(key: &str, url: &str, o: &OutputConfig) -> Result<OutputKind,
         if !rest.starts_with('/') {
             return Err(invalid(
                 format!("{key}.url"),
-                format!("expected an absolute path after the scheme (dnstap+file:///var/lib/tapbus/dns.fstrm), got {rest:?}"),
+                format!(
+                    "expected an absolute path after the scheme (dnstap+file:///var/lib/tapbus/dns.fstrm), got {rest:?}"
+                ),
             ));
         }
         let path = PathBuf::from(rest);
@@ -967,7 +973,10 @@ fn validate_dnstap(key: &str, url: &str, o: &OutputConfig) -> Result<OutputKind,
         if let Some(n) = o.rotate_size
             && n == 0
         {
-            return Err(invalid(format!("{key}.rotate_size"), "must be at least 1 (bytes)"));
+            return Err(invalid(
+                format!("{key}.rotate_size"),
+                "must be at least 1 (bytes)",
+            ));
         }
         if let Some(d) = o.rotate_age
             && d < Duration::from_secs(1)
@@ -993,7 +1002,9 @@ fn validate_dnstap(key: &str, url: &str, o: &OutputConfig) -> Result<OutputKind,
             if rest.is_empty() || rest.contains('/') || !rest.contains(':') {
                 return Err(invalid(
                     format!("{key}.url"),
-                    format!("expected HOST:PORT after the scheme (dnstap+tcp://127.0.0.1:6000), got {rest:?}"),
+                    format!(
+                        "expected HOST:PORT after the scheme (dnstap+tcp://127.0.0.1:6000), got {rest:?}"
+                    ),
                 ));
             }
             RelayTarget::Tcp(rest.to_string())
@@ -1002,7 +1013,9 @@ fn validate_dnstap(key: &str, url: &str, o: &OutputConfig) -> Result<OutputKind,
             if !rest.starts_with('/') || rest.ends_with('/') {
                 return Err(invalid(
                     format!("{key}.url"),
-                    format!("expected an absolute socket path after the scheme (dnstap+unix:///run/dnstap.sock), got {rest:?}"),
+                    format!(
+                        "expected an absolute socket path after the scheme (dnstap+unix:///run/dnstap.sock), got {rest:?}"
+                    ),
                 ));
             }
             RelayTarget::Unix(PathBuf::from(rest))
@@ -1089,8 +1102,18 @@ fn validate_output_at(
     only("rotate_size", o.rotate_size.is_some(), &file, "dnstap+file")?;
     only("rotate_age", o.rotate_age.is_some(), &file, "dnstap+file")?;
     only("keep", o.keep.is_some(), &file, "dnstap+file")?;
-    only("reconnect_min", o.reconnect_min.is_some(), &relay, "dnstap+tcp and dnstap+unix")?;
-    only("reconnect_max", o.reconnect_max.is_some(), &relay, "dnstap+tcp and dnstap+unix")?;
+    only(
+        "reconnect_min",
+        o.reconnect_min.is_some(),
+        &relay,
+        "dnstap+tcp and dnstap+unix",
+    )?;
+    only(
+        "reconnect_max",
+        o.reconnect_max.is_some(),
+        &relay,
+        "dnstap+tcp and dnstap+unix",
+    )?;
     let kind = if is_dnstap_scheme(scheme) {
         if !templated {
             return Err(invalid(
@@ -1688,22 +1711,50 @@ mod tests {
         assert_eq!(r.target, RelayTarget::Unix("/run/d.sock".into()));
         assert!(OutputKind::DnstapRelay(r).is_raw());
         for (url, key) in [
-            ("dnstap+file:///d/x.fstrm?keep=0", "outputs.dnstap_file.keep:"),
-            ("dnstap+file:///d/x.fstrm?rotate_size=0", "outputs.dnstap_file.rotate_size:"),
-            ("dnstap+file:///d/x.fstrm?rotate_age=10ms", "outputs.dnstap_file.rotate_age:"),
-            ("dnstap+file:///d/x.fstrm?rotate_size=1k", "outputs.dnstap_file.url:"),
-            ("dnstap+file:///d/x.fstrm?keep=1&keep=2", "outputs.dnstap_file.url:"),
+            (
+                "dnstap+file:///d/x.fstrm?keep=0",
+                "outputs.dnstap_file.keep:",
+            ),
+            (
+                "dnstap+file:///d/x.fstrm?rotate_size=0",
+                "outputs.dnstap_file.rotate_size:",
+            ),
+            (
+                "dnstap+file:///d/x.fstrm?rotate_age=10ms",
+                "outputs.dnstap_file.rotate_age:",
+            ),
+            (
+                "dnstap+file:///d/x.fstrm?rotate_size=1k",
+                "outputs.dnstap_file.url:",
+            ),
+            (
+                "dnstap+file:///d/x.fstrm?keep=1&keep=2",
+                "outputs.dnstap_file.url:",
+            ),
             ("dnstap+file:///d/", "outputs.dnstap_file.url:"),
-            ("dnstap+file:///d/x.fstrm?subject=a", "outputs.dnstap_file.url:"),
-            ("dnstap+tcp://127.0.0.1:6001?keep=2", "outputs.dnstap_tcp.keep:"),
+            (
+                "dnstap+file:///d/x.fstrm?subject=a",
+                "outputs.dnstap_file.url:",
+            ),
+            (
+                "dnstap+tcp://127.0.0.1:6001?keep=2",
+                "outputs.dnstap_tcp.keep:",
+            ),
             ("dnstap+tcp://nohost", "outputs.dnstap_tcp.url:"),
             ("dnstap+unix://rel.sock", "outputs.dnstap_unix.url:"),
-            ("dnstap+unix:///s?reconnect_min=0s", "outputs.dnstap_unix.reconnect_min:"),
+            (
+                "dnstap+unix:///s?reconnect_min=0s",
+                "outputs.dnstap_unix.reconnect_min:",
+            ),
             ("nats://127.0.0.1:4222?keep=2", "outputs.nats.url:"),
         ] {
             let e = one(url).expect_err(url).to_string();
             assert!(e.starts_with(key), "{url}: {e}");
-            assert_eq!(e.matches(key.trim_end_matches(':')).count(), 1, "{url}: {e}");
+            assert_eq!(
+                e.matches(key.trim_end_matches(':')).count(),
+                1,
+                "{url}: {e}"
+            );
         }
         // Table keys: a file key on a relay, privacy on a raw output.
         let mut c = BrokerConfig::default();

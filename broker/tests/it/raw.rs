@@ -34,7 +34,11 @@ fn dnstap_json(file: &Path) -> Vec<String> {
         .arg("-j")
         .output()
         .expect("dnstap -r");
-    assert!(out.status.success(), "dnstap -r {}: {out:?}", file.display());
+    assert!(
+        out.status.success(),
+        "dnstap -r {}: {out:?}",
+        file.display()
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)
@@ -47,8 +51,13 @@ fn fstrm_dump(file: &Path) -> (usize, bool, bool) {
         .arg(file)
         .output()
         .expect("fstrm_dump");
-    assert!(out.status.success(), "fstrm_dump {}: {out:?}", file.display());
-    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fstrm_dump {}: {out:?}",
+        file.display()
+    );
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     (
         text.lines().filter(|l| l.contains("Data frame")).count(),
         text.contains("FSTRM_CONTROL_START") && text.contains("protobuf:dnstap.Dnstap"),
@@ -106,7 +115,11 @@ fn record_writes_a_capture_the_reference_tools_read_byte_for_byte() {
             log.contains(&format!("events={n} published={n} dropped=0")),
             "{name}: {log}"
         );
-        assert_eq!(clean_capture(&out), data_frames(&input), "{name}: data frames differ");
+        assert_eq!(
+            clean_capture(&out),
+            data_frames(&input),
+            "{name}: data frames differ"
+        );
         let (frames, start, stop) = fstrm_dump(&out);
         assert_eq!((frames, start, stop), (n, true, true), "{name}: fstrm_dump");
         let got = dnstap_json(&out);
@@ -125,7 +138,10 @@ fn a_filtered_record_keeps_only_the_matching_frames() {
     let out = dir.path().join("responses.fstrm");
     let log = record(
         &input,
-        &format!("dnstap+file://{}?filter=operation%3DCLIENT_RESPONSE", out.display()),
+        &format!(
+            "dnstap+file://{}?filter=operation%3DCLIENT_RESPONSE",
+            out.display()
+        ),
         &[],
     );
     let expected: Vec<serde_json::Value> = reference_events(&input);
@@ -165,7 +181,10 @@ fn rotation_keeps_keep_files_each_a_capture_holding_every_frame_once() {
         let out = dir.path().join("dns.fstrm");
         record(
             &input,
-            &format!("dnstap+file://{}?rotate_size={size}&keep={keep}", out.display()),
+            &format!(
+                "dnstap+file://{}?rotate_size={size}&keep={keep}",
+                out.display()
+            ),
             &[],
         );
         let files = rotated(dir.path(), "dns");
@@ -186,7 +205,10 @@ fn rotation_keeps_keep_files_each_a_capture_holding_every_frame_once() {
         } else {
             assert_eq!(files.len(), 3, "{files:?}");
             // The newest frames, in order: a tail of the input.
-            assert!(frames.ends_with(&got), "the kept files are not the newest frames");
+            assert!(
+                frames.ends_with(&got),
+                "the kept files are not the newest frames"
+            );
             assert!(got.len() >= 2 * frames.len() / 7);
         }
     }
@@ -289,17 +311,26 @@ async fn relay_survives_the_receiver_restarting() {
     wait_listen();
     let broker = Broker::start_unix(&sock, None, &url);
     let (a, b) = (capture("unbound.fstrm"), capture("kresd.fstrm"));
-    let (na, nb) = (expected_count("unbound.fstrm"), expected_count("kresd.fstrm"));
+    let (na, nb) = (
+        expected_count("unbound.fstrm"),
+        expected_count("kresd.fstrm"),
+    );
     replay_unix(&a, &sock).await;
-    broker.wait_metric("tapbus_published_total", &["output=\"dnstap_tcp\""], na as f64);
+    broker.wait_metric(
+        "tapbus_published_total",
+        &["output=\"dnstap_tcp\""],
+        na as f64,
+    );
     // fstrm_capture read everything it was sent, then stops.
     wait_until("fstrm_capture read all", Duration::from_secs(10), || {
         unread(port) == 0
     });
     let first = cap.stop();
-    wait_until("the relay saw the receiver go", Duration::from_secs(10), || {
-        broker.metric("tapbus_output_up", &["output=\"dnstap_tcp\""]) == 0.0
-    });
+    wait_until(
+        "the relay saw the receiver go",
+        Duration::from_secs(10),
+        || broker.metric("tapbus_output_up", &["output=\"dnstap_tcp\""]) == 0.0,
+    );
     replay_unix(&b, &sock).await;
     let cap = Capture::start(&listen, &dir.path().join("two.fstrm"));
     let (published, dropped) = broker.wait_settled("dnstap_tcp", na + nb);
@@ -321,11 +352,27 @@ async fn relay_survives_the_receiver_restarting() {
 #[test]
 fn bad_raw_output_settings_are_refused_naming_the_key() {
     for (url, env, key) in [
-        ("dnstap+file:///tmp/x.fstrm?keep=0", None, "outputs.dnstap_file.keep"),
-        ("dnstap+file:///tmp/x.fstrm?rotate=1", None, "outputs.dnstap_file.url"),
-        ("dnstap+file:///tmp/x.fstrm?rotate_size=0", None, "outputs.dnstap_file.rotate_size"),
+        (
+            "dnstap+file:///tmp/x.fstrm?keep=0",
+            None,
+            "outputs.dnstap_file.keep",
+        ),
+        (
+            "dnstap+file:///tmp/x.fstrm?rotate=1",
+            None,
+            "outputs.dnstap_file.url",
+        ),
+        (
+            "dnstap+file:///tmp/x.fstrm?rotate_size=0",
+            None,
+            "outputs.dnstap_file.rotate_size",
+        ),
         ("dnstap+file://x.fstrm", None, "outputs.dnstap_file.url"),
-        ("dnstap+tcp://127.0.0.1:6000?keep=3", None, "outputs.dnstap_tcp.keep"),
+        (
+            "dnstap+tcp://127.0.0.1:6000?keep=3",
+            None,
+            "outputs.dnstap_tcp.keep",
+        ),
         (
             "dnstap+unix:///run/x.sock?reconnect_min=2s&reconnect_max=1s",
             None,
@@ -350,7 +397,11 @@ fn bad_raw_output_settings_are_refused_naming_the_key() {
         let out = cmd.output().expect("run broker");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{url}: {err}");
-        assert_eq!(err.matches(key).count(), 1, "{url}: {key} not named once in {err}");
+        assert_eq!(
+            err.matches(key).count(),
+            1,
+            "{url}: {key} not named once in {err}"
+        );
     }
 }
 
@@ -369,13 +420,19 @@ fn check_shows_the_raw_outputs_and_their_keys() {
         .output()
         .expect("run broker");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         text.contains("dnstap_file=dnstap+file:///var/lib/tapbus/dns.fstrm keep=5 rotate_size=1048576 rotate_age=1h"),
         "{text}"
     );
     assert!(
-        text.contains("dnstap_unix=dnstap+unix:///run/relay.sock reconnect_min=100ms reconnect_max=2s"),
+        text.contains(
+            "dnstap_unix=dnstap+unix:///run/relay.sock reconnect_min=100ms reconnect_max=2s"
+        ),
         "{text}"
     );
 }
@@ -399,7 +456,9 @@ async fn relay_survives_the_receiver_killed_mid_replay() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
     let sock = dir.path().join("dnstap.sock");
-    let url = format!("dnstap+tcp://127.0.0.1:{port}?reconnect_min=20ms&reconnect_max=100ms&queue=200000");
+    let url = format!(
+        "dnstap+tcp://127.0.0.1:{port}?reconnect_min=20ms&reconnect_max=100ms&queue=200000"
+    );
     let broker = Broker::start_unix(&sock, None, &url);
     let input = capture("bulk-100k.fstrm");
     let n = expected_count("bulk-100k.fstrm");
@@ -407,14 +466,20 @@ async fn relay_survives_the_receiver_killed_mid_replay() {
         let (i, s) = (input.clone(), sock.clone());
         tokio::task::spawn_blocking(move || fstrm_replay_unix(&i, &s))
     };
-    broker.wait_metric("tapbus_published_total", &["output=\"dnstap_tcp\""], (n / 5) as f64);
+    broker.wait_metric(
+        "tapbus_published_total",
+        &["output=\"dnstap_tcp\""],
+        (n / 5) as f64,
+    );
     cap.proc.kill();
     let first_part = data_frames(&cap.out);
     let cap = Capture::start(&listen, &dir.path().join("two.fstrm"));
     replay.await.expect("replay");
     let (published, dropped) = broker.wait_settled("dnstap_tcp", n);
     assert_eq!(published + dropped, n);
-    wait_until("fstrm_capture read all", Duration::from_secs(10), || unread(port) == 0);
+    wait_until("fstrm_capture read all", Duration::from_secs(10), || {
+        unread(port) == 0
+    });
     let resent = broker.metric("tapbus_resent_total", &["output=\"dnstap_tcp\""]);
     let mut broker = broker;
     broker.proc.terminate();

@@ -402,7 +402,9 @@ mod tests {
         let bytes = std::fs::read(path).expect("read");
         let (frames, end) = decode_all(&bytes, 1 << 20);
         end.expect("clean stream");
-        assert!(matches!(frames.first(), Some(Frame::Control(c)) if c.kind == ControlType::Start && c.matches_content_type(DNSTAP_CONTENT_TYPE)));
+        assert!(
+            matches!(frames.first(), Some(Frame::Control(c)) if c.kind == ControlType::Start && c.matches_content_type(DNSTAP_CONTENT_TYPE))
+        );
         assert!(matches!(frames.last(), Some(Frame::Control(c)) if c.kind == ControlType::Stop));
         frames
             .into_iter()
@@ -421,12 +423,7 @@ mod tests {
         let m = PublishMetrics::unregistered();
         let (tx, rx) = tokio::sync::mpsc::channel(4096);
         // 22-byte frames + 4 bytes prefix: 26; START is 34 bytes: 4 frames per 128 bytes.
-        let task = spawn(
-            "f".into(),
-            spec(dir.path(), Some(128), 3),
-            rx,
-            m.clone(),
-        );
+        let task = spawn("f".into(), spec(dir.path(), Some(128), 3), rx, m.clone());
         for i in 0..40 {
             tx.send(frame(i)).await.expect("send");
         }

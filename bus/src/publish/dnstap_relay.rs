@@ -130,7 +130,11 @@ impl Conn {
     }
 
     /// Reads until one control frame arrived.
-    async fn read_control(&self, dec: &mut FrameDecoder, buf: &mut BytesMut) -> io::Result<ControlFrame> {
+    async fn read_control(
+        &self,
+        dec: &mut FrameDecoder,
+        buf: &mut BytesMut,
+    ) -> io::Result<ControlFrame> {
         loop {
             match dec.decode(buf) {
                 Ok(Some(Frame::Control(c))) => return Ok(c),
@@ -144,7 +148,10 @@ impl Conn {
                 Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
             }
             if buf.len() > MAX_READ_FRAME {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "control frame too long"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "control frame too long",
+                ));
             }
             self.ready(Interest::READABLE).await?;
             let mut chunk = [0u8; 512];
@@ -305,7 +312,9 @@ pub async fn run(name: String, spec: DnstapRelaySpec, mut rx: Queue, m: PublishM
     }
     if let Some(c) = conn.take() {
         match c.finish().await {
-            Ok(()) => tracing::info!(output = %name, receiver = %target, "stream closed (STOP answered with FINISH)"),
+            Ok(()) => {
+                tracing::info!(output = %name, receiver = %target, "stream closed (STOP answered with FINISH)")
+            }
             Err(e) => tracing::warn!(output = %name, receiver = %target, "closing the stream: {e}"),
         }
     }
