@@ -306,6 +306,46 @@ mod tests {
         assert!(private.iter().all(|e| e.payload == other));
     }
 
+    #[tokio::test]
+    async fn only_raw_outputs_hold_the_frame_and_filtered_ones_copy_it() {
+        let raw = |filter| OutputQueue {
+            raw: true,
+            ..output(10, filter)
+        };
+        // All raw, no filter: no JSON needed.
+        let (f, _rxs) = Fanout::new(vec![raw(None), raw(None)]);
+        assert!(f.wants_raw() && !f.wants_json());
+        let (f, _rxs) = Fanout::new(vec![raw(Some("operation=CLIENT_QUERY"))]);
+        assert!(f.wants_raw() && f.wants_json());
+        let (f, mut rxs) = Fanout::new(vec![
+            output(10, None),
+            raw(None),
+            raw(Some("operation=CLIENT_QUERY")),
+        ]);
+        assert!(f.wants_raw() && f.wants_json());
+        let buffer = Bytes::from_static(b"..frame..");
+        let frame = buffer.slice(2..7);
+        for send in 0..3 {
+            let mut ev = op("CLIENT_QUERY");
+            ev.raw = Some(frame.clone());
+            match send {
+                0 => f.send(ev),
+                1 => f.send_views(ev, &[Bytes::from_static(b"v")]),
+                _ => f.send_wait(ev, &[]).await,
+            }
+        }
+        for _ in 0..3 {
+            let json = rxs[0].try_recv().expect("json output");
+            assert_eq!(json.raw, None);
+            let r = rxs[1].try_recv().expect("raw output");
+            // The same bytes of the same buffer: no copy.
+            assert_eq!(r.raw.as_ref().map(|b| b.as_ptr()), Some(frame.as_ptr()));
+            let c = rxs[2].try_recv().expect("filtered raw output");
+            assert_eq!(c.raw.as_deref(), Some(&b"frame"[..]));
+            assert_ne!(c.raw.as_ref().map(|b| b.as_ptr()), Some(frame.as_ptr()));
+        }
+    }
+
     #[test]
     fn every_output_gets_every_event_until_its_queue_is_full() {
         let (f, mut rxs) = Fanout::new(vec![output(5, None), output(100, None)]);

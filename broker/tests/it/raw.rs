@@ -501,3 +501,26 @@ async fn relay_survives_the_receiver_killed_mid_replay() {
         second.len(),
     );
 }
+
+/// No receiver at all: a replay into a relay ends at once (no drain deadline waited out),
+/// every frame counted as dropped, and the exit status says the replay is incomplete.
+#[test]
+fn a_relay_without_receiver_drops_and_counts_at_shutdown() {
+    let name = "kresd.fstrm";
+    let n = expected_count(name);
+    let port = free_port();
+    let t0 = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_tapbus-broker"))
+        .args(["-i", &format!("file://{}", capture(name).display())])
+        .args(["-o", &format!("dnstap+tcp://127.0.0.1:{port}?queue=100000")])
+        .env("TAPBUS_METRICS_LISTEN", "")
+        .output()
+        .expect("run broker");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    assert!(
+        log.contains(&format!("events={n} published=0 dropped={n}")),
+        "{log}"
+    );
+}

@@ -7,8 +7,9 @@
 //! as they came in (never decoded nor re-encoded), and at shutdown STOP, then wait for
 //! FINISH. Control frames are encoded and decoded with `tapbus_proto::fstrm`.
 //!
-//! Reconnects: a refused connection, a failed handshake or a broken stream is retried with
-//! backoff (`reconnect_min` doubling to `reconnect_max`, jittered: [`crate::backoff`]).
+//! Reconnects: the output connects at start and stays connected (`tapbus_output_up`); a
+//! refused connection, a failed or slow (5 s) connect and handshake, or a broken stream is
+//! retried with backoff (`reconnect_min` doubling to `reconnect_max`, jittered: [`crate::backoff`]).
 //! Meanwhile the output's bounded queue fills and the fan-out drops and counts
 //! (`queue_full`); the socket reads of the inputs never wait.
 //!
@@ -228,56 +229,66 @@ pub async fn run(name: String, spec: DnstapRelaySpec, mut rx: Queue, m: PublishM
     m.up.set(0);
     loop {
         m.inflight.set(held.len() as i64);
-        if held.is_empty() {
-            if closed {
-                break;
-            }
-            match &conn {
-                Some(c) => {
-                    tokio::select! {
-                        n = rx.recv_many(&mut batch, BATCH) => {
-                            if n == 0 {
-                                closed = true;
-                            }
-                            held.extend(batch.drain(..));
-                        }
-                        e = c.closed() => {
-                            tracing::warn!(output = %name, receiver = %target, "the receiver closed the stream: {e}; reconnecting at the next frame");
-                            conn = None;
-                            m.up.set(0);
-                        }
-                    }
-                }
-                None => {
-                    if rx.recv_many(&mut batch, BATCH).await == 0 {
-                        closed = true;
-                    }
-                    held.extend(batch.drain(..));
-                }
-            }
-            continue;
+        if closed && held.is_empty() {
+            break;
         }
-        let c = match conn.take() {
-            Some(c) => c,
-            None => match Conn::open(&target).await {
-                Ok(c) => {
+        // Connected at all times (from the start, and again at once after a break), so
+        // `up` says whether the receiver is there; the queue waits meanwhile.
+        let Some(c) = conn.take() else {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, Conn::open(&target)).await {
+                Ok(Ok(c)) => {
                     tracing::info!(output = %name, receiver = %target, "connected, stream started");
                     backoff.reset();
                     m.up.set(1);
-                    c
+                    conn = Some(c);
                 }
-                Err(e) => {
+                res => {
+                    let e = match res {
+                        Ok(Err(e)) => e,
+                        _ => io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "connect and handshake timed out",
+                        ),
+                    };
                     let wait = backoff.next_delay();
                     if backoff.failures() == 1 {
                         tracing::warn!(output = %name, receiver = %target, "cannot relay: {e}; retrying in {wait:?} (frames wait in the queue, then are dropped and counted)");
                     } else {
                         tracing::debug!(output = %name, receiver = %target, "cannot relay: {e}; retrying in {wait:?}");
                     }
+                    if rx.is_closed() {
+                        // Shutting down with the receiver away: do not wait out backoffs.
+                        let mut lost = held.len() as u64;
+                        held.clear();
+                        rx.close();
+                        while rx.recv().await.is_some() {
+                            lost += 1;
+                        }
+                        m.dropped_shutdown.inc_by(lost);
+                        tracing::warn!(output = %name, receiver = %target, "receiver unavailable at shutdown; {lost} frames dropped");
+                        break;
+                    }
                     tokio::time::sleep(wait).await;
-                    continue;
                 }
-            },
+            }
+            continue;
         };
+        if held.is_empty() {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        closed = true;
+                    }
+                    held.extend(batch.drain(..));
+                    conn = Some(c);
+                }
+                e = c.closed() => {
+                    tracing::warn!(output = %name, receiver = %target, "the receiver closed the stream: {e}; reconnecting");
+                    m.up.set(0);
+                }
+            }
+            continue;
+        }
         // The receiver may have closed while we waited: do not write into a dead socket.
         if let Err(e) = c.poll_closed() {
             tracing::warn!(output = %name, receiver = %target, "the receiver closed the stream: {e}; reconnecting");
