@@ -447,6 +447,54 @@ mod tests {
         assert_eq!(all, want);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rotates_by_age_even_when_idle_and_never_leaves_empty_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = PublishMetrics::unregistered();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut s = spec(dir.path(), None, 5);
+        s.rotate_age = Some(Duration::from_secs(1));
+        let path = s.path.clone();
+        let task = spawn("f".into(), s, rx, m.clone());
+        for i in 0..3 {
+            tx.send(frame(i)).await.expect("send");
+        }
+        // No more frames: the file is rotated at its age all the same.
+        let t0 = std::time::Instant::now();
+        while list_rotated(&path).is_empty() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "not rotated");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!path.exists());
+        for i in 3..5 {
+            tx.send(frame(i)).await.expect("send");
+        }
+        drop(tx);
+        task.await.expect("join");
+        let rotated = list_rotated(&path);
+        // Idle ages passed with no frame: no empty file was made.
+        assert_eq!(rotated.len(), 1, "{rotated:?}");
+        assert_eq!(data_of(&rotated[0]).len(), 3);
+        assert_eq!(data_of(&path).len(), 2);
+        assert_eq!(m.published.get(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_file_that_cannot_be_opened_drops_and_counts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = PublishMetrics::unregistered();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let s = spec(&dir.path().join("missing-dir"), None, 5);
+        let task = spawn("f".into(), s, rx, m.clone());
+        for i in 0..10 {
+            tx.send(frame(i)).await.expect("send");
+        }
+        drop(tx);
+        task.await.expect("join");
+        assert_eq!((m.published.get(), m.dropped_error.get()), (0, 10));
+        assert_eq!(m.up.get(), 0);
+    }
+
     #[test]
     fn rotated_names_sort_and_are_recognised() {
         let dir = tempfile::tempdir().expect("tempdir");
