@@ -10,6 +10,10 @@
 #   --tcp        broker input tcp://127.0.0.1:PORT instead of unix:///TMP/dnstap.sock
 #   --stdout     no NATS: broker output `stdout` into /dev/null (the ingest + encode ceiling);
 #                the rate is then frames up to FINISH / time
+#   --output dnstap-file  no bus: the raw output dnstap+file://TMP/rec.fstrm (record: the
+#                frames are copied, never decoded); the rate is frames / time until every
+#                frame was written to the file (published), polled every 0.05 s; the file's
+#                data frames are counted at the end (fstrm_dump)
 #   --raw-sub    cheaper subscriber, leaving more of the machine to the broker: for nats it
 #                speaks the NATS protocol itself (nats_count --raw, ~3x less CPU than
 #                async-nats); for redis-publish redis_count (RESP over one socket) replaces
@@ -43,7 +47,7 @@ IDLE_SECS=${IDLE_SECS:-5}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 RATE=${RATE:-0}
 NATS_SERVER=${NATS_SERVER:-/usr/sbin/nats-server}
-REL=$ROOT/target/release
+REL=${CARGO_TARGET_DIR:-$ROOT/target}/release
 
 TRANSPORT=unix
 BASELINE=0
@@ -68,6 +72,7 @@ while [ $# -gt 0 ]; do
         OUTPUT=${2:?--output needs a kind}; shift
         case "$OUTPUT" in
         nats | stdout) ;;
+        dnstap-file) SUB_NAME=none ;;
         jetstream) SUB_NAME=jsz ;;
         mqtt0 | mqtt1) SUB_NAME=mosquitto_sub ;;
         redis-publish) SUB_NAME=redis-cli-psubscribe ;;
@@ -282,6 +287,9 @@ elif [ "$OUTPUT" = nats ]; then
     wait_until 10 port_open "$NPORT" || { cat "$TMP/nats.log" >&2; die "nats-server did not start"; }
     OUT_URL="nats://127.0.0.1:$NPORT"
     BROKER_STDOUT="$TMP/broker.out"
+elif [ "$OUTPUT" = dnstap-file ]; then
+    OUT_URL="dnstap+file://$TMP/rec.fstrm${QUEUE:+?queue=$QUEUE}"
+    BROKER_STDOUT=/dev/null
 else
     OUT_URL=stdout
     BROKER_STDOUT=/dev/null
@@ -398,7 +406,7 @@ run_bg timeout -k 5 "$RUN_TIMEOUT" "$REL/examples/fstrm_blast" --file "$CAPTURE"
 [ "$BLAST_RC" = 0 ] || { cat "$TMP/blast.log" >&2; echo "e2e.sh: fstrm_blast exited with $BLAST_RC" >&2; }
 
 COUNT_RC=0
-if [ "$SELF_COUNTING" = 0 ] && [ "$OUTPUT" != stdout ]; then
+if [ "$SELF_COUNTING" = 0 ] && [ "$OUTPUT" != stdout ] && [ "$OUTPUT" != dnstap-file ]; then
     # Poll the bus until it holds COUNT messages or stops growing for IDLE_SECS after the
     # broker has published or dropped every event; the last arrival is when the count
     # last changed (poll every 0.05 s).
@@ -438,10 +446,14 @@ else
         curl -fsS -m 1 "http://127.0.0.1:$MPORT/metrics" -o "$TMP/m1.txt" &&
             [ $(($(metric_sum tapbus_published_total "$TMP/m1.txt") + $(metric_sum tapbus_dropped_total "$TMP/m1.txt"))) -ge "$(metric_sum tapbus_events_total "$TMP/m1.txt")" ]
     }
-    wait_until 30 drained || echo "e2e.sh: stdout output not drained after 30 s" >&2
+    wait_until 30 drained || echo "e2e.sh: $OUTPUT output not drained after 30 s" >&2
+    DRAINED_NS=$(date +%s%N)
     S=$(json_num start_unix_ns "$TMP/blast.json"); F=$(json_num seconds_to_finish "$TMP/blast.json")
     P=$(metric_sum tapbus_published_total "$TMP/m1.txt")
-    echo "{\"count\":$P,\"bytes\":0,\"first_unix_ns\":$S,\"last_unix_ns\":$(awk -v s="${S:-0}" -v f="${F:-0}" 'BEGIN { printf "%.0f", s + f * 1e9 }'),\"cpu_ticks\":0}" >"$TMP/count.json"
+    LAST=$(awk -v s="${S:-0}" -v f="${F:-0}" 'BEGIN { printf "%.0f", s + f * 1e9 }')
+    # dnstap-file: until the last frame was written (the file output has no FINISH of its own)
+    [ "$OUTPUT" != dnstap-file ] || LAST=$DRAINED_NS
+    echo "{\"count\":$P,\"bytes\":0,\"first_unix_ns\":$S,\"last_unix_ns\":$LAST,\"cpu_ticks\":0}" >"$TMP/count.json"
 fi
 B1=$(cpu_ticks "$BROKER_PID")
 N1=0; [ -z "$NATS_PID" ] || N1=$(cpu_ticks "$NATS_PID")
@@ -468,7 +480,7 @@ fi
 case "$OUTPUT" in
 mqtt*) BUS_NAME=mosquitto ;;
 redis*) BUS_NAME=redis-server ;;
-stdout) BUS_NAME=none ;;
+stdout | dnstap-file) BUS_NAME=none ;;
 *) BUS_NAME=nats-server ;;
 esac
 SENT=$(json_num frames "$TMP/blast.json"); SENT=${SENT:-0}
@@ -529,6 +541,22 @@ awk -v tck="$CLK_TCK" 'NR == FNR { a[$1] = $NF; next } { d = ($NF - a[$1]) / tck
 
 RESULT_OK=true
 [ "$RECV" = "$COUNT" ] && [ "$DROPPED" = 0 ] && [ "$FINISH" = true ] || RESULT_OK=false
+if [ "$OUTPUT" = dnstap-file ]; then
+    # The recorded file's data frames (every published frame was written to the OS).
+    FILE_FRAMES=$(python3 -c '
+import struct, sys
+b = open(sys.argv[1], "rb").read(); i = n = 0
+while i + 4 <= len(b):
+    (l,) = struct.unpack_from(">I", b, i); i += 4
+    if l == 0:
+        (c,) = struct.unpack_from(">I", b, i); i += 4 + c
+    else:
+        i += l; n += 1
+print(n)' "$TMP/rec.fstrm")
+    printf '  %-34s %s
+' "data frames in the recorded file" "$FILE_FRAMES ($(stat -c %s "$TMP/rec.fstrm") bytes)"
+    [ "$FILE_FRAMES" = "$PUBLISHED" ] || RESULT_OK=false
+fi
 
 # ---- optional baseline: fstrm_capture -w /dev/null ----------------------------------------
 BASE_JSON=null

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and the quick start need, if they are missing:
 #   nats-server  the bus the integration tests publish to
-#   fstrm-bin    fstrm_replay / fstrm_capture, real Frame Streams senders and readers
+#   fstrm-bin    fstrm_replay / fstrm_capture / fstrm_dump, real Frame Streams senders and readers
+#   golang-github-dnstap-golang-dnstap-cli  golang-dnstap's `dnstap`, which reads the raw
+#                dnstap+file output's captures back (`dnstap -r FILE -j`) in broker/tests/it/raw.rs
 #   unbound      a real DNS server writing dnstap in the integration tests
 #   nsd          NSD, an authoritative server writing dnstap (broker/tests/it/dns_server.rs)
 #   bind9        BIND named, run with named/'s authoritative and caching configs by
@@ -32,6 +34,7 @@ set -euo pipefail
 need=()
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 command -v fstrm_replay >/dev/null 2>&1 || need+=(fstrm-bin)
+command -v dnstap >/dev/null 2>&1 || need+=(golang-github-dnstap-golang-dnstap-cli)
 command -v unbound >/dev/null 2>&1 || [ -x /usr/sbin/unbound ] || need+=(unbound)
 command -v named >/dev/null 2>&1 || [ -x /usr/sbin/named ] || need+=(bind9)
 command -v nsd >/dev/null 2>&1 || [ -x /usr/sbin/nsd ] || need+=(nsd)

@@ -27,6 +27,9 @@ struct OutputTx {
     /// The privacy view this output publishes: 0 the event as offered, `k` the `k`-th
     /// of the other views handed to [`Fanout::send`].
     view: usize,
+    /// A raw dnstap output: it takes the original frame ([`Event::raw`]); the others never
+    /// hold it.
+    raw: bool,
 }
 
 /// One output's queue, as [`Fanout::new`] takes it.
@@ -36,6 +39,8 @@ pub struct OutputQueue {
     pub metrics: PublishMetrics,
     pub filter: Option<tapbus_event::Filter>,
     pub view: usize,
+    /// A raw dnstap output (`dnstap+file`, `dnstap+tcp`, `dnstap+unix`).
+    pub raw: bool,
 }
 
 /// The sending side of every output queue. Cheap to clone (one per connection).
@@ -44,6 +49,11 @@ pub struct Fanout {
     outputs: Arc<[OutputTx]>,
     /// Some output has a filter: events are parsed before they are offered.
     filtered: bool,
+    /// Some output is raw: the session attaches the original frame to each event.
+    wants_raw: bool,
+    /// Some output publishes the JSON or has a filter: the session encodes the event. When
+    /// every output is raw and none filters, the JSON is never built (frames pass through).
+    wants_json: bool,
     /// Events offered to the outputs (each to every output): for every output, offered ==
     /// published + dropped + what its queue and its in-flight set hold.
     offered: Arc<AtomicU64>,
@@ -65,23 +75,40 @@ impl Fanout {
                 metrics: o.metrics,
                 filter: o.filter,
                 view: o.view,
+                raw: o.raw,
             });
             rxs.push(rx);
         }
         let filtered = txs.iter().any(|o| o.filter.is_some());
+        let wants_raw = txs.iter().any(|o| o.raw);
+        let wants_json = filtered || txs.iter().any(|o| !o.raw);
         (
             Fanout {
                 outputs: txs.into(),
                 filtered,
+                wants_raw,
+                wants_json,
                 offered: Arc::new(AtomicU64::new(0)),
             },
             rxs,
         )
     }
 
-    /// The event as output `o` publishes it: the offered one, or one of the other views.
+    /// Whether events need the original frame ([`Event::raw`]): some output is raw.
+    pub fn wants_raw(&self) -> bool {
+        self.wants_raw
+    }
+
+    /// Whether events need their JSON: some output publishes it or filters on it.
+    pub fn wants_json(&self) -> bool {
+        self.wants_json
+    }
+
+    /// The event as output `o` publishes it: the offered one, or one of the other views;
+    /// without the frame unless the output is raw.
     fn for_output(o: &OutputTx, ev: &Event, views: &[bytes::Bytes]) -> Event {
         let mut e = ev.clone();
+        raw_for(o, &mut e);
         if o.view > 0
             && let Some(p) = views.get(o.view - 1)
         {
@@ -129,7 +156,8 @@ impl Fanout {
                 continue;
             }
             let e = if i + 1 == n { ev.take() } else { ev.clone() };
-            let Some(e) = e else { return };
+            let Some(mut e) = e else { return };
+            raw_for(o, &mut e);
             match o.tx.try_send(e) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -197,6 +225,21 @@ impl Gauges {
     }
 }
 
+/// The frame as output `o` holds it: none for a JSON output; for a raw output with a
+/// filter, a copy. The frame is a slice of its connection's 256 KiB read buffer and keeps
+/// all of it alive: an unfiltered raw output queues consecutive frames, which share their
+/// buffers, but a selective filter could leave each queued frame pinning a buffer of its
+/// own (16,384 × 256 KiB), so those few frames are copied out instead.
+fn raw_for(o: &OutputTx, e: &mut Event) {
+    if !o.raw {
+        e.raw = None;
+    } else if o.filter.is_some()
+        && let Some(r) = &e.raw
+    {
+        e.raw = Some(bytes::Bytes::copy_from_slice(r));
+    }
+}
+
 /// The subscribers' view of an event, for the filters. An event the view cannot parse
 /// (the encoder's own output, so never expected) matches no filter.
 fn view(payload: &[u8]) -> Option<tapbus_event::EventView<'_>> {
@@ -241,6 +284,7 @@ mod tests {
             metrics: PublishMetrics::unregistered(),
             filter: filter.map(|f| tapbus_event::Filter::parse(f).expect("filter")),
             view: 0,
+            raw: false,
         }
     }
 
@@ -260,6 +304,46 @@ mod tests {
         assert!(clear.iter().all(|e| e.payload.starts_with(b"{")));
         assert_eq!(private.len(), 2);
         assert!(private.iter().all(|e| e.payload == other));
+    }
+
+    #[tokio::test]
+    async fn only_raw_outputs_hold_the_frame_and_filtered_ones_copy_it() {
+        let raw = |filter| OutputQueue {
+            raw: true,
+            ..output(10, filter)
+        };
+        // All raw, no filter: no JSON needed.
+        let (f, _rxs) = Fanout::new(vec![raw(None), raw(None)]);
+        assert!(f.wants_raw() && !f.wants_json());
+        let (f, _rxs) = Fanout::new(vec![raw(Some("operation=CLIENT_QUERY"))]);
+        assert!(f.wants_raw() && f.wants_json());
+        let (f, mut rxs) = Fanout::new(vec![
+            output(10, None),
+            raw(None),
+            raw(Some("operation=CLIENT_QUERY")),
+        ]);
+        assert!(f.wants_raw() && f.wants_json());
+        let buffer = Bytes::from_static(b"..frame..");
+        let frame = buffer.slice(2..7);
+        for send in 0..3 {
+            let mut ev = op("CLIENT_QUERY");
+            ev.raw = Some(frame.clone());
+            match send {
+                0 => f.send(ev),
+                1 => f.send_views(ev, &[Bytes::from_static(b"v")]),
+                _ => f.send_wait(ev, &[]).await,
+            }
+        }
+        for _ in 0..3 {
+            let json = rxs[0].try_recv().expect("json output");
+            assert_eq!(json.raw, None);
+            let r = rxs[1].try_recv().expect("raw output");
+            // The same bytes of the same buffer: no copy.
+            assert_eq!(r.raw.as_ref().map(|b| b.as_ptr()), Some(frame.as_ptr()));
+            let c = rxs[2].try_recv().expect("filtered raw output");
+            assert_eq!(c.raw.as_deref(), Some(&b"frame"[..]));
+            assert_ne!(c.raw.as_ref().map(|b| b.as_ptr()), Some(frame.as_ptr()));
+        }
     }
 
     #[test]

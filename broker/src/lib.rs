@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! ingress/{unix,tcp,tls,dial,file} -> session -> event::encode -> fanout -> tapbus_bus::publish/{nats,mqtt,redis,stdout}
+//!                                        \-> the original frame -> fanout -> tapbus_bus::publish/{dnstap_file,dnstap_relay}
 //! ```
 //! * [`ingress`]: listeners, dial-out and files; one task per connection.
 //! * [`session`]: Frame Streams reading and handshake; frames become events here.
@@ -110,6 +111,7 @@ pub async fn run(
                 metrics: metrics.output(&o.name),
                 filter: o.filter.clone(),
                 view,
+                raw: o.kind.is_raw(),
             })
             .collect(),
     );

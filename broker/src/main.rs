@@ -190,6 +190,22 @@ fn summary(s: &tapbus_config::BrokerSettings) -> String {
                 }
                 OutputKind::Stdout => "stdout".into(),
                 OutputKind::TcpJson { addr, .. } => format!("tcp+json:{addr}"),
+                OutputKind::DnstapFile(f) => {
+                    let mut w = format!("dnstap+file://{} keep={}", f.path.display(), f.keep);
+                    if let Some(n) = f.rotate_size {
+                        w.push_str(&format!(" rotate_size={n}"));
+                    }
+                    if let Some(d) = f.rotate_age {
+                        w.push_str(&format!(" rotate_age={}", humantime::format_duration(d)));
+                    }
+                    w
+                }
+                OutputKind::DnstapRelay(r) => format!(
+                    "{} reconnect_min={} reconnect_max={}",
+                    r.target,
+                    humantime::format_duration(r.backoff.min),
+                    humantime::format_duration(r.backoff.max)
+                ),
             };
             if let Some(f) = &o.filter {
                 what.push_str(&format!(" filter=\"{f}\""));

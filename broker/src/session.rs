@@ -228,8 +228,18 @@ impl State {
         Ok(None)
     }
 
-    /// Frames become events here.
+    /// Frames become events here. A raw dnstap output gets the original frame beside the
+    /// JSON (a reference-counted handle, no copy); when every output is raw and none has a
+    /// filter, the JSON is not built at all and the frame passes through as it came (not
+    /// decoded, so not checked either: like `fstrm_capture`, a relay of bytes).
     fn data(&mut self, payload: Bytes, ctx: &Ctx) -> Option<Event> {
+        if !ctx.fanout.wants_json() {
+            ctx.metrics.events.inc();
+            let mut ev = Event::event(Bytes::new(), event::Summary::default());
+            ev.raw = Some(payload);
+            return Some(ev);
+        }
+        let raw = ctx.fanout.wants_raw().then(|| payload.clone());
         for o in &mut self.outs {
             o.clear();
         }
@@ -273,7 +283,9 @@ impl State {
                         self.views.push(bytes);
                     }
                 }
-                Some(Event::event(first.unwrap_or_default(), summary))
+                let mut ev = Event::event(first.unwrap_or_default(), summary);
+                ev.raw = raw;
+                Some(ev)
             }
             Err(e) => {
                 ctx.metrics.malformed(e.reason());
@@ -343,6 +355,11 @@ mod tests {
     }
 
     fn rig(queue: usize, max_frame: usize) -> Rig {
+        rig_raw(queue, max_frame, false)
+    }
+
+    /// `raw`: the one output is a raw dnstap output.
+    fn rig_raw(queue: usize, max_frame: usize, raw: bool) -> Rig {
         let metrics = Metrics::new();
         let output = metrics.output("out");
         let (fanout, mut rxs) = Fanout::new(vec![crate::fanout::OutputQueue {
@@ -350,6 +367,7 @@ mod tests {
             metrics: output.clone(),
             filter: None,
             view: 0,
+            raw,
         }]);
         let ctx = Ctx {
             peer: "test-peer".into(),
@@ -440,6 +458,27 @@ mod tests {
         assert_eq!(r.ctx.metrics.events.get(), 50);
         assert_eq!(r.ctx.metrics.control.get(), 3);
         assert_eq!(r.output.dropped(), 0);
+    }
+
+    /// Only raw outputs: the frames pass through as they came (not even decoded: a frame
+    /// that is not dnstap goes too), each one counted as an event; no JSON is built.
+    #[tokio::test]
+    async fn raw_outputs_only_get_the_frames_without_json() {
+        let mut r = rig_raw(1000, DEFAULT_MAX_DATA_FRAME, true);
+        let mut p = payloads(20);
+        p.push(Bytes::from_static(b"not dnstap"));
+        let (mut peer, task) = start(r.ctx.clone());
+        peer.write_all(&control_bytes(ControlType::Start, ct()))
+            .await
+            .expect("write");
+        peer.write_all(&data_frames(&p)).await.expect("write");
+        drop(peer);
+        assert_eq!(task.await.expect("join").expect("session"), End::Eof);
+        let events = drain(&mut r.rx);
+        let frames: Vec<Bytes> = events.iter().filter_map(|e| e.raw.clone()).collect();
+        assert_eq!(frames, p);
+        assert!(events.iter().all(|e| e.payload.is_empty()));
+        assert_eq!(r.ctx.metrics.events.get(), 21);
     }
 
     #[tokio::test]

@@ -39,7 +39,7 @@ impl PublishFamilies {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "published",
-            "events each output's bus has confirmed (NATS: marker echoed or JetStream ack; MQTT: written at QoS 0, PUBACK at QoS 1; Redis: pipeline reply)",
+            "events each output's bus has confirmed (NATS: marker echoed or JetStream ack; MQTT: written at QoS 0, PUBACK at QoS 1; Redis: pipeline reply; dnstap file: written to the OS; dnstap relay: taken by the socket)",
             self.published.clone(),
         );
         registry.register(

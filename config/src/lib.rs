@@ -222,10 +222,17 @@ pub struct OutputConfig {
     pub filter: Option<String>,
     /// What this output shows of the client (docs/privacy.md); default: everything.
     pub privacy: Option<PrivacyConfig>,
-    /// tcp+json: first reconnect delay (default 100ms), doubled up to `reconnect_max`.
+    /// dnstap+file: rotate the file being written once it holds this many bytes.
+    pub rotate_size: Option<u64>,
+    /// dnstap+file: rotate the file being written once it has been open this long.
+    #[serde(with = "humantime_serde")]
+    pub rotate_age: Option<Duration>,
+    /// dnstap+file: rotated files kept (the oldest beyond it are deleted), default 10.
+    pub keep: Option<usize>,
+    /// dnstap+tcp/unix, tcp+json: first reconnect delay (default 100ms), doubled up to `reconnect_max`.
     #[serde(with = "humantime_serde")]
     pub reconnect_min: Option<Duration>,
-    /// tcp+json: longest reconnect delay (default 10s).
+    /// dnstap+tcp/unix, tcp+json: longest reconnect delay (default 10s).
     #[serde(with = "humantime_serde")]
     pub reconnect_max: Option<Duration>,
 }
@@ -298,6 +305,52 @@ pub enum OutputKind {
         addr: String,
         backoff: Backoff,
     },
+    /// `dnstap+file:///dir/name.fstrm`: the original frames into capture files.
+    DnstapFile(DnstapFileSpec),
+    /// `dnstap+tcp://host:port`, `dnstap+unix:///path`: the original frames relayed.
+    DnstapRelay(DnstapRelaySpec),
+}
+
+impl OutputKind {
+    /// The output writes the original dnstap frames (not the JSON event).
+    pub fn is_raw(&self) -> bool {
+        matches!(self, OutputKind::DnstapFile(_) | OutputKind::DnstapRelay(_))
+    }
+}
+
+/// Validated `dnstap+file` output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnstapFileSpec {
+    /// The file being written (`dir/name.fstrm`); rotated files are
+    /// `dir/name-<UTC timestamp>.fstrm` beside it.
+    pub path: PathBuf,
+    pub rotate_size: Option<u64>,
+    pub rotate_age: Option<Duration>,
+    /// Rotated files kept, at least 1.
+    pub keep: usize,
+}
+
+/// Where a dnstap relay connects.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RelayTarget {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for RelayTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayTarget::Tcp(a) => write!(f, "dnstap+tcp://{a}"),
+            RelayTarget::Unix(p) => write!(f, "dnstap+unix://{}", p.display()),
+        }
+    }
+}
+
+/// Validated `dnstap+tcp` / `dnstap+unix` output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnstapRelaySpec {
+    pub target: RelayTarget,
+    pub backoff: Backoff,
 }
 
 /// Validated JetStream settings.
@@ -827,6 +880,9 @@ ack_window, marker_timeout, mode, key, max_len, queue, filter";
 /// comes from the table. Returns the table with the URL reduced to its connection part.
 fn with_url_keys(key: &str, o: &OutputConfig) -> Result<OutputConfig, ConfigError> {
     let url = o.connect.url.trim();
+    if is_dnstap_scheme(scheme_of(url)) {
+        return with_dnstap_url_keys(key, o);
+    }
     if !matches!(
         scheme_of(url),
         "nats" | "tls" | "mqtt" | "mqtts" | "redis" | "rediss"
@@ -901,6 +957,183 @@ fn with_url_keys(key: &str, o: &OutputConfig) -> Result<OutputConfig, ConfigErro
     Ok(e)
 }
 
+/// The raw dnstap output schemes.
+fn is_dnstap_scheme(scheme: &str) -> bool {
+    matches!(scheme, "dnstap+file" | "dnstap+tcp" | "dnstap+unix")
+}
+
+/// The keys a raw dnstap output URL's query may set.
+const DNSTAP_URL_KEYS: &str = "rotate_size, rotate_age, keep (dnstap+file), reconnect_min, reconnect_max (dnstap+tcp, dnstap+unix), queue, filter";
+
+/// [`with_url_keys`] for `dnstap+file`, `dnstap+tcp` and `dnstap+unix`: the path is the
+/// file or socket (kept in the URL), the query sets keys of the table.
+fn with_dnstap_url_keys(key: &str, o: &OutputConfig) -> Result<OutputConfig, ConfigError> {
+    let url = o.connect.url.trim();
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok(o.clone());
+    };
+    let mut e = o.clone();
+    e.connect.url = base.to_string();
+    let bad =
+        |k: &str, v: &str, what: &str| invalid(format!("{key}.url"), format!("{k}={v:?}: {what}"));
+    fn put<T: PartialEq + std::fmt::Debug>(
+        key: &str,
+        k: &str,
+        slot: &mut Option<T>,
+        v: T,
+    ) -> Result<(), ConfigError> {
+        match slot {
+            Some(old) if *old != v => Err(invalid(
+                format!("{key}.{k}"),
+                format!("the URL sets {v:?} and the key {old:?}: give it in one place"),
+            )),
+            _ => {
+                *slot = Some(v);
+                Ok(())
+            }
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        let (k, v) = (k.to_string(), v.to_string());
+        if !seen.insert(k.clone()) {
+            return Err(invalid(
+                format!("{key}.url"),
+                format!("{k:?} is given twice"),
+            ));
+        }
+        let size = |v: &str| v.parse::<usize>().map_err(|_| bad(&k, v, "not a number"));
+        let dur = |v: &str| humantime::parse_duration(v).map_err(|e| bad(&k, v, &e.to_string()));
+        match k.as_str() {
+            "rotate_size" => {
+                let n = v
+                    .parse::<u64>()
+                    .map_err(|_| bad(&k, &v, "not a number of bytes"))?;
+                put(key, &k, &mut e.rotate_size, n)?
+            }
+            "rotate_age" => put(key, &k, &mut e.rotate_age, dur(&v)?)?,
+            "keep" => put(key, &k, &mut e.keep, size(&v)?)?,
+            "reconnect_min" => put(key, &k, &mut e.reconnect_min, dur(&v)?)?,
+            "reconnect_max" => put(key, &k, &mut e.reconnect_max, dur(&v)?)?,
+            "queue" => put(key, &k, &mut e.queue, size(&v)?)?,
+            "filter" => put(key, &k, &mut e.filter, v)?,
+            _ => {
+                return Err(invalid(
+                    format!("{key}.url"),
+                    format!("unknown parameter {k:?}; a dnstap output URL takes {DNSTAP_URL_KEYS}"),
+                ));
+            }
+        }
+    }
+    Ok(e)
+}
+
+/// A raw dnstap output: `dnstap+file:///dir/name.fstrm`, `dnstap+tcp://host:port` or
+/// `dnstap+unix:///path`. Connection keys, templates and privacy do not apply (the frame
+/// goes out as it came in).
+fn validate_dnstap(key: &str, url: &str, o: &OutputConfig) -> Result<OutputKind, ConfigError> {
+    if o.connect
+        != (ConnectConfig {
+            url: o.connect.url.clone(),
+            ..Default::default()
+        })
+    {
+        return Err(invalid(
+            key,
+            "a dnstap output takes no connection keys (url, and the keys of docs/configuration.md's dnstap outputs)",
+        ));
+    }
+    if o.privacy.is_some() {
+        return Err(invalid(
+            format!("{key}.privacy"),
+            "does not apply to a dnstap output: it writes the original frames, client addresses included",
+        ));
+    }
+    let (scheme, rest) = url.split_once("://").unwrap_or((url, ""));
+    if scheme == "dnstap+file" {
+        if !rest.starts_with('/') {
+            return Err(invalid(
+                format!("{key}.url"),
+                format!(
+                    "expected an absolute path after the scheme (dnstap+file:///var/lib/tapbus/dns.fstrm), got {rest:?}"
+                ),
+            ));
+        }
+        let path = PathBuf::from(rest);
+        let stem = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if stem.is_empty() || rest.ends_with('/') {
+            return Err(invalid(
+                format!("{key}.url"),
+                format!("{rest:?} names no file (dnstap+file:///var/lib/tapbus/dns.fstrm)"),
+            ));
+        }
+        if let Some(n) = o.rotate_size
+            && n == 0
+        {
+            return Err(invalid(
+                format!("{key}.rotate_size"),
+                "must be at least 1 (bytes)",
+            ));
+        }
+        if let Some(d) = o.rotate_age
+            && d < Duration::from_secs(1)
+        {
+            return Err(invalid(format!("{key}.rotate_age"), "must be at least 1s"));
+        }
+        let keep = o.keep.unwrap_or(10);
+        if keep == 0 {
+            return Err(invalid(
+                format!("{key}.keep"),
+                "must be at least 1 (rotated files kept besides the one being written)",
+            ));
+        }
+        return Ok(OutputKind::DnstapFile(DnstapFileSpec {
+            path,
+            rotate_size: o.rotate_size,
+            rotate_age: o.rotate_age,
+            keep,
+        }));
+    }
+    let target = match scheme {
+        "dnstap+tcp" => {
+            if rest.is_empty() || rest.contains('/') || !rest.contains(':') {
+                return Err(invalid(
+                    format!("{key}.url"),
+                    format!(
+                        "expected HOST:PORT after the scheme (dnstap+tcp://127.0.0.1:6000), got {rest:?}"
+                    ),
+                ));
+            }
+            RelayTarget::Tcp(rest.to_string())
+        }
+        _ => {
+            if !rest.starts_with('/') || rest.ends_with('/') {
+                return Err(invalid(
+                    format!("{key}.url"),
+                    format!(
+                        "expected an absolute socket path after the scheme (dnstap+unix:///run/dnstap.sock), got {rest:?}"
+                    ),
+                ));
+            }
+            RelayTarget::Unix(PathBuf::from(rest))
+        }
+    };
+    let backoff = Backoff {
+        min: o.reconnect_min.unwrap_or(Duration::from_millis(100)),
+        max: o.reconnect_max.unwrap_or(Duration::from_secs(10)),
+    };
+    if backoff.min.is_zero() {
+        return Err(invalid(format!("{key}.reconnect_min"), "must be > 0"));
+    }
+    if backoff.max < backoff.min {
+        return Err(invalid(
+            format!("{key}.reconnect_max"),
+            "must be at least reconnect_min",
+        ));
+    }
+    Ok(OutputKind::DnstapRelay(DnstapRelaySpec { target, backoff }))
+}
+
 /// `templated`: the output publishes on its `subject` template (the broker's outputs; a
 /// consumer's records and batches have subjects of their own).
 fn validate_output_at(
@@ -959,21 +1192,34 @@ fn validate_output_at(
         only(field, set, &nats, "NATS")?;
     }
     only("mode", o.mode.is_some(), &redis, "Redis")?;
+    only("key", o.key.is_some(), &redis, "Redis")?;
+    only("max_len", o.max_len.is_some(), &redis, "Redis")?;
+    let file = ["dnstap+file"];
+    let relay = ["dnstap+tcp", "dnstap+unix", "tcp+json"];
+    only("rotate_size", o.rotate_size.is_some(), &file, "dnstap+file")?;
+    only("rotate_age", o.rotate_age.is_some(), &file, "dnstap+file")?;
+    only("keep", o.keep.is_some(), &file, "dnstap+file")?;
     only(
         "reconnect_min",
         o.reconnect_min.is_some(),
-        &["tcp+json"],
-        "tcp+json",
+        &relay,
+        "dnstap+tcp, dnstap+unix and tcp+json",
     )?;
     only(
         "reconnect_max",
         o.reconnect_max.is_some(),
-        &["tcp+json"],
-        "tcp+json",
+        &relay,
+        "dnstap+tcp, dnstap+unix and tcp+json",
     )?;
-    only("key", o.key.is_some(), &redis, "Redis")?;
-    only("max_len", o.max_len.is_some(), &redis, "Redis")?;
-    let kind = if url == "stdout" || url == "stdout://" {
+    let kind = if is_dnstap_scheme(scheme) {
+        if !templated {
+            return Err(invalid(
+                format!("{key}.url"),
+                "a dnstap output is for the broker's events only",
+            ));
+        }
+        validate_dnstap(&key, url, o)?
+    } else if url == "stdout" || url == "stdout://" {
         if o.connect
             != (ConnectConfig {
                 url: o.connect.url.clone(),
@@ -1029,7 +1275,7 @@ fn validate_output_at(
                     invalid(
                         k,
                         format!(
-                            "unsupported output {url:?}: use nats://, mqtt://, mqtts://, redis://, rediss://, tcp+json:// or stdout"
+                            "unsupported output {url:?}: use nats://, mqtt://, mqtts://, redis://, rediss://, dnstap+file://, dnstap+tcp://, dnstap+unix://, tcp+json:// or stdout"
                         ),
                     )
                 }
@@ -1544,6 +1790,111 @@ mod tests {
         c.add_input_url("tcp://127.0.0.1:1");
         c.metrics_listen = "nope".into();
         assert!(err_of(&c).starts_with("metrics_listen:"));
+    }
+
+    #[test]
+    fn raw_dnstap_outputs_from_urls_and_tables() {
+        let one = |url: &str| {
+            let mut c = BrokerConfig::default();
+            c.add_input_url("tcp://127.0.0.1:6000");
+            c.add_output_url(url);
+            c.validate().map(|s| s.outputs[0].kind.clone())
+        };
+        assert_eq!(
+            one("dnstap+file:///var/lib/tapbus/dns.fstrm?rotate_size=1000&rotate_age=1h&keep=3")
+                .expect("valid"),
+            OutputKind::DnstapFile(DnstapFileSpec {
+                path: "/var/lib/tapbus/dns.fstrm".into(),
+                rotate_size: Some(1000),
+                rotate_age: Some(Duration::from_secs(3600)),
+                keep: 3,
+            })
+        );
+        assert_eq!(
+            one("dnstap+file:///d/x.fstrm").expect("valid"),
+            OutputKind::DnstapFile(DnstapFileSpec {
+                path: "/d/x.fstrm".into(),
+                rotate_size: None,
+                rotate_age: None,
+                keep: 10,
+            })
+        );
+        assert_eq!(
+            one("dnstap+tcp://127.0.0.1:6001?reconnect_max=2s").expect("valid"),
+            OutputKind::DnstapRelay(DnstapRelaySpec {
+                target: RelayTarget::Tcp("127.0.0.1:6001".into()),
+                backoff: Backoff {
+                    min: Duration::from_millis(100),
+                    max: Duration::from_secs(2)
+                },
+            })
+        );
+        let OutputKind::DnstapRelay(r) = one("dnstap+unix:///run/d.sock").expect("valid") else {
+            panic!("not a relay");
+        };
+        assert_eq!(r.target, RelayTarget::Unix("/run/d.sock".into()));
+        assert!(OutputKind::DnstapRelay(r).is_raw());
+        for (url, key) in [
+            (
+                "dnstap+file:///d/x.fstrm?keep=0",
+                "outputs.dnstap_file.keep:",
+            ),
+            (
+                "dnstap+file:///d/x.fstrm?rotate_size=0",
+                "outputs.dnstap_file.rotate_size:",
+            ),
+            (
+                "dnstap+file:///d/x.fstrm?rotate_age=10ms",
+                "outputs.dnstap_file.rotate_age:",
+            ),
+            (
+                "dnstap+file:///d/x.fstrm?rotate_size=1k",
+                "outputs.dnstap_file.url:",
+            ),
+            (
+                "dnstap+file:///d/x.fstrm?keep=1&keep=2",
+                "outputs.dnstap_file.url:",
+            ),
+            ("dnstap+file:///d/", "outputs.dnstap_file.url:"),
+            (
+                "dnstap+file:///d/x.fstrm?subject=a",
+                "outputs.dnstap_file.url:",
+            ),
+            (
+                "dnstap+tcp://127.0.0.1:6001?keep=2",
+                "outputs.dnstap_tcp.keep:",
+            ),
+            ("dnstap+tcp://nohost", "outputs.dnstap_tcp.url:"),
+            ("dnstap+unix://rel.sock", "outputs.dnstap_unix.url:"),
+            (
+                "dnstap+unix:///s?reconnect_min=0s",
+                "outputs.dnstap_unix.reconnect_min:",
+            ),
+            ("nats://127.0.0.1:4222?keep=2", "outputs.nats.url:"),
+        ] {
+            let e = one(url).expect_err(url).to_string();
+            assert!(e.starts_with(key), "{url}: {e}");
+            assert_eq!(
+                e.matches(key.trim_end_matches(':')).count(),
+                1,
+                "{url}: {e}"
+            );
+        }
+        // Table keys: a file key on a relay, privacy on a raw output.
+        let mut c = BrokerConfig::default();
+        c.add_input_url("tcp://127.0.0.1:6000");
+        c.add_output_url("dnstap+tcp://127.0.0.1:6001");
+        if let Some(o) = c.outputs.get_mut("dnstap_tcp") {
+            o.rotate_age = Some(Duration::from_secs(60));
+        }
+        assert!(err_of(&c).starts_with("outputs.dnstap_tcp.rotate_age:"));
+        let mut c = BrokerConfig::default();
+        c.add_input_url("tcp://127.0.0.1:6000");
+        c.add_output_url("stdout");
+        if let Some(o) = c.outputs.get_mut("stdout") {
+            o.keep = Some(2);
+        }
+        assert!(err_of(&c).starts_with("outputs.stdout.keep:"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod nats_creds;
 mod nats_js;
 mod outage;
 mod privacy;
+mod raw;
 mod redis;
 mod replay;
 mod restart;

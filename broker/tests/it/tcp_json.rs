@@ -165,7 +165,7 @@ fn bad_settings_are_refused_naming_the_key() {
                 ("TAPBUS_OUTPUTS__X__URL", "nats://127.0.0.1:4222"),
                 ("TAPBUS_OUTPUTS__X__RECONNECT_MIN", "1s"),
             ],
-            "outputs.x.reconnect_min: only applies to tcp+json outputs",
+            "outputs.x.reconnect_min: only applies to dnstap+tcp, dnstap+unix and tcp+json outputs",
         ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_tapbus-broker"))

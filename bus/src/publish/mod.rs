@@ -9,7 +9,12 @@
 //! * [`redis`]: `PUBLISH`, `RPUSH` (list) or `XADD` (stream), pipelined.
 //! * [`stdout`]: JSON lines.
 //! * [`tcp_json`]: JSON lines over TCP (Logstash `tcp` input), written but unconfirmed.
+//! * [`dnstap_file`]: the original dnstap frames into Frame Streams capture files (rotated).
+//! * [`dnstap_relay`]: the original dnstap frames to another dnstap receiver (bidirectional
+//!   Frame Streams over TCP or a unix socket).
 
+pub mod dnstap_file;
+pub mod dnstap_relay;
 pub mod mqtt;
 pub mod nats;
 pub mod redis;
@@ -42,6 +47,11 @@ pub struct Message {
     pub id: Option<Arc<str>>,
     /// Told when the bus confirmed the message (or it was dropped): see [`settle`].
     pub settle: Option<settle::Ticket>,
+    /// The original dnstap data frame payload, byte for byte (a reference-counted handle
+    /// on the read buffer, never a copy), for the raw dnstap outputs ([`dnstap_file`],
+    /// [`dnstap_relay`]). Set only when some output is raw ([`OutputKind::is_raw`]); the
+    /// fan-out clears it for the others, so a JSON output never holds a frame.
+    pub raw: Option<Bytes>,
 }
 
 impl Message {
@@ -53,6 +63,7 @@ impl Message {
             subject: None,
             id: None,
             settle: None,
+            raw: None,
         }
     }
 
@@ -70,6 +81,7 @@ impl Message {
             subject: Some(subject),
             id,
             settle,
+            raw: None,
         }
     }
 }
@@ -88,5 +100,7 @@ pub fn spawn(name: String, kind: OutputKind, rx: Queue, metrics: PublishMetrics)
         OutputKind::TcpJson { addr, backoff } => {
             tokio::spawn(tcp_json::run(name, addr, backoff, rx, metrics))
         }
+        OutputKind::DnstapFile(f) => dnstap_file::spawn(name, f, rx, metrics),
+        OutputKind::DnstapRelay(r) => tokio::spawn(dnstap_relay::run(name, r, rx, metrics)),
     }
 }
