@@ -129,6 +129,19 @@ fn build_views(settings: &BrokerSettings) -> Result<Views, ConfigError> {
             p.drop.paths().collect::<Vec<_>>().join(", "),
         ));
     }
+    // The clear view is encoded only when something reads it: an output without a privacy
+    // view that publishes JSON, or any output's filter (filters read the clear event).
+    let clear_read = settings
+        .outputs
+        .iter()
+        .zip(&output_views)
+        .any(|(o, &v)| (v == 0 && !o.kind.is_raw()) || o.filter.is_some());
+    if !clear_read && views.len() > 1 {
+        views.remove(0);
+        for v in &mut output_views {
+            *v = v.saturating_sub(1);
+        }
+    }
     Ok((views, output_views, summary))
 }
 
@@ -203,5 +216,69 @@ impl AddrMap for Pseudonymised {
 
     fn prefix(&self, ip: std::net::IpAddr, len: u8) -> std::net::IpAddr {
         self.0.prefix(ip, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tapbus_config::{BrokerConfig, InputConfig, OutputConfig, PrivacyConfig};
+
+    fn settings(outputs: &[(&str, Option<&str>, Option<&str>)]) -> BrokerSettings {
+        let mut c = BrokerConfig::default();
+        c.inputs.insert(
+            "f".into(),
+            InputConfig {
+                url: "file:///dev/null".into(),
+                ..Default::default()
+            },
+        );
+        for (name, mode, filter) in outputs {
+            let mut o = OutputConfig::from_url("stdout");
+            o.privacy = mode.map(|m| PrivacyConfig {
+                client_ip: Some(m.into()),
+                ..Default::default()
+            });
+            o.filter = filter.map(str::to_string);
+            c.outputs.insert((*name).into(), o);
+        }
+        c.validate().expect("valid")
+    }
+
+    fn layout(s: &BrokerSettings) -> (usize, Vec<usize>) {
+        let b = build(s).expect("built");
+        let n = b.encoder.load().views.len();
+        (n, b.output_views)
+    }
+
+    #[test]
+    fn one_encoding_per_distinct_view_and_the_clear_one_only_when_read() {
+        // Two outputs with the same view share it; nobody reads the clear event.
+        assert_eq!(
+            layout(&settings(&[
+                ("a", Some("truncate"), None),
+                ("b", Some("truncate"), None)
+            ])),
+            (1, vec![0, 0])
+        );
+        // A clear output: view 0 is the clear event, the truncated one view 1.
+        assert_eq!(
+            layout(&settings(&[
+                ("a", Some("truncate"), None),
+                ("b", None, None)
+            ])),
+            (2, vec![1, 0])
+        );
+        // A filter reads the clear event, so it is encoded even if no output publishes it.
+        assert_eq!(
+            layout(&settings(&[(
+                "a",
+                Some("truncate"),
+                Some("operation=CLIENT_QUERY")
+            )])),
+            (2, vec![1])
+        );
+        // Nothing private: one view.
+        assert_eq!(layout(&settings(&[("a", None, None)])), (1, vec![0]));
     }
 }
