@@ -304,11 +304,15 @@ pub fn write_dns_with(out: &mut Vec<u8>, msg: Option<&[u8]>, opts: DnsOpts<'_>) 
 
     if opts.registered.is_some() {
         match qname_at {
-            Some(Reg { registered, tld }) => {
+            Some(Reg {
+                end,
+                registered,
+                tld,
+            }) => {
                 out.extend_from_slice(b",\"qname-registered\":");
-                write_opt_owned(out, registered.as_deref());
+                write_suffix(out, end, registered);
                 out.extend_from_slice(b",\"qname-tld\":");
-                write_opt_owned(out, tld.as_deref());
+                write_suffix(out, end, tld);
             }
             None => out.extend_from_slice(reg_null),
         }
@@ -383,53 +387,62 @@ pub fn write_dns_with(out: &mut Vec<u8>, msg: Option<&[u8]>, opts: DnsOpts<'_>) 
     sum
 }
 
-/// The registered domain and public suffix of a qname, owned (the qname's text is
-/// rewritten in place by a view that shortens it).
+/// Where the registered domain and public suffix of the qname are in `out`: both are
+/// suffixes of the qname's text, which ends at `end` (byte lengths; 0 for none).
 struct Reg {
-    registered: Option<String>,
-    tld: Option<String>,
+    end: usize,
+    registered: usize,
+    tld: usize,
 }
 
 /// The qname's text is `out[start..]` (JSON-escaped presentation form, no closing quote
 /// yet): finds its registered domain and public suffix, and shortens the name in place
-/// when the view asks for it. A name with JSON escapes in it is not looked up.
+/// when the view asks for it. A name with JSON escapes in it is not looked up (so the
+/// suffixes copied later need no escaping either).
 fn registered_qname(out: &mut Vec<u8>, start: usize, opts: DnsOpts<'_>) -> Reg {
-    let none = Reg {
-        registered: None,
-        tld: None,
+    let mut reg = Reg {
+        end: out.len(),
+        registered: 0,
+        tld: 0,
     };
     let Some(text) = out.get(start..) else {
-        return none;
+        return reg;
     };
     if text.contains(&b'\\') {
-        return none;
+        return reg;
     }
     let Ok(name) = std::str::from_utf8(text) else {
-        return none;
+        return reg;
     };
     let (registered, tld) = match opts.registered {
         Some(f) => f(name),
         None => (None, None),
     };
-    let reg = Reg {
-        registered: registered.map(str::to_owned),
-        tld: tld.map(str::to_owned),
-    };
-    if opts.qname == QnameMode::RegisteredDomain
-        && let Some(r) = &reg.registered
-    {
-        out.truncate(start);
-        out.extend_from_slice(r.as_bytes());
+    // Both are suffixes of `name` (checked, so a lookup that answered anything else is
+    // taken as no answer).
+    let suffix_len = |s: Option<&str>| s.filter(|s| name.ends_with(*s)).map_or(0, str::len);
+    reg.registered = suffix_len(registered);
+    reg.tld = suffix_len(tld);
+    if opts.qname == QnameMode::RegisteredDomain && reg.registered > 0 {
+        let from = out.len() - reg.registered;
+        out.copy_within(from.., start);
+        out.truncate(start + reg.registered);
+        reg.end = out.len();
     }
     reg
 }
 
-fn write_opt_owned(out: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        Some(s) => json::str(out, s),
-        None => out.extend_from_slice(b"null"),
+/// `null`, or the `len` bytes before `end` in `out`, as a JSON string.
+fn write_suffix(out: &mut Vec<u8>, end: usize, len: usize) {
+    if len == 0 {
+        out.extend_from_slice(b"null");
+        return;
     }
+    out.push(b'"');
+    out.extend_from_within(end - len..end);
+    out.push(b'"');
 }
+
 
 enum RecordKind {
     Plain,
