@@ -443,7 +443,6 @@ fn write_suffix(out: &mut Vec<u8>, end: usize, len: usize) {
     out.push(b'"');
 }
 
-
 enum RecordKind {
     Plain,
     Opt(Opt),
