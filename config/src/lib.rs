@@ -867,6 +867,25 @@ impl OutputConfig {
     }
 }
 
+/// Sets a key from an output URL's query, or checks it equals what the table set.
+fn put<T: PartialEq + std::fmt::Debug>(
+    key: &str,
+    k: &str,
+    slot: &mut Option<T>,
+    v: T,
+) -> Result<(), ConfigError> {
+    match slot {
+        Some(old) if *old != v => Err(invalid(
+            format!("{key}.{k}"),
+            format!("the URL sets {v:?} and the key {old:?}: give it in one place"),
+        )),
+        _ => {
+            *slot = Some(v);
+            Ok(())
+        }
+    }
+}
+
 /// The keys an output URL's path and query may set ([`with_url_keys`]).
 const URL_KEYS: &str = "subject (or the path), topic (or the path), qos, jetstream, stream, \
 stream_subjects, stream_max_bytes, stream_max_age, stream_max_msgs, stream_replicas, \
@@ -892,23 +911,6 @@ fn with_url_keys(key: &str, o: &OutputConfig) -> Result<OutputConfig, ConfigErro
     let (conn, q) = subscribe::split_url(key, url)?;
     let mut e = o.clone();
     e.connect.url = conn;
-    fn put<T: PartialEq + std::fmt::Debug>(
-        key: &str,
-        k: &str,
-        slot: &mut Option<T>,
-        v: T,
-    ) -> Result<(), ConfigError> {
-        match slot {
-            Some(old) if *old != v => Err(invalid(
-                format!("{key}.{k}"),
-                format!("the URL sets {v:?} and the key {old:?}: give it in one place"),
-            )),
-            _ => {
-                *slot = Some(v);
-                Ok(())
-            }
-        }
-    }
     let bad =
         |k: &str, v: &str, what: &str| invalid(format!("{key}.url"), format!("{k}={v:?}: {what}"));
     for (k, v) in q {
@@ -976,23 +978,6 @@ fn with_dnstap_url_keys(key: &str, o: &OutputConfig) -> Result<OutputConfig, Con
     e.connect.url = base.to_string();
     let bad =
         |k: &str, v: &str, what: &str| invalid(format!("{key}.url"), format!("{k}={v:?}: {what}"));
-    fn put<T: PartialEq + std::fmt::Debug>(
-        key: &str,
-        k: &str,
-        slot: &mut Option<T>,
-        v: T,
-    ) -> Result<(), ConfigError> {
-        match slot {
-            Some(old) if *old != v => Err(invalid(
-                format!("{key}.{k}"),
-                format!("the URL sets {v:?} and the key {old:?}: give it in one place"),
-            )),
-            _ => {
-                *slot = Some(v);
-                Ok(())
-            }
-        }
-    }
     let mut seen = std::collections::BTreeSet::new();
     for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
         let (k, v) = (k.to_string(), v.to_string());
