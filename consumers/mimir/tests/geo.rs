@@ -11,29 +11,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{
-    GEO_CLIENTS, durable_input, geo_capture, geo_dbs, replay_geo, start_aggregate, start_mimir,
+    GEO_CLIENTS, by_label, durable_input, geo_capture, geo_dbs, replay_geo, start_aggregate,
+    start_mimir,
 };
 use serde_json::Value;
 use tapbus_testsupport::prom;
 use tapbus_testsupport::servers::{Nats, Prometheus};
 use tapbus_testsupport::wait_until;
-
-/// `sum by (LABEL)` from a Prometheus query answer.
-fn by_label(answer: &str, label: &str) -> BTreeMap<String, u64> {
-    let v: Value = serde_json::from_str(answer).unwrap_or(Value::Null);
-    v["data"]["result"]
-        .as_array()
-        .map(|rs| {
-            rs.iter()
-                .filter_map(|r| {
-                    let k = r["metric"][label].as_str()?.to_string();
-                    let n: f64 = r["value"][1].as_str()?.parse().ok()?;
-                    Some((k, n as u64))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[test]
 fn geo_counts_arrive_in_prometheus_exactly() {

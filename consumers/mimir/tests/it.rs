@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{replay, start_aggregate, start_mimir};
+use common::{by_label, replay, start_aggregate, start_mimir};
 use serde_json::Value;
 use tapbus_testsupport::prom;
 use tapbus_testsupport::servers::{Nats, Prometheus};
@@ -31,23 +31,6 @@ fn summary_key(key: &str) -> BTreeMap<String, u64> {
 /// `sum by (operation)` from a Prometheus query answer.
 fn by_operation(answer: &str) -> BTreeMap<String, u64> {
     by_label(answer, "operation")
-}
-
-/// `sum by (LABEL)` from a Prometheus query answer.
-fn by_label(answer: &str, label: &str) -> BTreeMap<String, u64> {
-    let v: Value = serde_json::from_str(answer).unwrap_or(Value::Null);
-    v["data"]["result"]
-        .as_array()
-        .map(|rs| {
-            rs.iter()
-                .filter_map(|r| {
-                    let op = r["metric"][label].as_str()?.to_string();
-                    let n: f64 = r["value"][1].as_str()?.parse().ok()?;
-                    Some((op, n as u64))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]

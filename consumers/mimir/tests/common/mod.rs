@@ -337,3 +337,20 @@ pub fn replay_geo(nats_url: &str, path: &Path, city: &Path, asn: &Path) -> Vec<s
         .map(|l| serde_json::from_str(l).expect("event"))
         .collect()
 }
+
+/// `sum by (LABEL)` from a Prometheus query answer: label value -> value.
+pub fn by_label(answer: &str, label: &str) -> BTreeMap<String, u64> {
+    let v: serde_json::Value = serde_json::from_str(answer).unwrap_or(serde_json::Value::Null);
+    v["data"]["result"]
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .filter_map(|r| {
+                    let k = r["metric"][label].as_str()?.to_string();
+                    let n: f64 = r["value"][1].as_str()?.parse().ok()?;
+                    Some((k, n as u64))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
